@@ -1,0 +1,252 @@
+"""NATS JetStream adapter: topology, publishing with dedupe ids, and
+consumers that validate every message and dead-letter poison."""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from dataclasses import dataclass
+from typing import Awaitable, Callable
+
+import nats
+from nats.aio.client import Client
+from nats.errors import TimeoutError as NatsTimeout
+from nats.js import JetStreamContext
+from nats.js.api import (AckPolicy, ConsumerConfig, DeliverPolicy, RetentionPolicy,
+                         StorageType, StreamConfig)
+from nats.js.errors import BadRequestError, NotFoundError
+
+from contracts import Envelope, InvalidMessage, parse_message
+from contracts.subjects import CONSUMERS, STREAMS, ConsumerDef, dlq_subject, subject_for
+
+from .logging import log_context, redact
+from .tracing import context_from, current_traceparent, tracer
+
+log = logging.getLogger("corral.bus")
+Handler = Callable[[Envelope], Awaitable[None]]
+
+
+class Retry(Exception):
+    """Raised by a handler to ask for redelivery after `delay_s`."""
+
+    def __init__(self, reason: str, delay_s: float = 1.0):
+        super().__init__(reason)
+        self.delay_s = delay_s
+
+
+class Poison(Exception):
+    """Raised by a handler for a valid message that can never be processed."""
+
+
+@dataclass
+class DeadLetter:
+    consumer: str
+    subject: str
+    reason: str
+    deliveries: int
+    payload: str
+    headers: dict
+
+
+class Bus:
+    def __init__(self, url: str, name: str):
+        self.url = url
+        self.name = name
+        self.nc: Client | None = None
+        self.js: JetStreamContext | None = None
+        self.dead_letters = 0
+
+    async def connect(self, timeout_s: float = 30) -> None:
+        async def _err(e: Exception) -> None:
+            log.warning("nats error: %s", e)
+
+        self.nc = await nats.connect(
+            self.url, name=self.name, connect_timeout=2, max_reconnect_attempts=-1,
+            reconnect_time_wait=0.5, error_cb=_err, allow_reconnect=True)
+        self.js = self.nc.jetstream(timeout=10)
+        log.info("connected to nats %s", redact(self.url))
+
+    async def close(self) -> None:
+        if self.nc and not self.nc.is_closed:
+            try:
+                await self.nc.drain()
+            except Exception:  # already closing
+                await self.nc.close()
+
+    @property
+    def connected(self) -> bool:
+        return bool(self.nc and self.nc.is_connected)
+
+    async def ensure_topology(self, extra_consumers: tuple[ConsumerDef, ...] = ()) -> None:
+        """Create or update every stream and durable consumer; safe to repeat."""
+        assert self.js
+        for s in STREAMS:
+            cfg = StreamConfig(
+                name=s.name, subjects=list(s.subjects), retention=RetentionPolicy.LIMITS,
+                storage=StorageType.FILE, max_age=s.max_age_s,
+                max_msgs_per_subject=s.max_msgs_per_subject,
+                duplicate_window=s.duplicate_window_s, description=s.description)
+            try:
+                await self.js.add_stream(cfg)
+            except BadRequestError:
+                await self.js.update_stream(cfg)
+        for c in CONSUMERS + extra_consumers:
+            await self.ensure_consumer(c)
+
+    async def ensure_consumer(self, c: ConsumerDef) -> None:
+        assert self.js
+        cfg = ConsumerConfig(
+            durable_name=c.durable, ack_policy=AckPolicy.EXPLICIT,
+            deliver_policy=DeliverPolicy.ALL, ack_wait=c.ack_wait_s,
+            max_deliver=c.max_deliver + 1, max_ack_pending=c.max_ack_pending,
+            description=c.description,
+            **({"filter_subject": c.filter_subjects[0]} if len(c.filter_subjects) == 1
+               else {"filter_subjects": list(c.filter_subjects)}))
+        try:
+            await self.js.add_consumer(c.stream, cfg)
+        except BadRequestError as e:  # exists with other settings: update in place
+            log.info("updating consumer %s: %s", c.durable, e.description)
+            await self.js.add_consumer(c.stream, cfg)
+
+    def headers_for(self, msg: Envelope) -> dict[str, str]:
+        h = {"Nats-Msg-Id": msg.event_id, "Corral-Type": msg.type, "Corral-Op-Id": msg.op_id}
+        tp = msg.traceparent or current_traceparent()
+        if tp:
+            h["traceparent"] = tp
+        return h
+
+    async def publish(self, msg: Envelope, subject: str | None = None) -> int:
+        """Publish to JetStream and wait for the ack; returns the stream sequence."""
+        assert self.js
+        ack = await self.js.publish(subject or subject_for(msg), msg.to_json(),
+                                    headers=self.headers_for(msg), timeout=10)
+        return ack.seq
+
+    async def dead_letter(self, letter: DeadLetter) -> None:
+        assert self.js
+        body = json.dumps(letter.__dict__).encode()
+        await self.js.publish(dlq_subject(letter.consumer), body, timeout=10)
+        self.dead_letters += 1
+        log.warning("dead-lettered message from %s: %s", letter.subject, letter.reason,
+                    extra={"consumer": letter.consumer})
+
+    async def consume(self, c: ConsumerDef, handler: Handler, stop: asyncio.Event,
+                      batch: int = 32, concurrency: int = 1) -> None:
+        """Pull loop: each message validated, handled, then acked.
+
+        Invalid -> DLQ + term. Handler raises Retry/other -> nak with backoff;
+        past `max_deliver` deliveries -> DLQ + term. Never blocks the stream.
+        With `concurrency` > 1, messages run in parallel except that messages
+        on one subject prefix (all but the last token) keep their order.
+        """
+        assert self.js
+        sub = await self.js.pull_subscribe_bind(c.durable, stream=c.stream)
+        if concurrency > 1:
+            await self._consume_parallel(sub, c, handler, stop, batch, concurrency)
+            return
+        while not stop.is_set():
+            try:
+                msgs = await sub.fetch(batch, timeout=1)
+            except (NatsTimeout, asyncio.TimeoutError):
+                continue
+            except Exception as e:  # reconnecting
+                if stop.is_set():
+                    break
+                log.warning("fetch from %s failed: %r", c.durable, e)
+                await asyncio.sleep(0.5)
+                continue
+            for m in msgs:
+                await self._deliver(c, m, handler)
+        try:
+            await sub.unsubscribe()
+        except Exception:  # connection already gone
+            pass
+
+    async def _consume_parallel(self, sub, c: ConsumerDef, handler: Handler,  # noqa: ANN001
+                                stop: asyncio.Event, batch: int, concurrency: int) -> None:
+        slots = asyncio.Semaphore(concurrency)
+        tails: dict[str, asyncio.Task] = {}
+        running: set[asyncio.Task] = set()
+
+        async def run(m, before: asyncio.Task | None) -> None:  # noqa: ANN001
+            if before is not None:  # wait outside the semaphore: no slot deadlock
+                await asyncio.gather(before, return_exceptions=True)
+            async with slots:
+                await self._deliver(c, m, handler)
+
+        while not stop.is_set():
+            try:
+                msgs = await sub.fetch(batch, timeout=1)
+            except (NatsTimeout, asyncio.TimeoutError):
+                continue
+            except Exception as e:  # reconnecting
+                if stop.is_set():
+                    break
+                log.warning("fetch from %s failed: %r", c.durable, e)
+                await asyncio.sleep(0.5)
+                continue
+            for m in msgs:
+                key = m.subject.rsplit(".", 1)[0]
+                task = asyncio.ensure_future(run(m, tails.get(key)))
+                tails[key] = task
+                running.add(task)
+                task.add_done_callback(running.discard)
+                task.add_done_callback(lambda t, k=key: tails.get(k) is t and tails.pop(k))
+        if running:
+            await asyncio.gather(*running, return_exceptions=True)
+        try:
+            await sub.unsubscribe()
+        except Exception:  # connection already gone
+            pass
+
+    async def _deliver(self, c: ConsumerDef, m, handler: Handler) -> None:  # noqa: ANN001
+        deliveries = m.metadata.num_delivered if m.metadata else 1
+        headers = dict(m.headers or {})
+        try:
+            msg = parse_message(m.data)
+        except InvalidMessage as e:
+            await self.dead_letter(DeadLetter(c.durable, m.subject, e.reason, deliveries,
+                                              m.data[:65536].decode("utf-8", "replace"), headers))
+            await m.term()
+            return
+        with log_context(op_id=msg.op_id, sandbox_id=getattr(msg, "sandbox_id", None),
+                         host_id=getattr(msg, "host_id", None)):
+            span_ctx = context_from(headers.get("traceparent") or msg.traceparent)
+            with tracer("corral.bus").start_as_current_span(
+                    f"handle {msg.type}", context=span_ctx,
+                    attributes={"messaging.consumer": c.durable}):
+                keepalive = asyncio.ensure_future(self._keep_alive(m, c.ack_wait_s))
+                try:
+                    await handler(msg)
+                except Poison as e:
+                    await self.dead_letter(DeadLetter(
+                        c.durable, m.subject, f"poison: {e}", deliveries,
+                        m.data[:65536].decode("utf-8", "replace"), headers))
+                    await m.term()
+                    return
+                except Exception as e:  # noqa: BLE001 - any failure is a retry or a DLQ
+                    reason = str(e) if isinstance(e, Retry) else f"{e.__class__.__name__}: {e}"
+                    if deliveries >= c.max_deliver:
+                        await self.dead_letter(DeadLetter(
+                            c.durable, m.subject, f"gave up after {deliveries}: {reason}",
+                            deliveries, m.data[:65536].decode("utf-8", "replace"), headers))
+                        await m.term()
+                        return
+                    delay = e.delay_s if isinstance(e, Retry) else min(0.2 * 2 ** deliveries, 10)
+                    if not isinstance(e, Retry):
+                        log.exception("handler %s failed (delivery %d)", c.durable, deliveries)
+                    await m.nak(delay=delay)
+                    return
+                finally:
+                    keepalive.cancel()
+        await m.ack()
+
+    @staticmethod
+    async def _keep_alive(m, ack_wait_s: float) -> None:  # noqa: ANN001
+        """Tell the server a long handler is still working, so it does not redeliver."""
+        while True:
+            await asyncio.sleep(max(ack_wait_s / 3, 0.5))
+            try:
+                await m.in_progress()
+            except Exception:  # noqa: BLE001 - connection trouble: redelivery will cope
+                return

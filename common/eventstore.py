@@ -1,0 +1,61 @@
+"""Event store wiring: eventsourcing on SQLite (default) or PostgreSQL."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+from eventsourcing.application import Application
+
+_SAFE = re.compile(r"^[a-z_][a-z0-9_]{0,40}$")
+
+
+def store_env(store: str, state_dir: Path, db_name: str) -> dict[str, str]:
+    """Environment for an eventsourcing Application.
+
+    `store` is "sqlite" (a file `<state_dir>/<db_name>.sqlite`) or a
+    `postgresql://user:pass@host:port/db?schema=x` URL.
+    """
+    if store == "sqlite":
+        state_dir.mkdir(parents=True, exist_ok=True)
+        return {
+            "PERSISTENCE_MODULE": "eventsourcing.sqlite",
+            "SQLITE_DBNAME": str((state_dir / f"{db_name}.sqlite").resolve()),
+            "SQLITE_LOCK_TIMEOUT": "10",
+        }
+    url = urlparse(store)
+    if url.scheme not in ("postgresql", "postgres"):
+        raise ValueError("CORRAL_STORE must be 'sqlite' or a postgresql:// URL")
+    params = dict(p.split("=", 1) for p in url.query.split("&") if "=" in p)
+    env = {
+        "PERSISTENCE_MODULE": "eventsourcing.postgres",
+        "POSTGRES_DBNAME": (url.path or "/postgres").lstrip("/") or "postgres",
+        "POSTGRES_HOST": url.hostname or "127.0.0.1",
+        "POSTGRES_PORT": str(url.port or 5432),
+        "POSTGRES_USER": unquote(url.username or "postgres"),
+        "POSTGRES_PASSWORD": unquote(url.password or ""),
+        "POSTGRES_LOCK_TIMEOUT": "10",
+        "POSTGRES_POOL_SIZE": "4",
+        "POSTGRES_MAX_OVERFLOW": "4",
+    }
+    schema = params.get("schema")
+    if schema:
+        if not _SAFE.match(schema):
+            raise ValueError("invalid schema name")
+        _ensure_schema(env, schema)
+        env["POSTGRES_SCHEMA"] = schema
+    return env
+
+
+def _ensure_schema(env: dict[str, str], schema: str) -> None:
+    import psycopg
+
+    with psycopg.connect(host=env["POSTGRES_HOST"], port=int(env["POSTGRES_PORT"]),
+                         user=env["POSTGRES_USER"], password=env["POSTGRES_PASSWORD"] or None,
+                         dbname=env["POSTGRES_DBNAME"], autocommit=True) as conn:
+        conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
+
+
+def tracking(app: Application):  # noqa: ANN201 - eventsourcing TrackingRecorder
+    """A tracking recorder in the same database as `app`, for cursors."""
+    return app.factory.tracking_recorder()

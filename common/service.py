@@ -1,0 +1,67 @@
+"""Process lifecycle shared by every service: signals, tasks, health."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from typing import Awaitable, Callable
+
+log = logging.getLogger("corral.service")
+
+
+def install_stop_handlers(stop: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+
+async def run_until_stopped(stop: asyncio.Event, *jobs: Awaitable[None],
+                            on_stop: Callable[[], Awaitable[None]] | None = None) -> None:
+    """Run jobs until `stop` is set or one of them dies; then shut down cleanly."""
+    tasks = [asyncio.ensure_future(j) for j in jobs]
+    stopper = asyncio.ensure_future(stop.wait())
+    done, _ = await asyncio.wait(tasks + [stopper], return_when=asyncio.FIRST_COMPLETED)
+    crashed = [t for t in done if t is not stopper and t.exception()]
+    for t in crashed:
+        log.error("job crashed: %r", t.exception(), exc_info=t.exception())
+    stop.set()
+    try:
+        await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 10)
+    except asyncio.TimeoutError:
+        for t in tasks:
+            t.cancel()
+    if on_stop:
+        await on_stop()
+    stopper.cancel()
+    if crashed:
+        raise SystemExit(1)
+
+
+async def serve_health(port: int, ready: Callable[[], Awaitable[bool]],
+                       stop: asyncio.Event, host: str = "127.0.0.1") -> None:
+    """Minimal /healthz and /readyz for services without an HTTP app."""
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            line = (await asyncio.wait_for(reader.readline(), 5)).decode("latin-1")
+            path = line.split(" ")[1] if line.count(" ") >= 2 else "/"
+            if path == "/healthz":
+                code, body = 200, b'{"status":"ok"}'
+            elif path == "/readyz":
+                ok = await ready()
+                code, body = (200, b'{"status":"ready"}') if ok else (503, b'{"status":"not ready"}')
+            else:
+                code, body = 404, b'{"status":"not found"}'
+            writer.write(f"HTTP/1.1 {code} X\r\ncontent-type: application/json\r\n"
+                         f"content-length: {len(body)}\r\nconnection: close\r\n\r\n".encode() + body)
+            await writer.drain()
+        except Exception:  # noqa: BLE001 - a bad probe must not hurt the service
+            pass
+        finally:
+            writer.close()
+
+    if not port:
+        await stop.wait()
+        return
+    server = await asyncio.start_server(handle, host, port)
+    async with server:
+        await stop.wait()

@@ -1,0 +1,19 @@
+"""Settings shared by every service: one pydantic model, read from CORRAL_* env."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class CommonSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CORRAL_", extra="ignore")
+
+    nats_url: str = "nats://127.0.0.1:4222"
+    state_dir: Path = Path(".corral")
+    # Event store: "sqlite" (file under state_dir) or a postgresql:// URL.
+    store: str = "sqlite"
+    log_level: str = "INFO"
+    health_port: int = Field(default=0, ge=0, le=65535)
+    instance: str = "0"

@@ -1,0 +1,121 @@
+"""Sandbox lifecycle events."""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from .envelope import NAME_RE, Envelope
+
+STATES = ("requested", "scheduled", "starting", "running", "paused", "stopping",
+          "stopped", "destroyed", "failed", "lost")
+Id = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+
+
+class NetworkSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    egress: bool = False
+
+
+class SandboxSpec(BaseModel):
+    """What a user asked for. Validated at the API and again by consumers."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    image: str = Field(default="default", min_length=1, max_length=63)
+    name: str | None = None
+    vcpus: int = Field(default=1, ge=1, le=64)
+    memory_mib: int = Field(default=256, ge=64, le=262144)
+    ttl_seconds: int = Field(default=900, ge=10, le=30 * 86400)
+    env: dict[str, str] = Field(default_factory=dict, max_length=128)
+    metadata: dict[str, str] = Field(default_factory=dict, max_length=64)
+    network: NetworkSpec = Field(default_factory=NetworkSpec)
+
+    @field_validator("name", "image")
+    @classmethod
+    def _dns_label(cls, v: str | None) -> str | None:
+        if v is not None and not NAME_RE.match(v):
+            raise ValueError("must be a DNS label: 1-63 of a-z 0-9 '-', no leading/trailing '-'")
+        return v
+
+    @field_validator("env")
+    @classmethod
+    def _env(cls, v: dict[str, str]) -> dict[str, str]:
+        for k, val in v.items():
+            if not k or len(k) > 256 or "=" in k or "\0" in k or "\0" in val or len(val) > 32768:
+                raise ValueError(f"invalid environment variable {k[:64]!r}")
+        return v
+
+    @field_validator("metadata")
+    @classmethod
+    def _meta(cls, v: dict[str, str]) -> dict[str, str]:
+        for k, val in v.items():
+            if not 1 <= len(k) <= 63 or len(val) > 256:
+                raise ValueError("metadata keys are 1-63 chars, values at most 256")
+        return v
+
+
+class Failure(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    code: str = Field(min_length=1, max_length=64)
+    message: str = Field(max_length=2000)
+
+
+class SandboxEvent(Envelope):
+    sandbox_id: str = Id
+    org_id: str = Id
+
+
+class SandboxRequested(SandboxEvent):
+    type: Literal["SandboxRequested"] = "SandboxRequested"
+    spec: SandboxSpec
+    request_hash: str = Field(min_length=1, max_length=128)
+
+
+class SandboxScheduled(SandboxEvent):
+    type: Literal["SandboxScheduled"] = "SandboxScheduled"
+    host_id: str = Id
+
+
+class SandboxStarting(SandboxEvent):
+    type: Literal["SandboxStarting"] = "SandboxStarting"
+    host_id: str = Id
+
+
+class SandboxStarted(SandboxEvent):
+    type: Literal["SandboxStarted"] = "SandboxStarted"
+    host_id: str = Id
+    vcpus: int = Field(ge=1)
+    memory_mib: int = Field(ge=1)
+    accel: str = Field(max_length=16)
+    ip: str | None = None
+    boot_ms: int | None = Field(default=None, ge=0)
+
+
+class SandboxFailed(SandboxEvent):
+    type: Literal["SandboxFailed"] = "SandboxFailed"
+    host_id: str | None = None
+    failure: Failure
+
+
+class SandboxStopRequested(SandboxEvent):
+    type: Literal["SandboxStopRequested"] = "SandboxStopRequested"
+
+
+class SandboxStopped(SandboxEvent):
+    type: Literal["SandboxStopped"] = "SandboxStopped"
+    host_id: str | None = None
+
+
+class SandboxDestroyRequested(SandboxEvent):
+    type: Literal["SandboxDestroyRequested"] = "SandboxDestroyRequested"
+
+
+class SandboxDestroyed(SandboxEvent):
+    type: Literal["SandboxDestroyed"] = "SandboxDestroyed"
+    host_id: str | None = None
+
+
+class SandboxLost(SandboxEvent):
+    type: Literal["SandboxLost"] = "SandboxLost"
+    host_id: str = Id
+    reason: str = Field(max_length=500)

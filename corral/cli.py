@@ -1,0 +1,92 @@
+"""`corral` command line: up, doctor, image build."""
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _module(mod: str, *args: str) -> int:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.call([sys.executable, "-m", mod, *args], env=env, cwd=REPO)
+
+
+def cmd_image(a: argparse.Namespace) -> int:
+    args = ["build", "--name", a.name] + (["--rebuild"] if a.rebuild else [])
+    return _module("services.host_agent.adapters.guest_image", *args)
+
+
+def cmd_doctor(a: argparse.Namespace) -> int:
+    return _module("services.host_agent.adapters.doctor", *(["--json"] if a.json else []))
+
+
+def cmd_up(a: argparse.Namespace) -> int:
+    from .devstack import DevStack
+
+    state = Path(a.state_dir).resolve()
+    if a.driver == "qemu" and _module("services.host_agent.adapters.guest_image", "build") != 0:
+        print("guest image build failed; `corral doctor` says what is missing", file=sys.stderr)
+        return 1
+    stack = DevStack(state, http_port=a.port, driver=a.driver, store=a.store)
+    stopping = {"now": False}
+
+    def _stop(*_):  # noqa: ANN002
+        stopping["now"] = True
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    try:
+        t0 = time.monotonic()
+        stack.start(timeout_s=180)
+        stack.write_env_file(state / "dev.env")
+        c = stack.creds
+        print(f"\nCorral is up in {time.monotonic() - t0:.1f}s (driver={a.driver}, store={a.store})\n"
+              f"  CORRAL_API_URL={stack.api_url}\n  CORRAL_API_KEY={c.api_key}\n"
+              f"  CORRAL_ADMIN_KEY={c.admin_key}\n  CORRAL_NATS_URL={stack.nats_url}\n"
+              f"written to {state / 'dev.env'}; logs in {state / 'logs'}\n"
+              f"try: curl -s -X POST -H \"Authorization: Bearer $CORRAL_API_KEY\" "
+              f"\"$CORRAL_API_URL/v1/sandboxes?wait=true\"\nCtrl-C stops everything.", flush=True)
+        while not stopping["now"]:
+            for name, p in stack.procs.items():
+                if p.poll() is not None:
+                    print(f"{name} exited ({p.returncode}); restarting", file=sys.stderr)
+                    stack.start_service(name)
+            time.sleep(0.5)
+    except RuntimeError as e:
+        print(f"corral up failed: {e}", file=sys.stderr)
+        return 1
+    finally:
+        print("stopping...", file=sys.stderr)
+        stack.stop()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="corral")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    up = sub.add_parser("up", help="run the whole platform locally")
+    up.add_argument("--state-dir", default=os.environ.get("CORRAL_STATE_DIR", ".corral"))
+    up.add_argument("--port", type=int, default=int(os.environ.get("CORRAL_HTTP_PORT", "8080")))
+    up.add_argument("--driver", choices=["qemu", "fake"], default=os.environ.get("CORRAL_DRIVER", "qemu"))
+    up.add_argument("--store", default=os.environ.get("CORRAL_STORE", "sqlite"))
+    up.set_defaults(fn=cmd_up)
+    doc = sub.add_parser("doctor", help="check this host can run microVMs")
+    doc.add_argument("--json", action="store_true")
+    doc.set_defaults(fn=cmd_doctor)
+    img = sub.add_parser("image", help="guest images")
+    img_sub = img.add_subparsers(dest="image_cmd", required=True)
+    b = img_sub.add_parser("build", help="build (or reuse) a guest image")
+    b.add_argument("--name", default="default")
+    b.add_argument("--rebuild", action="store_true")
+    b.set_defaults(fn=cmd_image)
+    a = ap.parse_args(argv)
+    return a.fn(a)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

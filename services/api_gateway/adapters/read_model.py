@@ -1,0 +1,160 @@
+"""Listing read model: a projection of the event store into SQL tables.
+
+Rows and the projection cursor are written in one transaction, so the
+projection is exactly-once and can be rebuilt from position 0 at any time.
+"""
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+from typing import Any
+from uuid import UUID
+
+from eventsourcing.application import AggregateNotFoundError
+from sqlalchemy import (Column, Integer, MetaData, String, Table, Text, and_, delete, or_,
+                        select)
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from ..application.ledger import SandboxLedger
+from ..domain.sandbox import Sandbox
+from ..domain.view import sandbox_view
+
+log = logging.getLogger("corral.gateway.read_model")
+meta = MetaData()
+views = Table(
+    "sandbox_view", meta,
+    Column("id", String(64), primary_key=True),
+    Column("org_id", String(64), index=True, nullable=False),
+    Column("name", String(63), index=True),
+    Column("state", String(16), index=True, nullable=False),
+    Column("created_at", String(40), nullable=False),
+    Column("doc", Text, nullable=False),
+)
+cursors = Table("projection_cursor", meta,
+                Column("name", String(64), primary_key=True),
+                Column("position", Integer, nullable=False))
+PROJECTION = "sandbox_view"
+
+
+def read_model_url(store: str, sqlite_path: str) -> str:
+    if store == "sqlite":
+        return f"sqlite+aiosqlite:///{sqlite_path}"
+    return store.replace("postgresql://", "postgresql+asyncpg://", 1).split("?")[0]
+
+
+class ReadModel:
+    def __init__(self, url: str, schema: str | None = None):
+        opts: dict[str, Any] = {}
+        if schema:
+            opts["execution_options"] = {"schema_translate_map": {None: schema}}
+        self.engine: AsyncEngine = create_async_engine(url, **opts)
+        self._wake = asyncio.Event()
+
+    async def create(self) -> None:
+        async with self.engine.begin() as conn:
+            await conn.run_sync(meta.create_all)
+
+    async def position(self) -> int:
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(select(cursors.c.position).where(
+                cursors.c.name == PROJECTION))).first()
+        return row[0] if row else 0
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def run(self, ledger: SandboxLedger, stop: asyncio.Event, poll_s: float = 0.25) -> None:
+        while not stop.is_set():
+            try:
+                moved = await self.catch_up(ledger)
+            except Exception:
+                log.exception("projection pass failed; retrying")
+                moved = 0
+                await asyncio.sleep(1)
+            if not moved:
+                self._wake.clear()
+                try:
+                    await asyncio.wait_for(self._wake.wait(), poll_s)
+                except asyncio.TimeoutError:
+                    pass
+
+    async def catch_up(self, ledger: SandboxLedger, batch: int = 200) -> int:
+        pos = await self.position()
+        notes = await asyncio.to_thread(ledger.recorder.select_notifications, pos, batch, None, (),
+                                        inclusive_of_start=False)
+        if not notes:
+            return 0
+        ids = {n.originator_id for n in notes if ":Sandbox." in n.topic}
+        docs = await asyncio.to_thread(self._load, ledger, ids)
+        async with self.engine.begin() as conn:
+            for doc in docs:
+                await conn.execute(delete(views).where(views.c.id == doc["id"]))
+                await conn.execute(views.insert().values(
+                    id=doc["id"], org_id=doc["org_id"], name=doc["name"], state=doc["state"],
+                    created_at=doc["created_at"], doc=json.dumps(doc)))
+            new_pos = notes[-1].id
+            updated = await conn.execute(cursors.update().where(
+                and_(cursors.c.name == PROJECTION, cursors.c.position == pos)).values(
+                position=new_pos))
+            if updated.rowcount == 0:
+                if pos != 0:
+                    raise RuntimeError("projection cursor moved underneath us")
+                await conn.execute(cursors.insert().values(name=PROJECTION, position=new_pos))
+        return len(notes)
+
+    @staticmethod
+    def _load(ledger: SandboxLedger, ids: set) -> list[dict]:
+        out = []
+        for oid in ids:
+            try:
+                sb = ledger.repository.get(UUID(str(oid)))
+            except AggregateNotFoundError:
+                continue
+            if isinstance(sb, Sandbox):
+                out.append(sandbox_view(sb))
+        return out
+
+    async def rebuild(self, ledger: SandboxLedger) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(delete(views))
+            await conn.execute(delete(cursors).where(cursors.c.name == PROJECTION))
+        while await self.catch_up(ledger):
+            pass
+
+    async def list(self, org_id: str, limit: int, cursor: str | None, state: str | None,
+                   name: str | None) -> tuple[list[dict], str | None]:
+        q = select(views.c.doc, views.c.created_at, views.c.id).where(views.c.org_id == org_id)
+        if state:
+            q = q.where(views.c.state == state)
+        if name:
+            q = q.where(views.c.name == name)
+        if cursor:
+            after_ts, after_id = decode_cursor(cursor)
+            q = q.where(or_(views.c.created_at > after_ts,
+                            and_(views.c.created_at == after_ts, views.c.id > after_id)))
+        q = q.order_by(views.c.created_at, views.c.id).limit(limit + 1)
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(q)).all()
+        items = [json.loads(r.doc) for r in rows[:limit]]
+        nxt = encode_cursor(rows[limit - 1].created_at, rows[limit - 1].id) if len(rows) > limit else None
+        return items, nxt
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+
+def encode_cursor(ts: str, id_: str) -> str:
+    return base64.urlsafe_b64encode(json.dumps([ts, id_]).encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[str, str]:
+    try:
+        pad = "=" * (-len(cursor) % 4)
+        ts, id_ = json.loads(base64.urlsafe_b64decode(cursor + pad))
+        if not isinstance(ts, str) or not isinstance(id_, str):
+            raise ValueError
+        return ts, id_
+    except Exception:
+        raise ValueError("invalid cursor") from None

@@ -1,0 +1,26 @@
+"""Use-case errors, mapped to problem+json by the HTTP entrypoint."""
+
+
+class UseCaseError(Exception):
+    status = 400
+    code = "bad_request"
+
+    def __init__(self, detail: str):
+        super().__init__(detail)
+        self.detail = detail
+
+
+class NotFound(UseCaseError):
+    status, code = 404, "not_found"
+
+
+class Conflict(UseCaseError):
+    status, code = 409, "conflict"
+
+
+class IdempotencyMismatch(UseCaseError):
+    status, code = 422, "idempotency_key_reused"
+
+
+class OutOfOrder(Exception):
+    """A fact arrived before the fact that causes it; try again shortly."""

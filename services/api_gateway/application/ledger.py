@@ -1,0 +1,159 @@
+"""Sandbox use cases over the event store (sync: call via asyncio.to_thread)."""
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from typing import Callable
+
+from eventsourcing.application import AggregateNotFoundError, Application
+from eventsourcing.persistence import IntegrityError
+
+from contracts import Envelope
+from contracts.sandbox import (SandboxDestroyRequested, SandboxRequested, SandboxSpec,
+                               SandboxStopRequested)
+
+from ..domain.name_claim import NameClaim, claim_uuid
+from ..domain.sandbox import SANDBOX_FACTS, Sandbox, sandbox_uuid
+from .errors import Conflict, IdempotencyMismatch, NotFound, OutOfOrder
+
+RETRIES = 5
+
+
+def request_hash(spec: SandboxSpec) -> str:
+    canon = json.dumps(spec.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canon.encode()).hexdigest()
+
+
+def _uuid(sandbox_id: str) -> uuid.UUID | None:
+    try:
+        return uuid.UUID(sandbox_id)
+    except (ValueError, AttributeError, TypeError):
+        return None
+
+
+class SandboxLedger(Application):
+    name = "gateway"
+
+    def __init__(self, env: dict[str, str] | None = None):
+        super().__init__(env=env)
+        self.on_saved: Callable[[], None] = lambda: None
+
+    def _save(self, *aggregates) -> None:  # noqa: ANN002
+        self.save(*aggregates)
+        self.on_saved()
+
+    def find(self, sandbox_id: str, org_id: str | None) -> Sandbox:
+        """The caller's sandbox; another org's is reported as absent."""
+        uid = _uuid(sandbox_id)
+        if uid is None:
+            raise NotFound("no such sandbox")
+        try:
+            sb = self.repository.get(uid)
+        except AggregateNotFoundError:
+            raise NotFound("no such sandbox") from None
+        if not isinstance(sb, Sandbox) or (org_id is not None and sb.org_id != org_id):
+            raise NotFound("no such sandbox")
+        return sb
+
+    def request(self, org_id: str, spec: SandboxSpec, op_id: str, traceparent: str | None,
+                idempotency_key: str | None) -> tuple[Sandbox, bool]:
+        """Record a SandboxRequested; returns (sandbox, created)."""
+        digest = request_hash(spec)
+        sid = sandbox_uuid(org_id, idempotency_key)
+        for _ in range(RETRIES):
+            try:
+                existing = self.find(str(sid), org_id)
+            except NotFound:
+                existing = None
+            if existing is not None:
+                if existing.request_hash != digest:
+                    raise IdempotencyMismatch("Idempotency-Key was used with a different body")
+                return existing, False
+            msg = SandboxRequested(op_id=op_id, org_id=org_id, sandbox_id=str(sid), spec=spec,
+                                   request_hash=digest, traceparent=traceparent)
+            sb = Sandbox(msg.model_dump(mode="json"))
+            pending: list = [sb]
+            if spec.name:
+                pending.append(self._claim(org_id, spec.name, str(sid)))
+            try:
+                self._save(*pending)
+                return sb, True
+            except IntegrityError:
+                continue  # lost a race on the id or the name: look again
+        raise Conflict("concurrent requests for the same sandbox or name; retry")
+
+    def _claim(self, org_id: str, name: str, sandbox_id: str) -> NameClaim:
+        try:
+            claim = self.repository.get(claim_uuid(org_id, name))
+        except AggregateNotFoundError:
+            return NameClaim(org_id, name, sandbox_id)
+        if claim.holder and claim.holder != sandbox_id:
+            try:
+                holder = self.find(claim.holder, org_id)
+                if holder.state not in ("destroyed", "failed", "lost"):
+                    raise Conflict(f"a live sandbox named {name!r} already exists")
+            except NotFound:
+                pass
+        claim.reclaim(sandbox_id)
+        return claim
+
+    def ingest(self, msg: Envelope) -> bool:
+        """Fold a fact from another service in; False if already known."""
+        if msg.type not in SANDBOX_FACTS:
+            return False
+        for _ in range(RETRIES):
+            sb = self.find(msg.sandbox_id, None)
+            if sb.org_id != msg.org_id:
+                raise ValueError("fact's org does not own the sandbox")
+            doc = msg.model_dump(mode="json")
+            if sb.has_seen(msg.event_id):
+                return False
+            missing = sb.missing_prerequisite(doc)
+            if missing:
+                raise OutOfOrder(f"{msg.type} waits for {missing}")
+            if not sb.record_fact(doc):
+                return False
+            try:
+                self._save(sb)
+                return True
+            except IntegrityError:
+                continue
+        raise Conflict("sandbox kept changing while ingesting")
+
+    def _intent(self, sandbox_id: str, org_id: str, build: Callable[[Sandbox], Envelope | None]
+                ) -> Sandbox:
+        for _ in range(RETRIES):
+            sb = self.find(sandbox_id, org_id)
+            msg = build(sb)
+            if msg is None:
+                return sb
+            sb.record_fact(msg.model_dump(mode="json"))
+            try:
+                self._save(sb)
+                return sb
+            except IntegrityError:
+                continue
+        raise Conflict("sandbox kept changing; retry")
+
+    def request_destroy(self, sandbox_id: str, org_id: str, op_id: str,
+                        traceparent: str | None) -> Sandbox:
+        return self._intent(sandbox_id, org_id, lambda sb: SandboxDestroyRequested(
+            op_id=op_id, org_id=sb.org_id, sandbox_id=sandbox_id, traceparent=traceparent)
+            if sb.can_destroy() else None)
+
+    def request_stop(self, sandbox_id: str, org_id: str, op_id: str,
+                     traceparent: str | None) -> Sandbox:
+        def build(sb: Sandbox) -> Envelope | None:
+            if sb.state in ("stopping", "stopped"):
+                return None
+            if not sb.can_stop():
+                raise Conflict(f"cannot stop a sandbox in state {sb.state!r}")
+            return SandboxStopRequested(op_id=op_id, org_id=sb.org_id, sandbox_id=sandbox_id,
+                                        traceparent=traceparent)
+        return self._intent(sandbox_id, org_id, build)
+
+    def history(self, sandbox_id: str, org_id: str) -> list[dict]:
+        sb = self.find(sandbox_id, org_id)
+        return [e.envelope for e in self.repository.event_store.get(sb.id)
+                if hasattr(e, "envelope")]

@@ -1,0 +1,28 @@
+"""The public sandbox object, derived from the aggregate."""
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+from .sandbox import Sandbox
+
+
+def sandbox_view(sb: Sandbox) -> dict[str, Any]:
+    spec = sb.spec
+    created = datetime.fromisoformat(sb.requested_at)
+    return {
+        "id": str(sb.id),
+        "name": spec.get("name"),
+        "org_id": sb.org_id,
+        "image": spec.get("image", "default"),
+        "vcpus": spec.get("vcpus"),
+        "memory_mib": spec.get("memory_mib"),
+        "state": sb.state,
+        "host_id": sb.host_id,
+        "created_at": sb.requested_at,
+        "started_at": sb.started_at,
+        "expires_at": (created + timedelta(seconds=spec.get("ttl_seconds", 0))).isoformat(),
+        "ended_at": sb.ended_at,
+        "failure": sb.failure,
+        "metadata": spec.get("metadata", {}),
+    }

@@ -1,0 +1,28 @@
+"""Folds sandbox facts from the bus into the gateway's Sandbox aggregates."""
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from common.bus import Poison, Retry
+from contracts import Envelope
+
+from ..application.errors import NotFound, OutOfOrder
+
+log = logging.getLogger("corral.gateway.ingest")
+
+
+def ingest_handler(ctx):  # noqa: ANN001, ANN201 - GatewayContext
+    async def handle(msg: Envelope) -> None:
+        try:
+            changed = await asyncio.to_thread(ctx.ledger.ingest, msg)
+        except ValueError as e:
+            raise Poison(str(e)) from None
+        except OutOfOrder as e:
+            raise Retry(str(e), delay_s=0.5) from None
+        except NotFound:
+            raise  # not yet visible (another instance's write): retried, then dead-lettered
+        if changed:
+            log.info("sandbox fact %s folded in", msg.type)
+        ctx.waiters.notify(msg.sandbox_id)
+    return handle

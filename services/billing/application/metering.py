@@ -1,0 +1,112 @@
+"""Metering use cases over the event store (sync: call via asyncio.to_thread)."""
+from __future__ import annotations
+
+import logging
+import uuid
+from datetime import datetime, timezone
+from typing import Callable
+
+from eventsourcing.application import AggregateNotFoundError, Application
+from eventsourcing.persistence import IntegrityError
+
+from contracts import Envelope
+
+from ..domain.meter import METERED, Meter, meter_id
+
+log = logging.getLogger("corral.billing")
+RETRIES = 5
+Clock = Callable[[], datetime]
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class Conflict(RuntimeError):
+    """The meter kept changing under us; the message will be retried."""
+
+
+class Metering(Application):
+    name = "billing"
+
+    def __init__(self, env: dict[str, str] | None = None, period_s: int = 3600,
+                 grace_s: float = 60, clock: Clock = utcnow):
+        super().__init__(env=env)
+        self.period_s = period_s
+        self.grace_s = grace_s
+        self.clock = clock
+        self.on_saved: Callable[[], None] = lambda: None
+        self._open: set[uuid.UUID] = set()  # meters with a run open
+        self._position = 0  # notification log position folded into _open
+
+    def meter(self, sandbox_id: str) -> Meter | None:
+        try:
+            return self.repository.get(meter_id(sandbox_id))
+        except AggregateNotFoundError:
+            return None
+
+    def observe(self, msg: Envelope) -> int:
+        """Fold a sandbox fact in and cut what is due; returns usage records made.
+
+        Raises OrgMismatch for a fact that can never apply (poison)."""
+        if msg.type not in METERED:
+            return 0
+        fact = msg.model_dump(mode="json")
+        for _ in range(RETRIES):
+            meter = self.meter(fact["sandbox_id"]) or Meter(fact["sandbox_id"], fact["org_id"])
+            meter.observe(fact)
+            usage = meter.cut(self.clock(), self.period_s, self.grace_s)
+            if not meter.pending_events:
+                return 0
+            try:
+                self.save(meter)
+            except IntegrityError:
+                continue  # a concurrent writer (other instance, ticker): reload
+            self.on_saved()
+            for u in usage:
+                log.info("usage %s: %.1f vcpu-s", u.event_id, u.vcpu_seconds)
+            return len(usage)
+        raise Conflict("meter kept changing while observing")
+
+    def cut_due(self) -> int:
+        """Cut full periods of every open run; returns usage records made."""
+        self._refresh_open()
+        made = 0
+        for mid in list(self._open):
+            for _ in range(RETRIES):
+                try:
+                    meter = self.repository.get(mid)
+                except AggregateNotFoundError:
+                    break
+                usage = meter.cut(self.clock(), self.period_s, self.grace_s)
+                if not meter.pending_events:
+                    break
+                try:
+                    self.save(meter)
+                except IntegrityError:
+                    continue
+                self.on_saved()
+                made += len(usage)
+                break
+        self._refresh_open()
+        return made
+
+    def _refresh_open(self, batch: int = 500) -> None:
+        """Follow the notification log to know which meters have an open run."""
+        while True:
+            notes = self.recorder.select_notifications(self._position, batch, None, (),
+                                                       inclusive_of_start=False)
+            if not notes:
+                return
+            touched = {n.originator_id for n in notes}
+            self._position = notes[-1].id
+            for oid in touched:
+                uid = oid if isinstance(oid, uuid.UUID) else uuid.UUID(str(oid))
+                try:
+                    meter = self.repository.get(uid)
+                except AggregateNotFoundError:
+                    continue
+                if isinstance(meter, Meter) and meter.running:
+                    self._open.add(uid)
+                else:
+                    self._open.discard(uid)

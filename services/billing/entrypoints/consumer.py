@@ -1,0 +1,37 @@
+"""Bus handlers: sandbox facts in, usage out (through the store's outbox)."""
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from common.bus import Poison
+from contracts import Envelope
+from contracts.subjects import CONSUMERS, ConsumerDef
+
+from ..application.metering import Metering
+from ..domain.meter import OrgMismatch
+
+log = logging.getLogger("corral.billing")
+METERING: ConsumerDef = next(c for c in CONSUMERS if c.durable == "billing-metering")
+
+
+def fact_handler(app: Metering):  # noqa: ANN201 - a bus Handler
+    async def handle(msg: Envelope) -> None:
+        try:
+            await asyncio.to_thread(app.observe, msg)
+        except OrgMismatch as e:
+            raise Poison(str(e)) from None
+    return handle
+
+
+async def tick(app: Metering, every_s: float, stop: asyncio.Event) -> None:
+    """Cut full periods of long runs; a failed pass is retried next tick."""
+    while not stop.is_set():
+        try:
+            await asyncio.to_thread(app.cut_due)
+        except Exception:  # noqa: BLE001 - store down: try again later
+            log.exception("periodic usage cut failed")
+        try:
+            await asyncio.wait_for(stop.wait(), every_s)
+        except asyncio.TimeoutError:
+            pass

@@ -1,0 +1,154 @@
+"""ensure_image(): content-addressed guest images, built once per name under a lock."""
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+from . import init_script, initramfs, kernel, rootfs
+
+log = logging.getLogger("corral.host_agent.guest_image")
+NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+LAYOUT_VERSION = "1"
+IMAGES = {"default": {"suite": rootfs.SUITE, "packages": rootfs.PACKAGES}}
+
+
+@dataclass(frozen=True)
+class ImagePaths:
+    kernel: Path
+    initrd: Path
+    rootfs: Path
+    digest: str
+
+
+def image_root() -> Path:
+    env = os.environ.get("CORRAL_IMAGE_DIR")
+    return Path(env) if env else Path.home() / ".cache" / "corral" / "images"
+
+
+def _deb_version(pkg: str) -> str:
+    r = subprocess.run(["dpkg-query", "-W", "-f=${Version}", pkg],
+                       capture_output=True, text=True, check=False)
+    return r.stdout.strip() or "absent"
+
+
+@lru_cache(maxsize=None)
+def image_inputs(name: str) -> dict:
+    """Everything that determines the image's bytes (mmdebstrap output aside)."""
+    if name not in IMAGES:
+        raise KeyError(f"unknown image {name!r}; known: {sorted(IMAGES)}")
+    here = Path(__file__).resolve().parent
+    srcs = {p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(here.glob("*.py")) if p.name not in ("__main__.py",)}
+    srcs.update({f"guest/{k}": hashlib.sha256(v).hexdigest()
+                 for k, v in rootfs.guest_sources().items()})
+    return {
+        "layout": LAYOUT_VERSION,
+        "name": name,
+        "kernel_package": kernel.resolve_kernel_package(),
+        "modules": kernel.MODULES,
+        "busybox": _deb_version("busybox-static"),
+        "image": IMAGES[name],
+        "sources": srcs,
+    }
+
+
+def digest_of(inputs: dict) -> str:
+    return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
+
+
+def _paths(d: Path, digest: str) -> ImagePaths:
+    return ImagePaths(d / "vmlinux", d / "initrd.cpio", d / "rootfs.ext4", digest)
+
+
+def _complete(d: Path) -> bool:
+    return (d / "manifest.json").is_file()
+
+
+def find_image(name: str = "default") -> ImagePaths | None:
+    """The cached image for `name` if it is already built, without building."""
+    digest = digest_of(image_inputs(name))
+    final = image_root() / f"{name}-{digest[:16]}"
+    return _paths(final, digest) if _complete(final) else None
+
+
+def ensure_image(name: str = "default", *, rebuild: bool = False) -> ImagePaths:
+    """Return the image for `name`, building it if absent. Safe across processes."""
+    if not NAME_RE.match(name):
+        raise ValueError(f"invalid image name {name!r}")
+    inputs = image_inputs(name)
+    digest = digest_of(inputs)
+    root = image_root()
+    final = root / f"{name}-{digest[:16]}"
+    if _complete(final) and not rebuild:
+        return _paths(final, digest)
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / f"{name}.lock", "w") as lockf:
+        fcntl.flock(lockf, fcntl.LOCK_EX)
+        if _complete(final) and not rebuild:  # another builder won the race
+            return _paths(final, digest)
+        _build(final, name, inputs, digest)
+    return _paths(final, digest)
+
+
+def _build(final: Path, name: str, inputs: dict, digest: str) -> None:
+    root = final.parent
+    t0 = time.monotonic()
+    log.info("building guest image", extra={"image": name, "digest": digest})
+    tmp = Path(tempfile.mkdtemp(prefix=f".build-{name}-", dir=root))
+    try:
+        out = tmp / "out"
+        out.mkdir()
+        k = kernel.fetch_kernel(inputs["kernel_package"], tmp)
+        os.rename(k.vmlinux, out / "vmlinux")
+        initramfs.build_initramfs(out / "initrd.cpio", k.modules)
+        t_k = time.monotonic()
+        rootfs.build_rootfs(out / "rootfs.ext4", tmp)
+        for f in ("vmlinux", "initrd.cpio", "rootfs.ext4"):
+            os.chmod(out / f, 0o444)  # shared by running VMs: never written in place
+        manifest = {**inputs, "digest": digest,
+                    "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                    "build_s": round(time.monotonic() - t0, 1),
+                    "kernel_initrd_s": round(t_k - t0, 1),
+                    "sizes": {f: (out / f).stat().st_size
+                              for f in ("vmlinux", "initrd.cpio", "rootfs.ext4")}}
+        (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
+        if final.exists():  # rebuild: move the old one aside, running VMs keep their fds
+            os.rename(final, tmp / "old")
+        os.rename(out, final)
+        log.info("guest image built", extra={"image": name, "digest": digest,
+                                             "build_s": manifest["build_s"]})
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def prune(name: str = "default") -> list[Path]:
+    """Remove built images of `name` other than the current digest. Only run this when
+    no VM uses an old image: overlays name their backing file by path."""
+    keep = image_root() / f"{name}-{digest_of(image_inputs(name))[:16]}"
+    gone = []
+    with open(image_root() / f"{name}.lock", "w") as lockf:
+        fcntl.flock(lockf, fcntl.LOCK_EX)
+        for d in image_root().glob(f"{name}-*"):
+            if d != keep and d.is_dir() and re.fullmatch(rf"{name}-[0-9a-f]{{16}}", d.name):
+                shutil.rmtree(d)
+                gone.append(d)
+    return gone
+
+
+def manifest(paths: ImagePaths) -> dict:
+    return json.loads((paths.rootfs.parent / "manifest.json").read_text())
+
+
+__all__ = ["ImagePaths", "ensure_image", "find_image", "prune", "image_root", "image_inputs", "manifest",
+           "init_script"]

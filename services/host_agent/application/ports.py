@@ -1,0 +1,100 @@
+"""Ports the host agent's use cases depend on: the VMM driver and its records.
+
+A driver owns every kernel object a VM needs. It reports each one through
+`ResourceRecorder` the moment it exists, so a crashed agent can clean up.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import AsyncIterator, Awaitable, Callable, Protocol
+
+
+@dataclass(frozen=True)
+class VmSpec:
+    sandbox_id: str
+    name: str | None
+    image: str = "default"
+    vcpus: int = 1
+    memory_mib: int = 256
+    env: dict[str, str] = field(default_factory=dict)
+    egress: bool = False
+
+
+@dataclass(frozen=True)
+class VmInfo:
+    sandbox_id: str
+    pid: int | None
+    accel: str
+    ip: str | None = None
+    boot_ms: int | None = None
+
+
+@dataclass(frozen=True)
+class ExecRequest:
+    cmd: list[str]
+    env: dict[str, str] = field(default_factory=dict)
+    cwd: str | None = None
+    stdin: bytes | None = None
+    timeout_s: float = 60.0
+    output_cap: int = 1 << 20
+
+
+@dataclass(frozen=True)
+class ExecChunk:
+    stream: str  # "stdout" | "stderr"
+    data: bytes
+
+
+@dataclass(frozen=True)
+class ExecResult:
+    exit_code: int | None
+    stdout: bytes
+    stderr: bytes
+    duration_ms: int
+    timed_out: bool
+    truncated: bool = False
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    name: str
+    size: int
+    is_dir: bool
+    mode: int
+
+
+@dataclass(frozen=True)
+class ReconcileReport:
+    adopted: list[str]
+    cleaned: list[str]
+    killed_unrecorded: list[str]
+
+
+# record(sandbox_id, kind, value): kind is "pid", "tap", "nft", "overlay", ...;
+# value None means the object was removed. Awaited before the object is used.
+ResourceRecorder = Callable[[str, str, str | None], Awaitable[None]]
+
+
+class VmmDriver(Protocol):
+    accel: str  # "kvm" | "tcg" | "fake"
+
+    async def start(self, spec: VmSpec, record: ResourceRecorder) -> VmInfo: ...
+    async def stop(self, sandbox_id: str) -> None: ...
+    async def destroy(self, sandbox_id: str, resources: dict[str, str]) -> None: ...
+    async def pause(self, sandbox_id: str) -> None: ...
+    async def resume(self, sandbox_id: str) -> None: ...
+    async def is_alive(self, sandbox_id: str, resources: dict[str, str]) -> bool: ...
+    async def exec(
+        self, sandbox_id: str, req: ExecRequest,
+        on_chunk: Callable[[ExecChunk], Awaitable[None]] | None = None,
+    ) -> ExecResult: ...
+    async def put_file(self, sandbox_id: str, path: str, data: bytes) -> None: ...
+    async def get_file(self, sandbox_id: str, path: str) -> bytes: ...
+    async def list_files(self, sandbox_id: str, path: str) -> list[FileEntry]: ...
+    async def reconcile(
+        self, recorded: dict[str, dict[str, str]], record: ResourceRecorder
+    ) -> ReconcileReport: ...
+    async def close(self) -> None: ...
+
+
+ChunkStream = AsyncIterator[ExecChunk]

@@ -1,0 +1,63 @@
+"""The host agent's event store: Vm aggregates (sync; call via to_thread)."""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from eventsourcing.application import AggregateNotFoundError, Application
+from eventsourcing.persistence import IntegrityError
+
+from ..domain.vm import Vm, vm_uuid
+
+
+class VmRecords(Application):
+    name = "host_agent"
+
+    def __init__(self, env: dict[str, str] | None = None):
+        super().__init__(env=env)
+        self.on_saved: Callable[[], None] = lambda: None
+
+    def _save(self, *aggs) -> None:  # noqa: ANN002
+        self.save(*aggs)
+        self.on_saved()
+
+    def get(self, sandbox_id: str) -> Vm | None:
+        try:
+            return self.repository.get(vm_uuid(sandbox_id))
+        except AggregateNotFoundError:
+            return None
+
+    def accept(self, sandbox_id: str, org_id: str, spec: dict[str, Any],
+               starting: dict[str, Any]) -> tuple[Vm, bool]:
+        """Record that this host starts the sandbox; (vm, False) if it already did."""
+        existing = self.get(sandbox_id)
+        if existing is not None:
+            return existing, False
+        vm = Vm(sandbox_id, org_id, spec, starting)
+        try:
+            self._save(vm)
+        except IntegrityError:
+            return self.get(sandbox_id), False
+        return vm, True
+
+    def record_resource(self, sandbox_id: str, kind: str, value: str | None) -> None:
+        vm = self.repository.get(vm_uuid(sandbox_id))
+        vm.record_resource(kind, value)
+        self._save(vm)
+
+    def transition(self, sandbox_id: str, state: str, envelope: dict[str, Any] | None) -> Vm:
+        vm = self.repository.get(vm_uuid(sandbox_id))
+        vm.transition(state, envelope)
+        self._save(vm)
+        return vm
+
+    def all_vms(self) -> list[Vm]:
+        """Every Vm ever accepted here (the host-local store is small)."""
+        ids, start = [], 0
+        while True:
+            notes = self.recorder.select_notifications(start, 500, None, (),
+                                                       inclusive_of_start=False)
+            if not notes:
+                break
+            ids.extend(n.originator_id for n in notes if n.topic.endswith("Vm.Accepted"))
+            start = notes[-1].id
+        return [self.repository.get(i) for i in ids]

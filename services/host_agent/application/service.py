@@ -1,0 +1,146 @@
+"""Host agent use cases: start, stop, destroy and reconcile, driving the VMM."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from typing import Any
+
+from common.bus import Poison
+from contracts.commands import DestroySandbox, HostCommand, StartSandbox, StopSandbox
+from contracts.sandbox import (Failure, SandboxDestroyed, SandboxFailed, SandboxStarted,
+                               SandboxStarting, SandboxStopped)
+
+from .ports import VmmDriver, VmSpec
+from .records import VmRecords
+
+log = logging.getLogger("corral.host_agent")
+REPLY_NS = uuid.UUID("7e5d4c3b-2a19-4f8e-8d7c-6b5a49382716")
+
+
+def _dump(m) -> dict[str, Any]:  # noqa: ANN001
+    return m.model_dump(mode="json")
+
+
+def _common(cmd: HostCommand) -> dict[str, Any]:
+    return dict(op_id=cmd.op_id, org_id=cmd.org_id, sandbox_id=cmd.sandbox_id,
+                traceparent=cmd.traceparent)
+
+
+class HostAgentService:
+    def __init__(self, host_id: str, records: VmRecords, driver: VmmDriver, publish):  # noqa: ANN001
+        self.host_id = host_id
+        self.records = records
+        self.driver = driver
+        self.publish = publish  # for replies about VMs this host never had
+        self._tasks: set[asyncio.Future] = set()
+
+    async def handle(self, cmd: HostCommand) -> None:
+        if cmd.host_id != self.host_id:
+            raise Poison("command for another host")
+        if isinstance(cmd, StartSandbox):
+            await self.start(cmd)
+        elif isinstance(cmd, StopSandbox):
+            await self.stop(cmd)
+        elif isinstance(cmd, DestroySandbox):
+            await self.destroy(cmd)
+
+    async def _record(self, sandbox_id: str, kind: str, value: str | None) -> None:
+        await asyncio.to_thread(self.records.record_resource, sandbox_id, kind, value)
+
+    async def start(self, cmd: StartSandbox) -> None:
+        starting = SandboxStarting(host_id=self.host_id, **_common(cmd))
+        vm, new = await asyncio.to_thread(self.records.accept, cmd.sandbox_id, cmd.org_id,
+                                          cmd.spec.model_dump(mode="json"), _dump(starting))
+        if not new:
+            log.info("start of a known sandbox ignored (state %s)", vm.state)
+            return
+        await self._boot(vm.sandbox_id, vm.spec, vm.starting)
+
+    async def _boot(self, sandbox_id: str, spec_doc: dict[str, Any],
+                    starting: dict[str, Any]) -> None:
+        """Boot the VM and report Started or Failed; `starting` gives the ids."""
+        spec = VmSpec(sandbox_id, spec_doc.get("name"), spec_doc.get("image", "default"),
+                      spec_doc.get("vcpus", 1), spec_doc.get("memory_mib", 256),
+                      dict(spec_doc.get("env") or {}),
+                      bool((spec_doc.get("network") or {}).get("egress")))
+        common = {k: starting[k] for k in ("op_id", "org_id", "sandbox_id", "traceparent")}
+        try:
+            info = await self.driver.start(spec, self._record)
+        except Exception as e:  # noqa: BLE001 - any boot failure becomes SandboxFailed
+            log.warning("start failed: %s", e, exc_info=True)
+            await self._remove_resources(sandbox_id)
+            failed = SandboxFailed(host_id=self.host_id, failure=Failure(
+                code="boot_failed", message=str(e)[:500] or e.__class__.__name__), **common)
+            await asyncio.to_thread(self.records.transition, sandbox_id, "failed", _dump(failed))
+            return
+        started = SandboxStarted(host_id=self.host_id, vcpus=spec.vcpus,
+                                 memory_mib=spec.memory_mib, accel=info.accel, ip=info.ip,
+                                 boot_ms=info.boot_ms, **common)
+        await asyncio.to_thread(self.records.transition, sandbox_id, "running", _dump(started))
+        log.info("sandbox running", extra={"boot_ms": info.boot_ms, "accel": info.accel})
+
+    async def _remove_resources(self, sandbox_id: str) -> None:
+        vm = await asyncio.to_thread(self.records.get, sandbox_id)
+        await self.driver.destroy(sandbox_id, dict(vm.resources))
+        for kind in list(vm.resources):
+            await asyncio.to_thread(self.records.record_resource, sandbox_id, kind, None)
+
+    async def stop(self, cmd: StopSandbox) -> None:
+        vm = await asyncio.to_thread(self.records.get, cmd.sandbox_id)
+        if vm is None or vm.state in ("stopped", "destroyed", "failed"):
+            return
+        await self.driver.stop(cmd.sandbox_id)
+        await asyncio.to_thread(self.records.transition, cmd.sandbox_id, "stopped",
+                                _dump(SandboxStopped(host_id=self.host_id, **_common(cmd))))
+
+    async def destroy(self, cmd: DestroySandbox) -> None:
+        vm = await asyncio.to_thread(self.records.get, cmd.sandbox_id)
+        done = SandboxDestroyed(host_id=self.host_id, **_common(cmd))
+        if vm is None:  # never ran here: still answer, with an id stable across retries
+            await self.publish(done.model_copy(update={
+                "event_id": str(uuid.uuid5(REPLY_NS, cmd.event_id))}))
+            return
+        if vm.state == "destroyed":
+            return
+        await self._remove_resources(cmd.sandbox_id)
+        await asyncio.to_thread(self.records.transition, cmd.sandbox_id, "destroyed",
+                                _dump(done))
+
+    async def reconcile(self) -> dict[str, list[str]]:
+        """Adopt live recorded VMs, fail dead ones, kill leftovers we own, and
+        boot again any VM whose boot the previous agent did not finish."""
+        vms = await asyncio.to_thread(self.records.all_vms)
+        active = {vm.sandbox_id: vm for vm in vms if vm.active}
+        report = await self.driver.reconcile(
+            {sid: dict(vm.resources) for sid, vm in active.items()}, self._record)
+        resumed = [sid for sid, vm in active.items() if vm.state == "starting"]
+        for sid in resumed:
+            await self._remove_resources(sid)
+            self._tasks.add(asyncio.ensure_future(
+                self._boot(sid, active[sid].spec, active[sid].starting)))
+        for sid in report.cleaned:
+            if sid in resumed:
+                continue
+            vm = active[sid]
+            await self._remove_resources(sid)
+            failed = SandboxFailed(op_id=f"op_reconcile_{self.host_id}"[:64], org_id=vm.org_id,
+                                   sandbox_id=sid, host_id=self.host_id, failure=Failure(
+                                       code="vm_died",
+                                       message=f"VM was {vm.state} but gone when the agent restarted"))
+            await asyncio.to_thread(self.records.transition, sid, "failed", _dump(failed))
+        log.info("reconciled: %d adopted, %d cleaned, %d unrecorded killed, %d boots resumed",
+                 len(report.adopted), len(report.cleaned), len(report.killed_unrecorded),
+                 len(resumed), extra={"adopted": ",".join(report.adopted),
+                                      "cleaned": ",".join(report.cleaned)})
+        return {"adopted": report.adopted, "cleaned": report.cleaned,
+                "killed_unrecorded": report.killed_unrecorded, "resumed": resumed}
+
+    async def drain(self) -> None:
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def usage(self) -> tuple[int, int, int]:
+        vms = [vm for vm in self.records.all_vms() if vm.active]
+        return (len(vms), sum(vm.spec.get("vcpus", 1) for vm in vms),
+                sum(vm.spec.get("memory_mib", 0) for vm in vms))

@@ -1,0 +1,41 @@
+"""Wires the scheduler's explicit dependencies."""
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+from common.bus import Bus
+from common.eventstore import store_env
+from common.relay import OutboxRelay
+
+from .application.liveness import Liveness
+from .application.scheduler import Scheduler
+from .settings import SchedulerSettings
+
+
+@dataclass
+class SchedulerContext:
+    settings: SchedulerSettings
+    bus: Bus
+    app: Scheduler
+    relay: OutboxRelay
+    liveness: Liveness
+
+    async def ready(self) -> bool:
+        return self.bus.connected
+
+    async def close(self) -> None:
+        await self.bus.close()
+        self.app.close()
+
+
+async def bootstrap(settings: SchedulerSettings) -> SchedulerContext:
+    bus = Bus(settings.nats_url, f"scheduler-{settings.instance}")
+    await bus.connect()
+    await bus.ensure_topology()
+    app = await asyncio.to_thread(Scheduler, store_env(settings.store, settings.state_dir,
+                                                       "scheduler"))
+    relay = OutboxRelay(app, bus, name="scheduler-relay")
+    loop = asyncio.get_running_loop()
+    app.on_saved = lambda: loop.call_soon_threadsafe(relay.wake)
+    return SchedulerContext(settings, bus, app, relay, Liveness(settings.missed_heartbeats))

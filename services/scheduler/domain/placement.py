@@ -1,0 +1,46 @@
+"""Placement aggregate: one per sandbox, id derived from the sandbox id.
+
+Creating it twice fails in the store, so no sandbox is ever placed twice,
+whatever the number of scheduler instances or redeliveries.
+"""
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from eventsourcing.domain import Aggregate, event
+
+NAMESPACE = uuid.UUID("9a3f6b1e-7c2d-4e8f-b0a1-c2d3e4f5a6b7")
+
+
+def placement_uuid(sandbox_id: str) -> uuid.UUID:
+    return uuid.uuid5(NAMESPACE, f"placement/{sandbox_id}")
+
+
+class Placement(Aggregate):
+    @staticmethod
+    def create_id(sandbox_id: str, **_: Any) -> uuid.UUID:
+        return placement_uuid(sandbox_id)
+
+    @event("Decided")
+    def __init__(self, sandbox_id: str, org_id: str, host_id: str | None,
+                 envelope: dict[str, Any]):
+        """`envelope` is SandboxScheduled, SandboxFailed or SandboxDestroyed."""
+        self.sandbox_id = sandbox_id
+        self.org_id = org_id
+        self.host_id = host_id
+        self.status = {"SandboxScheduled": "placed", "SandboxFailed": "failed",
+                       "SandboxDestroyed": "cancelled"}[envelope["type"]]
+        self.commands: list[str] = []
+
+    @property
+    def active(self) -> bool:
+        return self.status == "placed"
+
+    @event("Commanded")
+    def command(self, envelope: dict[str, Any]) -> None:
+        self.commands.append(envelope["type"])
+
+    @event("Ended")
+    def end(self, envelope: dict[str, Any] | None = None, status: str = "ended") -> None:
+        self.status = status

@@ -1,0 +1,100 @@
+"""Bus handlers: placement, intents, host reports, heartbeats, loss sweeps."""
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import datetime, timezone
+
+from nats.js.api import DeliverPolicy
+
+from common.bus import Retry
+from common.logging import log_context
+from contracts import Envelope, InvalidMessage, parse_message
+from contracts.host import HostHeartbeat
+
+from ..application.scheduler import NoCapacity
+
+log = logging.getLogger("corral.scheduler")
+
+
+def placement_handler(ctx):  # noqa: ANN001, ANN201 - SchedulerContext
+    async def handle(msg: Envelope) -> None:
+        app = ctx.app
+        if msg.type == "SandboxRequested":
+            try:
+                p = await asyncio.to_thread(app.place, msg, ctx.liveness.alive())
+            except NoCapacity as e:
+                age = (datetime.now(timezone.utc) - msg.occurred_at).total_seconds()
+                if age < ctx.settings.placement_timeout_s:
+                    raise Retry(str(e), delay_s=1.0) from None
+                await asyncio.to_thread(app.fail, msg, "no_capacity", str(e))
+                log.warning("placement failed: %s", e)
+                return
+            log.info("placed on %s", p.host_id, extra={"host_id": p.host_id})
+        elif msg.type in ("SandboxDestroyRequested", "SandboxStopRequested"):
+            await asyncio.to_thread(app.route_intent, msg)
+        elif msg.type in ("SandboxDestroyed", "SandboxFailed", "SandboxStopped"):
+            await asyncio.to_thread(app.host_reported, msg)
+    return handle
+
+
+def host_event_handler(ctx):  # noqa: ANN001, ANN201
+    async def handle(msg: Envelope) -> None:
+        if msg.type == "HostRegistered":
+            await asyncio.to_thread(ctx.app.register, msg)
+    return handle
+
+
+async def watch_heartbeats(ctx, stop: asyncio.Event) -> None:  # noqa: ANN001
+    """Every scheduler instance sees every heartbeat (ordered, ephemeral)."""
+    queue: asyncio.Queue = asyncio.Queue(maxsize=10000)
+
+    async def on_msg(m) -> None:  # noqa: ANN001
+        try:
+            queue.put_nowait(m)
+        except asyncio.QueueFull:
+            pass
+
+    sub = await ctx.bus.js.subscribe("corral.evt.host.*.HostHeartbeat", cb=on_msg,
+                                     ordered_consumer=True,
+                                     deliver_policy=DeliverPolicy.LAST_PER_SUBJECT)
+    try:
+        while not stop.is_set():
+            try:
+                m = await asyncio.wait_for(queue.get(), 0.5)
+            except asyncio.TimeoutError:
+                continue
+            try:
+                hb = parse_message(m.data)
+            except InvalidMessage as e:
+                log.warning("ignored invalid heartbeat: %s", e.reason)
+                continue
+            if not isinstance(hb, HostHeartbeat):
+                continue
+            age = (datetime.now(timezone.utc) - hb.occurred_at).total_seconds()
+            if age > hb.interval_s * ctx.settings.missed_heartbeats:
+                continue  # a stale one replayed at start-up
+            was_alive = hb.host_id in ctx.liveness.alive()
+            ctx.liveness.beat(hb.host_id, hb.interval_s)
+            with log_context(host_id=hb.host_id):
+                await asyncio.to_thread(ctx.app.register, hb)
+                if not was_alive:
+                    log.info("host ready", extra={"accel": hb.accel})
+    finally:
+        await sub.unsubscribe()
+
+
+async def sweep_lost_hosts(ctx, stop: asyncio.Event) -> None:  # noqa: ANN001
+    while not stop.is_set():
+        for host_id in ctx.liveness.expired():
+            timeout = ctx.liveness.timeout_for(host_id)
+            with log_context(host_id=host_id, op_id=f"op_sweep_{host_id}"[:64]):
+                lost = await asyncio.to_thread(ctx.app.mark_lost, host_id, timeout,
+                                               f"op_sweep_{host_id}"[:64])
+                ctx.liveness.forget(host_id)
+                log.warning("host lost after %.1fs without heartbeats; %d sandboxes lost",
+                            timeout, len(lost))
+        try:
+            await asyncio.wait_for(stop.wait(), ctx.settings.sweep_interval_s)
+        except asyncio.TimeoutError:
+            pass

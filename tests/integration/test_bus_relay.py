@@ -1,0 +1,115 @@
+"""Outbox relay and consumers against a real nats-server."""
+import asyncio
+import json
+import uuid
+
+import pytest
+
+from common.bus import Bus, Poison
+from common.eventstore import store_env
+from common.relay import OutboxRelay
+from contracts.sandbox import SandboxScheduled, SandboxSpec
+from contracts.subjects import ConsumerDef
+from services.api_gateway.application.ledger import SandboxLedger
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+async def bus(nats_server):
+    b = Bus(nats_server.url, "test")
+    await b.connect()
+    await b.ensure_topology()
+    yield b
+    await b.close()
+
+
+async def stream_msgs(bus: Bus, subject: str) -> list:
+    """Every message on a subject, read without consuming."""
+    out = []
+    sub = await bus.js.subscribe(subject, ordered_consumer=True)
+    info = await bus.js.stream_info((await bus.js.find_stream_name_by_subject(subject)))
+    try:
+        while True:
+            m = await sub.next_msg(timeout=0.5)
+            out.append(m)
+    except Exception:  # noqa: BLE001 - timeout: no more
+        pass
+    await sub.unsubscribe()
+    assert info.state.messages >= len(out)
+    return out
+
+
+async def test_relay_publishes_in_order_resumes_and_dedupes(bus, tmp_path, store):
+    ledger = SandboxLedger(store_env(store, tmp_path, "gateway"))
+    org = "org" + uuid.uuid4().hex[:8]
+    sids = []
+    for _ in range(3):
+        sb, _ = ledger.request(org, SandboxSpec(), "op", None, None)
+        ledger.ingest(SandboxScheduled(op_id="op", org_id=org, sandbox_id=str(sb.id), host_id="h"))
+        sids.append(str(sb.id))
+    relay = OutboxRelay(ledger, bus, name="relay-test")
+    assert await relay.drain_once() == 6
+    # crash after publishing but before saving the cursor: replay everything
+    relay2 = OutboxRelay(ledger, bus, name="relay-test-2")
+    assert await relay2.drain_once() == 6
+    # a restarted relay with the first relay's cursor publishes nothing
+    relay3 = OutboxRelay(ledger, bus, name="relay-test")
+    assert await relay3.drain_once() == 0
+    msgs = await stream_msgs(bus, f"corral.evt.sandbox.{org}.>")
+    ids = [json.loads(m.data)["event_id"] for m in msgs]
+    assert len(ids) == 6 and len(set(ids)) == 6  # the duplicate window dropped the replay
+    for sid in sids:  # per-aggregate order preserved
+        types = [json.loads(m.data)["type"] for m in msgs if f".{sid}." in m.subject]
+        assert types == ["SandboxRequested", "SandboxScheduled"]
+    assert all(m.headers["Nats-Msg-Id"] == json.loads(m.data)["event_id"] for m in msgs)
+    ledger.close()
+
+
+async def test_poison_is_dead_lettered_and_stream_not_blocked(bus):
+    tag = uuid.uuid4().hex[:8]
+    c = ConsumerDef("CORRAL_SANDBOX", f"t-{tag}", (f"corral.evt.sandbox.{tag}.>",),
+                    max_deliver=3, ack_wait_s=5)
+    await bus.ensure_consumer(c)
+    handled: list[str] = []
+    fail_first = {"n": 0}
+
+    async def handler(msg):
+        if msg.op_id == "poison":
+            raise Poison("cannot ever apply")
+        if msg.op_id == "flaky" and fail_first["n"] < 1:
+            fail_first["n"] += 1
+            raise RuntimeError("transient")
+        if msg.op_id == "always-fails":
+            raise RuntimeError("broken handler")
+        handled.append(msg.op_id)
+
+    def ev(op):
+        return SandboxScheduled(op_id=op, org_id=tag, sandbox_id="s1", host_id="h")
+    await bus.js.publish(f"corral.evt.sandbox.{tag}.s1.SandboxScheduled", b"not json")
+    await bus.js.publish(f"corral.evt.sandbox.{tag}.s1.X", b'{"type": "Nope"}')
+    bad = json.loads(ev("x").to_json())
+    bad["host_id"] = ""
+    await bus.js.publish(f"corral.evt.sandbox.{tag}.s1.SandboxScheduled", json.dumps(bad).encode())
+    for op in ("poison", "always-fails", "flaky", "ok"):
+        await bus.publish(ev(op), subject=f"corral.evt.sandbox.{tag}.s1.SandboxScheduled")
+    stop = asyncio.Event()
+    task = asyncio.create_task(bus.consume(c, handler, stop))
+    dlq_sub = await bus.js.subscribe(f"corral.dlq.t-{tag}", ordered_consumer=True)
+    letters = []
+    try:
+        async with asyncio.timeout(30):
+            while len(letters) < 5 or len(handled) < 2:
+                try:
+                    m = await dlq_sub.next_msg(timeout=0.5)
+                    letters.append(json.loads(m.data))
+                except Exception:  # noqa: BLE001
+                    pass
+    finally:
+        stop.set()
+        await task
+    assert sorted(handled) == ["flaky", "ok"]
+    reasons = " | ".join(x["reason"] for x in letters)
+    assert "not JSON" in reasons and "unknown type" in reasons and "invalid SandboxScheduled" in reasons
+    assert "poison" in reasons and "gave up after 3" in reasons
+    assert all(x["consumer"] == f"t-{tag}" for x in letters)

@@ -1,0 +1,126 @@
+"""The gateway's event store and read model on SQLite and PostgreSQL."""
+import asyncio
+import uuid
+from pathlib import Path
+from urllib.parse import parse_qs, urlparse
+
+import pytest
+
+from common.eventstore import store_env
+from contracts.sandbox import (SandboxScheduled, SandboxSpec, SandboxStarted, SandboxStarting)
+from services.api_gateway.adapters.read_model import ReadModel, read_model_url
+from services.api_gateway.application.errors import Conflict, IdempotencyMismatch, NotFound
+from services.api_gateway.application.ledger import SandboxLedger
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def ledger(store, tmp_path):
+    app = SandboxLedger(store_env(store, tmp_path, "gateway"))
+    yield app
+    app.close()
+
+
+def fact(cls, sb, **kw):
+    return cls(op_id="op", org_id=sb.org_id, sandbox_id=str(sb.id), **kw)
+
+
+def test_request_is_idempotent_per_key_and_body(ledger):
+    a, created = ledger.request("org1", SandboxSpec(vcpus=2), "op1", None, "key-1")
+    b, again = ledger.request("org1", SandboxSpec(vcpus=2), "op2", None, "key-1")
+    assert created and not again and a.id == b.id
+    with pytest.raises(IdempotencyMismatch):
+        ledger.request("org1", SandboxSpec(vcpus=4), "op3", None, "key-1")
+    c, _ = ledger.request("org2", SandboxSpec(vcpus=2), "op4", None, "key-1")
+    assert c.id != a.id  # keys are per org
+
+
+def test_state_rebuilt_from_store_and_facts_deduplicated(ledger, store, tmp_path):
+    sb, _ = ledger.request("org1", SandboxSpec(), "op", None, None)
+    scheduled = fact(SandboxScheduled, sb, host_id="h1")
+    assert ledger.ingest(scheduled) is True
+    assert ledger.ingest(scheduled) is False  # redelivery changes nothing
+    ledger.ingest(fact(SandboxStarting, sb, host_id="h1"))
+    ledger.ingest(fact(SandboxStarted, sb, host_id="h1", vcpus=1, memory_mib=256, accel="fake"))
+    fresh = SandboxLedger(store_env(store, tmp_path, "gateway"))  # a restarted process
+    try:
+        again = fresh.find(str(sb.id), "org1")
+        assert again.state == "running" and again.host_id == "h1"
+        assert [e["type"] for e in fresh.history(str(sb.id), "org1")] == [
+            "SandboxRequested", "SandboxScheduled", "SandboxStarting", "SandboxStarted"]
+    finally:
+        fresh.close()
+
+
+def test_other_org_sees_nothing(ledger):
+    sb, _ = ledger.request("org1", SandboxSpec(), "op", None, None)
+    with pytest.raises(NotFound):
+        ledger.find(str(sb.id), "org2")
+    with pytest.raises(NotFound):
+        ledger.request_destroy(str(sb.id), "org2", "op", None)
+    assert ledger.find(str(sb.id), "org1").state == "requested"
+
+
+def test_fact_from_wrong_org_is_rejected(ledger):
+    sb, _ = ledger.request("org1", SandboxSpec(), "op", None, None)
+    bad = SandboxScheduled(op_id="op", org_id="org2", sandbox_id=str(sb.id), host_id="h")
+    with pytest.raises(ValueError):
+        ledger.ingest(bad)
+
+
+def test_names_unique_among_live_sandboxes(ledger):
+    a, _ = ledger.request("org1", SandboxSpec(name="web"), "op", None, None)
+    with pytest.raises(Conflict):
+        ledger.request("org1", SandboxSpec(name="web"), "op", None, None)
+    ledger.request("org2", SandboxSpec(name="web"), "op", None, None)  # other org: fine
+    ledger.request("org1", SandboxSpec(name="web-2"), "op", None, None)  # no prefix matching
+    ledger.request_destroy(str(a.id), "org1", "op", None)
+    from contracts.sandbox import SandboxDestroyed
+    ledger.ingest(fact(SandboxDestroyed, a))
+    b, created = ledger.request("org1", SandboxSpec(name="web"), "op", None, None)
+    assert created and b.id != a.id
+
+
+def test_concurrent_same_name_has_one_winner(ledger):
+    from concurrent.futures import ThreadPoolExecutor
+
+    def attempt(_):
+        try:
+            ledger.request("org1", SandboxSpec(name="race"), "op", None, None)
+            return "ok"
+        except Conflict:
+            return "conflict"
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(attempt, range(8)))
+    assert results.count("ok") == 1, results
+
+
+async def test_read_model_projection_is_rebuildable(ledger, store, tmp_path):
+    ids = []
+    for i in range(5):
+        sb, _ = await asyncio.to_thread(ledger.request, "org1", SandboxSpec(name=f"n{i}"),
+                                        "op", None, None)
+        ids.append(str(sb.id))
+    await asyncio.to_thread(ledger.request, "org2", SandboxSpec(), "op", None, None)
+    schema = None if store == "sqlite" else parse_qs(urlparse(store).query)["schema"][0]
+    rm = ReadModel(read_model_url(store, str(Path(tmp_path) / "read.sqlite")), schema)
+    await rm.create()
+    try:
+        await rm.catch_up(ledger)
+        page1, cur = await rm.list("org1", 3, None, None, None)
+        page2, cur2 = await rm.list("org1", 3, cur, None, None)
+        assert cur2 is None
+        assert sorted(x["id"] for x in page1 + page2) == sorted(ids)
+        assert (await rm.list("org1", 50, None, None, "n3"))[0][0]["name"] == "n3"
+        sb = ledger.find(ids[0], "org1")
+        ledger.ingest(fact(SandboxScheduled, sb, host_id="h9"))
+        await rm.catch_up(ledger)
+        assert [x["id"] for x in (await rm.list("org1", 50, None, "scheduled", None))[0]] == [ids[0]]
+        before = await rm.list("org1", 50, None, None, None)
+        await rm.rebuild(ledger)
+        assert await rm.list("org1", 50, None, None, None) == before
+        with pytest.raises(ValueError):
+            await rm.list("org1", 5, "garbage!", None, None)
+    finally:
+        await rm.close()

@@ -1,0 +1,65 @@
+"""The Sandbox aggregate's fold over facts (pure domain)."""
+import uuid
+
+import pytest
+
+from contracts.sandbox import (Failure, SandboxDestroyed, SandboxDestroyRequested,
+                               SandboxFailed, SandboxLost, SandboxRequested, SandboxScheduled,
+                               SandboxSpec, SandboxStarted, SandboxStarting)
+from services.api_gateway.domain.sandbox import Sandbox
+
+pytestmark = pytest.mark.unit
+
+
+def new() -> Sandbox:
+    r = SandboxRequested(op_id="op", org_id="o", sandbox_id=str(uuid.uuid4()),
+                         spec=SandboxSpec(), request_hash="h")
+    return Sandbox(r.model_dump(mode="json"))
+
+
+def f(sb, cls, **kw):
+    return cls(op_id="op", org_id="o", sandbox_id=str(sb.id), **kw).model_dump(mode="json")
+
+
+def test_happy_path_and_duplicates():
+    sb = new()
+    sched = f(sb, SandboxScheduled, host_id="h")
+    assert sb.record_fact(sched) and not sb.record_fact(sched)
+    sb.record_fact(f(sb, SandboxStarting, host_id="h"))
+    sb.record_fact(f(sb, SandboxStarted, host_id="h", vcpus=1, memory_mib=256, accel="tcg"))
+    assert sb.state == "running" and sb.accel == "tcg"
+    sb.record_fact(f(sb, SandboxDestroyRequested))
+    assert sb.state == "stopping" and not sb.can_destroy()
+    sb.record_fact(f(sb, SandboxDestroyed, host_id="h"))
+    assert sb.state == "destroyed" and sb.ended_at
+
+
+def test_prerequisites_keep_causal_order():
+    sb = new()
+    starting = f(sb, SandboxStarting, host_id="h")
+    assert sb.missing_prerequisite(starting) == "SandboxScheduled"
+    sb.record_fact(f(sb, SandboxScheduled, host_id="h"))
+    assert sb.missing_prerequisite(starting) is None
+    destroyed = f(sb, SandboxDestroyed, host_id="h")
+    assert sb.missing_prerequisite(destroyed) == "SandboxDestroyRequested"
+    sb.record_fact(starting)
+    sb.record_fact(f(sb, SandboxDestroyRequested))
+    assert sb.missing_prerequisite(destroyed) == "SandboxStarted|SandboxFailed"
+    sb.record_fact(f(sb, SandboxFailed, host_id="h", failure=Failure(code="x", message="y")))
+    assert sb.missing_prerequisite(destroyed) is None
+    # facts from the scheduler (no host) need no host-side cause
+    other = new()
+    assert other.missing_prerequisite(
+        f(other, SandboxFailed, failure=Failure(code="no_capacity", message="m"))) is None
+
+
+def test_terminal_states_absorb_late_facts():
+    sb = new()
+    sb.record_fact(f(sb, SandboxScheduled, host_id="h"))
+    sb.record_fact(f(sb, SandboxLost, host_id="h", reason="gone"))
+    assert sb.state == "lost" and sb.failure["code"] == "host_lost"
+    sb.record_fact(f(sb, SandboxStarting, host_id="h"))
+    assert sb.state == "lost"
+    sb.record_fact(f(sb, SandboxDestroyRequested))
+    sb.record_fact(f(sb, SandboxDestroyed))
+    assert sb.state == "destroyed"

@@ -1,0 +1,112 @@
+"""Scheduler use cases on a real (SQLite) event store."""
+import json
+import uuid
+
+import pytest
+
+from common.eventstore import store_env
+from contracts.commands import StartSandbox
+from contracts.host import HostCapacity, HostHeartbeat, HostRegistered
+from contracts.sandbox import (SandboxDestroyed, SandboxDestroyRequested, SandboxRequested,
+                               SandboxSpec)
+from services.scheduler.application.scheduler import NoCapacity, Scheduler
+
+pytestmark = pytest.mark.unit
+
+
+def hb(host_id: str, vcpus: int = 4, mem: int = 1024, n: int = 10) -> HostHeartbeat:
+    return HostHeartbeat(op_id="op", host_id=host_id, seq=0, accel="fake",
+                         capacity=HostCapacity(vcpus=vcpus, memory_mib=mem, max_sandboxes=n),
+                         running=0, used_vcpus=0, used_memory_mib=0, interval_s=1)
+
+
+def req(vcpus: int = 1, mem: int = 256) -> SandboxRequested:
+    return SandboxRequested(op_id="op", org_id="org1", sandbox_id=str(uuid.uuid4()),
+                            spec=SandboxSpec(vcpus=vcpus, memory_mib=mem), request_hash="h")
+
+
+@pytest.fixture
+def app(tmp_path):
+    a = Scheduler(store_env("sqlite", tmp_path, "scheduler"))
+    yield a
+    a.close()
+
+
+def published(app: Scheduler) -> list[dict]:
+    return [json.loads(n.state)["envelope"] for n in app.recorder.select_notifications(0, 1000)
+            if json.loads(n.state).get("envelope")]
+
+
+def test_register_from_heartbeat_then_no_rewrite(app):
+    assert app.register(hb("h1")) is True
+    assert app.register(hb("h1")) is False  # unchanged heartbeat stores nothing
+    assert app.register(hb("h1", vcpus=8)) is True
+    assert app.host("h1").capacity["vcpus"] == 8
+
+
+def test_place_emits_scheduled_then_command_once(app):
+    app.register(hb("h1"))
+    r = req()
+    p1 = app.place(r, ["h1"])
+    p2 = app.place(r, ["h1"])  # redelivery
+    assert p1.id == p2.id and p1.host_id == "h1"
+    types = [e["type"] for e in published(app)]
+    assert types == ["SandboxScheduled", "StartSandbox"]
+    start = StartSandbox.model_validate(published(app)[1])
+    assert start.host_id == "h1" and start.sandbox_id == r.sandbox_id
+
+
+def test_capacity_is_respected_and_least_loaded_wins(app):
+    app.register(hb("h1", vcpus=2, mem=512))
+    app.register(hb("h2", vcpus=2, mem=512))
+    hosts = [app.place(req(mem=256), ["h1", "h2"]).host_id for _ in range(4)]
+    assert sorted(hosts) == ["h1", "h1", "h2", "h2"]
+    with pytest.raises(NoCapacity):
+        app.place(req(mem=256), ["h1", "h2"])
+
+
+def test_dead_hosts_are_not_candidates(app):
+    app.register(hb("h1"))
+    with pytest.raises(NoCapacity):
+        app.place(req(), [])
+
+
+def test_destroy_before_placement_cancels_and_placement_never_happens(app):
+    app.register(hb("h1"))
+    r = req()
+    app.route_intent(SandboxDestroyRequested(op_id="op", org_id="org1", sandbox_id=r.sandbox_id))
+    p = app.place(r, ["h1"])
+    assert p.status == "cancelled" and p.host_id is None
+    assert [e["type"] for e in published(app)] == ["SandboxDestroyed"]
+
+
+def test_destroy_routes_to_host_and_release_frees_capacity(app):
+    app.register(hb("h1", vcpus=1, mem=256, n=1))
+    r = req()
+    app.place(r, ["h1"])
+    d = SandboxDestroyRequested(op_id="op", org_id="org1", sandbox_id=r.sandbox_id)
+    app.route_intent(d)
+    app.route_intent(d)  # duplicate: one command only
+    assert [e["type"] for e in published(app)].count("DestroySandbox") == 1
+    with pytest.raises(NoCapacity):
+        app.place(req(), ["h1"])
+    app.host_reported(SandboxDestroyed(op_id="op", org_id="org1", sandbox_id=r.sandbox_id,
+                                       host_id="h1"))
+    assert app.place(req(), ["h1"]).host_id == "h1"
+
+
+def test_lost_host_loses_its_sandboxes_exactly_once(app):
+    app.register(HostRegistered(op_id="op", host_id="h1", hostname="a", accel="fake",
+                                capacity=HostCapacity(vcpus=4, memory_mib=1024, max_sandboxes=4),
+                                agent_version="t"))
+    a, b = req(), req()
+    app.place(a, ["h1"])
+    app.place(b, ["h1"])
+    assert sorted(app.mark_lost("h1", 3.0, "op")) == sorted([a.sandbox_id, b.sandbox_id])
+    assert app.mark_lost("h1", 3.0, "op") == []
+    types = [e["type"] for e in published(app)]
+    assert types.count("HostLost") == 1 and types.count("SandboxLost") == 2
+    # destroying a lost sandbox needs no host
+    app.route_intent(SandboxDestroyRequested(op_id="op", org_id="org1", sandbox_id=a.sandbox_id))
+    assert [e["type"] for e in published(app)][-1] == "SandboxDestroyed"
+    assert app.register(hb("h1")) is True and app.host("h1").status == "ready"
