@@ -5,17 +5,16 @@ from typing import ClassVar, Literal
 
 from pydantic import Field
 
-from .envelope import Envelope
+from .envelope import Envelope, Id
 from .sandbox import SandboxSpec
 
-Id = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
 
 
 class HostCommand(Envelope):
     KIND: ClassVar[str] = "command"
-    host_id: str = Id
-    sandbox_id: str = Id
-    org_id: str = Id
+    host_id: Id
+    sandbox_id: Id
+    org_id: Id
 
 
 class StartSandbox(HostCommand):

@@ -5,9 +5,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from .envelope import Envelope
+from .envelope import Envelope, Id
 
-Id = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
 
 
 class HostCapacity(BaseModel):
@@ -18,7 +17,7 @@ class HostCapacity(BaseModel):
 
 
 class HostEvent(Envelope):
-    host_id: str = Id
+    host_id: Id
 
 
 class HostRegistered(HostEvent):

@@ -79,3 +79,60 @@ class RegisterHost(RpcModel):
 
 class HostIdentity(RpcModel):
     host_id: str
+
+
+# --- gateway -> host agent (core NATS request/reply on the host's subject) ---
+class HostRequest(RpcModel):
+    sandbox_id: str = Field(min_length=1, max_length=64)
+    org_id: str = Field(min_length=1, max_length=64)
+    op_id: str = Field(default="-", max_length=64)
+
+
+class HostExec(HostRequest):
+    cmd: list[str] = Field(min_length=1, max_length=256)
+    env: dict[str, str] = Field(default_factory=dict, max_length=128)
+    cwd: str | None = Field(default=None, max_length=4096)
+    stdin: str | None = Field(default=None, max_length=1 << 20)
+    timeout_s: float = Field(default=60, gt=0, le=3600)
+    output_cap: int = Field(default=1 << 20, ge=1024, le=4 << 20)
+
+
+class HostExecResult(RpcModel):
+    exit_code: int | None
+    stdout: str
+    stderr: str
+    duration_ms: int
+    timed_out: bool
+    truncated: bool
+
+
+class HostFilePut(HostRequest):
+    path: str = Field(min_length=1, max_length=4096)
+    data_b64: str = Field(max_length=6 << 20)
+
+
+class HostFileGet(HostRequest):
+    path: str = Field(min_length=1, max_length=4096)
+
+
+class HostFileData(RpcModel):
+    data_b64: str
+
+
+class HostFileList(HostRequest):
+    path: str = Field(min_length=1, max_length=4096)
+
+
+class HostFileEntry(RpcModel):
+    name: str
+    size: int
+    is_dir: bool
+    mode: int
+
+
+class HostFileEntries(RpcModel):
+    entries: list[HostFileEntry]
+
+
+class Done(RpcModel):
+    ok: bool = True

@@ -5,11 +5,10 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from .envelope import NAME_RE, Envelope
+from .envelope import NAME_RE, Envelope, Id
 
 STATES = ("requested", "scheduled", "starting", "running", "paused", "stopping",
           "stopped", "destroyed", "failed", "lost")
-Id = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
 
 
 class NetworkSpec(BaseModel):
@@ -61,8 +60,8 @@ class Failure(BaseModel):
 
 
 class SandboxEvent(Envelope):
-    sandbox_id: str = Id
-    org_id: str = Id
+    sandbox_id: Id
+    org_id: Id
 
 
 class SandboxRequested(SandboxEvent):
@@ -73,17 +72,17 @@ class SandboxRequested(SandboxEvent):
 
 class SandboxScheduled(SandboxEvent):
     type: Literal["SandboxScheduled"] = "SandboxScheduled"
-    host_id: str = Id
+    host_id: Id
 
 
 class SandboxStarting(SandboxEvent):
     type: Literal["SandboxStarting"] = "SandboxStarting"
-    host_id: str = Id
+    host_id: Id
 
 
 class SandboxStarted(SandboxEvent):
     type: Literal["SandboxStarted"] = "SandboxStarted"
-    host_id: str = Id
+    host_id: Id
     vcpus: int = Field(ge=1)
     memory_mib: int = Field(ge=1)
     accel: str = Field(max_length=16)
@@ -117,5 +116,5 @@ class SandboxDestroyed(SandboxEvent):
 
 class SandboxLost(SandboxEvent):
     type: Literal["SandboxLost"] = "SandboxLost"
-    host_id: str = Id
+    host_id: Id
     reason: str = Field(max_length=500)

@@ -23,6 +23,11 @@ RPC_AUTH_REGISTER_HOST = "corral.rpc.auth.hosts.register"
 AUTH_REVOKED = "corral.bcast.auth.revoked"  # core fan-out: drop caches now
 
 
+def host_rpc_subject(host_id: str, op: str) -> str:
+    """Gateway -> one host agent: op is exec, files.put, files.get, files.list."""
+    return f"corral.rpc.host.{host_id}.{op}"
+
+
 def sandbox_subject(org_id: str, sandbox_id: str, type_: str) -> str:
     return f"corral.evt.sandbox.{org_id}.{sandbox_id}.{type_}"
 

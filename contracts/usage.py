@@ -6,17 +6,16 @@ from typing import Literal
 
 from pydantic import Field
 
-from .envelope import Envelope
+from .envelope import Envelope, Id
 
-Id = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
 
 
 class UsageRecorded(Envelope):
     """An immutable usage line item. event_id is stable per (sandbox, period)."""
 
     type: Literal["UsageRecorded"] = "UsageRecorded"
-    org_id: str = Id
-    sandbox_id: str = Id
+    org_id: Id
+    sandbox_id: Id
     host_id: str | None = None
     period_start: datetime
     period_end: datetime

@@ -13,8 +13,9 @@ from contracts.subjects import host_agent_consumer
 from common.eventstore import store_env
 
 from .application.records import VmRecords
-from .bootstrap import bootstrap, make_driver
+from .bootstrap import bootstrap, make_driver, vm_root
 from .entrypoints.heartbeat import announce, heartbeat_loop
+from .entrypoints.rpc import serve_rpc
 from .settings import HostAgentSettings
 
 log = logging.getLogger("corral.host_agent")
@@ -37,6 +38,7 @@ async def main() -> None:
         stop,
         ctx.relay.run(stop),
         heartbeat_loop(ctx, stop),
+        serve_rpc(ctx, stop),
         ctx.bus.consume(host_agent_consumer(ctx.host_id), ctx.service.handle, stop,
                         concurrency=settings.command_concurrency),
         serve_health(settings.health_port, ctx.ready, stop),
@@ -51,13 +53,16 @@ async def cleanup() -> None:
     configure_logging("host_agent", settings.log_level)
     for host_dir in sorted((settings.state_dir / "host").glob("*")):
         records = await asyncio.to_thread(VmRecords, store_env("sqlite", host_dir, "host_agent"))
-        driver = make_driver(settings, host_dir)
+        driver = await make_driver(settings, host_dir, vm_root(settings, host_dir.name))
         for vm in await asyncio.to_thread(records.all_vms):
             if vm.active:
                 await driver.destroy(vm.sandbox_id, dict(vm.resources))
         report = await driver.reconcile({}, lambda *a: asyncio.sleep(0))
         log.info("cleanup of %s: killed %d leftovers", host_dir.name,
                  len(report.killed_unrecorded))
+        net = getattr(driver, "network", None)
+        if net is not None:
+            await net.teardown()
         await driver.close()
         records.close()
 

@@ -41,13 +41,34 @@ class HostAgentContext:
         self.records.close()
 
 
-def make_driver(settings: HostAgentSettings, state_dir: Path) -> VmmDriver:
+async def make_network(settings: HostAgentSettings):  # noqa: ANN201 - HostNetwork | None
+    if not settings.network:
+        log.warning("networking disabled (CORRAL_NETWORK=false): sandboxes get no NIC")
+        return None
+    from .adapters.network import HostNetwork
+    from .adapters.network.checks import check_network
+    check = await asyncio.to_thread(check_network)
+    if not check.ok:
+        log.warning("host networking unusable; sandboxes get no NIC: %s",
+                    "; ".join(f"{k}: {d}" for k, (ok, d) in check.items.items() if not ok))
+        return None
+    net = HostNetwork(settings.bridge, settings.subnet)
+    await net.setup()
+    return net
+
+
+def vm_root(settings: HostAgentSettings, host_id: str) -> Path:
+    """Short on purpose: unix socket paths inside must fit in 107 bytes."""
+    return settings.state_dir.resolve() / f"vms-{host_id[:8]}"
+
+
+async def make_driver(settings: HostAgentSettings, state_dir: Path, vms: Path) -> VmmDriver:
     if settings.driver == "fake":
         from .adapters.fake_vmm import FakeVmmDriver
         log.warning("using the FAKE VMM driver: sandboxes are idle processes, not VMs")
         return FakeVmmDriver(state_dir)
     from .adapters.qemu import QemuDriver
-    return QemuDriver(state_dir=state_dir)
+    return QemuDriver(vms, network=await make_network(settings))
 
 
 async def register(bus: Bus, settings: HostAgentSettings, stop: asyncio.Event) -> str:
@@ -83,6 +104,6 @@ async def bootstrap(settings: HostAgentSettings, stop: asyncio.Event) -> HostAge
     relay = OutboxRelay(records, bus, name="host-agent-relay")
     loop = asyncio.get_running_loop()
     records.on_saved = lambda: loop.call_soon_threadsafe(relay.wake)
-    driver = make_driver(settings, state_dir)
+    driver = await make_driver(settings, state_dir, vm_root(settings, host_id))
     service = HostAgentService(host_id, records, driver, bus.publish)
     return HostAgentContext(settings, host_id, bus, records, relay, driver, service)

@@ -18,3 +18,6 @@ class HostAgentSettings(CommonSettings):
     max_sandboxes: int = Field(default=32, ge=1)
     heartbeat_interval_s: float = Field(default=2.0, gt=0, le=60)
     command_concurrency: int = Field(default=8, ge=1, le=256)
+    network: bool = True
+    bridge: str = Field(default="corral0", pattern=r"^[a-z][a-z0-9]{0,11}$")
+    subnet: str = "10.88.0.0/16"

@@ -1,4 +1,5 @@
 import os
+import secrets
 
 import pytest
 
@@ -8,19 +9,23 @@ from .stack import Api
 
 
 def e2e_driver() -> str:
-    return os.environ.get("CORRAL_E2E_DRIVER", "fake")
+    """Real QEMU microVMs unless told otherwise."""
+    return os.environ.get("CORRAL_E2E_DRIVER", "qemu")
 
 
-def e2e_env() -> dict[str, str]:
-    """A host big enough for the scenarios (the fake driver's VMs cost nothing)."""
-    if e2e_driver() == "fake":
+def e2e_env(driver: str) -> dict[str, str]:
+    if driver == "fake":  # the FAKE driver's "VMs" are idle processes: capacity is free
         return {"CORRAL_CAPACITY_VCPUS": "128", "CORRAL_CAPACITY_MEMORY_MIB": "131072",
                 "CORRAL_MAX_SANDBOXES": "128"}
-    return {"CORRAL_CAPACITY_VCPUS": "16", "CORRAL_MAX_SANDBOXES": "12"}
+    # own bridge and test-range subnet, so a running dev stack is never touched
+    third = secrets.randbelow(250) + 1
+    return {"CORRAL_CAPACITY_VCPUS": "16", "CORRAL_MAX_SANDBOXES": "12",
+            "CORRAL_BRIDGE": "crl" + secrets.token_hex(3), "CORRAL_SUBNET": f"198.18.{third}.0/24"}
 
 
-def make_stack(path) -> DevStack:
-    return DevStack(path, driver=e2e_driver(), extra_env=e2e_env())
+def make_stack(path, driver: str | None = None) -> DevStack:
+    driver = driver or e2e_driver()
+    return DevStack(path, driver=driver, extra_env=e2e_env(driver))
 
 
 @pytest.fixture(scope="module")

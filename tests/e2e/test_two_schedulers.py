@@ -1,4 +1,5 @@
-"""Two scheduler processes at once never place one sandbox twice."""
+"""Two scheduler processes at once never place one sandbox twice (FAKE VMM driver:
+this is about placement under concurrency, not about VMs)."""
 import collections
 import concurrent.futures
 
@@ -12,7 +13,7 @@ pytestmark = pytest.mark.e2e
 
 
 def test_two_schedulers_place_each_sandbox_once(tmp_path):
-    st = make_stack(tmp_path / "stack")
+    st = make_stack(tmp_path / "stack", driver="fake")
     try:
         st.start()
         st.start_service("scheduler", instance="1", name="scheduler-2")

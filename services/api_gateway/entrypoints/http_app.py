@@ -23,6 +23,7 @@ from ..application.errors import UseCaseError
 from ..domain.view import sandbox_view
 from .admin_routes import admin_router
 from .deps import Forbidden, op_id, org_principal
+from .io_routes import MAX_FILE, io_router
 from .middleware import EdgeMiddleware
 from .problems import problem
 
@@ -62,9 +63,11 @@ def create_app(ctx) -> FastAPI:  # noqa: ANN001 - GatewayContext from bootstrap
                   description="Isolated Linux sandboxes backed by microVMs.")
     app.state.ctx = ctx
     s = ctx.settings
-    app.add_middleware(EdgeMiddleware, max_body=s.max_body_bytes)
+    app.add_middleware(EdgeMiddleware, max_body=s.max_body_bytes, upload_paths=("/files",),
+                       max_upload=MAX_FILE)
     _errors(app)
     app.include_router(admin_router)
+    app.include_router(io_router)
 
     @app.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, str]:
@@ -197,7 +200,8 @@ def _errors(app: FastAPI) -> None:
 
     @app.exception_handler(RpcFailure)
     async def _rpc(request: Request, exc: RpcFailure) -> JSONResponse:
-        mapping = {"not_found": 404, "invalid": 422, "conflict": 409, "unauthorized": 401}
+        mapping = {"not_found": 404, "invalid": 422, "conflict": 409, "unauthorized": 401,
+                   "too_large": 413}
         status = mapping.get(exc.code, 503)
         return problem(status, exc.detail if status != 503 else "a dependency is unavailable",
                        oid(request))

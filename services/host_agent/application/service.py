@@ -34,6 +34,7 @@ class HostAgentService:
         self.driver = driver
         self.publish = publish  # for replies about VMs this host never had
         self._tasks: set[asyncio.Future] = set()
+        self._booting: set[str] = set()
 
     async def handle(self, cmd: HostCommand) -> None:
         if cmd.host_id != self.host_id:
@@ -52,9 +53,11 @@ class HostAgentService:
         starting = SandboxStarting(host_id=self.host_id, **_common(cmd))
         vm, new = await asyncio.to_thread(self.records.accept, cmd.sandbox_id, cmd.org_id,
                                           cmd.spec.model_dump(mode="json"), _dump(starting))
-        if not new:
+        if not new and (vm.state != "starting" or vm.sandbox_id in self._booting):
             log.info("start of a known sandbox ignored (state %s)", vm.state)
             return
+        if not new:  # accepted earlier but no boot under way: a handler died mid-boot
+            await self._remove_resources(vm.sandbox_id)
         await self._boot(vm.sandbox_id, vm.spec, vm.starting)
 
     async def _boot(self, sandbox_id: str, spec_doc: dict[str, Any],
@@ -65,15 +68,21 @@ class HostAgentService:
                       dict(spec_doc.get("env") or {}),
                       bool((spec_doc.get("network") or {}).get("egress")))
         common = {k: starting[k] for k in ("op_id", "org_id", "sandbox_id", "traceparent")}
+        self._booting.add(sandbox_id)
         try:
             info = await self.driver.start(spec, self._record)
         except Exception as e:  # noqa: BLE001 - any boot failure becomes SandboxFailed
             log.warning("start failed: %s", e, exc_info=True)
-            await self._remove_resources(sandbox_id)
+            try:
+                await self._remove_resources(sandbox_id)
+            except Exception:  # noqa: BLE001 - still report the failure; reconcile retries
+                log.exception("cleanup after a failed start failed")
             failed = SandboxFailed(host_id=self.host_id, failure=Failure(
                 code="boot_failed", message=str(e)[:500] or e.__class__.__name__), **common)
             await asyncio.to_thread(self.records.transition, sandbox_id, "failed", _dump(failed))
             return
+        finally:
+            self._booting.discard(sandbox_id)
         started = SandboxStarted(host_id=self.host_id, vcpus=spec.vcpus,
                                  memory_mib=spec.memory_mib, accel=info.accel, ip=info.ip,
                                  boot_ms=info.boot_ms, **common)
@@ -120,9 +129,9 @@ class HostAgentService:
             self._tasks.add(asyncio.ensure_future(
                 self._boot(sid, active[sid].spec, active[sid].starting)))
         for sid in report.cleaned:
-            if sid in resumed:
+            vm = active.get(sid)
+            if vm is None or sid in resumed:
                 continue
-            vm = active[sid]
             await self._remove_resources(sid)
             failed = SandboxFailed(op_id=f"op_reconcile_{self.host_id}"[:64], org_id=vm.org_id,
                                    sandbox_id=sid, host_id=self.host_id, failure=Failure(

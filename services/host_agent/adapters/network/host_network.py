@@ -229,6 +229,11 @@ class HostNetwork:
                 + [OwnedResource("guest", str(g)) for g in sorted(st.guests, key=str)]
                 + [OwnedResource("egress", ip) for ip in sorted(st.egress)])
 
+    def lease_from_record(self, sandbox_id: str, value: str) -> NetLease:
+        """Inverse of the driver's `lease_record`: tap|mac|ip|gw|prefix|egress."""
+        tap, mac, ip, gw, prefix, egress = value.split("|")
+        return NetLease(sandbox_id, tap, mac, ip, gw, int(prefix), egress == "1")
+
     async def reconcile(self, known: dict[str, NetLease]) -> dict[str, list[str]]:
         """Make the host match `known` (from durable records); call after setup().
 

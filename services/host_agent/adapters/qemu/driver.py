@@ -29,8 +29,8 @@ SANDBOX_ID_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_-]{0,62}$")
 MAX_SOCKET_PATH = 107  # sun_path
 HOSTNAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 # Resource kinds this driver records (value None = removed).
-K_DIR, K_OVERLAY, K_QMP, K_AGENT, K_PID, K_TAP = (
-    "dir", "overlay", "qmp_socket", "agent_socket", "pid", "tap")
+K_DIR, K_OVERLAY, K_QMP, K_AGENT, K_PID, K_TAP, K_LEASE = (
+    "dir", "overlay", "qmp_socket", "agent_socket", "pid", "tap", "lease")
 
 
 class NetLeaseLike(Protocol):
@@ -44,6 +44,14 @@ class NetLeaseLike(Protocol):
 class Network(Protocol):
     async def allocate(self, sandbox_id: str, egress: bool) -> NetLeaseLike: ...
     async def release(self, sandbox_id: str) -> None: ...
+    async def reconcile(self, known: dict) -> dict: ...  # noqa: ANN001
+    def lease_from_record(self, sandbox_id: str, value: str) -> NetLeaseLike: ...
+
+
+def lease_record(lease: NetLeaseLike) -> str:
+    """The whole lease as one durable value, so a restarted agent can rebuild it."""
+    return "|".join((lease.tap, lease.mac, lease.ip, lease.gateway, str(lease.prefix_len),
+                     "1" if getattr(lease, "egress", False) else "0"))
 
 
 @dataclass
@@ -136,8 +144,10 @@ class QemuDriver:
             await rec(K_OVERLAY, str(layout.overlay))
             lease = None
             if self.network is not None:
+                await rec(K_LEASE, f"pending|{sid}")  # before it exists: a crash now leaves a key
                 lease = await self.network.allocate(sid, spec.egress)
                 await rec(K_TAP, lease.tap)
+                await rec(K_LEASE, lease_record(lease))
             hostname = spec.name if spec.name and HOSTNAME_RE.match(spec.name) else None
             append = kernel_cmdline(accel, lease.ip if lease else None,
                                     lease.gateway if lease else None,
@@ -221,10 +231,12 @@ class QemuDriver:
                 Path(resources[kind]).unlink(missing_ok=True)
                 if rec:
                     await rec(kind, None)
-        if K_TAP in resources and self.network is not None:
+        if (K_TAP in resources or K_LEASE in resources) and self.network is not None:
             await self.network.release(sid)
             if rec:
-                await rec(K_TAP, None)
+                for kind in (K_TAP, K_LEASE):
+                    if kind in resources:
+                        await rec(kind, None)
         if layout.dir.exists():
             shutil.rmtree(layout.dir, ignore_errors=True)
         if rec and K_DIR in resources:
@@ -294,6 +306,11 @@ class QemuDriver:
     async def reconcile(self, recorded: dict[str, dict[str, str]],
                         record: ResourceRecorder) -> ReconcileReport:
         adopted, cleaned, killed = [], [], []
+        if self.network is not None:  # ports and rules first: only recorded leases stay
+            known = {sid: self.network.lease_from_record(sid, res[K_LEASE])
+                     for sid, res in recorded.items()
+                     if res.get(K_LEASE) and not res[K_LEASE].startswith("pending|")}
+            await self.network.reconcile(known)
         running = procs.find_ours(self.state_root)
         for sid, res in recorded.items():
             layout = self._layout(sid)

@@ -1,0 +1,107 @@
+"""Request/reply on this host's own subject: exec and files for running VMs."""
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+
+from pydantic import ValidationError
+
+from common.logging import log_context
+from contracts.rpc import (Done, HostExec, HostExecResult, HostFileData, HostFileEntries,
+                           HostFileEntry, HostFileGet, HostFileList, HostFilePut, RpcError)
+from contracts.subjects import host_rpc_subject
+
+from ..application.ports import ExecRequest
+
+log = logging.getLogger("corral.host_agent.rpc")
+MAX_REQUEST = 8 << 20
+REQUESTS = {"exec": HostExec, "files.put": HostFilePut, "files.get": HostFileGet,
+            "files.list": HostFileList}
+
+
+class RpcRefused(Exception):
+    def __init__(self, code: str, detail: str):
+        super().__init__(detail)
+        self.code, self.detail = code, detail
+
+
+def _guest_code(e: Exception) -> str:
+    code = getattr(e, "code", "")
+    if isinstance(e, ValueError) or code in ("EINVAL", "ENAMETOOLONG", "EISDIR", "ENOTDIR"):
+        return "invalid"
+    if code == "ENOENT":
+        return "not_found"
+    if code == "EFBIG":
+        return "too_large"
+    return "internal"
+
+
+async def _dispatch(ctx, op: str, req) -> object:  # noqa: ANN001
+    vm = await asyncio.to_thread(ctx.records.get, req.sandbox_id)
+    if vm is None or vm.org_id != req.org_id:
+        raise RpcRefused("not_found", "no such sandbox on this host")
+    if vm.state != "running":
+        raise RpcRefused("conflict", f"sandbox is {vm.state}")
+    d = ctx.driver
+    if op == "exec":
+        r = await d.exec(req.sandbox_id, ExecRequest(
+            cmd=req.cmd, env=req.env, cwd=req.cwd, timeout_s=req.timeout_s,
+            stdin=req.stdin.encode() if req.stdin is not None else None,
+            output_cap=req.output_cap))
+        return HostExecResult(exit_code=r.exit_code, stdout=r.stdout.decode("utf-8", "replace"),
+                              stderr=r.stderr.decode("utf-8", "replace"),
+                              duration_ms=r.duration_ms, timed_out=r.timed_out,
+                              truncated=r.truncated)
+    if op == "files.put":
+        await d.put_file(req.sandbox_id, req.path, base64.b64decode(req.data_b64))
+        return Done()
+    if op == "files.get":
+        return HostFileData(data_b64=base64.b64encode(
+            await d.get_file(req.sandbox_id, req.path)).decode())
+    entries = await d.list_files(req.sandbox_id, req.path)
+    return HostFileEntries(entries=[HostFileEntry(name=e.name, size=e.size, is_dir=e.is_dir,
+                                                  mode=e.mode) for e in entries])
+
+
+async def serve_rpc(ctx, stop: asyncio.Event) -> None:  # noqa: ANN001 - HostAgentContext
+    prefix = host_rpc_subject(ctx.host_id, "")
+    tasks: set[asyncio.Task] = set()
+
+    async def answer(msg) -> None:  # noqa: ANN001
+        op = msg.subject[len(prefix):]
+        try:
+            if op not in REQUESTS or len(msg.data) > MAX_REQUEST:
+                raise RpcRefused("invalid", "unknown operation or request too large")
+            try:
+                req = REQUESTS[op].model_validate(json.loads(msg.data))
+            except (ValidationError, ValueError):
+                raise RpcRefused("invalid", "malformed request") from None
+            with log_context(op_id=req.op_id, sandbox_id=req.sandbox_id):
+                try:
+                    reply = await _dispatch(ctx, op, req)
+                except RpcRefused:
+                    raise
+                except Exception as e:  # noqa: BLE001 - every failure gets an answer
+                    code = _guest_code(e)
+                    if code == "internal":
+                        log.warning("%s failed: %r", op, e)
+                    raise RpcRefused(code, str(e)[:300]) from None
+        except RpcRefused as e:
+            reply = RpcError(error=e.code, detail=e.detail)
+        await msg.respond(reply.model_dump_json().encode())
+
+    def spawn(msg) -> None:  # noqa: ANN001
+        t = asyncio.ensure_future(answer(msg))
+        tasks.add(t)
+        t.add_done_callback(tasks.discard)
+
+    async def on_msg(msg) -> None:  # noqa: ANN001
+        spawn(msg)
+
+    sub = await ctx.bus.nc.subscribe(prefix + ">", cb=on_msg)
+    await stop.wait()
+    await sub.unsubscribe()
+    if tasks:
+        await asyncio.gather(*tasks, return_exceptions=True)

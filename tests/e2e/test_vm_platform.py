@@ -1,0 +1,100 @@
+"""Real microVMs through the whole platform: REST -> NATS -> host agent -> QEMU."""
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from .conftest import make_stack
+from .stack import Api
+
+pytestmark = [pytest.mark.e2e, pytest.mark.vm]
+
+
+@pytest.fixture(scope="module")
+def vm_stack(tmp_path_factory):
+    st = make_stack(tmp_path_factory.mktemp("vmstack"), driver="qemu")
+    try:
+        st.start(timeout_s=180)
+        yield st
+    finally:
+        st.stop()
+
+
+@pytest.fixture(scope="module")
+def vm_api(vm_stack):
+    return Api(vm_stack.api_url, vm_stack.creds.api_key)
+
+
+@pytest.fixture(scope="module")
+def box(vm_api):
+    r = vm_api.post("/v1/sandboxes?wait=true", json={"name": "vm-box", "env": {"GREETING": "hi"}})
+    assert r.status_code == 201, r.text
+    return r.json()
+
+
+def qemu_pids(sandbox_id: str) -> list[int]:
+    out = subprocess.run(["pgrep", "-f", f"corral-{sandbox_id}"], capture_output=True, text=True)
+    return [int(p) for p in out.stdout.split()]
+
+
+def test_exec_round_trip_in_a_real_vm(vm_api, box):
+    assert box["state"] == "running" and box["host_id"]
+    r = vm_api.post(f"/v1/sandboxes/{box['id']}/exec",
+                    json={"cmd": ["python3", "-c", "import os,sys; print(os.environ['GREETING']);"
+                                  "print('err', file=sys.stderr); sys.exit(3)"]})
+    assert r.status_code == 200, r.text
+    out = r.json()
+    assert out == {**out, "exit_code": 3, "stdout": "hi\n", "stderr": "err\n", "timed_out": False}
+    r = vm_api.post(f"/v1/sandboxes/{box['id']}/exec",
+                    json={"cmd": ["sh", "-c", "cat; pwd"], "stdin": "in\n", "cwd": "/tmp"})
+    assert r.json()["stdout"] == "in\n/tmp\n"
+    r = vm_api.post(f"/v1/sandboxes/{box['id']}/exec", json={"cmd": ["sleep", "30"], "timeout_s": 1})
+    assert r.json()["timed_out"] is True
+    r = vm_api.post(f"/v1/sandboxes/{box['id']}/exec", json={"cmd": ["uname", "-r"]})
+    assert r.json()["stdout"].strip() != os.uname().release  # its own kernel
+
+
+def test_file_round_trip_1mib_binary(vm_api, box):
+    data = os.urandom(1 << 20)
+    base = f"/v1/sandboxes/{box['id']}/files"
+    assert vm_api.put(base, params={"path": "/root/x/blob.bin"}, content=data).status_code == 204
+    got = vm_api.get(base, params={"path": "/root/x/blob.bin"})
+    assert got.status_code == 200 and got.content == data
+    names = [e["name"] for e in vm_api.get(base + "/list", params={"path": "/root/x"}).json()["entries"]]
+    assert names == ["blob.bin"]
+    assert vm_api.get(base, params={"path": "/root/missing"}).status_code == 404
+    assert vm_api.get(base, params={"path": "relative"}).status_code == 422
+
+
+def test_delete_removes_vm_disk_and_tap(vm_stack, vm_api):
+    sb = vm_api.post("/v1/sandboxes?wait=true", json={}).json()
+    assert sb["state"] == "running" and qemu_pids(sb["id"])
+    vm_dirs = list(Path(vm_stack.state_dir).glob(f"vms-*/{sb['id']}"))
+    assert vm_dirs
+    vm_api.delete(f"/v1/sandboxes/{sb['id']}")
+    vm_api.wait_state(sb["id"], ("destroyed",), 60)
+    assert qemu_pids(sb["id"]) == [] and not vm_dirs[0].exists()
+    links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+    bridge = vm_stack.extra_env["CORRAL_BRIDGE"]
+    assert sum(f"master {bridge}" in line for line in links.splitlines()) == 1  # only `box`
+
+
+def test_agent_killed_during_boot_resumes_and_leaves_nothing_behind(vm_stack, vm_api):
+    r = vm_api.post("/v1/sandboxes", json={})
+    sid = r.json()["id"]
+    deadline = time.monotonic() + 60
+    while not qemu_pids(sid):  # qemu spawned: the boot is under way
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    vm_stack.kill("host_agent", signal.SIGKILL)
+    vm_stack.start_service("host_agent")
+    assert vm_api.wait_state(sid, ("running",), 120)["state"] == "running"
+    assert len(qemu_pids(sid)) == 1  # the interrupted boot's qemu is gone
+    out = vm_api.post(f"/v1/sandboxes/{sid}/exec", json={"cmd": ["true"]}).json()
+    assert out["exit_code"] == 0
+    vm_api.delete(f"/v1/sandboxes/{sid}")
+    vm_api.wait_state(sid, ("destroyed",), 60)
+    assert qemu_pids(sid) == []

@@ -1,0 +1,107 @@
+"""Operator files (compose, Dockerfile, Nomad, operations guide) stay in step
+with the services and their settings. Docker is not needed: files are parsed."""
+from __future__ import annotations
+
+import importlib
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from common.settings import CommonSettings
+from contracts.subjects import CONSUMERS, STREAMS
+from corral.devstack import SERVICES
+
+pytestmark = pytest.mark.unit
+
+REPO = Path(__file__).resolve().parents[2]
+INFRA = REPO / "infra"
+
+
+def _settings(service: str) -> type[CommonSettings]:
+    mod = importlib.import_module(f"services.{service}.settings")
+    found = [v for v in vars(mod).values() if isinstance(v, type) and issubclass(v, CommonSettings)
+             and v is not CommonSettings and v.__module__ == mod.__name__]
+    assert len(found) == 1, f"services.{service}.settings: expected one settings model"
+    return found[0]
+
+
+def _env_names(model: type[CommonSettings]) -> set[str]:
+    prefix = model.model_config.get("env_prefix", "")
+    return {(prefix + name).upper() for name in model.model_fields}
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict:
+    return yaml.safe_load((INFRA / "compose.yaml").read_text())
+
+
+def _service_for(compose: dict, service: str) -> tuple[str, dict]:
+    for name, svc in compose["services"].items():
+        if f"services.{service}" in " ".join(map(str, svc.get("command") or [])):
+            return name, svc
+    raise AssertionError(f"no compose service runs `python -m services.{service}`")
+
+
+def test_every_devstack_service_has_a_compose_service(compose):
+    for service in SERVICES:
+        name, svc = _service_for(compose, service)
+        assert svc.get("restart") == "unless-stopped", name
+        assert "healthcheck" in svc and svc.get("depends_on"), name
+        for dep in svc["depends_on"].values():
+            assert dep["condition"] == "service_healthy", name
+        assert svc["build"]["dockerfile"] == "infra/Dockerfile", name
+
+
+def test_compose_env_vars_are_settings_fields(compose):
+    for service in SERVICES:
+        name, svc = _service_for(compose, service)
+        known = _env_names(_settings(service))
+        used = {k for k in (svc.get("environment") or {}) if k.startswith("CORRAL_")}
+        assert used, f"{name} sets no CORRAL_* variable"
+        assert used <= known, f"{name}: not a field of its settings: {sorted(used - known)}"
+
+
+def test_compose_wiring(compose):
+    svcs = compose["services"]
+    assert {"nats", "postgres"} <= set(svcs)
+    assert "-js" in svcs["nats"]["command"] and "/data" in svcs["nats"]["command"]
+    assert svcs["nats"]["image"].startswith("nats:2.10")
+    assert svcs["postgres"]["image"].startswith("postgres:16") and "healthcheck" in svcs["postgres"]
+    for service in SERVICES:
+        env = _service_for(compose, service)[1]["environment"]
+        assert env["CORRAL_NATS_URL"] == "nats://nats:4222"
+        assert env["CORRAL_STORE"].startswith("postgresql://")
+    _, gw = _service_for(compose, "api_gateway")
+    assert gw["environment"]["CORRAL_HTTP_HOST"] == "0.0.0.0"
+    _, agent = _service_for(compose, "host_agent")
+    assert "network_mode" not in agent  # would lose the `nats` DNS name
+    assert any("/dev/kvm" in d for d in agent["devices"]) and "NET_ADMIN" in agent["cap_add"]
+    assert "CORRAL_HOST_TOKEN" in agent["environment"]
+
+
+def test_dockerfile():
+    text = (INFRA / "Dockerfile").read_text()
+    assert re.search(r"^FROM python:3\.11-slim\b", text, re.M)
+    assert "pip install" in text
+    assert re.search(r"AS host-agent\b", text) and re.search(r"AS control\b", text)
+
+
+def test_nomad_jobs():
+    job = (INFRA / "nomad" / "corral.nomad.hcl").read_text()
+    agent = (INFRA / "nomad" / "host-agent.nomad.hcl").read_text()
+    for text in (job, agent):
+        assert text.count("{") == text.count("}") and text.count("[") == text.count("]")
+    for service in SERVICES:
+        if service != "host_agent":
+            assert f'group "{service}"' in job and f"services.{service}" in job
+    assert 'type        = "system"' in agent and "services.host_agent" in agent
+
+
+def test_operations_guide_documents_every_setting():
+    text = (REPO / "docs" / "operations.md").read_text()
+    names = {v for s in SERVICES for v in _env_names(_settings(s))}
+    names |= {s.name for s in STREAMS} | {c.durable for c in CONSUMERS}
+    missing = sorted(n for n in names if not re.search(rf"`{re.escape(n)}`", text))
+    assert not missing, f"docs/operations.md does not mention {missing}"
