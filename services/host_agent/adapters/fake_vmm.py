@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+from .qemu.procs import is_zombie
 from ..application.ports import (ExecRequest, ReconcileReport, ResourceRecorder, VmInfo,
                                  VmSpec)
 
@@ -46,7 +47,7 @@ class FakeVmmDriver:
             argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
         except OSError:
             return False
-        return (MARK.encode() in argv and str(self.state_dir.resolve()).encode() in argv
+        return (not is_zombie(pid) and MARK.encode() in argv and str(self.state_dir.resolve()).encode() in argv
                 and (sandbox_id is None or sandbox_id.encode() in argv))
 
     async def is_alive(self, sandbox_id: str, resources: dict[str, str]) -> bool:
@@ -60,9 +61,9 @@ class FakeVmmDriver:
             return
         try:
             os.waitpid(pid, 0)
-        except ChildProcessError:
+        except ChildProcessError:  # not our child: gone once it is a zombie
             for _ in range(200):
-                if not Path(f"/proc/{pid}").exists():
+                if is_zombie(pid):
                     return
                 time.sleep(0.01)
 

@@ -19,7 +19,7 @@ def cmdline(pid: int) -> list[str] | None:
     return raw.rstrip(b"\0").decode(errors="replace").split("\0")
 
 
-def _is_zombie(pid: int) -> bool:
+def is_zombie(pid: int) -> bool:
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
@@ -46,7 +46,7 @@ def sandbox_of(argv: list[str], state_root: Path) -> str | None:
 
 def is_ours(pid: int, sandbox_id: str, state_root: Path) -> bool:
     argv = cmdline(pid)
-    return argv is not None and not _is_zombie(pid) and sandbox_of(argv, state_root) == sandbox_id
+    return argv is not None and not is_zombie(pid) and sandbox_of(argv, state_root) == sandbox_id
 
 
 def find_ours(state_root: Path) -> dict[str, int]:
@@ -56,7 +56,7 @@ def find_ours(state_root: Path) -> dict[str, int]:
             continue
         argv = cmdline(int(d))
         sid = sandbox_of(argv, state_root) if argv else None
-        if sid is not None and not _is_zombie(int(d)):
+        if sid is not None and not is_zombie(int(d)):
             found[sid] = int(d)
     return found
 
