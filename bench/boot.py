@@ -1,9 +1,10 @@
 """Boot benchmark: cold boot to guest-agent-ready, exec round trip, RSS, N at once.
 
-Bare column: QemuDriver directly (no gateway, bus or scheduler).
-    python bench/boot.py --runs 10 --parallel 10
-The through-platform column is a hook: implement `platform_column` (or pass
---through-platform once it is wired) to time the same boot via the REST API.
+Two columns from one run, same image and accel:
+- bare: QemuDriver directly (no gateway, bus, scheduler or network);
+- platform: the whole stack as processes, REST create?wait=true then the first
+  exec answered (includes TAP + nft set-up), plus exec round trips via REST.
+    python bench/boot.py --runs 10 --parallel 10 [--bare-only]
 """
 from __future__ import annotations
 
@@ -89,9 +90,61 @@ async def bare_column(a: argparse.Namespace, root: Path) -> dict:
     return out
 
 
+def _platform_runs(a: argparse.Namespace) -> dict:
+    import secrets
+    import httpx
+    from corral.devstack import DevStack
+
+    env = {"CORRAL_BRIDGE": "crlb" + secrets.token_hex(2),
+           "CORRAL_SUBNET": f"198.18.{secrets.randbelow(250) + 1}.0/24",
+           "CORRAL_CAPACITY_VCPUS": "64", "CORRAL_MAX_SANDBOXES": "32",
+           "CORRAL_LOG_LEVEL": "WARNING"}
+    with tempfile.TemporaryDirectory(prefix="cbp-") as tmp:
+        st = DevStack(Path(tmp), driver="qemu", extra_env=env)
+        st.start(timeout_s=180)
+        c = httpx.Client(base_url=st.api_url, timeout=300,
+                         headers={"Authorization": f"Bearer {st.creds.api_key}"})
+        spec = {"memory_mib": a.memory, "vcpus": a.vcpus}
+        try:
+            first, running, rtt = [], [], []
+            for _ in range(a.runs):
+                t0 = time.monotonic()
+                r = c.post("/v1/sandboxes?wait=true", json=spec)
+                assert r.status_code == 201, r.text
+                running.append((time.monotonic() - t0) * 1000)
+                sid = r.json()["id"]
+                assert c.post(f"/v1/sandboxes/{sid}/exec", json={"cmd": ["true"]}).json()["exit_code"] == 0
+                first.append((time.monotonic() - t0) * 1000)
+                for _ in range(a.execs):
+                    t = time.monotonic()
+                    c.post(f"/v1/sandboxes/{sid}/exec", json={"cmd": ["true"]})
+                    rtt.append((time.monotonic() - t) * 1000)
+                c.delete(f"/v1/sandboxes/{sid}")
+            out = {"runs": a.runs,
+                   "create_to_running_ms": {"p50": pct(running, 50), "p95": pct(running, 95)},
+                   "create_to_first_exec_ms": {"p50": pct(first, 50), "p95": pct(first, 95),
+                                               "min": round(min(first), 1)},
+                   "exec_true_rtt_ms": {"p50": pct(rtt, 50), "p95": pct(rtt, 95)}}
+            if a.parallel:
+                from concurrent.futures import ThreadPoolExecutor
+                t0 = time.monotonic()
+                with ThreadPoolExecutor(a.parallel) as pool:
+                    rs = list(pool.map(lambda _: c.post("/v1/sandboxes?wait=true", json=spec),
+                                       range(a.parallel)))
+                out["parallel"] = {"n": a.parallel,
+                                   "ready": sum(r.status_code == 201 for r in rs),
+                                   "all_ready_s": round(time.monotonic() - t0, 1)}
+                for r in rs:
+                    if r.status_code == 201:
+                        c.delete(f"/v1/sandboxes/{r.json()['id']}")
+            return out
+        finally:
+            st.stop()
+
+
 async def platform_column(a: argparse.Namespace) -> dict | None:
-    """Hook for the lead: boot through the platform (REST create -> exec answered)."""
-    return None
+    """Through the platform: REST create?wait=true -> first exec answered."""
+    return await asyncio.to_thread(_platform_runs, a)
 
 
 async def main(argv: list[str] | None = None) -> int:
@@ -101,7 +154,7 @@ async def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--parallel", type=int, default=10, help="VMs booted at once (0: skip)")
     ap.add_argument("--memory", type=int, default=256)
     ap.add_argument("--vcpus", type=int, default=1)
-    ap.add_argument("--through-platform", action="store_true")
+    ap.add_argument("--bare-only", action="store_true", help="skip the platform column")
     a = ap.parse_args(argv)
     t0 = time.monotonic()
     img = await asyncio.to_thread(ensure_image)
@@ -109,8 +162,12 @@ async def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="cb-") as tmp:
         result = {"image": img.digest[:16], "image_ready_s": image_ready_s,
                   "bare": await bare_column(a, Path(tmp))}
-    if a.through_platform:
-        result["platform"] = await platform_column(a)
+    if not a.bare_only:
+        plat = result["platform"] = await platform_column(a)
+        bare_p50 = result["bare"]["boot_to_agent_ready_ms"]["p50"]
+        plat_p50 = plat["create_to_first_exec_ms"]["p50"]
+        result["comparison"] = {"platform_over_bare_p50_ms": round(plat_p50 - bare_p50, 1),
+                                "ratio_p50": round(plat_p50 / bare_p50, 3)}
     print(json.dumps(result, indent=2))
     return 0
 

@@ -145,22 +145,25 @@ class Bus:
             await self._consume_parallel(sub, c, handler, stop, batch, concurrency)
             return
         while not stop.is_set():
-            try:
-                msgs = await sub.fetch(batch, timeout=1)
-            except (NatsTimeout, asyncio.TimeoutError):
-                continue
-            except Exception as e:  # reconnecting
-                if stop.is_set():
-                    break
-                log.warning("fetch from %s failed: %r", c.durable, e)
-                await asyncio.sleep(0.5)
-                continue
-            for m in msgs:
+            for m in await self._fetch(sub, c, stop, batch):
                 await self._deliver(c, m, handler)
         try:
             await sub.unsubscribe()
         except Exception:  # connection already gone
             pass
+
+    @staticmethod
+    async def _fetch(sub, c: ConsumerDef, stop: asyncio.Event, batch: int) -> list:  # noqa: ANN001
+        """Up to `batch` messages, or none after a second; rides out reconnects."""
+        try:
+            return await sub.fetch(batch, timeout=1)
+        except (NatsTimeout, asyncio.TimeoutError):
+            return []
+        except Exception as e:  # noqa: BLE001 - reconnecting
+            if not stop.is_set():
+                log.warning("fetch from %s failed: %r", c.durable, e)
+                await asyncio.sleep(0.5)
+            return []
 
     async def _consume_parallel(self, sub, c: ConsumerDef, handler: Handler,  # noqa: ANN001
                                 stop: asyncio.Event, batch: int, concurrency: int) -> None:
@@ -175,17 +178,7 @@ class Bus:
                 await self._deliver(c, m, handler)
 
         while not stop.is_set():
-            try:
-                msgs = await sub.fetch(batch, timeout=1)
-            except (NatsTimeout, asyncio.TimeoutError):
-                continue
-            except Exception as e:  # reconnecting
-                if stop.is_set():
-                    break
-                log.warning("fetch from %s failed: %r", c.durable, e)
-                await asyncio.sleep(0.5)
-                continue
-            for m in msgs:
+            for m in await self._fetch(sub, c, stop, batch):
                 key = m.subject.rsplit(".", 1)[0]
                 task = asyncio.ensure_future(run(m, tails.get(key)))
                 tails[key] = task

@@ -5,7 +5,10 @@ import re
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
-from eventsourcing.application import Application
+from typing import Callable
+from uuid import UUID
+
+from eventsourcing.application import AggregateNotFoundError, Application
 
 _SAFE = re.compile(r"^[a-z_][a-z0-9_]{0,40}$")
 
@@ -59,3 +62,21 @@ def _ensure_schema(env: dict[str, str], schema: str) -> None:
 def tracking(app: Application):  # noqa: ANN201 - eventsourcing TrackingRecorder
     """A tracking recorder in the same database as `app`, for cursors."""
     return app.factory.tracking_recorder()
+
+
+class StoreApp(Application):
+    """An eventsourcing Application whose saves wake the outbox relay."""
+
+    def __init__(self, env: dict[str, str] | None = None):
+        super().__init__(env=env)
+        self.on_saved: Callable[[], None] = lambda: None
+
+    def _save(self, *aggregates) -> None:  # noqa: ANN002
+        self.save(*aggregates)
+        self.on_saved()
+
+    def _get(self, uid: UUID):  # noqa: ANN202 - the aggregate or None
+        try:
+            return self.repository.get(uid)
+        except AggregateNotFoundError:
+            return None

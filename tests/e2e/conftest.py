@@ -1,3 +1,4 @@
+import contextlib
 import os
 import secrets
 
@@ -28,14 +29,20 @@ def make_stack(path, driver: str | None = None) -> DevStack:
     return DevStack(path, driver=driver, extra_env=e2e_env(driver))
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory):
-    st = make_stack(tmp_path_factory.mktemp("stack"))
+@contextlib.contextmanager
+def running_stack(path, driver: str | None = None):
+    st = make_stack(path, driver)
     try:
-        st.start()
+        st.start(timeout_s=180)
         yield st
     finally:
         st.stop()
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    with running_stack(tmp_path_factory.mktemp("stack")) as st:
+        yield st
 
 
 @pytest.fixture(scope="module")

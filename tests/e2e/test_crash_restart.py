@@ -12,7 +12,7 @@ import pytest
 
 from corral.devstack import SERVICES
 
-from .conftest import make_stack
+from .conftest import running_stack
 from .stack import Api, read_stream
 
 pytestmark = pytest.mark.e2e
@@ -20,12 +20,8 @@ pytestmark = pytest.mark.e2e
 
 @pytest.fixture
 def crash_stack(tmp_path):
-    st = make_stack(tmp_path / "stack", driver="fake")
-    try:
-        st.start()
+    with running_stack(tmp_path / "stack", driver="fake") as st:
         yield st
-    finally:
-        st.stop()
 
 
 def test_kill_all_services_mid_flight_then_restart(crash_stack):

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import make_stack
+from .conftest import running_stack
 from .stack import Api
 
 pytestmark = [pytest.mark.e2e, pytest.mark.vm]
@@ -15,12 +15,8 @@ pytestmark = [pytest.mark.e2e, pytest.mark.vm]
 
 @pytest.fixture(scope="module")
 def vm_stack(tmp_path_factory):
-    st = make_stack(tmp_path_factory.mktemp("vmstack"), driver="qemu")
-    try:
-        st.start(timeout_s=180)
+    with running_stack(tmp_path_factory.mktemp("vmstack"), driver="qemu") as st:
         yield st
-    finally:
-        st.stop()
 
 
 @pytest.fixture(scope="module")

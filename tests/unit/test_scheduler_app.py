@@ -47,9 +47,9 @@ def test_register_from_heartbeat_then_no_rewrite(app):
 def test_place_emits_scheduled_then_command_once(app):
     app.register(hb("h1"))
     r = req()
-    p1 = app.place(r, ["h1"])
-    p2 = app.place(r, ["h1"])  # redelivery
-    assert p1.id == p2.id and p1.host_id == "h1"
+    p1, new1 = app.place(r, ["h1"])
+    p2, new2 = app.place(r, ["h1"])  # redelivery
+    assert p1.id == p2.id and p1.host_id == "h1" and new1 and not new2
     types = [e["type"] for e in published(app)]
     assert types == ["SandboxScheduled", "StartSandbox"]
     start = StartSandbox.model_validate(published(app)[1])
@@ -59,7 +59,7 @@ def test_place_emits_scheduled_then_command_once(app):
 def test_capacity_is_respected_and_least_loaded_wins(app):
     app.register(hb("h1", vcpus=2, mem=512))
     app.register(hb("h2", vcpus=2, mem=512))
-    hosts = [app.place(req(mem=256), ["h1", "h2"]).host_id for _ in range(4)]
+    hosts = [app.place(req(mem=256), ["h1", "h2"])[0].host_id for _ in range(4)]
     assert sorted(hosts) == ["h1", "h1", "h2", "h2"]
     with pytest.raises(NoCapacity):
         app.place(req(mem=256), ["h1", "h2"])
@@ -75,8 +75,8 @@ def test_destroy_before_placement_cancels_and_placement_never_happens(app):
     app.register(hb("h1"))
     r = req()
     app.route_intent(SandboxDestroyRequested(op_id="op", org_id="org1", sandbox_id=r.sandbox_id))
-    p = app.place(r, ["h1"])
-    assert p.status == "cancelled" and p.host_id is None
+    p, new = app.place(r, ["h1"])
+    assert p.status == "cancelled" and not new and p.host_id is None
     assert [e["type"] for e in published(app)] == ["SandboxDestroyed"]
 
 
@@ -92,7 +92,7 @@ def test_destroy_routes_to_host_and_release_frees_capacity(app):
         app.place(req(), ["h1"])
     app.host_reported(SandboxDestroyed(op_id="op", org_id="org1", sandbox_id=r.sandbox_id,
                                        host_id="h1"))
-    assert app.place(req(), ["h1"]).host_id == "h1"
+    assert app.place(req(), ["h1"])[0].host_id == "h1"
 
 
 def test_lost_host_loses_its_sandboxes_exactly_once(app):

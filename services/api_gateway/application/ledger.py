@@ -6,9 +6,10 @@ import json
 import uuid
 from typing import Callable
 
-from eventsourcing.application import AggregateNotFoundError, Application
+from eventsourcing.application import AggregateNotFoundError
 from eventsourcing.persistence import IntegrityError
 
+from common.eventstore import StoreApp
 from contracts import Envelope
 from contracts.sandbox import (SandboxDestroyRequested, SandboxRequested, SandboxSpec,
                                SandboxStopRequested)
@@ -32,16 +33,9 @@ def _uuid(sandbox_id: str) -> uuid.UUID | None:
         return None
 
 
-class SandboxLedger(Application):
+class SandboxLedger(StoreApp):
     name = "gateway"
 
-    def __init__(self, env: dict[str, str] | None = None):
-        super().__init__(env=env)
-        self.on_saved: Callable[[], None] = lambda: None
-
-    def _save(self, *aggregates) -> None:  # noqa: ANN002
-        self.save(*aggregates)
-        self.on_saved()
 
     def find(self, sandbox_id: str, org_id: str | None) -> Sandbox:
         """The caller's sandbox; another org's is reported as absent."""

@@ -39,15 +39,6 @@ class ExecIn(BaseModel):
         return v
 
 
-class ExecOut(BaseModel):
-    exit_code: int | None
-    stdout: str
-    stderr: str
-    duration_ms: int
-    timed_out: bool
-    truncated: bool
-
-
 async def _running(request: Request, sandbox_id: str, org_id: str) -> str:
     sb = await asyncio.to_thread(request.app.state.ctx.ledger.find, sandbox_id, org_id)
     if sb.state != "running" or not sb.host_id:
@@ -55,7 +46,7 @@ async def _running(request: Request, sandbox_id: str, org_id: str) -> str:
     return sb.host_id
 
 
-@io_router.post("/v1/sandboxes/{sandbox_id}/exec", response_model=ExecOut)
+@io_router.post("/v1/sandboxes/{sandbox_id}/exec", response_model=HostExecResult)
 async def exec_in_sandbox(request: Request, sandbox_id: SandboxId, body: ExecIn,
                           p: Annotated[Principal, Depends(org_principal)]) -> HostExecResult:
     host = await _running(request, sandbox_id, p.org_id)

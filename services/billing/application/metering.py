@@ -6,9 +6,9 @@ import uuid
 from datetime import datetime, timezone
 from typing import Callable
 
-from eventsourcing.application import AggregateNotFoundError, Application
 from eventsourcing.persistence import IntegrityError
 
+from common.eventstore import StoreApp
 from contracts import Envelope
 
 from ..domain.meter import METERED, Meter, meter_id
@@ -26,7 +26,7 @@ class Conflict(RuntimeError):
     """The meter kept changing under us; the message will be retried."""
 
 
-class Metering(Application):
+class Metering(StoreApp):
     name = "billing"
 
     def __init__(self, env: dict[str, str] | None = None, period_s: int = 3600,
@@ -35,15 +35,11 @@ class Metering(Application):
         self.period_s = period_s
         self.grace_s = grace_s
         self.clock = clock
-        self.on_saved: Callable[[], None] = lambda: None
         self._open: set[uuid.UUID] = set()  # meters with a run open
         self._position = 0  # notification log position folded into _open
 
     def meter(self, sandbox_id: str) -> Meter | None:
-        try:
-            return self.repository.get(meter_id(sandbox_id))
-        except AggregateNotFoundError:
-            return None
+        return self._get(meter_id(sandbox_id))
 
     def observe(self, msg: Envelope) -> int:
         """Fold a sandbox fact in and cut what is due; returns usage records made.
@@ -59,10 +55,9 @@ class Metering(Application):
             if not meter.pending_events:
                 return 0
             try:
-                self.save(meter)
+                self._save(meter)
             except IntegrityError:
                 continue  # a concurrent writer (other instance, ticker): reload
-            self.on_saved()
             for u in usage:
                 log.info("usage %s: %.1f vcpu-s", u.event_id, u.vcpu_seconds)
             return len(usage)
@@ -74,18 +69,16 @@ class Metering(Application):
         made = 0
         for mid in list(self._open):
             for _ in range(RETRIES):
-                try:
-                    meter = self.repository.get(mid)
-                except AggregateNotFoundError:
+                meter = self._get(mid)
+                if meter is None:
                     break
                 usage = meter.cut(self.clock(), self.period_s, self.grace_s)
                 if not meter.pending_events:
                     break
                 try:
-                    self.save(meter)
+                    self._save(meter)
                 except IntegrityError:
                     continue
-                self.on_saved()
                 made += len(usage)
                 break
         self._refresh_open()

@@ -1,30 +1,20 @@
 """The host agent's event store: Vm aggregates (sync; call via to_thread)."""
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
 
-from eventsourcing.application import AggregateNotFoundError, Application
+from common.eventstore import StoreApp
 from eventsourcing.persistence import IntegrityError
 
 from ..domain.vm import Vm, vm_uuid
 
 
-class VmRecords(Application):
+class VmRecords(StoreApp):
     name = "host_agent"
 
-    def __init__(self, env: dict[str, str] | None = None):
-        super().__init__(env=env)
-        self.on_saved: Callable[[], None] = lambda: None
-
-    def _save(self, *aggs) -> None:  # noqa: ANN002
-        self.save(*aggs)
-        self.on_saved()
 
     def get(self, sandbox_id: str) -> Vm | None:
-        try:
-            return self.repository.get(vm_uuid(sandbox_id))
-        except AggregateNotFoundError:
-            return None
+        return self._get(vm_uuid(sandbox_id))
 
     def accept(self, sandbox_id: str, org_id: str, spec: dict[str, Any],
                starting: dict[str, Any]) -> tuple[Vm, bool]:

@@ -3,11 +3,10 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime, timezone
-from typing import Callable
 
-from eventsourcing.application import AggregateNotFoundError, Application
 from eventsourcing.persistence import IntegrityError
 
+from common.eventstore import StoreApp
 from contracts.commands import DestroySandbox, StartSandbox, StopSandbox
 from contracts.host import HostHeartbeat, HostLost, HostRegistered
 from contracts.sandbox import (Failure, SandboxDestroyed, SandboxEvent, SandboxFailed,
@@ -29,22 +28,9 @@ class NoCapacity(Exception):
     pass
 
 
-class Scheduler(Application):
+class Scheduler(StoreApp):
     name = "scheduler"
 
-    def __init__(self, env: dict[str, str] | None = None):
-        super().__init__(env=env)
-        self.on_saved: Callable[[], None] = lambda: None
-
-    def _save(self, *aggs) -> None:  # noqa: ANN002
-        self.save(*aggs)
-        self.on_saved()
-
-    def _get(self, uid: uuid.UUID):  # noqa: ANN202
-        try:
-            return self.repository.get(uid)
-        except AggregateNotFoundError:
-            return None
 
     def host(self, host_id: str) -> Host | None:
         return self._get(host_uuid(host_id))
@@ -53,12 +39,12 @@ class Scheduler(Application):
         return self._get(placement_uuid(sandbox_id))
 
     # --- placement -------------------------------------------------------
-    def place(self, req: SandboxRequested, alive: list[str]) -> Placement:
-        """Place once; raises NoCapacity when nothing fits right now."""
+    def place(self, req: SandboxRequested, alive: list[str]) -> tuple[Placement, bool]:
+        """Place once: (placement, new). Raises NoCapacity when nothing fits now."""
         for _ in range(RETRIES):
             existing = self.placement(req.sandbox_id)
             if existing is not None:
-                return existing
+                return existing, False
             hosts = [h for h in (self.host(x) for x in alive) if h is not None]
             chosen = choose_host(hosts, req.spec.vcpus, req.spec.memory_mib)
             if chosen is None:
@@ -71,7 +57,7 @@ class Scheduler(Application):
             p.command(_dump(StartSandbox(host_id=chosen.host_id, spec=req.spec, **common)))
             try:
                 self._save(p, chosen)
-                return p
+                return p, True
             except IntegrityError:
                 continue  # another scheduler placed it, or changed that host: look again
         raise NoCapacity("hosts kept changing; will retry")

@@ -22,7 +22,7 @@ def placement_handler(ctx):  # noqa: ANN001, ANN201 - SchedulerContext
         app = ctx.app
         if msg.type == "SandboxRequested":
             try:
-                p = await asyncio.to_thread(app.place, msg, ctx.liveness.alive())
+                p, new = await asyncio.to_thread(app.place, msg, ctx.liveness.alive())
             except NoCapacity as e:
                 age = (datetime.now(timezone.utc) - msg.occurred_at).total_seconds()
                 if age < ctx.settings.placement_timeout_s:
@@ -30,7 +30,10 @@ def placement_handler(ctx):  # noqa: ANN001, ANN201 - SchedulerContext
                 await asyncio.to_thread(app.fail, msg, "no_capacity", str(e))
                 log.warning("placement failed: %s", e)
                 return
-            log.info("placed on %s", p.host_id, extra={"host_id": p.host_id})
+            if new:
+                log.info("placed on %s", p.host_id, extra={"host_id": p.host_id})
+            else:
+                log.info("already decided (%s); duplicate ignored", p.status)
         elif msg.type in ("SandboxDestroyRequested", "SandboxStopRequested"):
             await asyncio.to_thread(app.route_intent, msg)
         elif msg.type in ("SandboxDestroyed", "SandboxFailed", "SandboxStopped"):
