@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from urllib.parse import urlparse
 from dataclasses import dataclass
 from typing import Awaitable, Callable
 
@@ -20,6 +21,7 @@ from contracts import Envelope, InvalidMessage, parse_message
 from contracts.subjects import CONSUMERS, STREAMS, ConsumerDef, dlq_subject, subject_for
 
 from .logging import log_context, redact
+from .service import warn_if_plaintext
 from .tracing import context_from, current_traceparent, tracer
 
 log = logging.getLogger("corral.bus")
@@ -65,6 +67,9 @@ class Bus:
             reconnect_time_wait=0.5, error_cb=_err, allow_reconnect=True)
         self.js = self.nc.jetstream(timeout=10)
         log.info("connected to nats %s", redact(self.url))
+        host = urlparse(self.url).hostname or ""
+        if not self.url.startswith("tls://"):
+            warn_if_plaintext("NATS connection", host)
 
     async def close(self) -> None:
         if self.nc and not self.nc.is_closed:

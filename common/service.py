@@ -7,6 +7,17 @@ import signal
 from typing import Awaitable, Callable
 
 log = logging.getLogger("corral.service")
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def warn_if_plaintext(what: str, host: str, tls: bool = False) -> bool:
+    """LESSONS: plaintext beyond loopback is a logged warning, never silent."""
+    if tls or host in LOOPBACK or host.startswith("127."):
+        return False
+    log.warning("%s listens on %s without TLS: traffic and credentials travel in "
+                "plaintext; put it behind a TLS-terminating proxy or a private network",
+                what, host)
+    return True
 
 
 def install_stop_handlers(stop: asyncio.Event) -> None:
@@ -62,6 +73,7 @@ async def serve_health(port: int, ready: Callable[[], Awaitable[bool]],
     if not port:
         await stop.wait()
         return
+    warn_if_plaintext("health endpoint", host)
     server = await asyncio.start_server(handle, host, port)
     async with server:
         await stop.wait()

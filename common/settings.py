@@ -16,4 +16,5 @@ class CommonSettings(BaseSettings):
     store: str = "sqlite"
     log_level: str = "INFO"
     health_port: int = Field(default=0, ge=0, le=65535)
+    health_host: str = "127.0.0.1"
     instance: str = "0"

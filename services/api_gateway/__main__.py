@@ -6,7 +6,7 @@ import logging
 
 from common.httpserver import serve_http
 from common.logging import configure_logging
-from common.service import install_stop_handlers, run_until_stopped
+from common.service import install_stop_handlers, run_until_stopped, warn_if_plaintext
 from common.tracing import setup_tracing
 from contracts.subjects import CONSUMERS
 
@@ -27,6 +27,7 @@ async def main() -> None:
     ctx = await bootstrap(settings)
     ingest = next(c for c in CONSUMERS if c.durable == "gateway-sandbox-ingest")
     log.info("gateway listening on http://%s:%d", settings.http_host, settings.http_port)
+    warn_if_plaintext("REST API", settings.http_host)
     await run_until_stopped(
         stop,
         serve_http(create_app(ctx), settings.http_host, settings.http_port, stop),

@@ -41,7 +41,7 @@ async def main() -> None:
         serve_rpc(ctx, stop),
         ctx.bus.consume(host_agent_consumer(ctx.host_id), ctx.service.handle, stop,
                         concurrency=settings.command_concurrency),
-        serve_health(settings.health_port, ctx.ready, stop),
+        serve_health(settings.health_port, ctx.ready, stop, settings.health_host),
         on_stop=ctx.close,
     )
     log.info("host agent stopped")

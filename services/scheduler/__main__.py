@@ -33,7 +33,7 @@ async def main() -> None:
         ctx.bus.consume(by_name["scheduler-hosts"], host_event_handler(ctx), stop),
         watch_heartbeats(ctx, stop),
         sweep_lost_hosts(ctx, stop),
-        serve_health(settings.health_port, ctx.ready, stop),
+        serve_health(settings.health_port, ctx.ready, stop, settings.health_host),
         on_stop=ctx.close,
     )
     log.info("scheduler stopped")

@@ -30,5 +30,5 @@ async def serve(settings: AuthSettings, stop: asyncio.Event,
         await app.broker.stop()
         await app.store.close()
 
-    await run_until_stopped(stop, serve_health(settings.health_port, ready, stop),
+    await run_until_stopped(stop, serve_health(settings.health_port, ready, stop, settings.health_host),
                             on_stop=shutdown)

@@ -27,7 +27,7 @@ async def serve(settings: BillingSettings, stop: asyncio.Event,
         return app.bus.connected
 
     jobs = [app.bus.consume(METERING, fact_handler(app.metering), stop),
-            app.relay.run(stop), serve_health(settings.health_port, ready, stop)]
+            app.relay.run(stop), serve_health(settings.health_port, ready, stop, settings.health_host)]
     if settings.billing_period_s > 0:
         jobs.append(tick(app.metering, settings.billing_tick_s, stop))
     async def shutdown() -> None:
