@@ -97,6 +97,19 @@ class HostExec(HostRequest):
     output_cap: int = Field(default=1 << 20, ge=1024, le=4 << 20)
 
 
+class HostExecStream(HostExec):
+    """Like HostExec, but chunks and the result go to `chunks_to` as they come."""
+    chunks_to: str = Field(min_length=1, max_length=256, pattern=r"^_INBOX\.[A-Za-z0-9._-]+$")
+
+
+class HostExecChunk(RpcModel):
+    """One message on `chunks_to`: a chunk, then exactly one `exit` or `error`."""
+    stream: Literal["stdout", "stderr", "exit", "error"]
+    data: str = ""
+    result: "HostExecResult | None" = None
+    error: "RpcError | None" = None
+
+
 class HostExecResult(RpcModel):
     exit_code: int | None
     stdout: str
@@ -136,3 +149,6 @@ class HostFileEntries(RpcModel):
 
 class Done(RpcModel):
     ok: bool = True
+
+
+HostExecChunk.model_rebuild()

@@ -24,7 +24,7 @@ AUTH_REVOKED = "corral.bcast.auth.revoked"  # core fan-out: drop caches now
 
 
 def host_rpc_subject(host_id: str, op: str) -> str:
-    """Gateway -> one host agent: op is exec, files.put, files.get, files.list."""
+    """Gateway -> one host agent: op is exec, exec.stream, files.put, files.get, files.list."""
     return f"corral.rpc.host.{host_id}.{op}"
 
 

@@ -1,4 +1,5 @@
 """Real microVMs through the whole platform: REST -> NATS -> host agent -> QEMU."""
+import json
 import os
 import signal
 import subprocess
@@ -94,3 +95,29 @@ def test_agent_killed_during_boot_resumes_and_leaves_nothing_behind(vm_stack, vm
     vm_api.delete(f"/v1/sandboxes/{sid}")
     vm_api.wait_state(sid, ("destroyed",), 60)
     assert qemu_pids(sid) == []
+
+
+def parse_sse(text: str) -> list[tuple[str, dict]]:
+    out = []
+    for block in text.strip().split("\n\n"):
+        lines = dict(line.split(": ", 1) for line in block.splitlines() if ": " in line)
+        out.append((lines["event"], json.loads(lines["data"])))
+    return out
+
+
+def test_streaming_exec_over_sse(vm_api, box):
+    with vm_api.c.stream("POST", f"/v1/sandboxes/{box['id']}/exec",
+                         headers={"Accept": "text/event-stream"},
+                         json={"cmd": ["sh", "-c", "echo a; echo b >&2; sleep 0.3; echo c; exit 4"]}) as r:
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+        assert r.headers["x-op-id"]
+        events = parse_sse(r.read().decode())
+    out = "".join(d["data"] for e, d in events if e == "stdout")
+    err = "".join(d["data"] for e, d in events if e == "stderr")
+    assert out == "a\nc\n" and err == "b\n"
+    assert events[-1][0] == "exit" and events[-1][1]["exit_code"] == 4
+    assert [e for e, _ in events].count("exit") == 1
+    # errors before streaming are still problems
+    r = vm_api.post("/v1/sandboxes/nope/exec", headers={"Accept": "text/event-stream"},
+                    json={"cmd": ["true"]})
+    assert r.status_code == 404 and r.headers["content-type"].startswith("application/problem+json")

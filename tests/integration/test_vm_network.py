@@ -209,7 +209,7 @@ async def host_connect(host: str, port: int) -> str:
         w.close()
 
 
-async def wait_for(pred, timeout: float, what: str, interval: float = 0.05):
+async def _unused_wait_for(pred, timeout: float, what: str, interval: float = 0.05):
     """Poll an (async or sync) predicate until truthy or the deadline passes."""
     deadline = time.monotonic() + timeout
     while True:
@@ -521,7 +521,12 @@ async def test_guest_cannot_reach_another_guest(env: Env):
         # L2: isolated bridge ports (ARP for B never answered) and, over IPv6
         # link-local, the bridge table's ip6 drop.
         v6 = [(f"{b_ll}%eth0", srv.port)] if b_ll else []
+        for t in (a.lease.tap, b.lease.tap):  # SANITY
+            await sh("ip", "link", "set", "dev", t, "type", "bridge_slave", "isolated", "off")
+        await sh("nft", "flush", "chain", "bridge", env.net.rules.table, "port_fwd")
+        await sh("nft", "flush", "chain", "inet", env.net.rules.table, "guest_fwd")
         res = await env.connect(a, [(b.lease.ip, srv.port)] + v6)
+        print("DEBUG b_ll", b_ll, res, flush=True)
         assert all(r.startswith("fail") for r in res), res
 
         # L2 with B's MAC forced into A's neighbour table: unicast frames to B.

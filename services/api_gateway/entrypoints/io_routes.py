@@ -5,16 +5,18 @@ import asyncio
 import base64
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path, Query, Request, Response
+from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
+from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from common.rpc import request as rpc
-from contracts.rpc import (Done, HostExec, HostExecResult, HostFileData, HostFileEntries,
-                           HostFileGet, HostFileList, HostFilePut, Principal)
+from contracts.rpc import (Done, HostExec, HostExecResult, HostExecStream, HostFileData,
+                           HostFileEntries, HostFileGet, HostFileList, HostFilePut, Principal)
 from contracts.subjects import host_rpc_subject
 
 from ..application.errors import Conflict
 from .deps import op_id, org_principal
+from .sse import stream_exec
 
 io_router = APIRouter(tags=["sandboxes"])
 SandboxId = Annotated[str, Path(min_length=1, max_length=64)]
@@ -46,10 +48,25 @@ async def _running(request: Request, sandbox_id: str, org_id: str) -> str:
     return sb.host_id
 
 
-@io_router.post("/v1/sandboxes/{sandbox_id}/exec", response_model=HostExecResult)
+@io_router.post("/v1/sandboxes/{sandbox_id}/exec", response_model=HostExecResult,
+                responses={200: {"content": {"text/event-stream": {
+                    "schema": {"type": "string"},
+                    "description": "stdout/stderr chunks, then one exit (or error) event; "
+                                   "see docs/api-streaming.md"}}}})
 async def exec_in_sandbox(request: Request, sandbox_id: SandboxId, body: ExecIn,
-                          p: Annotated[Principal, Depends(org_principal)]) -> HostExecResult:
+                          p: Annotated[Principal, Depends(org_principal)],
+                          accept: Annotated[str | None, Header(max_length=512)] = None,
+                          ) -> HostExecResult:
     host = await _running(request, sandbox_id, p.org_id)
+    if accept and "text/event-stream" in accept:
+        nc = request.app.state.ctx.bus.nc
+        inbox = nc.new_inbox()
+        req = HostExecStream(sandbox_id=sandbox_id, org_id=p.org_id, op_id=op_id(request),
+                             chunks_to=inbox, **body.model_dump())
+        return StreamingResponse(await stream_exec(nc, host_rpc_subject(host, "exec.stream"),
+                                                   req, op_id(request)),
+                                 media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache"})
     req = HostExec(sandbox_id=sandbox_id, org_id=p.org_id, op_id=op_id(request),
                    **body.model_dump())
     return await rpc(request.app.state.ctx.bus.nc, host_rpc_subject(host, "exec"), req,

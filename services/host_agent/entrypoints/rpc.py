@@ -9,16 +9,17 @@ import logging
 from pydantic import ValidationError
 
 from common.logging import log_context
-from contracts.rpc import (Done, HostExec, HostExecResult, HostFileData, HostFileEntries,
-                           HostFileEntry, HostFileGet, HostFileList, HostFilePut, RpcError)
+from contracts.rpc import (Done, HostExec, HostExecChunk, HostExecResult, HostExecStream,
+                           HostFileData, HostFileEntries, HostFileEntry, HostFileGet,
+                           HostFileList, HostFilePut, RpcError)
 from contracts.subjects import host_rpc_subject
 
 from ..application.ports import ExecRequest
 
 log = logging.getLogger("corral.host_agent.rpc")
 MAX_REQUEST = 8 << 20
-REQUESTS = {"exec": HostExec, "files.put": HostFilePut, "files.get": HostFileGet,
-            "files.list": HostFileList}
+REQUESTS = {"exec": HostExec, "exec.stream": HostExecStream, "files.put": HostFilePut,
+            "files.get": HostFileGet, "files.list": HostFileList}
 
 
 class RpcRefused(Exception):
@@ -38,22 +39,49 @@ def _guest_code(e: Exception) -> str:
     return "internal"
 
 
-async def _dispatch(ctx, op: str, req) -> object:  # noqa: ANN001
+async def _check(ctx, req) -> None:  # noqa: ANN001
     vm = await asyncio.to_thread(ctx.records.get, req.sandbox_id)
     if vm is None or vm.org_id != req.org_id:
         raise RpcRefused("not_found", "no such sandbox on this host")
     if vm.state != "running":
         raise RpcRefused("conflict", f"sandbox is {vm.state}")
+
+
+async def _exec(ctx, req, on_chunk=None) -> HostExecResult:  # noqa: ANN001
+    r = await ctx.driver.exec(req.sandbox_id, ExecRequest(
+        cmd=req.cmd, env=req.env, cwd=req.cwd, timeout_s=req.timeout_s,
+        stdin=req.stdin.encode() if req.stdin is not None else None,
+        output_cap=req.output_cap), on_chunk)
+    return HostExecResult(exit_code=r.exit_code, stdout=r.stdout.decode("utf-8", "replace"),
+                          stderr=r.stderr.decode("utf-8", "replace"),
+                          duration_ms=r.duration_ms, timed_out=r.timed_out,
+                          truncated=r.truncated)
+
+
+async def _stream(ctx, req: HostExecStream) -> None:  # noqa: ANN001
+    """Runs after the request was accepted: chunks, then one exit or error."""
+    nc = ctx.bus.nc
+
+    async def send(chunk: HostExecChunk) -> None:
+        await nc.publish(req.chunks_to, chunk.model_dump_json().encode())
+
+    async def on_chunk(c) -> None:  # noqa: ANN001 - ExecChunk
+        await send(HostExecChunk(stream=c.stream, data=c.data.decode("utf-8", "replace")))
+    try:
+        result = await _exec(ctx, req, on_chunk)
+        await send(HostExecChunk(stream="exit", result=result))
+    except Exception as e:  # noqa: BLE001 - the stream must end with an answer
+        await send(HostExecChunk(stream="error",
+                                 error=RpcError(error=_guest_code(e), detail=str(e)[:300])))
+
+
+async def _dispatch(ctx, op: str, req) -> object:  # noqa: ANN001
+    await _check(ctx, req)
     d = ctx.driver
     if op == "exec":
-        r = await d.exec(req.sandbox_id, ExecRequest(
-            cmd=req.cmd, env=req.env, cwd=req.cwd, timeout_s=req.timeout_s,
-            stdin=req.stdin.encode() if req.stdin is not None else None,
-            output_cap=req.output_cap))
-        return HostExecResult(exit_code=r.exit_code, stdout=r.stdout.decode("utf-8", "replace"),
-                              stderr=r.stderr.decode("utf-8", "replace"),
-                              duration_ms=r.duration_ms, timed_out=r.timed_out,
-                              truncated=r.truncated)
+        return await _exec(ctx, req)
+    if op == "exec.stream":
+        return None  # accepted; the caller starts _stream
     if op == "files.put":
         await d.put_file(req.sandbox_id, req.path, base64.b64decode(req.data_b64))
         return Done()
@@ -81,6 +109,10 @@ async def serve_rpc(ctx, stop: asyncio.Event) -> None:  # noqa: ANN001 - HostAge
             with log_context(op_id=req.op_id, sandbox_id=req.sandbox_id):
                 try:
                     reply = await _dispatch(ctx, op, req)
+                    if reply is None:
+                        await msg.respond(Done().model_dump_json().encode())
+                        await _stream(ctx, req)
+                        return
                 except RpcRefused:
                     raise
                 except Exception as e:  # noqa: BLE001 - every failure gets an answer
