@@ -29,7 +29,8 @@ ASYNCAPI = "docs/asyncapi.yaml"
 # Who publishes which type (the bus has no registry of senders; keep in step
 # with the services). Receivers are derived from CONSUMERS below.
 SENDERS: dict[str, tuple[str, ...]] = {
-    "api_gateway": ("SandboxRequested", "SandboxStopRequested", "SandboxDestroyRequested"),
+    "api_gateway": ("SandboxRequested", "SandboxStopRequested", "SandboxDestroyRequested",
+                    "SandboxExpiring", "SandboxTtlExtended"),
     "scheduler": ("SandboxScheduled", "SandboxFailed", "SandboxDestroyed", "SandboxLost",
                   "HostLost", "StartSandbox", "StopSandbox", "DestroySandbox"),
     "host_agent": ("SandboxStarting", "SandboxStarted", "SandboxFailed", "SandboxStopped",

@@ -9,15 +9,17 @@ from pydantic import Field, TypeAdapter, ValidationError
 from .commands import DestroySandbox, StartSandbox, StopSandbox
 from .envelope import Envelope
 from .host import HostHeartbeat, HostLost, HostRegistered
-from .sandbox import (SandboxDestroyed, SandboxDestroyRequested, SandboxFailed, SandboxLost,
-                      SandboxRequested, SandboxScheduled, SandboxStarted, SandboxStarting,
-                      SandboxStopped, SandboxStopRequested)
+from .sandbox import (SandboxDestroyed, SandboxDestroyRequested, SandboxExpiring,
+                      SandboxFailed, SandboxLost, SandboxRequested, SandboxScheduled,
+                      SandboxStarted, SandboxStarting, SandboxStopped, SandboxStopRequested,
+                      SandboxTtlExtended)
 from .usage import UsageRecorded
 
 EVENT_TYPES: tuple[type[Envelope], ...] = (
     SandboxRequested, SandboxScheduled, SandboxStarting, SandboxStarted, SandboxFailed,
     SandboxStopRequested, SandboxStopped, SandboxDestroyRequested, SandboxDestroyed,
-    SandboxLost, HostRegistered, HostHeartbeat, HostLost, UsageRecorded,
+    SandboxLost, SandboxExpiring, SandboxTtlExtended, HostRegistered, HostHeartbeat, HostLost,
+    UsageRecorded,
 )
 COMMAND_TYPES: tuple[type[Envelope], ...] = (StartSandbox, StopSandbox, DestroySandbox)
 ALL_TYPES = EVENT_TYPES + COMMAND_TYPES

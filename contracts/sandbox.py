@@ -1,6 +1,7 @@
 """Sandbox lifecycle events."""
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -107,11 +108,24 @@ class SandboxStopped(SandboxEvent):
 
 class SandboxDestroyRequested(SandboxEvent):
     type: Literal["SandboxDestroyRequested"] = "SandboxDestroyRequested"
+    reason: Literal["user", "ttl_expired"] = "user"
 
 
 class SandboxDestroyed(SandboxEvent):
     type: Literal["SandboxDestroyed"] = "SandboxDestroyed"
     host_id: str | None = None
+
+
+class SandboxExpiring(SandboxEvent):
+    """The lease ends soon; extend it with POST /v1/sandboxes/{id}/ttl."""
+    type: Literal["SandboxExpiring"] = "SandboxExpiring"
+    expires_at: datetime
+
+
+class SandboxTtlExtended(SandboxEvent):
+    type: Literal["SandboxTtlExtended"] = "SandboxTtlExtended"
+    expires_at: datetime
+    ttl_seconds: int = Field(ge=10, le=30 * 86400)
 
 
 class SandboxLost(SandboxEvent):

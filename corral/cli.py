@@ -1,4 +1,4 @@
-"""`corral` command line: up, doctor, image build."""
+"""`corral` command line: up, doctor, image build, sandbox ..., events tail."""
 from __future__ import annotations
 
 import argparse
@@ -84,8 +84,27 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--name", default="default")
     b.add_argument("--rebuild", action="store_true")
     b.set_defaults(fn=cmd_image)
+    from . import cli_events, cli_sandbox
+    cli_sandbox.register(sub)
+    cli_events.register(sub)
     a = ap.parse_args(argv)
-    return a.fn(a)
+    return run(a)
+
+
+def run(a: argparse.Namespace) -> int:
+    """Typed errors become one line on stderr (exit 1); Ctrl-C exits 130 quietly."""
+    from .sdk import CorralError
+    try:
+        return a.fn(a)
+    except KeyboardInterrupt:
+        print(file=sys.stderr)
+        return 130
+    except CorralError as e:
+        print(f"corral: {e}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:  # e.g. `corral sandbox list | head`
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from common.tracing import setup_tracing
 from contracts.subjects import CONSUMERS
 
 from .bootstrap import bootstrap
+from .entrypoints.expiry import expiry_loop
 from .entrypoints.http_app import create_app
 from .entrypoints.subscriber import ingest_handler
 from .settings import GatewaySettings
@@ -34,6 +35,7 @@ async def main() -> None:
         ctx.relay.run(stop),
         ctx.read_model.run(ctx.ledger, stop),
         ctx.bus.consume(ingest, ingest_handler(ctx), stop),
+        expiry_loop(ctx, stop),
         on_stop=ctx.close,
     )
     log.info("gateway stopped")

@@ -12,7 +12,9 @@ from common.relay import OutboxRelay
 from .adapters.auth_client import AuthClient
 from .adapters.read_model import ReadModel, read_model_url
 from .application.ledger import SandboxLedger
+from .application.rate_limit import RateLimiter
 from .application.waiters import Waiters
+from .domain.quota import Limits
 from .settings import GatewaySettings
 
 
@@ -25,6 +27,8 @@ class GatewayContext:
     read_model: ReadModel
     auth: AuthClient
     waiters: Waiters
+    limits: Limits
+    limiter: RateLimiter
 
     async def ready(self) -> tuple[bool, str]:
         if not self.bus.connected:
@@ -64,4 +68,7 @@ async def bootstrap(settings: GatewaySettings) -> GatewayContext:
     ledger.on_saved = saved
     auth = AuthClient(bus.nc, ttl_s=settings.auth_cache_s)
     await auth.start()
-    return GatewayContext(settings, bus, ledger, relay, read_model, auth, Waiters())
+    limits = Limits(settings.quota_max_live, settings.quota_max_vcpus,
+                    settings.quota_max_memory_mib)
+    return GatewayContext(settings, bus, ledger, relay, read_model, auth, Waiters(), limits,
+                          RateLimiter(settings.quota_creates_per_minute))

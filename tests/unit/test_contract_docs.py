@@ -18,7 +18,7 @@ from contracts.registry import BY_NAME
 from contracts.sandbox import (Failure, SandboxDestroyed, SandboxDestroyRequested, SandboxFailed,
                                SandboxLost, SandboxRequested, SandboxScheduled, SandboxSpec,
                                SandboxStarted, SandboxStarting, SandboxStopped,
-                               SandboxStopRequested)
+                               SandboxStopRequested, SandboxExpiring, SandboxTtlExtended)
 from contracts.subjects import (CONSUMERS, STREAMS, dlq_subject, host_agent_consumer,
                                 host_command_subject, host_subject, sandbox_subject, subject_for,
                                 usage_subject)
@@ -43,6 +43,8 @@ SAMPLES = [
     SandboxDestroyRequested(**IDS),
     SandboxDestroyed(**IDS),
     SandboxLost(host_id="h-1", reason="host lost", **IDS),
+    SandboxExpiring(expires_at=T0, **IDS),
+    SandboxTtlExtended(expires_at=T0, ttl_seconds=600, **IDS),
     HostRegistered(op_id="op-1", host_id="h-1", hostname="node1", capacity=CAP, accel="kvm",
                    agent_version="0.1.0"),
     HostHeartbeat(op_id="op-1", host_id="h-1", seq=3, accel="kvm", capacity=CAP, running=1,

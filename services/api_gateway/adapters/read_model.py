@@ -23,19 +23,22 @@ from ..domain.view import sandbox_view
 
 log = logging.getLogger("corral.gateway.read_model")
 meta = MetaData()
+# Bump the version when the table changes: a new table is rebuilt from the events.
+PROJECTION = "sandbox_view_v2"
 views = Table(
-    "sandbox_view", meta,
+    PROJECTION, meta,
     Column("id", String(64), primary_key=True),
     Column("org_id", String(64), index=True, nullable=False),
     Column("name", String(63), index=True),
     Column("state", String(16), index=True, nullable=False),
     Column("created_at", String(40), nullable=False),
+    Column("expires_at", String(40), index=True),
     Column("doc", Text, nullable=False),
 )
 cursors = Table("projection_cursor", meta,
                 Column("name", String(64), primary_key=True),
                 Column("position", Integer, nullable=False))
-PROJECTION = "sandbox_view"
+LIVE = ("requested", "scheduled", "starting", "running", "paused")
 
 
 def read_model_url(store: str, sqlite_path: str) -> str:
@@ -93,7 +96,8 @@ class ReadModel:
                 await conn.execute(delete(views).where(views.c.id == doc["id"]))
                 await conn.execute(views.insert().values(
                     id=doc["id"], org_id=doc["org_id"], name=doc["name"], state=doc["state"],
-                    created_at=doc["created_at"], doc=json.dumps(doc)))
+                    created_at=doc["created_at"], expires_at=doc["expires_at"],
+                    doc=json.dumps(doc)))
             new_pos = notes[-1].id
             updated = await conn.execute(cursors.update().where(
                 and_(cursors.c.name == PROJECTION, cursors.c.position == pos)).values(
@@ -140,6 +144,13 @@ class ReadModel:
         items = [json.loads(r.doc) for r in rows[:limit]]
         nxt = encode_cursor(rows[limit - 1].created_at, rows[limit - 1].id) if len(rows) > limit else None
         return items, nxt
+
+    async def due(self, before: str, limit: int = 200) -> list[str]:
+        """Live sandboxes whose lease ends before `before` (ISO UTC), soonest first."""
+        q = (select(views.c.id).where(views.c.state.in_(LIVE), views.c.expires_at <= before)
+             .order_by(views.c.expires_at).limit(limit))
+        async with self.engine.connect() as conn:
+            return [r.id for r in (await conn.execute(q)).all()]
 
     async def close(self) -> None:
         await self.engine.dispose()

@@ -18,6 +18,18 @@ class Conflict(UseCaseError):
     status, code = 409, "conflict"
 
 
+class Unprocessable(UseCaseError):
+    status, code = 422, "unprocessable"
+
+
+class TooMany(UseCaseError):
+    status, code = 429, "quota_exceeded"
+
+    def __init__(self, detail: str, retry_after_s: int):
+        super().__init__(detail)
+        self.retry_after_s = retry_after_s
+
+
 class IdempotencyMismatch(UseCaseError):
     status, code = 422, "idempotency_key_reused"
 

@@ -3,7 +3,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import random
+import time
 import uuid
+from datetime import datetime, timedelta
 from typing import Callable
 
 from eventsourcing.application import AggregateNotFoundError
@@ -11,14 +14,21 @@ from eventsourcing.persistence import IntegrityError
 
 from common.eventstore import StoreApp
 from contracts import Envelope
-from contracts.sandbox import (SandboxDestroyRequested, SandboxRequested, SandboxSpec,
-                               SandboxStopRequested)
+from contracts.sandbox import (SandboxDestroyRequested, SandboxExpiring, SandboxRequested,
+                               SandboxSpec, SandboxStopRequested, SandboxTtlExtended)
 
 from ..domain.name_claim import NameClaim, claim_uuid
-from ..domain.sandbox import SANDBOX_FACTS, Sandbox, sandbox_uuid
-from .errors import Conflict, IdempotencyMismatch, NotFound, OutOfOrder
+from ..domain.quota import Limits, OrgLive, org_live_uuid
+from ..domain.sandbox import ENDED, SANDBOX_FACTS, Sandbox, parse_time, sandbox_uuid
+from .errors import (Conflict, IdempotencyMismatch, NotFound, OutOfOrder, TooMany,
+                     Unprocessable)
 
-RETRIES = 5
+RETRIES = 30
+
+
+def _backoff(attempt: int) -> None:
+    """Lost an optimistic-concurrency race: spread the retries out a little."""
+    time.sleep(random.uniform(0, 0.002 * (attempt + 1)))
 
 
 def request_hash(spec: SandboxSpec) -> str:
@@ -51,11 +61,14 @@ class SandboxLedger(StoreApp):
         return sb
 
     def request(self, org_id: str, spec: SandboxSpec, op_id: str, traceparent: str | None,
-                idempotency_key: str | None) -> tuple[Sandbox, bool]:
+                idempotency_key: str | None, limits: Limits = Limits()) -> tuple[Sandbox, bool]:
         """Record a SandboxRequested; returns (sandbox, created)."""
         digest = request_hash(spec)
         sid = sandbox_uuid(org_id, idempotency_key)
-        for _ in range(RETRIES):
+        if spec.vcpus > limits.max_vcpus or spec.memory_mib > limits.max_memory_mib:
+            raise Unprocessable(f"at most {limits.max_vcpus} vCPUs and {limits.max_memory_mib} "
+                                "MiB per sandbox for this org")
+        for attempt in range(RETRIES):
             try:
                 existing = self.find(str(sid), org_id)
             except NotFound:
@@ -66,15 +79,19 @@ class SandboxLedger(StoreApp):
                 return existing, False
             msg = SandboxRequested(op_id=op_id, org_id=org_id, sandbox_id=str(sid), spec=spec,
                                    request_hash=digest, traceparent=traceparent)
+            quota = self._get(org_live_uuid(org_id)) or OrgLive(org_id)
+            if not quota.has_room(limits):
+                raise TooMany(f"this org already has {limits.max_live} live sandboxes", 5)
             sb = Sandbox(msg.model_dump(mode="json"))
-            pending: list = [sb]
+            quota.reserve(str(sid))
+            pending: list = [sb, quota]
             if spec.name:
                 pending.append(self._claim(org_id, spec.name, str(sid)))
             try:
                 self._save(*pending)
                 return sb, True
             except IntegrityError:
-                continue  # lost a race on the id or the name: look again
+                _backoff(attempt)  # lost a race on the id, the name or the quota
         raise Conflict("concurrent requests for the same sandbox or name; retry")
 
     def _claim(self, org_id: str, name: str, sandbox_id: str) -> NameClaim:
@@ -96,7 +113,7 @@ class SandboxLedger(StoreApp):
         """Fold a fact from another service in; False if already known."""
         if msg.type not in SANDBOX_FACTS:
             return False
-        for _ in range(RETRIES):
+        for attempt in range(RETRIES):
             sb = self.find(msg.sandbox_id, None)
             if sb.org_id != msg.org_id:
                 raise ValueError("fact's org does not own the sandbox")
@@ -108,16 +125,21 @@ class SandboxLedger(StoreApp):
                 raise OutOfOrder(f"{msg.type} waits for {missing}")
             if not sb.record_fact(doc):
                 return False
+            pending: list = [sb]
+            if sb.state in ENDED and sb.state != "stopped":
+                quota = self._get(org_live_uuid(sb.org_id))
+                if quota is not None and quota.release(str(sb.id)):
+                    pending.append(quota)
             try:
-                self._save(sb)
+                self._save(*pending)
                 return True
             except IntegrityError:
-                continue
+                _backoff(attempt)
         raise Conflict("sandbox kept changing while ingesting")
 
-    def _intent(self, sandbox_id: str, org_id: str, build: Callable[[Sandbox], Envelope | None]
-                ) -> Sandbox:
-        for _ in range(RETRIES):
+    def _intent(self, sandbox_id: str, org_id: str | None,
+                build: Callable[[Sandbox], Envelope | None]) -> Sandbox:
+        for attempt in range(RETRIES):
             sb = self.find(sandbox_id, org_id)
             msg = build(sb)
             if msg is None:
@@ -127,14 +149,42 @@ class SandboxLedger(StoreApp):
                 self._save(sb)
                 return sb
             except IntegrityError:
-                continue
+                _backoff(attempt)
         raise Conflict("sandbox kept changing; retry")
 
-    def request_destroy(self, sandbox_id: str, org_id: str, op_id: str,
-                        traceparent: str | None) -> Sandbox:
+    def request_destroy(self, sandbox_id: str, org_id: str | None, op_id: str,
+                        traceparent: str | None, reason: str = "user") -> Sandbox:
         return self._intent(sandbox_id, org_id, lambda sb: SandboxDestroyRequested(
-            op_id=op_id, org_id=sb.org_id, sandbox_id=sandbox_id, traceparent=traceparent)
-            if sb.can_destroy() else None)
+            op_id=op_id, org_id=sb.org_id, sandbox_id=sandbox_id, traceparent=traceparent,
+            reason=reason) if sb.can_destroy() else None)
+
+    def extend_ttl(self, sandbox_id: str, org_id: str, ttl_seconds: int, op_id: str,
+                   traceparent: str | None, now: datetime) -> Sandbox:
+        """The lease now ends `ttl_seconds` from `now`; moves warning and deadline."""
+        def build(sb: Sandbox) -> Envelope:
+            if not sb.live or sb.destroy_requested:
+                raise Conflict(f"cannot extend a sandbox in state {sb.state!r}")
+            return SandboxTtlExtended(op_id=op_id, org_id=sb.org_id, sandbox_id=sandbox_id,
+                                      traceparent=traceparent, ttl_seconds=ttl_seconds,
+                                      expires_at=now + timedelta(seconds=ttl_seconds))
+        return self._intent(sandbox_id, org_id, build)
+
+    def expire(self, sandbox_id: str, now: datetime, warn_s: float) -> str | None:
+        """Warn before the deadline, destroy at it; idempotent across instances."""
+        op_id = "op_ttl_" + sandbox_id.replace("-", "")[:16]
+        outcome: dict[str, str | None] = {"did": None}
+
+        def build(sb: Sandbox) -> Envelope | None:
+            due = outcome["did"] = sb.expiry_due(now, warn_s)
+            if due == "destroy":
+                return SandboxDestroyRequested(op_id=op_id, org_id=sb.org_id,
+                                               sandbox_id=sandbox_id, reason="ttl_expired")
+            if due == "warn":
+                return SandboxExpiring(op_id=op_id, org_id=sb.org_id, sandbox_id=sandbox_id,
+                                       expires_at=parse_time(sb.expires_at))
+            return None
+        self._intent(sandbox_id, None, build)
+        return outcome["did"]
 
     def request_stop(self, sandbox_id: str, org_id: str, op_id: str,
                      traceparent: str | None) -> Sandbox:

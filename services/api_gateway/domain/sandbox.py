@@ -7,6 +7,7 @@ deduplicated by `event_id`, so redelivery and replays change nothing.
 from __future__ import annotations
 
 import uuid
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from eventsourcing.domain import Aggregate, event
@@ -14,6 +15,15 @@ from eventsourcing.domain import Aggregate, event
 LIVE = ("requested", "scheduled", "starting", "running", "paused")
 ENDED = ("stopped", "destroyed", "failed", "lost")
 NAMESPACE = uuid.UUID("6f1c1d4e-3b0a-4f9e-9a8a-5c0f3f6a9d21")
+
+
+def iso(dt: datetime) -> str:
+    """One UTC text form, so stored times compare as strings in SQL too."""
+    return dt.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def parse_time(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
 def sandbox_uuid(org_id: str, idempotency_key: str | None) -> uuid.UUID:
@@ -36,7 +46,10 @@ class Sandbox(Aggregate):
         self.op_id: str = envelope["op_id"]
         self.state = "requested"
         self.host_id: str | None = None
-        self.requested_at: str = envelope["occurred_at"]
+        self.requested_at: str = iso(parse_time(envelope["occurred_at"]))
+        self.expires_at: str = iso(parse_time(envelope["occurred_at"])
+                                   + timedelta(seconds=envelope["spec"]["ttl_seconds"]))
+        self.warned_for: str | None = None
         self.started_at: str | None = None
         self.ended_at: str | None = None
         self.failure: dict[str, str] | None = None
@@ -100,6 +113,17 @@ class Sandbox(Aggregate):
     def can_destroy(self) -> bool:
         return not self.destroy_requested and self.state != "destroyed"
 
+    def expiry_due(self, now: datetime, warn_s: float) -> str | None:
+        """"destroy" at the deadline, "warn" once per deadline shortly before it."""
+        if not self.live or self.destroy_requested:
+            return None
+        deadline = parse_time(self.expires_at)
+        if now >= deadline:
+            return "destroy"
+        if now >= deadline - timedelta(seconds=warn_s) and self.warned_for != self.expires_at:
+            return "warn"
+        return None
+
     def can_stop(self) -> bool:
         return self.state in LIVE and not self.stop_requested and not self.destroy_requested
 
@@ -154,6 +178,14 @@ def _failed(sb: Sandbox, e: dict) -> None:
         sb.ended_at = sb.ended_at or e["occurred_at"]
 
 
+def _expiring(sb: Sandbox, e: dict) -> None:
+    sb.warned_for = iso(parse_time(e["expires_at"]))
+
+
+def _ttl_extended(sb: Sandbox, e: dict) -> None:
+    sb.expires_at = iso(parse_time(e["expires_at"]))
+
+
 def _lost(sb: Sandbox, e: dict) -> None:
     if sb.state not in ("destroyed", "stopped", "failed"):
         sb.state = "lost"
@@ -171,5 +203,7 @@ _TRANSITIONS = {
     "SandboxDestroyed": _destroyed,
     "SandboxFailed": _failed,
     "SandboxLost": _lost,
+    "SandboxExpiring": _expiring,
+    "SandboxTtlExtended": _ttl_extended,
 }
 SANDBOX_FACTS = frozenset(_TRANSITIONS)

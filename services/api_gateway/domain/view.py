@@ -1,7 +1,6 @@
 """The public sandbox object, derived from the aggregate."""
 from __future__ import annotations
 
-from datetime import datetime, timedelta
 from typing import Any
 
 from .sandbox import Sandbox
@@ -9,7 +8,6 @@ from .sandbox import Sandbox
 
 def sandbox_view(sb: Sandbox) -> dict[str, Any]:
     spec = sb.spec
-    created = datetime.fromisoformat(sb.requested_at)
     return {
         "id": str(sb.id),
         "name": spec.get("name"),
@@ -21,7 +19,7 @@ def sandbox_view(sb: Sandbox) -> dict[str, Any]:
         "host_id": sb.host_id,
         "created_at": sb.requested_at,
         "started_at": sb.started_at,
-        "expires_at": (created + timedelta(seconds=spec.get("ttl_seconds", 0))).isoformat(),
+        "expires_at": sb.expires_at,
         "ended_at": sb.ended_at,
         "failure": sb.failure,
         "metadata": spec.get("metadata", {}),

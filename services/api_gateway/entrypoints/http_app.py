@@ -4,12 +4,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from datetime import datetime, timezone
 from typing import Annotated, Any, Literal
 
 from fastapi import Depends, FastAPI, Header, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from common.logging import log_context
@@ -19,7 +20,7 @@ from contracts.rpc import Principal
 from contracts.sandbox import STATES, SandboxSpec
 
 from ..adapters.auth_client import Unauthorized
-from ..application.errors import UseCaseError
+from ..application.errors import TooMany, UseCaseError
 from ..domain.view import sandbox_view
 from .admin_routes import admin_router
 from .deps import Forbidden, op_id, org_principal
@@ -46,6 +47,11 @@ class SandboxOut(BaseModel):
     ended_at: str | None
     failure: dict[str, str] | None
     metadata: dict[str, str]
+
+
+class TtlIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    ttl_seconds: int = Field(ge=10, le=30 * 86400)
 
 
 class SandboxPage(BaseModel):
@@ -91,9 +97,13 @@ def create_app(ctx) -> FastAPI:  # noqa: ANN001 - GatewayContext from bootstrap
     ) -> JSONResponse:
         oid = op_id(request)
         spec = spec or SandboxSpec()
+        wait_s = ctx.limiter.retry_after(p.org_id)
+        if wait_s:
+            raise TooMany("create rate limit reached for this org", wait_s)
         with tracer("corral.gateway").start_as_current_span("create_sandbox"):
             sb, created = await asyncio.to_thread(
-                ctx.ledger.request, p.org_id, spec, oid, current_traceparent(), idempotency_key)
+                ctx.ledger.request, p.org_id, spec, oid, current_traceparent(), idempotency_key,
+                ctx.limits)
         with log_context(sandbox_id=str(sb.id)):
             log.info("sandbox requested" if created else "idempotent replay of create")
             if not wait:
@@ -134,6 +144,14 @@ def create_app(ctx) -> FastAPI:  # noqa: ANN001 - GatewayContext from bootstrap
                            p: Annotated[Principal, Depends(org_principal)]) -> dict:
         sb = await asyncio.to_thread(ctx.ledger.request_stop, sandbox_id, p.org_id,
                                      op_id(request), current_traceparent())
+        return sandbox_view(sb)
+
+    @app.post("/v1/sandboxes/{sandbox_id}/ttl", response_model=SandboxOut, tags=["sandboxes"])
+    async def extend_ttl(request: Request, sandbox_id: SandboxId, body: TtlIn,
+                         p: Annotated[Principal, Depends(org_principal)]) -> dict:
+        sb = await asyncio.to_thread(ctx.ledger.extend_ttl, sandbox_id, p.org_id,
+                                     body.ttl_seconds, op_id(request), current_traceparent(),
+                                     datetime.now(timezone.utc))
         return sandbox_view(sb)
 
     @app.get("/v1/sandboxes/{sandbox_id}/events", response_model=EventPage, tags=["sandboxes"])
@@ -187,7 +205,9 @@ def _errors(app: FastAPI) -> None:
 
     @app.exception_handler(UseCaseError)
     async def _usecase(request: Request, exc: UseCaseError) -> JSONResponse:
-        return problem(exc.status, exc.detail, oid(request), code=exc.code.replace("_", "-"))
+        headers = {"Retry-After": str(exc.retry_after_s)} if isinstance(exc, TooMany) else None
+        return problem(exc.status, exc.detail, oid(request), code=exc.code.replace("_", "-"),
+                       headers=headers)
 
     @app.exception_handler(Unauthorized)
     async def _unauth(request: Request, exc: Unauthorized) -> JSONResponse:

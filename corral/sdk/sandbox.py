@@ -1,0 +1,222 @@
+"""Sandbox: the synchronous client, and the base both clients share.
+
+Each public method returns `self._run(<operation generator>)`: the sync driver
+runs it to a value, the async driver returns a coroutine to await.
+"""
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from . import _http as h
+from .config import Config
+from .errors import CorralError, NotFoundError, SandboxTimeoutError
+
+OutputCallback = Callable[[str], Any]
+
+
+@dataclass
+class FileInfo:
+    name: str
+    path: str
+    size: int
+    is_dir: bool
+    mode: int
+
+
+def _create_body(image, name, vcpus, memory_mib, ttl_seconds, env, metadata, egress) -> dict:  # noqa: ANN001
+    body: dict[str, Any] = {"image": image, "vcpus": vcpus, "memory_mib": memory_mib,
+                            "network": {"egress": bool(egress)}}
+    for k, v in (("name", name), ("ttl_seconds", ttl_seconds), ("env", env), ("metadata", metadata)):
+        if v is not None:
+            body[k] = v
+    return body
+
+
+def _pages(call: h.Call, retry: h.RetryPolicy) -> h.Op:
+    """Every item of a cursor-paginated list."""
+    items, params = [], dict(call.params or {})
+    while True:
+        resp = yield from h.request(h.Call("GET", call.path, params=params), retry)
+        doc = h.parse_json(resp)
+        items.extend(doc.get("items", []))
+        if not doc.get("next_cursor"):
+            return items
+        params["cursor"] = doc["next_cursor"]
+
+
+class Files:
+    """`sb.files`: read, write and list files inside the sandbox."""
+
+    def __init__(self, sandbox: "_SandboxBase"):
+        self._sb = sandbox
+
+    def _path(self) -> str:
+        return f"/v1/sandboxes/{self._sb.id}/files"
+
+    def write(self, path: str, data: bytes | str):  # noqa: ANN201 - None, or awaitable
+        data = data.encode() if isinstance(data, str) else bytes(data)
+        call = h.Call("PUT", self._path(), params={"path": path}, content=data,
+                      headers={"Content-Type": "application/octet-stream"}, timeout=120)
+        return self._sb._run(self._sb._then(h.request(call, self._sb._retry), lambda _: None))
+
+    def read(self, path: str):  # noqa: ANN201 - bytes, or awaitable of bytes
+        call = h.Call("GET", self._path(), params={"path": path}, timeout=120)
+        return self._sb._run(self._sb._then(h.request(call, self._sb._retry), lambda r: r.content))
+
+    def list(self, path: str = "/"):  # noqa: ANN201 - list[FileInfo], or awaitable
+        call = h.Call("GET", self._path() + "/list", params={"path": path})
+
+        def parse(resp):  # noqa: ANN001, ANN202
+            base = path.rstrip("/")
+            return [FileInfo(e["name"], f"{base}/{e['name']}", e["size"], e["is_dir"], e["mode"])
+                    for e in h.parse_json(resp).get("entries", [])]
+        return self._sb._run(self._sb._then(h.request(call, self._sb._retry), parse))
+
+
+class _SandboxBase:
+    _driver_cls: type[h.SyncDriver] | type[h.AsyncDriver]
+    output_cap = 1 << 20  # characters kept per stream by streaming exec
+
+    def __init__(self, driver: Any, info: dict):
+        self._http, self.info = driver, info
+        self.files = Files(self)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(id={self.id!r}, name={self.name!r}, state={self.state!r})"
+
+    id = property(lambda self: self.info["id"])
+    name = property(lambda self: self.info.get("name"))
+    state = property(lambda self: self.info.get("state"))
+
+    @property
+    def _retry(self) -> h.RetryPolicy:
+        return self._http.retry
+
+    def _run(self, op: h.Op):  # noqa: ANN202
+        return self._http.run(op)
+
+    @staticmethod
+    def _then(op: h.Op, fn: Callable[[Any], Any]) -> h.Op:
+        return fn((yield from op))
+
+    def _adopt(self, resp: Any) -> "_SandboxBase":
+        self.info = h.parse_json(resp)
+        return self
+
+    @classmethod
+    def _driver(cls, api_url: str | None, api_key: str | None, opts: dict) -> Any:
+        return cls._driver_cls(Config.resolve(api_url, api_key), **opts)
+
+    # -- class-level operations ------------------------------------------
+    @classmethod
+    def create(cls, image: str = "default", name: str | None = None, vcpus: int = 1,
+               memory_mib: int = 256, ttl_seconds: int | None = None,
+               env: dict[str, str] | None = None, metadata: dict[str, str] | None = None,
+               egress: bool = False, timeout: float = 120, idempotency_key: str | None = None,
+               *, api_url: str | None = None, api_key: str | None = None, **opts: Any):
+        """Create a sandbox and wait until it is running (raises SandboxFailedError
+        or SandboxTimeoutError otherwise). A random Idempotency-Key is used when
+        none is given, so transient failures are retried without duplicates."""
+        d = cls._driver(api_url, api_key, opts)
+        call = h.Call("POST", "/v1/sandboxes", params={"wait": "true", "timeout_s": timeout},
+                      json=_create_body(image, name, vcpus, memory_mib, ttl_seconds, env,
+                                        metadata, egress),
+                      headers={"Idempotency-Key": idempotency_key or f"sdk-{uuid.uuid4()}"},
+                      timeout=timeout + 30)
+        return d.run(cls._then(h.request(call, d.retry), lambda r: cls(d, h.parse_json(r))))
+
+    @classmethod
+    def connect(cls, sandbox_id: str, *, api_url: str | None = None,
+                api_key: str | None = None, **opts: Any):
+        d = cls._driver(api_url, api_key, opts)
+        call = h.Call("GET", f"/v1/sandboxes/{sandbox_id}")
+        return d.run(cls._then(h.request(call, d.retry), lambda r: cls(d, h.parse_json(r))))
+
+    @classmethod
+    def list(cls, state: str | None = None, name: str | None = None, *,
+             api_url: str | None = None, api_key: str | None = None, **opts: Any):
+        """Every sandbox of the caller's org (all pages), newest-first as served."""
+        d = cls._driver(api_url, api_key, opts)
+        params = {k: v for k, v in (("state", state), ("name", name), ("limit", 500)) if v}
+        op = _pages(h.Call("GET", "/v1/sandboxes", params=params), d.retry)
+        return d.run(cls._then(op, lambda items: [cls(d, i) for i in items]))
+
+    # -- instance operations ---------------------------------------------
+    def refresh(self):  # noqa: ANN201
+        call = h.Call("GET", f"/v1/sandboxes/{self.id}")
+        return self._run(self._then(h.request(call, self._retry), self._adopt))
+
+    def stop(self):  # noqa: ANN201
+        call = h.Call("POST", f"/v1/sandboxes/{self.id}/stop")
+        return self._run(self._then(h.request(call), self._adopt))
+
+    def kill(self, wait: bool = False, timeout: float = 60):  # noqa: ANN201
+        """DELETE the sandbox; with wait=True, until its state is `destroyed`."""
+        return self._run(self._kill(wait, timeout))
+
+    def _kill(self, wait: bool, timeout: float) -> h.Op:
+        call = h.Call("DELETE", f"/v1/sandboxes/{self.id}")
+        self._adopt((yield from h.request(call, self._retry)))
+        deadline = time.monotonic() + timeout
+        while wait and self.state != "destroyed":
+            if time.monotonic() > deadline:
+                raise SandboxTimeoutError(f"sandbox {self.id} still {self.state} after {timeout:g}s",
+                                          body={"sandbox_id": self.id})
+            yield h.Sleep(0.2)
+            try:
+                self._adopt((yield from h.request(h.Call("GET", f"/v1/sandboxes/{self.id}"),
+                                                  self._retry)))
+            except NotFoundError:
+                self.info = {**self.info, "state": "destroyed"}
+        return self
+
+    def events(self):  # noqa: ANN201 - list[dict], or awaitable
+        """The sandbox's own event history, oldest first (all pages)."""
+        return self._run(_pages(h.Call("GET", f"/v1/sandboxes/{self.id}/events",
+                                       params={"limit": 500}), self._retry))
+
+    def exec(self, cmd: list[str] | str, env: dict[str, str] | None = None,
+             cwd: str | None = None, timeout: float = 60, stdin: str | None = None,
+             on_stdout: OutputCallback | None = None, on_stderr: OutputCallback | None = None):
+        """Run a command; a str runs via `sh -c`. With callbacks, output is
+        streamed (SSE) and each chunk passed to them as it arrives."""
+        argv = ["sh", "-c", cmd] if isinstance(cmd, str) else list(cmd)
+        body: dict[str, Any] = {"cmd": argv, "env": env or {}, "timeout_s": timeout}
+        if cwd is not None:
+            body["cwd"] = cwd
+        if stdin is not None:
+            body["stdin"] = stdin
+        path = f"/v1/sandboxes/{self.id}/exec"
+        if on_stdout or on_stderr:
+            call = h.Call("POST", path, json=body, timeout=timeout + 30, stream=True,
+                          headers={"Accept": "text/event-stream"})
+            return self._run(h.exec_stream(call, {"stdout": on_stdout, "stderr": on_stderr},
+                                           self.output_cap))
+        call = h.Call("POST", path, json=body, timeout=timeout + 30)
+        return self._run(self._then(h.request(call),
+                                    lambda r: h.ExecResult.from_json(h.parse_json(r))))
+
+
+class Sandbox(_SandboxBase):
+    """A sandbox, driven synchronously. `with Sandbox.create() as sb:` kills it
+    on exit, even when the body raised."""
+    _driver_cls = h.SyncDriver
+
+    def close(self) -> None:
+        """Close the HTTP connection pool (shared by sandboxes from one list())."""
+        self._http.close()
+
+    def __enter__(self) -> "Sandbox":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:  # noqa: ANN001
+        try:
+            self.kill()
+        except CorralError:
+            if exc is None:
+                raise  # never mask the body's own exception
+        finally:
+            self.close()

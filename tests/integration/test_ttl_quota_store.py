@@ -1,0 +1,98 @@
+"""Leases and quotas in the gateway's store (SQLite and PostgreSQL)."""
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from common.eventstore import store_env
+from contracts.sandbox import SandboxDestroyed, SandboxFailed, Failure, SandboxSpec
+from services.api_gateway.application.errors import Conflict, TooMany, Unprocessable
+from services.api_gateway.application.ledger import SandboxLedger
+from services.api_gateway.application.rate_limit import RateLimiter
+from services.api_gateway.domain.quota import Limits
+from services.api_gateway.domain.sandbox import parse_time
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def ledger(store, tmp_path):
+    app = SandboxLedger(store_env(store, tmp_path, "gateway"))
+    yield app
+    app.close()
+
+
+def types(ledger, sb):
+    return [e["type"] for e in ledger.history(str(sb.id), sb.org_id)]
+
+
+def test_lease_warns_once_then_destroys_at_deadline(ledger):
+    sb, _ = ledger.request("o", SandboxSpec(ttl_seconds=100), "op", None, None)
+    deadline = parse_time(sb.expires_at)
+    sid = str(sb.id)
+    assert ledger.expire(sid, deadline - timedelta(seconds=61), 60) is None
+    assert ledger.expire(sid, deadline - timedelta(seconds=59), 60) == "warn"
+    assert ledger.expire(sid, deadline - timedelta(seconds=30), 60) is None  # once
+    assert ledger.expire(sid, deadline, 60) == "destroy"
+    assert ledger.expire(sid, deadline + timedelta(seconds=5), 60) is None
+    hist = ledger.history(sid, "o")
+    assert [e["type"] for e in hist] == ["SandboxRequested", "SandboxExpiring",
+                                         "SandboxDestroyRequested"]
+    assert hist[-1]["reason"] == "ttl_expired"
+
+
+def test_extension_moves_warning_and_deadline(ledger):
+    sb, _ = ledger.request("o", SandboxSpec(ttl_seconds=100), "op", None, None)
+    sid, first = str(sb.id), parse_time(sb.expires_at)
+    assert ledger.expire(sid, first - timedelta(seconds=10), 60) == "warn"
+    now = first - timedelta(seconds=5)
+    ext = ledger.extend_ttl(sid, "o", 600, "op", None, now)
+    assert parse_time(ext.expires_at) == now + timedelta(seconds=600)
+    assert ledger.expire(sid, first + timedelta(seconds=1), 60) is None  # old deadline gone
+    assert ledger.expire(sid, now + timedelta(seconds=545), 60) == "warn"  # warned anew
+    assert ledger.expire(sid, now + timedelta(seconds=600), 60) == "destroy"
+    with pytest.raises(Conflict):
+        ledger.extend_ttl(sid, "o", 600, "op", None, now)  # destroy already requested
+
+
+def test_live_quota_is_exact_under_concurrency_and_released_on_end(ledger):
+    limits = Limits(max_live=3)
+
+    def create(_):
+        try:
+            return ledger.request("o", SandboxSpec(), "op", None, None, limits)[0]
+        except TooMany:
+            return None
+    with ThreadPoolExecutor(6) as pool:
+        made = [sb for sb in pool.map(create, range(10)) if sb is not None]
+    assert len(made) == 3
+    with pytest.raises(TooMany):
+        ledger.request("o", SandboxSpec(), "op", None, None, limits)
+    ledger.request("other-org", SandboxSpec(), "op", None, None, limits)  # per org
+    a, b = made[0], made[1]
+    ledger.request_destroy(str(a.id), "o", "op", None)
+    ledger.ingest(SandboxDestroyed(op_id="op", org_id="o", sandbox_id=str(a.id)))
+    ledger.ingest(SandboxFailed(op_id="op", org_id="o", sandbox_id=str(b.id),
+                                failure=Failure(code="no_capacity", message="m")))
+    for _ in range(2):
+        ledger.request("o", SandboxSpec(), "op", None, None, limits)
+    with pytest.raises(TooMany):
+        ledger.request("o", SandboxSpec(), "op", None, None, limits)
+
+
+def test_impossible_sizes_are_unprocessable(ledger):
+    with pytest.raises(Unprocessable):
+        ledger.request("o", SandboxSpec(vcpus=16), "op", None, None, Limits(max_vcpus=8))
+    with pytest.raises(Unprocessable):
+        ledger.request("o", SandboxSpec(memory_mib=65536), "op", None, None,
+                       Limits(max_memory_mib=16384))
+
+
+def test_rate_limiter_refills_by_clock():
+    now = [0.0]
+    rl = RateLimiter(per_minute=2, clock=lambda: now[0])
+    assert rl.retry_after("o") == 0 and rl.retry_after("o") == 0
+    assert rl.retry_after("o") == 30  # one token per 30 s
+    assert rl.retry_after("p") == 0   # per org
+    now[0] = 30.0
+    assert rl.retry_after("o") == 0
