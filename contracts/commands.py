@@ -20,6 +20,7 @@ class HostCommand(Envelope):
 class StartSandbox(HostCommand):
     type: Literal["StartSandbox"] = "StartSandbox"
     spec: SandboxSpec
+    restart: bool = False  # boot a stopped VM again from its own disk
 
 
 class StopSandbox(HostCommand):
@@ -28,3 +29,11 @@ class StopSandbox(HostCommand):
 
 class DestroySandbox(HostCommand):
     type: Literal["DestroySandbox"] = "DestroySandbox"
+
+
+class PauseSandbox(HostCommand):
+    type: Literal["PauseSandbox"] = "PauseSandbox"
+
+
+class ResumeSandbox(HostCommand):
+    type: Literal["ResumeSandbox"] = "ResumeSandbox"

@@ -30,11 +30,14 @@ ASYNCAPI = "docs/asyncapi.yaml"
 # with the services). Receivers are derived from CONSUMERS below.
 SENDERS: dict[str, tuple[str, ...]] = {
     "api_gateway": ("SandboxRequested", "SandboxStopRequested", "SandboxDestroyRequested",
-                    "SandboxExpiring", "SandboxTtlExtended"),
+                    "SandboxExpiring", "SandboxTtlExtended", "SandboxPauseRequested",
+                    "SandboxResumeRequested", "SandboxStartRequested"),
     "scheduler": ("SandboxScheduled", "SandboxFailed", "SandboxDestroyed", "SandboxLost",
-                  "HostLost", "StartSandbox", "StopSandbox", "DestroySandbox"),
+                  "HostLost", "StartSandbox", "StopSandbox", "DestroySandbox", "PauseSandbox",
+                  "ResumeSandbox"),
     "host_agent": ("SandboxStarting", "SandboxStarted", "SandboxFailed", "SandboxStopped",
-                   "SandboxDestroyed", "HostRegistered", "HostHeartbeat"),
+                   "SandboxDestroyed", "SandboxPaused", "SandboxResumed", "HostRegistered",
+                   "HostHeartbeat"),
     "billing": ("UsageRecorded",),
 }
 CONSUMER_OWNERS = {"gateway-": "api_gateway", "scheduler-": "scheduler",
@@ -60,6 +63,16 @@ RPCS = (
      "host_agent", None, ("api_gateway",)),
     (s.host_rpc_subject("{host_id}", "files.list"), rpc.HostFileList, rpc.HostFileEntries,
      "host_agent", None, ("api_gateway",)),
+    (s.RPC_SCHEDULER_HOSTS_LIST, rpc.ListHosts, rpc.HostList, "scheduler", "scheduler",
+     ("api_gateway",)),
+    (s.RPC_SCHEDULER_HOSTS_CORDON, rpc.HostAction, rpc.HostActionResult, "scheduler",
+     "scheduler", ("api_gateway",)),
+    (s.RPC_SCHEDULER_HOSTS_UNCORDON, rpc.HostAction, rpc.HostActionResult, "scheduler",
+     "scheduler", ("api_gateway",)),
+    (s.RPC_SCHEDULER_HOSTS_DRAIN, rpc.HostAction, rpc.HostActionResult, "scheduler",
+     "scheduler", ("api_gateway",)),
+    (s.RPC_BILLING_USAGE, rpc.UsageQuery, rpc.UsagePage, "billing", "billing",
+     ("api_gateway",)),
 )
 DLQ_SENDERS = ("api_gateway", "scheduler", "billing", "host_agent")
 

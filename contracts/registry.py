@@ -6,22 +6,26 @@ from typing import Annotated, Union
 
 from pydantic import Field, TypeAdapter, ValidationError
 
-from .commands import DestroySandbox, StartSandbox, StopSandbox
+from .commands import (DestroySandbox, PauseSandbox, ResumeSandbox, StartSandbox,
+                       StopSandbox)
 from .envelope import Envelope
 from .host import HostHeartbeat, HostLost, HostRegistered
 from .sandbox import (SandboxDestroyed, SandboxDestroyRequested, SandboxExpiring,
-                      SandboxFailed, SandboxLost, SandboxRequested, SandboxScheduled,
-                      SandboxStarted, SandboxStarting, SandboxStopped, SandboxStopRequested,
-                      SandboxTtlExtended)
+                      SandboxFailed, SandboxLost, SandboxPaused, SandboxPauseRequested,
+                      SandboxRequested, SandboxResumed, SandboxResumeRequested,
+                      SandboxScheduled, SandboxStarted, SandboxStarting, SandboxStartRequested,
+                      SandboxStopped, SandboxStopRequested, SandboxTtlExtended)
 from .usage import UsageRecorded
 
 EVENT_TYPES: tuple[type[Envelope], ...] = (
     SandboxRequested, SandboxScheduled, SandboxStarting, SandboxStarted, SandboxFailed,
     SandboxStopRequested, SandboxStopped, SandboxDestroyRequested, SandboxDestroyed,
-    SandboxLost, SandboxExpiring, SandboxTtlExtended, HostRegistered, HostHeartbeat, HostLost,
-    UsageRecorded,
+    SandboxLost, SandboxExpiring, SandboxTtlExtended, SandboxPauseRequested, SandboxPaused,
+    SandboxResumeRequested, SandboxResumed, SandboxStartRequested,
+    HostRegistered, HostHeartbeat, HostLost, UsageRecorded,
 )
-COMMAND_TYPES: tuple[type[Envelope], ...] = (StartSandbox, StopSandbox, DestroySandbox)
+COMMAND_TYPES: tuple[type[Envelope], ...] = (StartSandbox, StopSandbox, DestroySandbox,
+                                              PauseSandbox, ResumeSandbox)
 ALL_TYPES = EVENT_TYPES + COMMAND_TYPES
 BY_NAME: dict[str, type[Envelope]] = {t.model_fields["type"].default: t for t in ALL_TYPES}
 

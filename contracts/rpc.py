@@ -1,9 +1,12 @@
 """Request/reply payloads (core NATS, not streamed)."""
 from __future__ import annotations
 
+from datetime import datetime, timedelta
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+
+from .envelope import Id
 
 
 class RpcModel(BaseModel):
@@ -152,3 +155,92 @@ class Done(RpcModel):
 
 
 HostExecChunk.model_rebuild()
+
+
+# --- fleet administration (gateway -> scheduler, queue group "scheduler") ---
+HOST_STATUSES = ("ready", "lost", "cordoned", "draining")
+MAX_USAGE_RANGE = timedelta(days=400)
+
+
+class ListHosts(RpcModel):
+    op_id: str = Field(default="-", max_length=64)
+
+
+class HostAction(RpcModel):
+    """cordon, uncordon or drain one host."""
+    host_id: Id
+    op_id: str = Field(default="-", max_length=64)
+
+
+class HostResources(RpcModel):
+    vcpus: int = Field(ge=0)
+    memory_mib: int = Field(ge=0)
+    sandboxes: int = Field(ge=0)
+
+
+class HostInfo(RpcModel):
+    host_id: str
+    hostname: str
+    status: Literal["ready", "lost", "cordoned", "draining"] = Field(
+        description="lost: stopped heartbeating; cordoned/draining: no new placements")
+    accel: str
+    capacity: HostResources
+    used: HostResources
+    alive: bool = Field(description="heartbeating, as seen by the answering scheduler")
+    last_heartbeat_age_s: float | None = Field(
+        description="seconds since the last heartbeat the answering scheduler saw; "
+                    "null if it saw none since it started")
+
+
+class HostList(RpcModel):
+    items: list[HostInfo]
+
+
+class HostSandbox(RpcModel):
+    sandbox_id: str
+    org_id: str
+    vcpus: int
+    memory_mib: int
+
+
+class HostActionResult(RpcModel):
+    host: HostInfo
+    changed: bool = Field(description="false: the host already was in that state")
+    remaining: list[HostSandbox] = Field(
+        description="sandboxes still allocated on the host; they leave as they end")
+    note: str = ""
+
+
+# --- usage (gateway -> billing, queue group "billing") ---
+class UsageQuery(RpcModel):
+    """Line items of one org overlapping [from, to), oldest first."""
+    model_config = ConfigDict(extra="forbid", validate_by_name=True, validate_by_alias=True,
+                              serialize_by_alias=True)
+    org_id: Id
+    from_: AwareDatetime = Field(alias="from")
+    to: AwareDatetime
+    limit: int = Field(default=100, ge=1, le=500)
+    cursor: str | None = Field(default=None, max_length=512)
+    op_id: str = Field(default="-", max_length=64)
+
+    @model_validator(mode="after")
+    def _range(self) -> "UsageQuery":
+        if self.from_ >= self.to:
+            raise ValueError("'from' must be before 'to'")
+        if self.to - self.from_ > MAX_USAGE_RANGE:
+            raise ValueError("range is longer than 400 days")
+        return self
+
+
+class UsageItem(RpcModel):
+    event_id: str = Field(description="the UsageRecorded event_id (stable, idempotency key)")
+    sandbox_id: str
+    period_start: datetime
+    period_end: datetime
+    vcpu_seconds: float
+    memory_mib_seconds: float
+
+
+class UsagePage(RpcModel):
+    items: list[UsageItem]
+    next_cursor: str | None

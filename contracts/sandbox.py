@@ -116,6 +116,29 @@ class SandboxDestroyed(SandboxEvent):
     host_id: str | None = None
 
 
+class SandboxPauseRequested(SandboxEvent):
+    type: Literal["SandboxPauseRequested"] = "SandboxPauseRequested"
+
+
+class SandboxPaused(SandboxEvent):
+    type: Literal["SandboxPaused"] = "SandboxPaused"
+    host_id: Id
+
+
+class SandboxResumeRequested(SandboxEvent):
+    type: Literal["SandboxResumeRequested"] = "SandboxResumeRequested"
+
+
+class SandboxResumed(SandboxEvent):
+    type: Literal["SandboxResumed"] = "SandboxResumed"
+    host_id: Id
+
+
+class SandboxStartRequested(SandboxEvent):
+    """Start a stopped sandbox again, on the host that holds its disk."""
+    type: Literal["SandboxStartRequested"] = "SandboxStartRequested"
+
+
 class SandboxExpiring(SandboxEvent):
     """The lease ends soon; extend it with POST /v1/sandboxes/{id}/ttl."""
     type: Literal["SandboxExpiring"] = "SandboxExpiring"

@@ -21,6 +21,13 @@ RPC_AUTH_REVOKE_KEY = "corral.rpc.auth.keys.revoke"
 RPC_AUTH_CREATE_HOST_TOKEN = "corral.rpc.auth.hosts.token"
 RPC_AUTH_REGISTER_HOST = "corral.rpc.auth.hosts.register"
 AUTH_REVOKED = "corral.bcast.auth.revoked"  # core fan-out: drop caches now
+# Fleet administration, answered by any scheduler instance (queue group "scheduler")
+RPC_SCHEDULER_HOSTS_LIST = "corral.rpc.scheduler.hosts.list"
+RPC_SCHEDULER_HOSTS_CORDON = "corral.rpc.scheduler.hosts.cordon"
+RPC_SCHEDULER_HOSTS_UNCORDON = "corral.rpc.scheduler.hosts.uncordon"
+RPC_SCHEDULER_HOSTS_DRAIN = "corral.rpc.scheduler.hosts.drain"
+# Usage line items of one org, answered by any billing instance (queue group "billing")
+RPC_BILLING_USAGE = "corral.rpc.billing.usage"
 
 
 def host_rpc_subject(host_id: str, op: str) -> str:
@@ -56,7 +63,8 @@ def subject_for(msg) -> str:  # noqa: ANN001 - any contract message
         return host_subject(msg.host_id, kind)
     if kind == "UsageRecorded":
         return usage_subject(msg.org_id, msg.sandbox_id)
-    if kind in ("StartSandbox", "StopSandbox", "DestroySandbox"):
+    if kind in ("StartSandbox", "StopSandbox", "DestroySandbox", "PauseSandbox",
+                "ResumeSandbox"):
         return host_command_subject(msg.host_id, msg.sandbox_id, kind)
     raise ValueError(f"no subject for {kind}")
 
@@ -104,7 +112,8 @@ CONSUMERS: tuple[ConsumerDef, ...] = (
     ConsumerDef("CORRAL_SANDBOX", "scheduler-placement",
                 filter_subjects=_sandbox_types("SandboxRequested", "SandboxStopRequested",
                                "SandboxDestroyRequested", "SandboxDestroyed", "SandboxFailed",
-                               "SandboxStopped"),
+                               "SandboxStopped", "SandboxPauseRequested",
+                               "SandboxResumeRequested", "SandboxStartRequested"),
                 max_deliver=1000,
                 description="scheduler places requests and routes stop/destroy to hosts"),
     ConsumerDef("CORRAL_HOST", "scheduler-hosts", ("corral.evt.host.*.HostRegistered",),

@@ -104,10 +104,31 @@ def _writer(stream):  # noqa: ANN001, ANN202
     return write
 
 
-def cmd_exec(a: argparse.Namespace) -> int:
-    argv = a.cmd[1:] if a.cmd[:1] == ["--"] else a.cmd
+def _exec_options(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    p.add_argument("--env", action="append", metavar="K=V")
+    p.add_argument("--cwd")
+    p.add_argument("--timeout", type=float, default=60)
+    p.add_argument("-i", "--stdin", action="store_true", help="send local stdin to the command")
+    return p
+
+
+def exec_argv(a: argparse.Namespace) -> list[str]:
+    """The remote command; options written after the id are parsed into `a`."""
+    argv = a.cmd
+    if argv[:1] == ["--"]:
+        argv = argv[1:]
+    elif argv[:1] and argv[0].startswith("-") and "--" in argv:  # options after the id
+        cut = argv.index("--")
+        _exec_options(argparse.ArgumentParser(prog="corral sandbox exec ID")).parse_args(
+            argv[:cut], namespace=a)
+        argv = argv[cut + 1:]
     if not argv:
-        raise SystemExit("corral: sandbox exec ID -- COMMAND [ARGS...]")
+        raise SystemExit("usage: corral sandbox exec ID [options] -- COMMAND [ARGS...]")
+    return argv
+
+
+def cmd_exec(a: argparse.Namespace) -> int:
+    argv = exec_argv(a)
     stdin = sys.stdin.read() if a.stdin else None
     res = _sandbox(a.id).exec(argv, env=_pairs(a.env, "--env"), cwd=a.cwd, timeout=a.timeout,
                               stdin=stdin, on_stdout=_writer(sys.stdout),
@@ -176,11 +197,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     sh.set_defaults(fn=cmd_show)
     e = s.add_parser("exec", help="run a command, streaming its output; exits with its code")
     e.add_argument("id", help="id or name")
-    e.add_argument("--env", action="append", metavar="K=V")
-    e.add_argument("--cwd")
-    e.add_argument("--timeout", type=float, default=60)
-    e.add_argument("-i", "--stdin", action="store_true", help="send local stdin to the command")
-    e.add_argument("cmd", nargs=argparse.REMAINDER)
+    _exec_options(e)
+    e.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD ARGS")
     e.set_defaults(fn=cmd_exec)
     cp = s.add_parser("cp", help="copy a file: SRC DST, one of them ID:/path ('-' = stdio)")
     cp.add_argument("src")

@@ -10,6 +10,7 @@ from common.tracing import setup_tracing
 from contracts.subjects import CONSUMERS
 
 from .bootstrap import bootstrap
+from .entrypoints.rpc import serve_fleet_rpc
 from .entrypoints.subscribers import (host_event_handler, placement_handler, sweep_lost_hosts,
                                       watch_heartbeats)
 from .settings import SchedulerSettings
@@ -33,6 +34,7 @@ async def main() -> None:
         ctx.bus.consume(by_name["scheduler-hosts"], host_event_handler(ctx), stop),
         watch_heartbeats(ctx, stop),
         sweep_lost_hosts(ctx, stop),
+        serve_fleet_rpc(ctx, stop),
         serve_health(settings.health_port, ctx.ready, stop, settings.health_host),
         on_stop=ctx.close,
     )

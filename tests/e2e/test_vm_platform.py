@@ -121,3 +121,30 @@ def test_streaming_exec_over_sse(vm_api, box):
     r = vm_api.post("/v1/sandboxes/nope/exec", headers={"Accept": "text/event-stream"},
                     json={"cmd": ["true"]})
     assert r.status_code == 404 and r.headers["content-type"].startswith("application/problem+json")
+
+
+def test_pause_resume_stop_start_keeps_the_disk(vm_api):
+    sb = vm_api.post("/v1/sandboxes?wait=true", json={}).json()
+    sid, base = sb["id"], f"/v1/sandboxes/{sb['id']}"
+    assert vm_api.put(base + "/files", params={"path": "/root/keep.txt"},
+                      content=b"persisted").status_code == 204
+    assert vm_api.post(base + "/pause").status_code == 202
+    vm_api.wait_state(sid, ("paused",), 30)
+    assert vm_api.post(base + "/exec", json={"cmd": ["true"]}).status_code == 409
+    assert vm_api.post(base + "/pause").status_code == 202  # idempotent
+    assert vm_api.post(base + "/resume").status_code == 202
+    vm_api.wait_state(sid, ("running",), 30)
+    assert vm_api.post(base + "/exec", json={"cmd": ["true"]}).json()["exit_code"] == 0
+    assert vm_api.post(base + "/stop").status_code == 202
+    vm_api.wait_state(sid, ("stopped",), 60)
+    assert qemu_pids(sid) == []
+    assert vm_api.post(base + "/resume").status_code == 409
+    assert vm_api.post(base + "/start").status_code == 202
+    vm_api.wait_state(sid, ("running",), 120)
+    assert vm_api.get(base + "/files", params={"path": "/root/keep.txt"}).content == b"persisted"
+    kinds = [e["type"] for e in vm_api.get(base + "/events", params={"limit": 100}).json()["items"]]
+    for k in ("SandboxPaused", "SandboxResumed", "SandboxStopped", "SandboxStartRequested"):
+        assert k in kinds
+    assert kinds.count("SandboxStarted") == 2
+    vm_api.delete(base)
+    vm_api.wait_state(sid, ("destroyed",), 60)

@@ -11,14 +11,17 @@ import yaml
 
 from common.bus import DeadLetter as BusDeadLetter
 from contracts import ALL_TYPES, InvalidMessage, parse_message
-from contracts.commands import DestroySandbox, StartSandbox, StopSandbox
+from contracts.commands import (DestroySandbox, PauseSandbox, ResumeSandbox, StartSandbox,
+                               StopSandbox)
 from contracts.export import DeadLetter, ROOT, nats_match, rpc_models, stale
 from contracts.host import HostCapacity, HostHeartbeat, HostLost, HostRegistered
 from contracts.registry import BY_NAME
 from contracts.sandbox import (Failure, SandboxDestroyed, SandboxDestroyRequested, SandboxFailed,
                                SandboxLost, SandboxRequested, SandboxScheduled, SandboxSpec,
                                SandboxStarted, SandboxStarting, SandboxStopped,
-                               SandboxStopRequested, SandboxExpiring, SandboxTtlExtended)
+                               SandboxStopRequested, SandboxExpiring, SandboxTtlExtended,
+                               SandboxPauseRequested, SandboxPaused, SandboxResumeRequested,
+                               SandboxResumed, SandboxStartRequested)
 from contracts.subjects import (CONSUMERS, STREAMS, dlq_subject, host_agent_consumer,
                                 host_command_subject, host_subject, sandbox_subject, subject_for,
                                 usage_subject)
@@ -45,6 +48,11 @@ SAMPLES = [
     SandboxLost(host_id="h-1", reason="host lost", **IDS),
     SandboxExpiring(expires_at=T0, **IDS),
     SandboxTtlExtended(expires_at=T0, ttl_seconds=600, **IDS),
+    SandboxPauseRequested(**IDS),
+    SandboxPaused(host_id="h-1", **IDS),
+    SandboxResumeRequested(**IDS),
+    SandboxResumed(host_id="h-1", **IDS),
+    SandboxStartRequested(**IDS),
     HostRegistered(op_id="op-1", host_id="h-1", hostname="node1", capacity=CAP, accel="kvm",
                    agent_version="0.1.0"),
     HostHeartbeat(op_id="op-1", host_id="h-1", seq=3, accel="kvm", capacity=CAP, running=1,
@@ -55,6 +63,8 @@ SAMPLES = [
     StartSandbox(host_id="h-1", spec=SandboxSpec(), **IDS),
     StopSandbox(host_id="h-1", **IDS),
     DestroySandbox(host_id="h-1", **IDS),
+    PauseSandbox(host_id="h-1", **IDS),
+    ResumeSandbox(host_id="h-1", **IDS),
 ]
 
 

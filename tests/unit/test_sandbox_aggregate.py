@@ -63,3 +63,30 @@ def test_terminal_states_absorb_late_facts():
     sb.record_fact(f(sb, SandboxDestroyRequested))
     sb.record_fact(f(sb, SandboxDestroyed))
     assert sb.state == "destroyed"
+
+
+def test_pause_resume_stop_start_cycle():
+    from contracts.sandbox import (SandboxPaused, SandboxPauseRequested, SandboxResumed,
+                                   SandboxResumeRequested, SandboxStartRequested, SandboxStopped,
+                                   SandboxStopRequested)
+    sb = new()
+    for cls, kw in ((SandboxScheduled, {"host_id": "h"}), (SandboxStarting, {"host_id": "h"}),
+                    (SandboxStarted, {"host_id": "h", "vcpus": 1, "memory_mib": 256,
+                                      "accel": "tcg"})):
+        sb.record_fact(f(sb, cls, **kw))
+    paused = f(sb, SandboxPaused, host_id="h")
+    assert sb.missing_prerequisite(paused) == "SandboxPauseRequested"
+    sb.record_fact(f(sb, SandboxPauseRequested))
+    assert sb.state == "running" and sb.pause_requested
+    sb.record_fact(paused)
+    assert sb.state == "paused" and not sb.pause_requested
+    sb.record_fact(f(sb, SandboxResumeRequested))
+    sb.record_fact(f(sb, SandboxResumed, host_id="h"))
+    assert sb.state == "running"
+    sb.record_fact(f(sb, SandboxStopRequested))
+    sb.record_fact(f(sb, SandboxStopped, host_id="h"))
+    assert sb.state == "stopped" and sb.ended_at
+    sb.record_fact(f(sb, SandboxStartRequested))
+    assert sb.state == "starting" and sb.ended_at is None and sb.can_stop()
+    sb.record_fact(f(sb, SandboxStarted, host_id="h", vcpus=1, memory_mib=256, accel="tcg"))
+    assert sb.state == "running"

@@ -110,3 +110,24 @@ def test_lost_host_loses_its_sandboxes_exactly_once(app):
     app.route_intent(SandboxDestroyRequested(op_id="op", org_id="org1", sandbox_id=a.sandbox_id))
     assert [e["type"] for e in published(app)][-1] == "SandboxDestroyed"
     assert app.register(hb("h1")) is True and app.host("h1").status == "ready"
+
+
+def test_each_intent_routed_once_and_restart_reallocates(app):
+    from contracts.sandbox import (SandboxStartRequested, SandboxStopped,
+                                   SandboxStopRequested)
+    app.register(hb("h1", vcpus=1, mem=256, n=1))
+    r = req()
+    app.place(r, ["h1"])
+    ids = dict(op_id="op", org_id="org1", sandbox_id=r.sandbox_id)
+    stop1 = SandboxStopRequested(**ids)
+    app.route_intent(stop1)
+    app.route_intent(stop1)  # redelivery
+    app.host_reported(SandboxStopped(host_id="h1", **ids))
+    assert app.host("h1").allocations == {}  # stopped: capacity free
+    app.route_intent(SandboxStartRequested(**ids))
+    assert r.sandbox_id in app.host("h1").allocations
+    app.route_intent(SandboxStopRequested(**ids))  # a second stop, a new intent
+    cmds = [e for e in published(app) if e["type"] in ("StopSandbox", "StartSandbox")]
+    assert [c["type"] for c in cmds] == ["StartSandbox", "StopSandbox", "StartSandbox",
+                                         "StopSandbox"]
+    assert cmds[2]["restart"] is True and cmds[0]["restart"] is False

@@ -14,8 +14,9 @@ from eventsourcing.persistence import IntegrityError
 
 from common.eventstore import StoreApp
 from contracts import Envelope
-from contracts.sandbox import (SandboxDestroyRequested, SandboxExpiring, SandboxRequested,
-                               SandboxSpec, SandboxStopRequested, SandboxTtlExtended)
+from contracts.sandbox import (SandboxDestroyRequested, SandboxExpiring, SandboxPauseRequested,
+                               SandboxRequested, SandboxResumeRequested, SandboxSpec,
+                               SandboxStartRequested, SandboxStopRequested, SandboxTtlExtended)
 
 from ..domain.name_claim import NameClaim, claim_uuid
 from ..domain.quota import Limits, OrgLive, org_live_uuid
@@ -157,6 +158,38 @@ class SandboxLedger(StoreApp):
         return self._intent(sandbox_id, org_id, lambda sb: SandboxDestroyRequested(
             op_id=op_id, org_id=sb.org_id, sandbox_id=sandbox_id, traceparent=traceparent,
             reason=reason) if sb.can_destroy() else None)
+
+    def _transition_intent(self, sandbox_id: str, org_id: str, op_id: str,
+                           traceparent: str | None, cls: type, allowed: tuple[str, ...],
+                           done: tuple[str, ...], pending: Callable[[Sandbox], bool]) -> Sandbox:
+        """An intent valid in `allowed` states; a no-op where it is `done` or pending."""
+        def build(sb: Sandbox) -> Envelope | None:
+            if sb.state in done or (sb.state in allowed and pending(sb)):
+                return None
+            if sb.state not in allowed or sb.destroy_requested:
+                raise Conflict(f"not possible while the sandbox is {sb.state}")
+            return cls(op_id=op_id, org_id=sb.org_id, sandbox_id=sandbox_id,
+                       traceparent=traceparent)
+        return self._intent(sandbox_id, org_id, build)
+
+    def request_pause(self, sandbox_id: str, org_id: str, op_id: str,
+                      traceparent: str | None) -> Sandbox:
+        return self._transition_intent(sandbox_id, org_id, op_id, traceparent,
+                                       SandboxPauseRequested, ("running",), ("paused",),
+                                       lambda sb: sb.pause_requested)
+
+    def request_resume(self, sandbox_id: str, org_id: str, op_id: str,
+                       traceparent: str | None) -> Sandbox:
+        return self._transition_intent(sandbox_id, org_id, op_id, traceparent,
+                                       SandboxResumeRequested, ("paused",), ("running",),
+                                       lambda sb: sb.resume_requested)
+
+    def request_start(self, sandbox_id: str, org_id: str, op_id: str,
+                      traceparent: str | None) -> Sandbox:
+        return self._transition_intent(sandbox_id, org_id, op_id, traceparent,
+                                       SandboxStartRequested, ("stopped",),
+                                       ("starting", "running", "requested", "scheduled"),
+                                       lambda sb: False)
 
     def extend_ttl(self, sandbox_id: str, org_id: str, ttl_seconds: int, op_id: str,
                    traceparent: str | None, now: datetime) -> Sandbox:

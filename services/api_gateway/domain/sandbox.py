@@ -55,6 +55,8 @@ class Sandbox(Aggregate):
         self.failure: dict[str, str] | None = None
         self.destroy_requested = False
         self.stop_requested = False
+        self.pause_requested = False
+        self.resume_requested = False
         self.accel: str | None = None
         self.ip: str | None = None
         self.seen: list[str] = [envelope["event_id"]]
@@ -92,6 +94,10 @@ class Sandbox(Aggregate):
                 needs += ("SandboxStarted|SandboxFailed",)
         elif kind == "SandboxStopped":
             needs = ("SandboxStopRequested", "SandboxStarted|SandboxFailed")
+        elif kind == "SandboxPaused":
+            needs = ("SandboxPauseRequested",)
+        elif kind == "SandboxResumed":
+            needs = ("SandboxResumeRequested",)
         for need in needs:
             if not seen.intersection(need.split("|")):
                 return need
@@ -178,6 +184,33 @@ def _failed(sb: Sandbox, e: dict) -> None:
         sb.ended_at = sb.ended_at or e["occurred_at"]
 
 
+def _pause_requested(sb: Sandbox, e: dict) -> None:
+    sb.pause_requested = True
+
+
+def _paused(sb: Sandbox, e: dict) -> None:
+    sb.pause_requested = False
+    if sb.state == "running":
+        sb.state = "paused"
+
+
+def _resume_requested(sb: Sandbox, e: dict) -> None:
+    sb.resume_requested = True
+
+
+def _resumed(sb: Sandbox, e: dict) -> None:
+    sb.resume_requested = False
+    if sb.state == "paused":
+        sb.state = "running"
+
+
+def _start_requested(sb: Sandbox, e: dict) -> None:
+    if sb.state == "stopped":
+        sb.state = "starting"
+        sb.stop_requested = False
+        sb.ended_at = None
+
+
 def _expiring(sb: Sandbox, e: dict) -> None:
     sb.warned_for = iso(parse_time(e["expires_at"]))
 
@@ -204,6 +237,11 @@ _TRANSITIONS = {
     "SandboxFailed": _failed,
     "SandboxLost": _lost,
     "SandboxExpiring": _expiring,
+    "SandboxPauseRequested": _pause_requested,
+    "SandboxPaused": _paused,
+    "SandboxResumeRequested": _resume_requested,
+    "SandboxResumed": _resumed,
+    "SandboxStartRequested": _start_requested,
     "SandboxTtlExtended": _ttl_extended,
 }
 SANDBOX_FACTS = frozenset(_TRANSITIONS)

@@ -138,13 +138,19 @@ def create_app(ctx) -> FastAPI:  # noqa: ANN001 - GatewayContext from bootstrap
                                      op_id(request), current_traceparent())
         return sandbox_view(sb)
 
-    @app.post("/v1/sandboxes/{sandbox_id}/stop", status_code=202, response_model=SandboxOut,
-              tags=["sandboxes"])
-    async def stop_sandbox(request: Request, sandbox_id: SandboxId,
-                           p: Annotated[Principal, Depends(org_principal)]) -> dict:
-        sb = await asyncio.to_thread(ctx.ledger.request_stop, sandbox_id, p.org_id,
-                                     op_id(request), current_traceparent())
-        return sandbox_view(sb)
+    def lifecycle_route(verb: str, use_case) -> None:  # noqa: ANN001
+        async def route(request: Request, sandbox_id: SandboxId,
+                        p: Annotated[Principal, Depends(org_principal)]) -> dict:
+            sb = await asyncio.to_thread(use_case, sandbox_id, p.org_id, op_id(request),
+                                         current_traceparent())
+            return sandbox_view(sb)
+        app.post(f"/v1/sandboxes/{{sandbox_id}}/{verb}", status_code=202,
+                 response_model=SandboxOut, tags=["sandboxes"], name=f"{verb}_sandbox")(route)
+
+    for verb, use_case in (("stop", ctx.ledger.request_stop), ("start", ctx.ledger.request_start),
+                           ("pause", ctx.ledger.request_pause),
+                           ("resume", ctx.ledger.request_resume)):
+        lifecycle_route(verb, use_case)
 
     @app.post("/v1/sandboxes/{sandbox_id}/ttl", response_model=SandboxOut, tags=["sandboxes"])
     async def extend_ttl(request: Request, sandbox_id: SandboxId, body: TtlIn,

@@ -86,8 +86,8 @@ class FakeVmmDriver:
     async def exec(self, sandbox_id: str, req: ExecRequest, on_chunk=None):  # noqa: ANN001, ANN201
         raise NotImplementedError("the fake driver has no guest")
 
-    async def reconcile(self, recorded: dict[str, dict[str, str]],
-                        record: ResourceRecorder) -> ReconcileReport:
+    async def reconcile(self, recorded: dict[str, dict[str, str]], record: ResourceRecorder,
+                        keep: dict[str, dict[str, str]] | None = None) -> ReconcileReport:
         adopted, cleaned, killed = [], [], []
         known_pids = set()
         for sid, res in recorded.items():

@@ -18,6 +18,7 @@ class VmSpec:
     memory_mib: int = 256
     env: dict[str, str] = field(default_factory=dict)
     egress: bool = False
+    reuse_disk: bool = False  # restart of a stopped VM: keep its overlay
 
 
 @dataclass(frozen=True)
@@ -92,8 +93,12 @@ class VmmDriver(Protocol):
     async def get_file(self, sandbox_id: str, path: str) -> bytes: ...
     async def list_files(self, sandbox_id: str, path: str) -> list[FileEntry]: ...
     async def reconcile(
-        self, recorded: dict[str, dict[str, str]], record: ResourceRecorder
-    ) -> ReconcileReport: ...
+        self, recorded: dict[str, dict[str, str]], record: ResourceRecorder,
+        keep: dict[str, dict[str, str]] | None = None,
+    ) -> ReconcileReport:
+        """`recorded` should be running; `keep` are stopped VMs whose disk and
+        network stay for a later restart; anything else we own is removed."""
+        ...
     async def close(self) -> None: ...
 
 

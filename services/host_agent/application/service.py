@@ -7,9 +7,10 @@ import uuid
 from typing import Any
 
 from common.bus import Poison
-from contracts.commands import DestroySandbox, HostCommand, StartSandbox, StopSandbox
-from contracts.sandbox import (Failure, SandboxDestroyed, SandboxFailed, SandboxStarted,
-                               SandboxStarting, SandboxStopped)
+from contracts.commands import (DestroySandbox, HostCommand, PauseSandbox, ResumeSandbox,
+                               StartSandbox, StopSandbox)
+from contracts.sandbox import (Failure, SandboxDestroyed, SandboxFailed, SandboxPaused,
+                               SandboxResumed, SandboxStarted, SandboxStarting, SandboxStopped)
 
 from .ports import VmmDriver, VmSpec
 from .records import VmRecords
@@ -45,6 +46,10 @@ class HostAgentService:
             await self.stop(cmd)
         elif isinstance(cmd, DestroySandbox):
             await self.destroy(cmd)
+        elif isinstance(cmd, PauseSandbox):
+            await self.pause_or_resume(cmd, "running", "paused", SandboxPaused)
+        elif isinstance(cmd, ResumeSandbox):
+            await self.pause_or_resume(cmd, "paused", "running", SandboxResumed)
 
     async def _record(self, sandbox_id: str, kind: str, value: str | None) -> None:
         await asyncio.to_thread(self.records.record_resource, sandbox_id, kind, value)
@@ -53,6 +58,9 @@ class HostAgentService:
         starting = SandboxStarting(host_id=self.host_id, **_common(cmd))
         vm, new = await asyncio.to_thread(self.records.accept, cmd.sandbox_id, cmd.org_id,
                                           cmd.spec.model_dump(mode="json"), _dump(starting))
+        if not new and cmd.restart and vm.state == "stopped":
+            await self.restart(cmd, vm)
+            return
         if not new and (vm.state != "starting" or vm.sandbox_id in self._booting):
             log.info("start of a known sandbox ignored (state %s)", vm.state)
             return
@@ -60,13 +68,32 @@ class HostAgentService:
             await self._remove_resources(vm.sandbox_id)
         await self._boot(vm.sandbox_id, vm.spec, vm.starting)
 
+    async def restart(self, cmd: StartSandbox, vm) -> None:  # noqa: ANN001 - Vm
+        """Boot a stopped VM again from its own disk."""
+        starting = _dump(SandboxStarting(host_id=self.host_id, **_common(cmd)))
+        await asyncio.to_thread(self.records.transition, cmd.sandbox_id, "starting", starting)
+        await self._boot(cmd.sandbox_id, vm.spec, starting, reuse_disk=True)
+
+    async def pause_or_resume(self, cmd: HostCommand, from_state: str, to_state: str,
+                              fact: type) -> None:
+        vm = await asyncio.to_thread(self.records.get, cmd.sandbox_id)
+        if vm is None or vm.state != from_state:
+            log.info("%s ignored: sandbox is %s", cmd.type, vm.state if vm else "unknown")
+            return
+        if to_state == "paused":
+            await self.driver.pause(cmd.sandbox_id)
+        else:
+            await self.driver.resume(cmd.sandbox_id)
+        await asyncio.to_thread(self.records.transition, cmd.sandbox_id, to_state,
+                                _dump(fact(host_id=self.host_id, **_common(cmd))))
+
     async def _boot(self, sandbox_id: str, spec_doc: dict[str, Any],
-                    starting: dict[str, Any]) -> None:
+                    starting: dict[str, Any], reuse_disk: bool = False) -> None:
         """Boot the VM and report Started or Failed; `starting` gives the ids."""
         spec = VmSpec(sandbox_id, spec_doc.get("name"), spec_doc.get("image", "default"),
                       spec_doc.get("vcpus", 1), spec_doc.get("memory_mib", 256),
                       dict(spec_doc.get("env") or {}),
-                      bool((spec_doc.get("network") or {}).get("egress")))
+                      bool((spec_doc.get("network") or {}).get("egress")), reuse_disk)
         common = {k: starting[k] for k in ("op_id", "org_id", "sandbox_id", "traceparent")}
         self._booting.add(sandbox_id)
         try:
@@ -99,6 +126,8 @@ class HostAgentService:
         vm = await asyncio.to_thread(self.records.get, cmd.sandbox_id)
         if vm is None or vm.state in ("stopped", "destroyed", "failed"):
             return
+        if vm.state == "paused":  # let the guest flush its disk before power-off
+            await self.driver.resume(cmd.sandbox_id)
         await self.driver.stop(cmd.sandbox_id)
         await asyncio.to_thread(self.records.transition, cmd.sandbox_id, "stopped",
                                 _dump(SandboxStopped(host_id=self.host_id, **_common(cmd))))
@@ -121,8 +150,10 @@ class HostAgentService:
         boot again any VM whose boot the previous agent did not finish."""
         vms = await asyncio.to_thread(self.records.all_vms)
         active = {vm.sandbox_id: vm for vm in vms if vm.active}
+        stopped = {vm.sandbox_id: dict(vm.resources) for vm in vms if vm.state == "stopped"}
         report = await self.driver.reconcile(
-            {sid: dict(vm.resources) for sid, vm in active.items()}, self._record)
+            {sid: dict(vm.resources) for sid, vm in active.items()}, self._record,
+            keep=stopped)
         resumed = [sid for sid, vm in active.items() if vm.state == "starting"]
         for sid in resumed:
             await self._remove_resources(sid)

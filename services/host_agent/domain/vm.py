@@ -41,6 +41,8 @@ class Vm(Aggregate):
     @event("Transition")
     def transition(self, state: str, envelope: dict[str, Any] | None = None) -> None:
         self.state = state
+        if state == "starting" and envelope is not None:
+            self.starting = envelope  # a restart: its ids, for the facts that follow
 
     @property
     def active(self) -> bool:

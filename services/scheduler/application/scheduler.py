@@ -7,10 +7,11 @@ from datetime import datetime, timezone
 from eventsourcing.persistence import IntegrityError
 
 from common.eventstore import StoreApp
-from contracts.commands import DestroySandbox, StartSandbox, StopSandbox
+from contracts.commands import (DestroySandbox, PauseSandbox, ResumeSandbox, StartSandbox,
+                               StopSandbox)
 from contracts.host import HostHeartbeat, HostLost, HostRegistered
 from contracts.sandbox import (Failure, SandboxDestroyed, SandboxEvent, SandboxFailed,
-                               SandboxLost, SandboxRequested, SandboxScheduled)
+                               SandboxLost, SandboxRequested, SandboxScheduled, SandboxSpec)
 
 from ..domain.host import Host, SandboxLostRecord, host_uuid
 from ..domain.placement import Placement, placement_uuid
@@ -53,7 +54,8 @@ class Scheduler(StoreApp):
             common = dict(op_id=req.op_id, org_id=req.org_id, sandbox_id=req.sandbox_id,
                           traceparent=req.traceparent)
             p = Placement(req.sandbox_id, req.org_id, chosen.host_id,
-                          _dump(SandboxScheduled(host_id=chosen.host_id, **common)))
+                          _dump(SandboxScheduled(host_id=chosen.host_id, **common)),
+                          req.spec.model_dump(mode="json"))
             p.command(_dump(StartSandbox(host_id=chosen.host_id, spec=req.spec, **common)))
             try:
                 self._save(p, chosen)
@@ -74,14 +76,18 @@ class Scheduler(StoreApp):
 
     # --- user intents routed to hosts -------------------------------------
     def route_intent(self, msg: SandboxEvent) -> None:
-        """Stop/destroy requests become commands on the owning host's subject."""
+        """User intents become commands on the owning host's subject, once each."""
+        commands = {"SandboxDestroyRequested": DestroySandbox, "SandboxStopRequested": StopSandbox,
+                    "SandboxPauseRequested": PauseSandbox, "SandboxResumeRequested": ResumeSandbox,
+                    "SandboxStartRequested": StartSandbox}
+        cls = commands[msg.type]
         for _ in range(RETRIES):
             p = self.placement(msg.sandbox_id)
             common = dict(op_id=msg.op_id, org_id=msg.org_id, sandbox_id=msg.sandbox_id,
                           traceparent=msg.traceparent)
             if p is None:
-                if msg.type != "SandboxDestroyRequested":
-                    return  # stopping something never placed: nothing runs anywhere
+                if cls is not DestroySandbox:
+                    return  # never placed: nothing runs anywhere
                 p = Placement(msg.sandbox_id, msg.org_id, None,
                               _dump(SandboxDestroyed(**common)))
                 try:
@@ -89,21 +95,25 @@ class Scheduler(StoreApp):
                     return
                 except IntegrityError:
                     continue
-            cmd_type = "DestroySandbox" if msg.type == "SandboxDestroyRequested" else "StopSandbox"
-            if p.status in ("destroyed", "cancelled") or cmd_type in p.commands:
+            if p.status in ("destroyed", "cancelled") or msg.event_id in p.handled:
                 return
             host = self.host(p.host_id) if p.host_id else None
+            to_save: list = [p]
             if host is None or host.status == "lost":
-                if cmd_type == "StopSandbox":
+                if cls is not DestroySandbox:
                     return
                 p.end(_dump(SandboxDestroyed(host_id=p.host_id, **common)), status="destroyed")
-                to_save = [p]
                 if host is not None and host.release(msg.sandbox_id):
                     to_save.append(host)
+            elif cls is StartSandbox:
+                spec = SandboxSpec.model_validate(p.spec)
+                if msg.sandbox_id not in host.allocations:
+                    host.allocate(msg.sandbox_id, msg.org_id, spec.vcpus, spec.memory_mib)
+                    to_save.append(host)
+                p.command(_dump(StartSandbox(host_id=p.host_id, spec=spec, restart=True,
+                                             **common)), msg.event_id)
             else:
-                cls = DestroySandbox if cmd_type == "DestroySandbox" else StopSandbox
-                p.command(_dump(cls(host_id=p.host_id, **common)))
-                to_save = [p]
+                p.command(_dump(cls(host_id=p.host_id, **common)), msg.event_id)
             try:
                 self._save(*to_save)
                 return

@@ -3,6 +3,11 @@
 Heartbeats are not stored (they would flood the store); only transitions
 are: registered, lost, back. Allocations change with every placement, so the
 store's version check serialises two schedulers placing on one host.
+
+Liveness (`status`: ready | lost) and the administrator's scheduling state
+(`scheduling`: open | cordoned | draining) are separate: a cordoned host that
+stops heartbeating is still recorded lost, and one that comes back is still
+cordoned. Either keeps new placements off the host (`fits`).
 """
 from __future__ import annotations
 
@@ -29,7 +34,8 @@ class Host(Aggregate):
         self.hostname = hostname
         self.capacity = capacity
         self.accel = accel
-        self.status = "ready"  # ready | lost | cordoned
+        self.status = "ready"  # ready | lost (liveness)
+        self.scheduling = "open"  # open | cordoned | draining (administrator's choice)
         self.allocations: dict[str, dict[str, Any]] = {}
 
     @event("Updated")
@@ -44,9 +50,16 @@ class Host(Aggregate):
     def used_memory_mib(self) -> int:
         return sum(a["memory_mib"] for a in self.allocations.values())
 
+    @property
+    def display_status(self) -> str:
+        """ready | lost | cordoned | draining: lost wins, then the scheduling state."""
+        if self.status == "lost":
+            return "lost"
+        return "ready" if self.scheduling == "open" else self.scheduling
+
     def fits(self, vcpus: int, memory_mib: int) -> bool:
         c = self.capacity
-        return (self.status == "ready"
+        return (self.status == "ready" and self.scheduling == "open"
                 and len(self.allocations) < c["max_sandboxes"]
                 and self.used_vcpus + vcpus <= c["vcpus"]
                 and self.used_memory_mib + memory_mib <= c["memory_mib"])
@@ -74,6 +87,31 @@ class Host(Aggregate):
     @event("Back")
     def mark_back(self) -> None:
         self.status = "ready"
+
+    # --- administration: idempotent, False when nothing changed -------------
+    def cordon(self) -> bool:
+        """No new placements; a draining host stays draining."""
+        if self.scheduling != "open":
+            return False
+        self._scheduling_set(state="cordoned")
+        return True
+
+    def drain(self) -> bool:
+        """Cordon, marked as on its way out (sandboxes leave as they end)."""
+        if self.scheduling == "draining":
+            return False
+        self._scheduling_set(state="draining")
+        return True
+
+    def uncordon(self) -> bool:
+        if self.scheduling == "open":
+            return False
+        self._scheduling_set(state="open")
+        return True
+
+    @event("SchedulingSet")
+    def _scheduling_set(self, state: str) -> None:
+        self.scheduling = state
 
 
 class SandboxLostRecord(Aggregate):

@@ -24,11 +24,13 @@ class Placement(Aggregate):
 
     @event("Decided")
     def __init__(self, sandbox_id: str, org_id: str, host_id: str | None,
-                 envelope: dict[str, Any]):
+                 envelope: dict[str, Any], spec: dict[str, Any] | None = None):
         """`envelope` is SandboxScheduled, SandboxFailed or SandboxDestroyed."""
         self.sandbox_id = sandbox_id
         self.org_id = org_id
         self.host_id = host_id
+        self.spec = spec or {}
+        self.handled: list[str] = []
         self.status = {"SandboxScheduled": "placed", "SandboxFailed": "failed",
                        "SandboxDestroyed": "cancelled"}[envelope["type"]]
         self.commands: list[str] = []
@@ -38,8 +40,10 @@ class Placement(Aggregate):
         return self.status == "placed"
 
     @event("Commanded")
-    def command(self, envelope: dict[str, Any]) -> None:
+    def command(self, envelope: dict[str, Any], intent_id: str | None = None) -> None:
         self.commands.append(envelope["type"])
+        if intent_id:
+            self.handled.append(intent_id)
 
     @event("Ended")
     def end(self, envelope: dict[str, Any] | None = None, status: str = "ended") -> None:

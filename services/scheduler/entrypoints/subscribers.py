@@ -34,7 +34,9 @@ def placement_handler(ctx):  # noqa: ANN001, ANN201 - SchedulerContext
                 log.info("placed on %s", p.host_id, extra={"host_id": p.host_id})
             else:
                 log.info("already decided (%s); duplicate ignored", p.status)
-        elif msg.type in ("SandboxDestroyRequested", "SandboxStopRequested"):
+        elif msg.type in ("SandboxDestroyRequested", "SandboxStopRequested",
+                          "SandboxPauseRequested", "SandboxResumeRequested",
+                          "SandboxStartRequested"):
             await asyncio.to_thread(app.route_intent, msg)
         elif msg.type in ("SandboxDestroyed", "SandboxFailed", "SandboxStopped"):
             await asyncio.to_thread(app.host_reported, msg)

@@ -137,10 +137,15 @@ class QemuDriver:
         vm: _Vm | None = None
         try:
             self.state_root.mkdir(parents=True, exist_ok=True)
-            layout.dir.mkdir(mode=0o700)
+            reuse = spec.reuse_disk and layout.overlay.exists()
+            layout.dir.mkdir(mode=0o700, exist_ok=reuse)
             await rec(K_DIR, str(layout.dir))
-            await _run("qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw",
-                       "-b", str(img.rootfs), str(layout.overlay))
+            if reuse:  # a restart: same disk, fresh sockets
+                layout.qmp.unlink(missing_ok=True)
+                layout.agent.unlink(missing_ok=True)
+            else:
+                await _run("qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw",
+                           "-b", str(img.rootfs), str(layout.overlay))
             await rec(K_OVERLAY, str(layout.overlay))
             lease = None
             if self.network is not None:
@@ -247,9 +252,12 @@ class QemuDriver:
         vm = self._vms.pop(sandbox_id, None)
         if vm is None:
             return
-        for c in (vm.agent,):
-            if c is not None:
-                await c.close()
+        if vm.agent is not None:
+            try:  # flush the guest's page cache so a restart finds its writes
+                await vm.agent.exec(ExecRequest(["sync"], timeout_s=10))
+            except Exception as e:  # noqa: BLE001 - power off all the same
+                log.warning("sync before stop failed: %r", e, extra={"sandbox_id": sandbox_id})
+            await vm.agent.close()
         if vm.qmp is not None:
             await vm.qmp.quit()
             await vm.qmp.close()
@@ -304,11 +312,13 @@ class QemuDriver:
 
     # -- recovery ---------------------------------------------------------------
     async def reconcile(self, recorded: dict[str, dict[str, str]],
-                        record: ResourceRecorder) -> ReconcileReport:
+                        record: ResourceRecorder,
+                        keep: dict[str, dict[str, str]] | None = None) -> ReconcileReport:
         adopted, cleaned, killed = [], [], []
+        keep = keep or {}
         if self.network is not None:  # ports and rules first: only recorded leases stay
             known = {sid: self.network.lease_from_record(sid, res[K_LEASE])
-                     for sid, res in recorded.items()
+                     for sid, res in {**keep, **recorded}.items()
                      if res.get(K_LEASE) and not res[K_LEASE].startswith("pending|")}
             await self.network.reconcile(known)
         running = procs.find_ours(self.state_root)
@@ -339,7 +349,8 @@ class QemuDriver:
         if self.state_root.is_dir():
             for d in self.state_root.iterdir():
                 sid = d.name
-                if sid in self._vms or sid in recorded or not SANDBOX_ID_RE.match(sid):
+                if (sid in self._vms or sid in recorded or sid in keep
+                        or not SANDBOX_ID_RE.match(sid)):
                     continue
                 shutil.rmtree(d, ignore_errors=True)
                 if sid not in killed:

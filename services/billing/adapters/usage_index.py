@@ -1,0 +1,166 @@
+"""Usage line items by org and time: a SQL projection of the Meter `Cut` events.
+
+Each `Cut` that billed something carries its UsageRecorded envelope; those are
+copied into one table. Rows and the projection cursor are written in one
+transaction with an optimistic check on the cursor, so the projection is
+exactly-once even with two billing instances on one store, and can be rebuilt
+from position 0 (bump PROJECTION). Sync SQLAlchemy: call via asyncio.to_thread.
+"""
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import threading
+from datetime import datetime, timedelta, timezone
+from typing import Any
+from urllib.parse import parse_qs, urlparse
+
+from eventsourcing.utils import get_topic
+from sqlalchemy import (BigInteger, Column, Float, Index, Integer, MetaData, String, Table,
+                        and_, create_engine, or_, select)
+from sqlalchemy.engine import Engine
+
+from ..domain.meter import Meter
+
+log = logging.getLogger("corral.billing.usage")
+CUT_TOPIC = get_topic(Meter.Cut)
+PROJECTION = "usage_items_v1"
+meta = MetaData()
+items = Table(
+    PROJECTION, meta,
+    Column("event_id", String(64), primary_key=True),
+    Column("org_id", String(64), nullable=False),
+    Column("sandbox_id", String(64), nullable=False),
+    Column("start_us", BigInteger, nullable=False),  # epoch microseconds: exact ordering
+    Column("end_us", BigInteger, nullable=False),
+    Column("vcpu_seconds", Float, nullable=False),
+    Column("memory_mib_seconds", Float, nullable=False),
+    Index(f"ix_{PROJECTION}_org_start", "org_id", "start_us", "event_id"),
+)
+cursors = Table("billing_projection_cursor", meta,
+                Column("name", String(64), primary_key=True),
+                Column("position", Integer, nullable=False))
+EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+def to_us(dt: datetime) -> int:
+    d = dt - EPOCH
+    return (d.days * 86400 + d.seconds) * 1_000_000 + d.microseconds
+
+
+def from_us(us: int) -> datetime:
+    return EPOCH + timedelta(microseconds=us)
+
+
+def index_url(store: str, sqlite_path: str) -> tuple[str, str | None]:
+    """(SQLAlchemy URL, schema) next to the event store."""
+    if store == "sqlite":
+        return f"sqlite:///{sqlite_path}", None
+    schema = (parse_qs(urlparse(store).query).get("schema") or [None])[0]
+    url = store.split("?")[0]
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            url = "postgresql+psycopg://" + url[len(prefix):]
+    return url, schema
+
+
+def encode_cursor(start_us: int, event_id: str) -> str:
+    return base64.urlsafe_b64encode(json.dumps([start_us, event_id]).encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[int, str]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        start_us, event_id = json.loads(raw)
+        if type(start_us) is not int or not isinstance(event_id, str):
+            raise ValueError
+        return start_us, event_id
+    except Exception:
+        raise ValueError("invalid cursor") from None
+
+
+class UsageIndex:
+    def __init__(self, url: str, schema: str | None = None):
+        opts: dict[str, Any] = {}
+        if schema:
+            opts["execution_options"] = {"schema_translate_map": {None: schema}}
+        if url.startswith("sqlite"):
+            opts["connect_args"] = {"timeout": 10}
+        self.engine: Engine = create_engine(url, **opts)
+        self._lock = threading.Lock()  # one catch-up per process at a time
+
+    def create(self) -> None:
+        meta.create_all(self.engine)
+
+    def position(self) -> int:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(cursors.c.position).where(
+                cursors.c.name == PROJECTION)).first()
+        return row[0] if row else 0
+
+    def catch_up(self, recorder, batch: int = 500) -> int:  # noqa: ANN001 - eventsourcing recorder
+        """Project the next batch of Cut events; returns notifications consumed."""
+        with self._lock:
+            pos = self.position()
+            notes = recorder.select_notifications(pos, batch, None, (CUT_TOPIC,),
+                                                  inclusive_of_start=False)
+            if not notes:
+                return 0
+            rows = [r for r in (_row(n.state) for n in notes) if r is not None]
+            with self.engine.begin() as conn:
+                if rows:
+                    have = set(conn.execute(select(items.c.event_id).where(
+                        items.c.event_id.in_([r["event_id"] for r in rows]))).scalars())
+                    new = [r for r in rows if r["event_id"] not in have]
+                    if new:
+                        conn.execute(items.insert(), new)
+                new_pos = notes[-1].id
+                moved = conn.execute(cursors.update().where(and_(
+                    cursors.c.name == PROJECTION, cursors.c.position == pos)).values(
+                    position=new_pos))
+                if moved.rowcount == 0:
+                    if pos != 0:
+                        raise RuntimeError("usage projection cursor moved underneath us")
+                    conn.execute(cursors.insert().values(name=PROJECTION, position=new_pos))
+            return len(notes)
+
+    def catch_up_all(self, recorder, max_batches: int = 50) -> None:  # noqa: ANN001
+        for _ in range(max_batches):
+            if not self.catch_up(recorder):
+                return
+
+    def page(self, org_id: str, start: datetime, end: datetime, limit: int,
+             cursor: str | None) -> tuple[list[dict], str | None]:
+        """Items overlapping [start, end), by (period_start, event_id)."""
+        q = select(items).where(items.c.org_id == org_id, items.c.start_us < to_us(end),
+                                items.c.end_us > to_us(start))
+        if cursor:
+            after_us, after_id = decode_cursor(cursor)
+            q = q.where(or_(items.c.start_us > after_us,
+                            and_(items.c.start_us == after_us, items.c.event_id > after_id)))
+        q = q.order_by(items.c.start_us, items.c.event_id).limit(limit + 1)
+        with self.engine.connect() as conn:
+            rows = conn.execute(q).all()
+        out = [{"event_id": r.event_id, "sandbox_id": r.sandbox_id,
+                "period_start": from_us(r.start_us), "period_end": from_us(r.end_us),
+                "vcpu_seconds": r.vcpu_seconds, "memory_mib_seconds": r.memory_mib_seconds}
+               for r in rows[:limit]]
+        nxt = (encode_cursor(rows[limit - 1].start_us, rows[limit - 1].event_id)
+               if len(rows) > limit else None)
+        return out, nxt
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
+def _row(state: bytes | str) -> dict | None:
+    env = json.loads(state).get("envelope")
+    if not env or env.get("type") != "UsageRecorded":
+        return None  # a cut with nothing to bill
+    start = datetime.fromisoformat(env["period_start"])
+    end = datetime.fromisoformat(env["period_end"])
+    return {"event_id": env["event_id"], "org_id": env["org_id"],
+            "sandbox_id": env["sandbox_id"], "start_us": to_us(start), "end_us": to_us(end),
+            "vcpu_seconds": float(env["vcpu_seconds"]),
+            "memory_mib_seconds": float(env["memory_mib_seconds"])}

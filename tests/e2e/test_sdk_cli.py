@@ -1,0 +1,220 @@
+"""The Python SDK and the `corral` CLI against real stacks: control-plane
+behaviour on the FAKE driver, exec/files/SSE in ONE real QEMU microVM."""
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+
+import pytest
+
+from corral import (AsyncSandbox, AuthError, ConflictError, NotFoundError, Sandbox,
+                    ValidationError)
+from corral.devstack import REPO
+
+from .conftest import running_stack
+
+pytestmark = pytest.mark.e2e
+
+
+def cli_env(st) -> dict:
+    return {**os.environ, "PYTHONPATH": str(REPO), "CORRAL_API_URL": st.api_url,
+            "CORRAL_API_KEY": st.creds.api_key, "CORRAL_NATS_URL": st.nats_url}
+
+
+def corral(st, *args, cwd, timeout=180, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "corral", *args], env=cli_env(st), cwd=cwd,
+                          capture_output=True, timeout=timeout, **kw)
+
+
+# ---- control plane (FAKE driver: no guest, so no exec/files here) ------------
+@pytest.fixture(scope="class")
+def fake(tmp_path_factory):
+    with running_stack(tmp_path_factory.mktemp("sdkfake"), driver="fake") as st:
+        yield st
+
+
+@pytest.fixture(scope="class")
+def kw(fake):
+    return {"api_url": fake.api_url, "api_key": fake.creds.api_key}
+
+
+class TestControlPlane:
+    def test_create_connect_list_events_kill(self, kw):
+        sb = Sandbox.create(name="sdk-a", env={"A": "1"}, metadata={"team": "x"}, ttl_seconds=600, **kw)
+        assert sb.state == "running" and sb.name == "sdk-a" and sb.info["metadata"] == {"team": "x"}
+        again = Sandbox.connect(sb.id, **kw)
+        assert again.id == sb.id and again.refresh().state == "running"
+        assert [s.id for s in Sandbox.list(name="sdk-a", **kw)] == [sb.id]
+        assert sb.id in {s.id for s in Sandbox.list(state="running", **kw)}
+        types = [e["type"] for e in sb.events()]
+        assert types[:4] == ["SandboxRequested", "SandboxScheduled", "SandboxStarting", "SandboxStarted"]
+        assert sb.kill(wait=True).state == "destroyed"
+        assert sb.kill().state == "destroyed"  # idempotent
+
+    def test_idempotent_create_returns_the_same_sandbox(self, kw):
+        key = f"e2e-{uuid.uuid4()}"
+        a = Sandbox.create(idempotency_key=key, **kw)
+        b = Sandbox.create(idempotency_key=key, **kw)
+        assert a.id == b.id
+        a.kill()
+
+    def test_typed_errors(self, kw, fake):
+        with pytest.raises(ValidationError) as ei:
+            Sandbox.create(name="Not_A_Label", **kw)
+        assert ei.value.status == 422 and ei.value.op_id and ei.value.errors
+        with pytest.raises(NotFoundError):
+            Sandbox.connect("does-not-exist", **kw)
+        with pytest.raises(AuthError) as ei:
+            Sandbox.list(api_url=fake.api_url, api_key="crl_wrong")
+        assert ei.value.status == 401
+        sb = Sandbox.create(name="sdk-dup", **kw)
+        with pytest.raises(ConflictError):
+            Sandbox.create(name="sdk-dup", **kw)
+        with pytest.raises(ConflictError):  # not running any more
+            sb.kill(wait=True).files.read("/etc/hostname")
+
+    def test_context_managers_kill_even_when_the_body_raises(self, kw):
+        with pytest.raises(RuntimeError):
+            with Sandbox.create(**kw) as sb:
+                raise RuntimeError("body failed")
+        assert Sandbox.connect(sb.id, **kw).state in ("stopping", "stopped", "destroyed")
+
+        async def go():
+            async with await AsyncSandbox.create(name="sdk-async", **kw) as asb:
+                assert (await asb.refresh()).state == "running"
+                assert [e["type"] for e in await asb.events()][0] == "SandboxRequested"
+                found = await AsyncSandbox.list(name="sdk-async", **kw)
+                assert [s.id for s in found] == [asb.id]
+            return asb.id
+        sid = asyncio.run(go())
+        assert Sandbox.connect(sid, **kw).state in ("stopping", "stopped", "destroyed")
+
+    def test_cli_create_list_show_rm(self, fake, tmp_path):
+        r = corral(fake, "sandbox", "create", "--name", "cli-a", "--env", "K=V", "--ttl", "600",
+                   "--json", cwd=tmp_path)
+        assert r.returncode == 0, r.stderr
+        doc = json.loads(r.stdout)
+        assert doc["state"] == "running" and r.stderr == b""  # no spinner when not a TTY
+        r = corral(fake, "sandbox", "list", "--state", "running", "--json", cwd=tmp_path)
+        assert doc["id"] in {d["id"] for d in json.loads(r.stdout)}
+        r = corral(fake, "sandbox", "list", cwd=tmp_path)
+        assert r.stdout.startswith(b"ID") and b"cli-a" in r.stdout
+        assert json.loads(corral(fake, "sandbox", "show", "cli-a", cwd=tmp_path).stdout)["id"] == doc["id"]
+        r = corral(fake, "sandbox", "rm", doc["id"], "--wait", cwd=tmp_path)
+        assert r.returncode == 0 and r.stdout.decode().split() == [doc["id"], "destroyed"]
+        r = corral(fake, "sandbox", "show", "nope", cwd=tmp_path)
+        assert r.returncode == 1 and b"404" in r.stderr and b"Traceback" not in r.stderr
+
+
+# ---- one real microVM: exec (plain + SSE), files, CLI exec/cp, events tail ----
+@pytest.fixture(scope="class")
+def vm(tmp_path_factory):
+    with running_stack(tmp_path_factory.mktemp("sdkvm"), driver="qemu") as st:
+        yield st
+
+
+@pytest.fixture(scope="class")
+def box(vm):
+    sb = Sandbox.create(name="sdk-vm", env={"GREETING": "hi"}, timeout=240,
+                        api_url=vm.api_url, api_key=vm.creds.api_key)
+    yield sb
+    sb.kill()
+
+
+@pytest.mark.vm
+class TestOneMicroVM:
+    def test_exec_plain(self, box):
+        res = box.exec(["python3", "-c", "import os,sys; print(os.environ['GREETING']);"
+                        "print('err', file=sys.stderr); sys.exit(3)"])
+        assert (res.exit_code, res.stdout, res.stderr, res.timed_out) == (3, "hi\n", "err\n", False)
+        res = box.exec("cat; pwd; echo $X", stdin="in\n", cwd="/tmp", env={"X": "x"})
+        assert res.ok and res.stdout == "in\n/tmp\nx\n"
+        assert box.exec(["sleep", "30"], timeout=1).timed_out
+
+    def test_exec_streaming_calls_back_live(self, box):
+        seen: list[tuple[float, str, str]] = []
+        res = box.exec("for i in 1 2 3; do echo $i; sleep 0.4; done; echo oops >&2; exit 4",
+                       on_stdout=lambda t: seen.append((time.monotonic(), "out", t)),
+                       on_stderr=lambda t: seen.append((time.monotonic(), "err", t)))
+        assert (res.exit_code, res.stdout, res.stderr) == (4, "1\n2\n3\n", "oops\n")
+        assert "".join(t for _, k, t in seen if k == "out") == res.stdout
+        assert seen[-1][0] - seen[0][0] > 0.5, "chunks arrived together: not streamed"
+
+    def test_async_streaming_exec_and_files(self, vm, box):
+        async def go():
+            asb = await AsyncSandbox.connect(box.id, api_url=vm.api_url, api_key=vm.creds.api_key)
+            got = []
+
+            async def on_out(t):
+                got.append(t)
+            res = await asb.exec(["sh", "-c", "echo a; sleep 0.2; echo b"], on_stdout=on_out)
+            await asb.files.write("/root/async.txt", b"A")
+            data = await asb.files.read("/root/async.txt")
+            await asb.close()
+            return res, "".join(got), data
+        res, streamed, data = asyncio.run(go())
+        assert res.stdout == streamed == "a\nb\n" and data == b"A"
+
+    def test_files_write_read_list(self, box):
+        blob = os.urandom(300_000)
+        box.files.write("/root/sdk/blob.bin", blob)
+        box.files.write("/root/sdk/hello.txt", "héllo")
+        assert box.files.read("/root/sdk/blob.bin") == blob
+        assert box.files.read("/root/sdk/hello.txt").decode() == "héllo"
+        listing = {f.name: f for f in box.files.list("/root/sdk")}
+        assert listing["blob.bin"].size == len(blob) and not listing["blob.bin"].is_dir
+        assert listing["hello.txt"].path == "/root/sdk/hello.txt"
+        with pytest.raises(NotFoundError):
+            box.files.read("/root/sdk/absent")
+
+    def test_cli_exec_passes_the_exit_code_and_streams(self, vm, box, tmp_path):
+        r = corral(vm, "sandbox", "exec", box.id, "--", "sh", "-c", "echo out; echo err >&2; exit 7",
+                   cwd=tmp_path)
+        assert (r.returncode, r.stdout, r.stderr) == (7, b"out\n", b"err\n")
+        r = corral(vm, "sandbox", "exec", "sdk-vm", "-i", "--", "cat", cwd=tmp_path, input=b"piped")
+        assert (r.returncode, r.stdout) == (0, b"piped")
+
+    def test_cli_cp_both_directions(self, vm, box, tmp_path):
+        src = tmp_path / "up.bin"
+        src.write_bytes(os.urandom(100_000))
+        assert corral(vm, "sandbox", "cp", str(src), f"{box.id}:/root/cp/", cwd=tmp_path).returncode == 0
+        assert box.files.read("/root/cp/up.bin") == src.read_bytes()
+        r = corral(vm, "sandbox", "cp", f"{box.id}:/root/cp/up.bin", str(tmp_path / "down.bin"),
+                   cwd=tmp_path)
+        assert r.returncode == 0, r.stderr
+        assert (tmp_path / "down.bin").read_bytes() == src.read_bytes()
+        r = corral(vm, "sandbox", "cp", f"{box.id}:/root/cp/up.bin", "-", cwd=tmp_path)
+        assert r.stdout == src.read_bytes()
+
+    def test_events_tail_json_sees_the_create(self, vm, box, tmp_path):
+        p = subprocess.Popen([sys.executable, "-m", "corral", "events", "tail", "--json",
+                              "--since", "30m", "--sandbox", box.id], env=cli_env(vm), cwd=tmp_path,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        lines: list[dict] = []
+
+        def read():
+            for ln in p.stdout:
+                lines.append(json.loads(ln))
+        t = threading.Thread(target=read, daemon=True)
+        t.start()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and "SandboxStarted" not in {e["type"] for e in lines}:
+            time.sleep(0.1)
+        p.send_signal(signal.SIGINT)
+        _, err = p.communicate(timeout=15)
+        t.join(5)
+        types = [e["type"] for e in lines]
+        assert types[:4] == ["SandboxRequested", "SandboxScheduled", "SandboxStarting", "SandboxStarted"]
+        assert {e["sandbox_id"] for e in lines} == {box.id} and all(e["op_id"] for e in lines)
+        assert p.returncode == 130 and "Traceback" not in err
+
+    def test_context_manager_kills_the_vm(self, vm, box):
+        with pytest.raises(KeyError):
+            with Sandbox.connect(box.id, api_url=vm.api_url, api_key=vm.creds.api_key) as sb:
+                raise KeyError("body")
+        assert box.kill(wait=True, timeout=120).state == "destroyed"
