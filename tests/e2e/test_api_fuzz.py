@@ -73,54 +73,52 @@ def _labels(spec: dict) -> list[str]:
     return [f"{m.upper()} {p}" for p, item in spec["paths"].items() for m in item if m in methods]
 
 
-OPERATIONS = _labels(_collected_spec())
+SPEC = _collected_spec()
+OPERATIONS = _labels(SPEC)
 
-# (operation, check) -> concrete repro. Real, unfixed findings (see module doc).
-_UNDOC_STATUS = ("F1: error statuses the gateway really returns are not in /openapi.json "
-                 "(it documents only the success code and 422); repro: ")
-_PROBLEM_422 = ("F2: 422 is documented as application/json HTTPValidationError "
-                "({'detail': [...]}) but served as application/problem+json "
-                "({'type','title','status','detail': str,'op_id','errors'}); repro: ")
-_NO_GUEST = "with the FAKE driver's stopped sandbox S: "
-KNOWN: dict[tuple[str, str], str] = {
-    ("POST /v1/orgs", "status_code_conformance"):
-        _UNDOC_STATUS + "POST /v1/orgs body b'\\xff' (Content-Type: application/json) -> 400 "
-                        "'There was an error parsing the body'",
-    ("POST /v1/orgs/{org_id}/api-keys", "status_code_conformance"):
-        _UNDOC_STATUS + "POST /v1/orgs/nope/api-keys {} -> 404",
-    ("DELETE /v1/api-keys/{key_id}", "status_code_conformance"):
-        _UNDOC_STATUS + "DELETE /v1/api-keys/nope -> 404",
-    ("POST /v1/hosts/tokens", "status_code_conformance"):
-        _UNDOC_STATUS + "POST /v1/hosts/tokens body b'\\xff' (application/json) -> 400",
-    ("POST /v1/sandboxes/{sandbox_id}/exec", "status_code_conformance"):
-        _UNDOC_STATUS + "POST /v1/sandboxes/nope/exec {'cmd':['true']} -> 404; "
-                        + _NO_GUEST + "-> 409",
-    ("PUT /v1/sandboxes/{sandbox_id}/files", "status_code_conformance"):
-        _UNDOC_STATUS + "PUT /v1/sandboxes/nope/files?path=/x -> 404",
-    ("GET /v1/sandboxes/{sandbox_id}/files", "status_code_conformance"):
-        _UNDOC_STATUS + "GET /v1/sandboxes/nope/files?path=/x -> 404",
-    ("GET /v1/sandboxes/{sandbox_id}/files/list", "status_code_conformance"):
-        _UNDOC_STATUS + "GET /v1/sandboxes/nope/files/list?path=/ -> 404",
-    ("POST /v1/sandboxes", "status_code_conformance"):
-        _UNDOC_STATUS + "POST /v1/sandboxes body b'\\xff' (application/json) -> 400; "
-                        "two creates with name 'n' -> 409",
-    ("GET /v1/sandboxes", "status_code_conformance"):
-        _UNDOC_STATUS + "GET /v1/sandboxes?cursor=%C3%9F -> 400 'invalid cursor'",
-    ("GET /v1/sandboxes/{sandbox_id}", "status_code_conformance"):
-        _UNDOC_STATUS + "GET /v1/sandboxes/nope -> 404",
-    ("DELETE /v1/sandboxes/{sandbox_id}", "status_code_conformance"):
-        _UNDOC_STATUS + "DELETE /v1/sandboxes/nope -> 404",
-    ("POST /v1/sandboxes/{sandbox_id}/stop", "status_code_conformance"):
-        _UNDOC_STATUS + "POST /v1/sandboxes/nope/stop -> 404",
-    ("POST /v1/sandboxes/{sandbox_id}/ttl", "status_code_conformance"):
-        _UNDOC_STATUS + "POST /v1/sandboxes/nope/ttl {'ttl_seconds':60} -> 404",
-    ("GET /v1/sandboxes/{sandbox_id}/events", "status_code_conformance"):
-        _UNDOC_STATUS + "GET /v1/sandboxes/nope/events -> 404",
-}
-for _label in OPERATIONS:  # F2 applies to every operation that can answer 422
-    if _label not in ("GET /healthz", "GET /readyz"):
-        KNOWN[(_label, "content_type_conformance")] = (
-            _PROBLEM_422 + "GET /v1/sandboxes?limit=0 -> 422 application/problem+json")
+
+def _known_findings(spec: dict) -> dict[tuple[str, str], str]:
+    """(operation, check) -> concrete repro, for real findings not fixed yet.
+
+    F1 and F2 are derived from the document so that a new route carrying the
+    same defect is expected to carry it (and XPASSes once it does not)."""
+    undocumented = ("F1: statuses the gateway really returns are missing from /openapi.json "
+                    "(only the success code and 422 are documented); repro: ")
+    problem_422 = ("F2: 422 is documented as application/json HTTPValidationError "
+                   "{'detail': [...]} but served as application/problem+json "
+                   "{'type','title','status','detail': str,'op_id','errors'}; repro: ")
+    known = {}
+    for label in _labels(spec):
+        method, path = label.split(" ", 1)
+        op = spec["paths"][path][method.lower()]
+        params = [p for p in op.get("parameters", []) if p["name"].lower() != "authorization"]
+        body = op.get("requestBody", {}).get("content", {})
+        if "{" in path:
+            nope = path
+            for p in params:
+                if p["in"] == "path":
+                    nope = nope.replace("{%s}" % p["name"], "nope")
+            known[(label, "status_code_conformance")] = (
+                undocumented + f"{method} {nope} (valid query/body) -> 404")
+        elif "application/json" in body:
+            known[(label, "status_code_conformance")] = (
+                undocumented + f"{method} {path} with body b'\\xff' "
+                "(Content-Type: application/json) -> 400 'There was an error parsing the body'")
+        if params or body:
+            known[(label, "content_type_conformance")] = (
+                problem_422 + "GET /v1/sandboxes?limit=0 -> 422 application/problem+json")
+    known[("GET /v1/sandboxes", "status_code_conformance")] = (
+        undocumented + "GET /v1/sandboxes?cursor=%C3%9F -> 400 'invalid cursor'")
+    known[("POST /v1/sandboxes", "not_a_server_error")] = (
+        "F3: an idempotent replay of POST /v1/sandboxes?wait=true whose sandbox was since "
+        "deleted (or stopped) answers 502 sandbox-failed 'sandbox did not start: it is "
+        "destroyed' instead of the original 201; repro: POST /v1/sandboxes?wait=true "
+        "Idempotency-Key: k {} -> 201; DELETE it; wait for destroyed; repeat the POST -> 502. "
+        "Also F4: ?wait=true&timeout_s=0.001 -> 504 wait-timeout although the create succeeded")
+    return known
+
+
+KNOWN = _known_findings(SPEC)
 
 
 def _params():

@@ -24,9 +24,11 @@ from ..application.errors import TooMany, UseCaseError
 from ..domain.view import sandbox_view
 from .admin_routes import admin_router
 from .deps import Forbidden, op_id, org_principal
+from .fleet_routes import fleet_router
 from .io_routes import MAX_FILE, io_router
 from .middleware import EdgeMiddleware
 from .problems import problem
+from .usage_routes import usage_router
 
 log = logging.getLogger("corral.gateway")
 SandboxId = Annotated[str, Path(min_length=1, max_length=64)]
@@ -74,6 +76,8 @@ def create_app(ctx) -> FastAPI:  # noqa: ANN001 - GatewayContext from bootstrap
     _errors(app)
     app.include_router(admin_router)
     app.include_router(io_router)
+    app.include_router(fleet_router)
+    app.include_router(usage_router)
 
     @app.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, str]:

@@ -6,12 +6,15 @@ Run as `python3 -S -E /opt/corral/guest/agent.py`.
 from __future__ import annotations
 
 import errno
+import fcntl
 import heapq
+import ipaddress
 import itertools
 import os
 import selectors
 import signal
 import stat
+import struct
 import subprocess
 import sys
 import time
@@ -30,7 +33,7 @@ BASE_ENV = {
     "TERM": "dumb",
 }
 DRAIN_GRACE_S = 0.2
-RECONNECT_POLL_S = 0.05
+RECONNECT_POLL_S = 0.02
 
 
 def log(msg: str) -> None:
@@ -54,6 +57,54 @@ def find_port(name: str = P.PORT_NAME) -> str | None:
         except OSError:
             continue
     return None
+
+
+RNDADDENTROPY = 0x40085203  # _IOW('R', 0x03, int[2])
+RNDRESEEDCRNG = 0x5207      # _IO('R', 0x07)
+MAC_RE_CHARS = set("0123456789abcdef:")
+
+
+def add_entropy(data: bytes, credit: bool) -> str:
+    """Mix `data` into the kernel pool with credit and force a CRNG reseed.
+
+    A plain write to /dev/urandom mixes without credit and does not reseed:
+    two clones of one snapshot would keep producing the same bytes. The
+    reseed bumps the CRNG generation, so every per-CPU CRNG rekeys.
+    """
+    data = bytes(data[:4096])
+    with open("/dev/urandom", "wb", buffering=0) as f:
+        try:
+            bits = len(data) * 8 if credit else 0
+            fcntl.ioctl(f.fileno(), RNDADDENTROPY, struct.pack("ii", bits, len(data)) + data)
+        except OSError as e:
+            log(f"RNDADDENTROPY: {e}; falling back to a write")
+            f.write(data)
+            return "written"
+        try:
+            fcntl.ioctl(f.fileno(), RNDRESEEDCRNG)
+        except OSError as e:
+            log(f"RNDRESEEDCRNG: {e}")
+            return "credited"
+    return "reseeded"
+
+
+def set_net(net: dict) -> None:
+    """Give eth0 a new identity: MAC, one IPv4 address/prefix, default route."""
+    dev = str(net.get("dev") or "eth0")
+    mac = str(net["mac"]).lower()
+    if len(mac) != 17 or not set(mac) <= MAC_RE_CHARS or not dev.isalnum():
+        raise P.GuestError("EINVAL", "bad mac or dev")
+    iface = ipaddress.IPv4Interface(f"{net['ip']}/{int(net['prefix_len'])}")
+    gw = ipaddress.IPv4Address(net["gateway"]) if net.get("gateway") else None
+    cmds = [f"link set dev {dev} down", f"addr flush dev {dev}",
+            f"link set dev {dev} address {mac}", f"link set dev {dev} up",
+            f"addr add {iface.with_prefixlen} dev {dev}"]
+    if gw is not None:
+        cmds.append(f"route replace default via {gw} dev {dev}")
+    r = subprocess.run(["ip", "-batch", "-"], input="\n".join(cmds) + "\n",
+                       capture_output=True, text=True, timeout=20)
+    if r.returncode != 0:
+        raise P.GuestError("EIO", f"ip: {r.stderr.strip()[-300:]}")
 
 
 class Proc:
@@ -229,10 +280,16 @@ class Agent:
                 f.write(name)
             with open("/etc/hostname", "w") as f:
                 f.write(name + "\n")
+        applied = []
         if payload:  # fresh entropy, e.g. after a snapshot restore
-            with open("/dev/urandom", "wb") as f:
-                f.write(payload)
-        self.send({"id": rid, "type": "ok"})
+            applied.append("entropy:" + add_entropy(payload, bool(h.get("credit", True))))
+        if h.get("time_ns") is not None:  # wall clock: a restored clone lives in the past
+            time.clock_settime_ns(time.CLOCK_REALTIME, int(h["time_ns"]))
+            applied.append("time")
+        if h.get("net") is not None:
+            set_net(h["net"])
+            applied.append("net")
+        self.send({"id": rid, "type": "ok", "applied": applied})
 
     # -- exec ---------------------------------------------------------------
     def op_exec(self, rid, h, payload) -> None:

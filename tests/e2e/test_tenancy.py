@@ -1,0 +1,375 @@
+"""Tenancy and authentication at the edge, for every route the gateway serves.
+
+Routes are enumerated from the live `/openapi.json`, so a new sandbox-scoped
+or admin route is covered the moment it is served. Each request carries a
+minimal valid body/query derived from the document, so it gets past
+validation and reaches the ownership or permission check.
+One whole platform with the FAKE VMM driver (the control plane is under test).
+"""
+from __future__ import annotations
+
+import time
+import uuid
+
+import httpx
+import pytest
+
+from .conftest import running_stack
+from .stack import Api
+
+pytestmark = pytest.mark.e2e
+
+METHODS = ("get", "put", "post", "delete", "patch")
+SANDBOX_PREFIX = "/v1/sandboxes/{sandbox_id}"
+REVOKE_DEADLINE_S = 10.0
+
+
+def assert_problem(r: httpx.Response, status: int, where: str = "") -> dict:
+    assert r.status_code == status, f"{where}: {r.status_code} {r.text[:500]}"
+    assert r.headers["content-type"].startswith("application/problem+json"), where
+    body = r.json()
+    assert body["status"] == status and body["op_id"] == r.headers["x-op-id"], where
+    assert {"type", "title", "detail"} <= body.keys(), where
+    return body
+
+
+# ---- the document -> minimal valid requests ------------------------------------------------
+
+class Spec:
+    def __init__(self, doc: dict):
+        self.doc = doc
+
+    def ops(self):
+        """(method, path, operation) for every operation, in document order."""
+        for path, item in self.doc["paths"].items():
+            for method in METHODS:
+                if method in item:
+                    yield method.upper(), path, item[method]
+
+    def resolve(self, schema: dict) -> dict:
+        while "$ref" in schema:
+            name = schema["$ref"].rsplit("/", 1)[-1]
+            schema = self.doc["components"]["schemas"][name]
+        return schema
+
+    def minimal(self, schema: dict):
+        """The smallest value valid for `schema` (enough for this API's shapes)."""
+        s = self.resolve(schema)
+        for key in ("anyOf", "oneOf"):
+            if key in s:
+                options = [o for o in s[key] if self.resolve(o).get("type") != "null"]
+                return self.minimal(options[0]) if options else None
+        if "allOf" in s:
+            return self.minimal(s["allOf"][0])
+        if "enum" in s:
+            return s["enum"][0]
+        if "const" in s:
+            return s["const"]
+        t = s.get("type")
+        if t == "object":
+            return {k: self.minimal(v) for k, v in s.get("properties", {}).items()
+                    if k in s.get("required", ())}
+        if t == "array":
+            return [self.minimal(s.get("items", {})) for _ in range(max(1, s.get("minItems", 0)))]
+        if t == "integer":
+            if "minimum" in s:
+                return int(s["minimum"])
+            return int(s["exclusiveMinimum"]) + 1 if "exclusiveMinimum" in s else 1
+        if t == "number":
+            if "minimum" in s:
+                return s["minimum"]
+            return s["exclusiveMinimum"] + 1 if "exclusiveMinimum" in s else 1
+        if t == "boolean":
+            return False
+        if t == "string":
+            if s.get("format") == "date-time":
+                return "2026-01-01T00:00:00+00:00"
+            if s.get("pattern", "").startswith("^/"):
+                return "/tmp"
+            return "x" * max(1, s.get("minLength", 0))
+        return None
+
+    def request(self, method: str, path: str, op: dict, path_values: dict[str, str],
+                auth: str | None, accept: str | None = None) -> dict:
+        """httpx.request(**kwargs) for `op` with its required parameters and body."""
+        url, params, headers = path, {}, {}
+        for p in op.get("parameters", []):
+            if p["in"] == "path":
+                url = url.replace("{%s}" % p["name"], path_values[p["name"]])
+            elif p["in"] == "query" and p.get("required"):
+                params[p["name"]] = self.minimal(p["schema"])
+            elif p["in"] == "header" and p.get("required") and p["name"].lower() != "authorization":
+                headers[p["name"]] = str(self.minimal(p["schema"]))
+        if auth is not None:
+            headers["Authorization"] = auth
+        if accept:
+            headers["Accept"] = accept
+        kw: dict = {"method": method, "url": url, "params": params, "headers": headers}
+        content = op.get("requestBody", {}).get("content", {})
+        if "application/json" in content:
+            kw["json"] = self.minimal(content["application/json"]["schema"]) or {}
+        elif content:
+            kw["content"] = b"x"
+            headers["Content-Type"] = next(iter(content))
+        return kw
+
+
+def streams(op: dict) -> bool:
+    return any("text/event-stream" in (r.get("content") or {}) for r in op["responses"].values())
+
+
+def is_admin(op: dict) -> bool:
+    return "admin" in (op.get("tags") or [])
+
+
+def needs_auth(op: dict) -> bool:
+    return any(p["name"].lower() == "authorization" for p in op.get("parameters", []))
+
+
+# ---- fixtures -------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def tstack(tmp_path_factory):
+    with running_stack(tmp_path_factory.mktemp("tenancy"), driver="fake") as st:
+        yield st
+
+
+@pytest.fixture(scope="module")
+def spec(tstack) -> Spec:
+    r = httpx.get(tstack.api_url + "/openapi.json")
+    assert r.status_code == 200
+    return Spec(r.json())
+
+
+@pytest.fixture(scope="module")
+def org_a(tstack) -> Api:
+    return Api(tstack.api_url, tstack.creds.api_key)
+
+
+@pytest.fixture(scope="module")
+def admin(tstack) -> Api:
+    return Api(tstack.api_url, tstack.creds.admin_key)
+
+
+@pytest.fixture(scope="module")
+def org_b(tstack, admin) -> dict:
+    org = admin.post("/v1/orgs", json={"name": f"tenant-b-{uuid.uuid4().hex[:6]}"})
+    assert org.status_code == 201, org.text
+    key = admin.post(f"/v1/orgs/{org.json()['id']}/api-keys", json={"name": "b"})
+    assert key.status_code == 201, key.text
+    return {"id": org.json()["id"], "key": key.json()["key"], "key_id": key.json()["id"],
+            "api": Api(tstack.api_url, key.json()["key"])}
+
+
+@pytest.fixture(scope="module")
+def victim(org_a) -> dict:
+    """Org A's running sandbox, with a long lease so nothing changes it by itself."""
+    name = f"victim-{uuid.uuid4().hex[:8]}"
+    r = org_a.post("/v1/sandboxes?wait=true", json={"name": name, "ttl_seconds": 3600,
+                                                   "metadata": {"owner": "a"}})
+    assert r.status_code == 201, r.text
+    return r.json()
+
+
+def snapshot(api: Api, sid: str) -> tuple[dict, int]:
+    doc = api.get(f"/v1/sandboxes/{sid}")
+    events = api.get(f"/v1/sandboxes/{sid}/events", params={"limit": 500})
+    assert doc.status_code == events.status_code == 200
+    return doc.json(), len(events.json()["items"])
+
+
+# ---- tests ----------------------------------------------------------------------------------
+
+def test_every_sandbox_route_is_404_for_another_org(tstack, spec, org_a, org_b, victim):
+    sid = victim["id"]
+    routes = [(m, p, op) for m, p, op in spec.ops() if p.startswith(SANDBOX_PREFIX)]
+    assert {("GET", SANDBOX_PREFIX), ("DELETE", SANDBOX_PREFIX), ("POST", SANDBOX_PREFIX + "/stop"),
+            ("GET", SANDBOX_PREFIX + "/events")} <= {(m, p) for m, p, _ in routes}
+    before = snapshot(org_a, sid)
+    assert before[0]["state"] == "running"
+    b_auth = f"Bearer {org_b['key']}"
+    failures, tried = [], []
+    for method, path, op in routes:
+        for accept in (None, "text/event-stream") if streams(op) else (None,):
+            where = f"{method} {path}" + (" (SSE)" if accept else "")
+            tried.append(where)
+            r = org_b["api"].request(**spec.request(method, path, op, {"sandbox_id": sid},
+                                                    b_auth, accept))
+            # exactly what anyone gets for an id that does not exist: nothing reveals it
+            ghost = org_b["api"].request(**spec.request(method, path, op,
+                                                        {"sandbox_id": str(uuid.uuid4())},
+                                                        b_auth, accept))
+            try:
+                body = assert_problem(r, 404, where)
+                ghost_body = assert_problem(ghost, 404, where + " (unknown id)")
+                assert ({k: body[k] for k in ("type", "title", "detail")}
+                        == {k: ghost_body[k] for k in ("type", "title", "detail")}), where
+                assert sid not in r.text and tstack.creds.org_id not in r.text, where
+            except AssertionError as e:
+                failures.append(str(e))
+            after = snapshot(org_a, sid)
+            if after != before:
+                failures.append(f"{where}: org A's sandbox changed: {before} -> {after}")
+                before = after
+    assert not failures, "\n".join(failures)
+    assert len(tried) >= 5
+
+
+def test_lists_never_show_another_orgs_sandboxes(tstack, spec, org_a, org_b, victim):
+    b = org_b["api"]
+    # B may use A's sandbox name: names are unique per org, not globally
+    mine = b.post("/v1/sandboxes?wait=true", json={"name": victim["name"]})
+    assert mine.status_code == 201, mine.text
+    mine = mine.json()
+    assert mine["org_id"] == org_b["id"] and mine["id"] != victim["id"]
+
+    seen, cursor = [], None
+    while True:
+        page = b.get("/v1/sandboxes", params={"limit": 1, **({"cursor": cursor} if cursor else {})})
+        assert page.status_code == 200, page.text
+        seen += page.json()["items"]
+        cursor = page.json()["next_cursor"]
+        if not cursor:
+            break
+    assert mine["id"] in [x["id"] for x in seen] and len(seen) == len({x["id"] for x in seen})
+    assert all(x["org_id"] == org_b["id"] for x in seen), seen
+    named = b.get("/v1/sandboxes", params={"name": victim["name"]}).json()["items"]
+    assert [x["id"] for x in named] == [mine["id"]]
+    running = b.get("/v1/sandboxes", params={"state": "running"}).json()["items"]
+    assert mine["id"] in [x["id"] for x in running]
+    assert all(x["org_id"] == org_b["id"] for x in running), running
+    # and A's name filter still finds only A's
+    assert [x["id"] for x in org_a.get("/v1/sandboxes", params={"name": victim["name"]}
+                                       ).json()["items"]] == [victim["id"]]
+
+    # a cursor minted for A's listing does not page A's data for B
+    assert org_a.post("/v1/sandboxes?wait=true", json={}).status_code == 201
+    deadline = time.monotonic() + 10  # the list is a read model: it catches up
+    while not (a_page := org_a.get("/v1/sandboxes", params={"limit": 1}).json())["next_cursor"]:
+        assert time.monotonic() < deadline, "A's list never showed two sandboxes"
+        time.sleep(0.05)
+    r = b.get("/v1/sandboxes", params={"limit": 10, "cursor": a_page["next_cursor"]})
+    if r.status_code == 200:
+        assert all(x["org_id"] == org_b["id"] for x in r.json()["items"]), r.text
+    else:
+        assert_problem(r, 400)
+
+    # every other org-scoped collection (usage, ...) served by the gateway
+    b_auth = f"Bearer {org_b['key']}"
+    for method, path, op in spec.ops():
+        if method != "GET" or "{" in path or not needs_auth(op) or is_admin(op):
+            continue
+        r = b.request(**spec.request(method, path, op, {}, b_auth))
+        assert r.status_code == 200, f"{path}: {r.text[:300]}"
+        assert victim["id"] not in r.text and tstack.creds.org_id not in r.text, path
+
+
+def test_revoked_key_stops_working_within_seconds(tstack, admin, org_b, victim):
+    key = admin.post(f"/v1/orgs/{org_b['id']}/api-keys", json={"name": "to-revoke"})
+    assert key.status_code == 201, key.text
+    doomed = Api(tstack.api_url, key.json()["key"])
+    assert doomed.get("/v1/sandboxes").status_code == 200  # warm any cache with "valid"
+    r = admin.delete(f"/v1/api-keys/{key.json()['id']}")
+    assert r.status_code == 200, r.text
+    deadline = time.monotonic() + REVOKE_DEADLINE_S
+    while True:
+        r = doomed.get("/v1/sandboxes")
+        if r.status_code == 401 or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert_problem(r, 401, f"revoked key still accepted after {REVOKE_DEADLINE_S}s")
+    for _ in range(5):  # and it stays revoked (no instance or cache flapping back)
+        assert_problem(doomed.get("/v1/sandboxes"), 401)
+    assert_problem(doomed.post("/v1/sandboxes", json={}), 401)
+    assert_problem(doomed.get(f"/v1/sandboxes/{victim['id']}"), 401)
+    assert org_b["api"].get("/v1/sandboxes").status_code == 200  # B's other key is untouched
+    assert_problem(admin.delete(f"/v1/api-keys/{uuid.uuid4()}"), 404)
+
+
+def test_org_keys_get_403_on_admin_routes_and_admin_keys_on_org_routes(
+        tstack, spec, admin, org_a, org_b, victim):
+    values = {"org_id": org_b["id"], "key_id": org_b["key_id"], "host_id": tstack.creds.host_id,
+              "sandbox_id": victim["id"]}
+    hosts_before = admin.get("/v1/hosts")
+    failures, admin_routes, org_routes = [], 0, 0
+    for method, path, op in spec.ops():
+        if not needs_auth(op):
+            continue
+        if is_admin(op):
+            admin_routes += 1
+            r = org_a.request(**spec.request(method, path, op, values,
+                                             f"Bearer {tstack.creds.api_key}"))
+        else:
+            org_routes += 1
+            r = admin.request(**spec.request(method, path, op, values,
+                                             f"Bearer {tstack.creds.admin_key}"))
+        try:
+            assert_problem(r, 403, f"{method} {path}")
+        except AssertionError as e:
+            failures.append(str(e))
+    assert not failures, "\n".join(failures)
+    assert admin_routes >= 4 and org_routes >= 5
+    # nothing happened: B's key still works, A's sandbox still runs, hosts unchanged
+    assert org_b["api"].get("/v1/sandboxes").status_code == 200
+    assert org_a.get(f"/v1/sandboxes/{victim['id']}").json()["state"] == "running"
+    if hosts_before.status_code == 200:  # not cordoned/drained by an org key
+        def status(doc):
+            return {h["host_id"]: h.get("status") for h in doc["items"]}
+        assert status(admin.get("/v1/hosts").json()) == status(hosts_before.json())
+
+
+@pytest.mark.parametrize("auth", [
+    None,
+    "Bearer crl_00000000_garbagegarbagegarbagegarbagegarbage",
+    "Bearer " + "x" * 10240,
+    "Bearer crl_",
+    "Bearer",
+    "Basic YWRtaW46YWRtaW4=",
+    "garbage",
+], ids=["none", "garbage", "bearer-10KB", "bearer-prefix-only", "bearer-only", "basic", "no-scheme"])
+def test_missing_or_bad_credentials_are_401_everywhere(tstack, spec, victim, auth):
+    values = {"org_id": tstack.creds.org_id, "key_id": "x", "host_id": tstack.creds.host_id,
+              "sandbox_id": victim["id"]}
+    failures, n = [], 0
+    with httpx.Client(base_url=tstack.api_url, timeout=30) as c:
+        for method, path, op in spec.ops():
+            if not needs_auth(op):
+                continue
+            n += 1
+            r = c.request(**spec.request(method, path, op, values, auth))
+            try:
+                body = assert_problem(r, 401, f"{method} {path}")
+                assert victim["id"] not in r.text, f"{method} {path}"
+                assert "x" * 100 not in r.text and len(r.content) < 2048, "echoes the credential"
+                assert body["type"].startswith("https://")
+            except AssertionError as e:
+                failures.append(str(e))
+    assert n >= 10 and not failures, "\n".join(failures)
+
+
+def test_raw_key_without_scheme_is_not_accepted(tstack):
+    r = httpx.get(tstack.api_url + "/v1/sandboxes",
+                  headers={"Authorization": tstack.creds.api_key})
+    assert_problem(r, 401)
+
+
+def test_idempotency_keys_are_per_org(org_a, org_b):
+    key = f"same-{uuid.uuid4().hex}"
+    body = {"metadata": {"k": "v"}}
+    a = org_a.post("/v1/sandboxes", json=body, headers={"Idempotency-Key": key})
+    b = org_b["api"].post("/v1/sandboxes", json=body, headers={"Idempotency-Key": key})
+    assert a.status_code == 202 and b.status_code == 202, (a.text, b.text)
+    assert a.json()["id"] != b.json()["id"]
+    assert a.json()["org_id"] != b.json()["org_id"] == org_b["id"]
+    # each org's replay returns its own original
+    a2 = org_a.post("/v1/sandboxes", json=body, headers={"Idempotency-Key": key})
+    b2 = org_b["api"].post("/v1/sandboxes", json=body, headers={"Idempotency-Key": key})
+    assert a2.json()["id"] == a.json()["id"] and b2.json()["id"] == b.json()["id"]
+    # a different body under the same key in another org is not a "reuse"
+    key2 = f"other-{uuid.uuid4().hex}"
+    a3 = org_a.post("/v1/sandboxes", json={"vcpus": 1}, headers={"Idempotency-Key": key2})
+    b3 = org_b["api"].post("/v1/sandboxes", json={"vcpus": 2}, headers={"Idempotency-Key": key2})
+    assert a3.status_code == b3.status_code == 202, (a3.text, b3.text)
+    assert b3.json()["vcpus"] == 2 and b3.json()["org_id"] == org_b["id"]
+    # B cannot reach A's sandbox by its (deterministic) id either
+    assert_problem(org_b["api"].get(f"/v1/sandboxes/{a.json()['id']}"), 404)
