@@ -31,13 +31,15 @@ ASYNCAPI = "docs/asyncapi.yaml"
 SENDERS: dict[str, tuple[str, ...]] = {
     "api_gateway": ("SandboxRequested", "SandboxStopRequested", "SandboxDestroyRequested",
                     "SandboxExpiring", "SandboxTtlExtended", "SandboxPauseRequested",
-                    "SandboxResumeRequested", "SandboxStartRequested"),
+                    "SandboxResumeRequested", "SandboxStartRequested", "SnapshotRequested",
+                    "SnapshotDeleteRequested"),
     "scheduler": ("SandboxScheduled", "SandboxFailed", "SandboxDestroyed", "SandboxLost",
                   "HostLost", "StartSandbox", "StopSandbox", "DestroySandbox", "PauseSandbox",
-                  "ResumeSandbox"),
+                  "ResumeSandbox", "TakeSnapshot", "DeleteSnapshot", "SnapshotFailed",
+                  "SnapshotDeleted"),
     "host_agent": ("SandboxStarting", "SandboxStarted", "SandboxFailed", "SandboxStopped",
-                   "SandboxDestroyed", "SandboxPaused", "SandboxResumed", "HostRegistered",
-                   "HostHeartbeat"),
+                   "SandboxDestroyed", "SandboxPaused", "SandboxResumed", "SnapshotCreated",
+                   "SnapshotFailed", "SnapshotDeleted", "HostRegistered", "HostHeartbeat"),
     "billing": ("UsageRecorded",),
 }
 CONSUMER_OWNERS = {"gateway-": "api_gateway", "scheduler-": "scheduler",
@@ -155,7 +157,8 @@ HEADERS = {
 }
 FAMILIES = (  # channel key, address (from subjects.py), types, description
     ("sandboxEvents", s.sandbox_subject("{org_id}", "{sandbox_id}", "{type}"),
-     [t for t in EVENT_TYPES if _type(t).startswith("Sandbox")], "Sandbox lifecycle facts."),
+     [t for t in EVENT_TYPES if _type(t).startswith(("Sandbox", "Snapshot"))],
+     "Sandbox lifecycle facts, and the snapshots taken of the sandbox."),
     ("hostEvents", s.host_subject("{host_id}", "{type}"),
      [t for t in EVENT_TYPES if _type(t).startswith("Host")],
      "Host registration, heartbeats, loss."),

@@ -38,6 +38,8 @@ class HostHeartbeat(HostEvent):
     used_memory_mib: int = Field(ge=0)
     warnings: list[str] = Field(default_factory=list, max_length=32)
     interval_s: float = Field(gt=0, le=300)
+    # warm pools per "image/vcpus/memory_mib": target, ready, hits, misses
+    pools: dict[str, dict[str, int]] = Field(default_factory=dict, max_length=64)
 
 
 class HostLost(HostEvent):

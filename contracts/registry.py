@@ -15,6 +15,8 @@ from .sandbox import (SandboxDestroyed, SandboxDestroyRequested, SandboxExpiring
                       SandboxRequested, SandboxResumed, SandboxResumeRequested,
                       SandboxScheduled, SandboxStarted, SandboxStarting, SandboxStartRequested,
                       SandboxStopped, SandboxStopRequested, SandboxTtlExtended)
+from .snapshot import (DeleteSnapshot, SnapshotCreated, SnapshotDeleted,
+                       SnapshotDeleteRequested, SnapshotFailed, SnapshotRequested, TakeSnapshot)
 from .usage import UsageRecorded
 
 EVENT_TYPES: tuple[type[Envelope], ...] = (
@@ -22,10 +24,12 @@ EVENT_TYPES: tuple[type[Envelope], ...] = (
     SandboxStopRequested, SandboxStopped, SandboxDestroyRequested, SandboxDestroyed,
     SandboxLost, SandboxExpiring, SandboxTtlExtended, SandboxPauseRequested, SandboxPaused,
     SandboxResumeRequested, SandboxResumed, SandboxStartRequested,
-    HostRegistered, HostHeartbeat, HostLost, UsageRecorded,
+    SnapshotRequested, SnapshotCreated, SnapshotFailed, SnapshotDeleteRequested,
+    SnapshotDeleted, HostRegistered, HostHeartbeat, HostLost, UsageRecorded,
 )
 COMMAND_TYPES: tuple[type[Envelope], ...] = (StartSandbox, StopSandbox, DestroySandbox,
-                                              PauseSandbox, ResumeSandbox)
+                                              PauseSandbox, ResumeSandbox, TakeSnapshot,
+                                              DeleteSnapshot)
 ALL_TYPES = EVENT_TYPES + COMMAND_TYPES
 BY_NAME: dict[str, type[Envelope]] = {t.model_fields["type"].default: t for t in ALL_TYPES}
 

@@ -29,6 +29,7 @@ class SandboxSpec(BaseModel):
     env: dict[str, str] = Field(default_factory=dict, max_length=128)
     metadata: dict[str, str] = Field(default_factory=dict, max_length=64)
     network: NetworkSpec = Field(default_factory=NetworkSpec)
+    snapshot_id: Id | None = None  # start from this snapshot (a fork) instead of the image
 
     @field_validator("name", "image")
     @classmethod
@@ -69,6 +70,7 @@ class SandboxRequested(SandboxEvent):
     type: Literal["SandboxRequested"] = "SandboxRequested"
     spec: SandboxSpec
     request_hash: str = Field(min_length=1, max_length=128)
+    pin_host_id: Id | None = None  # must run there (a fork: the snapshot lives there)
 
 
 class SandboxScheduled(SandboxEvent):

@@ -39,6 +39,7 @@ class SnapshotFailed(SnapshotEvent):
 
 class SnapshotDeleteRequested(SnapshotEvent):
     type: Literal["SnapshotDeleteRequested"] = "SnapshotDeleteRequested"
+    host_id: Id | None = None  # where it was taken; None if it never was
 
 
 class SnapshotDeleted(SnapshotEvent):

@@ -57,14 +57,14 @@ def dlq_subject(consumer: str) -> str:
 
 def subject_for(msg) -> str:  # noqa: ANN001 - any contract message
     kind = msg.type
-    if kind.startswith("Sandbox"):
+    if kind.startswith(("Sandbox", "Snapshot")):
         return sandbox_subject(msg.org_id, msg.sandbox_id, kind)
     if kind.startswith("Host"):
         return host_subject(msg.host_id, kind)
     if kind == "UsageRecorded":
         return usage_subject(msg.org_id, msg.sandbox_id)
     if kind in ("StartSandbox", "StopSandbox", "DestroySandbox", "PauseSandbox",
-                "ResumeSandbox"):
+                "ResumeSandbox", "TakeSnapshot", "DeleteSnapshot"):
         return host_command_subject(msg.host_id, msg.sandbox_id, kind)
     raise ValueError(f"no subject for {kind}")
 
@@ -113,7 +113,8 @@ CONSUMERS: tuple[ConsumerDef, ...] = (
                 filter_subjects=_sandbox_types("SandboxRequested", "SandboxStopRequested",
                                "SandboxDestroyRequested", "SandboxDestroyed", "SandboxFailed",
                                "SandboxStopped", "SandboxPauseRequested",
-                               "SandboxResumeRequested", "SandboxStartRequested"),
+                               "SandboxResumeRequested", "SandboxStartRequested",
+                               "SnapshotRequested", "SnapshotDeleteRequested"),
                 max_deliver=1000,
                 description="scheduler places requests and routes stop/destroy to hosts"),
     ConsumerDef("CORRAL_HOST", "scheduler-hosts", ("corral.evt.host.*.HostRegistered",),

@@ -105,5 +105,6 @@ async def bootstrap(settings: HostAgentSettings, stop: asyncio.Event) -> HostAge
     loop = asyncio.get_running_loop()
     records.on_saved = lambda: loop.call_soon_threadsafe(relay.wake)
     driver = await make_driver(settings, state_dir, vm_root(settings, host_id))
-    service = HostAgentService(host_id, records, driver, bus.publish)
+    service = HostAgentService(host_id, records, driver, bus.publish,
+                               snapshot_root=settings.state_dir.resolve() / f"snaps-{host_id[:8]}")
     return HostAgentContext(settings, host_id, bus, records, relay, driver, service)

@@ -19,6 +19,7 @@ names -> 409). Reproducible: fixed Hypothesis seed, no example database.
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 import time
@@ -177,7 +178,7 @@ def fuzz(fstack, schema):
         return sid
 
     @functools.cache
-    def run(label: str) -> dict[str, Finding]:
+    def run(label: str) -> tuple[dict[str, Finding], collections.Counter]:
         op = schema.find_operation_by_label(label)
         assert op is not None, f"{label} is not in the served /openapi.json"
         key = fstack.creds.admin_key if "admin" in (op.tags or []) else fstack.creds.api_key
@@ -187,6 +188,7 @@ def fuzz(fstack, schema):
             mine = sandbox("stopped" if any(g in op.path for g in GUEST_PATHS) else "running")
             fixed.append({"sandbox_id": mine})
         found: dict[str, Finding] = {}
+        statuses: collections.Counter = collections.Counter()
         for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
             strategy = st.one_of([op.as_strategy(mode, headers=auth, path_parameters=pp or None)
                                   for pp in fixed])
@@ -197,6 +199,7 @@ def fuzz(fstack, schema):
             @given(case=strategy)
             def one(case):
                 resp = case.call(base_url=fstack.api_url, session=session, timeout=60)
+                statuses[resp.status_code] += 1
                 for name, check in CHECKS.items():
                     try:
                         case.validate_response(resp, checks=[check], headers=auth)
@@ -212,11 +215,23 @@ def fuzz(fstack, schema):
             except Unsatisfiable:  # nothing to negate (no parameters, no body)
                 if mode is GenerationMode.POSITIVE:
                     raise
-        return found
+        return found, statuses
 
     yield run
     org.close()
     session.close()
+
+
+def test_fuzz_is_authenticated_and_reaches_real_sandboxes(fuzz):
+    """Guards against a vacuous run: undocumented statuses are expected to fail
+    (F1), which would otherwise hide a fuzzer that never got past auth."""
+    for label in OPERATIONS:
+        statuses = fuzz(label)[1]
+        assert sum(statuses.values()) > 0, label
+        if label not in ("GET /healthz", "GET /readyz"):
+            assert not {401, 403} & statuses.keys(), (label, statuses)
+        if "{sandbox_id}" in label:  # the caller's own sandbox was hit, not only unknown ids
+            assert statuses.keys() - {404, 422}, (label, statuses)
 
 
 def test_served_spec_is_the_collected_one(fstack):
@@ -227,6 +242,6 @@ def test_served_spec_is_the_collected_one(fstack):
 
 @pytest.mark.parametrize(("label", "check"), list(_params()))
 def test_fuzz(fuzz, label, check):
-    f = fuzz(label).get(check)
+    f = fuzz(label)[0].get(check)
     assert f is None, (f"{check} failed on {label} ({f.status}); smallest example:\n"
                        f"{f.curl}\n\n{f.message}")

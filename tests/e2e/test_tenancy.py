@@ -187,12 +187,22 @@ def test_every_sandbox_route_is_404_for_another_org(tstack, spec, org_a, org_b, 
             ("GET", SANDBOX_PREFIX + "/events")} <= {(m, p) for m, p, _ in routes}
     before = snapshot(org_a, sid)
     assert before[0]["state"] == "running"
-    b_auth = f"Bearer {org_b['key']}"
+    a_auth, b_auth = f"Bearer {tstack.creds.api_key}", f"Bearer {org_b['key']}"
+    no_route = assert_problem(org_b["api"].get("/v1/sandboxes/x/no-such-route"), 404)["detail"]
     failures, tried = [], []
     for method, path, op in routes:
         for accept in (None, "text/event-stream") if streams(op) else (None,):
             where = f"{method} {path}" + (" (SSE)" if accept else "")
             tried.append(where)
+            # control: the same request by the owner, on a scratch sandbox, is valid and
+            # reaches the handler, so B's 404 below comes from the ownership check
+            scratch = org_a.post("/v1/sandboxes?wait=true", json={}).json()["id"]
+            own = org_a.request(**spec.request(method, path, op, {"sandbox_id": scratch},
+                                               a_auth, accept))
+            if own.status_code in (401, 403, 404, 405, 422):
+                failures.append(f"{where}: the owner's request failed with {own.status_code} "
+                                f"(fix Spec.minimal for this route): {own.text[:300]}")
+                continue
             r = org_b["api"].request(**spec.request(method, path, op, {"sandbox_id": sid},
                                                     b_auth, accept))
             # exactly what anyone gets for an id that does not exist: nothing reveals it
@@ -205,6 +215,7 @@ def test_every_sandbox_route_is_404_for_another_org(tstack, spec, org_a, org_b, 
                 assert ({k: body[k] for k in ("type", "title", "detail")}
                         == {k: ghost_body[k] for k in ("type", "title", "detail")}), where
                 assert sid not in r.text and tstack.creds.org_id not in r.text, where
+                assert body["detail"] != no_route, f"{where}: the route itself was not found"
             except AssertionError as e:
                 failures.append(str(e))
             after = snapshot(org_a, sid)
@@ -223,21 +234,30 @@ def test_lists_never_show_another_orgs_sandboxes(tstack, spec, org_a, org_b, vic
     mine = mine.json()
     assert mine["org_id"] == org_b["id"] and mine["id"] != victim["id"]
 
-    seen, cursor = [], None
-    while True:
-        page = b.get("/v1/sandboxes", params={"limit": 1, **({"cursor": cursor} if cursor else {})})
-        assert page.status_code == 200, page.text
-        seen += page.json()["items"]
-        cursor = page.json()["next_cursor"]
-        if not cursor:
-            break
-    assert mine["id"] in [x["id"] for x in seen] and len(seen) == len({x["id"] for x in seen})
-    assert all(x["org_id"] == org_b["id"] for x in seen), seen
-    named = b.get("/v1/sandboxes", params={"name": victim["name"]}).json()["items"]
-    assert [x["id"] for x in named] == [mine["id"]]
-    running = b.get("/v1/sandboxes", params={"state": "running"}).json()["items"]
-    assert mine["id"] in [x["id"] for x in running]
-    assert all(x["org_id"] == org_b["id"] for x in running), running
+    def listing(**params) -> list[dict]:
+        """Every item of B's list with `params`, once B's own sandbox shows as running
+        there (the list is a read model that catches up with the ledger)."""
+        deadline = time.monotonic() + 10
+        while True:
+            seen, cursor = [], None
+            while True:
+                page = b.get("/v1/sandboxes", params={**params, **({"cursor": cursor} if cursor else {})})
+                assert page.status_code == 200, page.text
+                seen += page.json()["items"]
+                cursor = page.json()["next_cursor"]
+                if not cursor:
+                    break
+            if any(x["id"] == mine["id"] and x["state"] == "running" for x in seen):
+                return seen
+            assert time.monotonic() < deadline, f"B's own sandbox is missing from {params}"
+            time.sleep(0.05)
+
+    for params in ({"limit": 1}, {"limit": 500}, {"state": "running"}, {"name": victim["name"]}):
+        seen = listing(**params)
+        assert all(x["org_id"] == org_b["id"] for x in seen), (params, seen)
+        assert victim["id"] not in [x["id"] for x in seen], params
+        assert len(seen) == len({x["id"] for x in seen}), params
+    assert [x["id"] for x in listing(name=victim["name"])] == [mine["id"]]
     # and A's name filter still finds only A's
     assert [x["id"] for x in org_a.get("/v1/sandboxes", params={"name": victim["name"]}
                                        ).json()["items"]] == [victim["id"]]

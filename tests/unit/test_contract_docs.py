@@ -25,6 +25,9 @@ from contracts.sandbox import (Failure, SandboxDestroyed, SandboxDestroyRequeste
 from contracts.subjects import (CONSUMERS, STREAMS, dlq_subject, host_agent_consumer,
                                 host_command_subject, host_subject, sandbox_subject, subject_for,
                                 usage_subject)
+from contracts.snapshot import (DeleteSnapshot, SnapshotCreated, SnapshotDeleted,
+                               SnapshotDeleteRequested, SnapshotFailed, SnapshotRequested,
+                               TakeSnapshot)
 from contracts.usage import UsageRecorded
 
 pytestmark = pytest.mark.unit
@@ -65,6 +68,14 @@ SAMPLES = [
     DestroySandbox(host_id="h-1", **IDS),
     PauseSandbox(host_id="h-1", **IDS),
     ResumeSandbox(host_id="h-1", **IDS),
+    SnapshotRequested(snapshot_id="snap-1", name="before-tests", **IDS),
+    SnapshotCreated(snapshot_id="snap-1", host_id="h-1", image="default", vcpus=1,
+                    memory_mib=256, size_bytes=70_000_000, took_ms=180, **IDS),
+    SnapshotFailed(snapshot_id="snap-1", failure=Failure(code="x", message="y"), **IDS),
+    SnapshotDeleteRequested(snapshot_id="snap-1", host_id="h-1", **IDS),
+    SnapshotDeleted(snapshot_id="snap-1", host_id="h-1", **IDS),
+    TakeSnapshot(host_id="h-1", snapshot_id="snap-1", **IDS),
+    DeleteSnapshot(host_id="h-1", snapshot_id="snap-1", **IDS),
 ]
 
 

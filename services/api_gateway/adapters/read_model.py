@@ -19,12 +19,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from ..application.ledger import SandboxLedger
 from ..domain.sandbox import Sandbox
+from ..domain.snapshot import Snapshot, snapshot_view
 from ..domain.view import sandbox_view
 
 log = logging.getLogger("corral.gateway.read_model")
 meta = MetaData()
 # Bump the version when the table changes: a new table is rebuilt from the events.
-PROJECTION = "sandbox_view_v2"
+PROJECTION = "sandbox_view_v3"
 views = Table(
     PROJECTION, meta,
     Column("id", String(64), primary_key=True),
@@ -33,6 +34,13 @@ views = Table(
     Column("state", String(16), index=True, nullable=False),
     Column("created_at", String(40), nullable=False),
     Column("expires_at", String(40), index=True),
+    Column("doc", Text, nullable=False),
+)
+snapshots = Table(
+    "snapshot_view_v1", meta,
+    Column("id", String(64), primary_key=True),
+    Column("org_id", String(64), index=True, nullable=False),
+    Column("created_at", String(40), nullable=False),
     Column("doc", Text, nullable=False),
 )
 cursors = Table("projection_cursor", meta,
@@ -89,9 +97,14 @@ class ReadModel:
                                         inclusive_of_start=False)
         if not notes:
             return 0
-        ids = {n.originator_id for n in notes if ":Sandbox." in n.topic}
-        docs = await asyncio.to_thread(self._load, ledger, ids)
+        ids = {n.originator_id for n in notes if ":Sandbox." in n.topic or ":Snapshot." in n.topic}
+        docs, snaps = await asyncio.to_thread(self._load, ledger, ids)
         async with self.engine.begin() as conn:
+            for doc in snaps:
+                await conn.execute(delete(snapshots).where(snapshots.c.id == doc["id"]))
+                await conn.execute(snapshots.insert().values(
+                    id=doc["id"], org_id=doc["org_id"], created_at=doc["created_at"],
+                    doc=json.dumps(doc)))
             for doc in docs:
                 await conn.execute(delete(views).where(views.c.id == doc["id"]))
                 await conn.execute(views.insert().values(
@@ -109,20 +122,23 @@ class ReadModel:
         return len(notes)
 
     @staticmethod
-    def _load(ledger: SandboxLedger, ids: set) -> list[dict]:
-        out = []
+    def _load(ledger: SandboxLedger, ids: set) -> tuple[list[dict], list[dict]]:
+        boxes, snaps = [], []
         for oid in ids:
             try:
-                sb = ledger.repository.get(UUID(str(oid)))
+                agg = ledger.repository.get(UUID(str(oid)))
             except AggregateNotFoundError:
                 continue
-            if isinstance(sb, Sandbox):
-                out.append(sandbox_view(sb))
-        return out
+            if isinstance(agg, Sandbox):
+                boxes.append(sandbox_view(agg))
+            elif isinstance(agg, Snapshot):
+                snaps.append(snapshot_view(agg))
+        return boxes, snaps
 
     async def rebuild(self, ledger: SandboxLedger) -> None:
         async with self.engine.begin() as conn:
             await conn.execute(delete(views))
+            await conn.execute(delete(snapshots))
             await conn.execute(delete(cursors).where(cursors.c.name == PROJECTION))
         while await self.catch_up(ledger):
             pass
@@ -144,6 +160,21 @@ class ReadModel:
         items = [json.loads(r.doc) for r in rows[:limit]]
         nxt = encode_cursor(rows[limit - 1].created_at, rows[limit - 1].id) if len(rows) > limit else None
         return items, nxt
+
+    async def list_snapshots(self, org_id: str, limit: int, cursor: str | None
+                             ) -> tuple[list[dict], str | None]:
+        q = select(snapshots.c.doc, snapshots.c.created_at, snapshots.c.id).where(
+            snapshots.c.org_id == org_id)
+        if cursor:
+            after_ts, after_id = decode_cursor(cursor)
+            q = q.where(or_(snapshots.c.created_at > after_ts,
+                            and_(snapshots.c.created_at == after_ts, snapshots.c.id > after_id)))
+        q = q.order_by(snapshots.c.created_at, snapshots.c.id).limit(limit + 1)
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(q)).all()
+        items = [json.loads(r.doc) for r in rows[:limit]]
+        last = rows[limit - 1] if len(rows) > limit else None
+        return items, encode_cursor(last.created_at, last.id) if last else None
 
     async def due(self, before: str, limit: int = 200) -> list[str]:
         """Live sandboxes whose lease ends before `before` (ISO UTC), soonest first."""

@@ -23,6 +23,7 @@ from ..domain.quota import Limits, OrgLive, org_live_uuid
 from ..domain.sandbox import ENDED, SANDBOX_FACTS, Sandbox, parse_time, sandbox_uuid
 from .errors import (Conflict, IdempotencyMismatch, NotFound, OutOfOrder, TooMany,
                      Unprocessable)
+from .snapshots import SNAPSHOT_FACTS, SnapshotCases
 
 RETRIES = 30
 
@@ -44,7 +45,7 @@ def _uuid(sandbox_id: str) -> uuid.UUID | None:
         return None
 
 
-class SandboxLedger(StoreApp):
+class SandboxLedger(SnapshotCases, StoreApp):
     name = "gateway"
 
 
@@ -69,6 +70,7 @@ class SandboxLedger(StoreApp):
         if spec.vcpus > limits.max_vcpus or spec.memory_mib > limits.max_memory_mib:
             raise Unprocessable(f"at most {limits.max_vcpus} vCPUs and {limits.max_memory_mib} "
                                 "MiB per sandbox for this org")
+        pin = self.fork_source(spec, org_id)
         for attempt in range(RETRIES):
             try:
                 existing = self.find(str(sid), org_id)
@@ -79,7 +81,8 @@ class SandboxLedger(StoreApp):
                     raise IdempotencyMismatch("Idempotency-Key was used with a different body")
                 return existing, False
             msg = SandboxRequested(op_id=op_id, org_id=org_id, sandbox_id=str(sid), spec=spec,
-                                   request_hash=digest, traceparent=traceparent)
+                                   request_hash=digest, traceparent=traceparent,
+                                   pin_host_id=pin)
             quota = self._get(org_live_uuid(org_id)) or OrgLive(org_id)
             if not quota.has_room(limits):
                 raise TooMany(f"this org already has {limits.max_live} live sandboxes", 5)
@@ -112,6 +115,8 @@ class SandboxLedger(StoreApp):
 
     def ingest(self, msg: Envelope) -> bool:
         """Fold a fact from another service in; False if already known."""
+        if msg.type in SNAPSHOT_FACTS:
+            return self.ingest_snapshot_fact(msg)
         if msg.type not in SANDBOX_FACTS:
             return False
         for attempt in range(RETRIES):

@@ -28,6 +28,7 @@ from .fleet_routes import fleet_router
 from .io_routes import MAX_FILE, io_router
 from .middleware import EdgeMiddleware
 from .problems import problem
+from .snapshot_routes import snapshot_router
 from .usage_routes import usage_router
 
 log = logging.getLogger("corral.gateway")
@@ -78,6 +79,7 @@ def create_app(ctx) -> FastAPI:  # noqa: ANN001 - GatewayContext from bootstrap
     app.include_router(io_router)
     app.include_router(fleet_router)
     app.include_router(usage_router)
+    app.include_router(snapshot_router)
 
     @app.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, str]:

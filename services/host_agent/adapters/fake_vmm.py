@@ -4,6 +4,7 @@ no exec, no files. Never used unless CORRAL_DRIVER=fake."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -12,8 +13,8 @@ import time
 from pathlib import Path
 
 from .qemu.procs import is_zombie
-from ..application.ports import (ExecRequest, ReconcileReport, ResourceRecorder, VmInfo,
-                                 VmSpec)
+from ..application.ports import (ExecRequest, ReconcileReport, ResourceRecorder, SnapshotInfo,
+                                 VmInfo, VmSpec)
 
 MARK = "corral-fakevm"
 
@@ -30,8 +31,22 @@ class FakeVmmDriver:
         return [sys.executable, "-c", "import time\nwhile True: time.sleep(3600)",
                 MARK, str(self.state_dir.resolve()), sandbox_id]
 
+    async def snapshot(self, sandbox_id: str, dest_dir: str) -> SnapshotInfo:
+        """A FAKE snapshot: a directory with a manifest, no memory image."""
+        dest = Path(dest_dir)
+        tmp = dest.with_name(dest.name + ".tmp")
+        tmp.mkdir(parents=True, exist_ok=True)
+        (tmp / "manifest.json").write_text(json.dumps({"sandbox_id": sandbox_id}))
+        tmp.replace(dest)
+        return SnapshotInfo(sandbox_id, str(dest), "default", 1, 256, 0, 0, 0)
+
+    def pool_stats(self) -> dict:
+        return {}
+
     async def start(self, spec: VmSpec, record: ResourceRecorder) -> VmInfo:
         t0 = time.monotonic()
+        if spec.snapshot_dir and not (Path(spec.snapshot_dir) / "manifest.json").exists():
+            raise FileNotFoundError(f"no snapshot at {spec.snapshot_dir}")
         if spec.image in self.fail_images:
             raise RuntimeError(f"image {spec.image!r} cannot boot (fake failure)")
         proc = subprocess.Popen(self._cmd(spec.sandbox_id), start_new_session=True,

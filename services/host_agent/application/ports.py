@@ -19,6 +19,8 @@ class VmSpec:
     env: dict[str, str] = field(default_factory=dict)
     egress: bool = False
     reuse_disk: bool = False  # restart of a stopped VM: keep its overlay
+    cold_boot: bool = False  # never restore from a template / warm pool
+    snapshot_dir: str | None = None  # fork: restore this snapshot (driver.snapshot)
 
 
 @dataclass(frozen=True)
@@ -27,7 +29,22 @@ class VmInfo:
     pid: int | None
     accel: str
     ip: str | None = None
-    boot_ms: int | None = None
+    boot_ms: int | None = None  # create -> guest agent ready with identity, in ms
+    start_mode: str = "cold"  # "cold" | "restore" (template/snapshot) | "pool"
+    mac: str | None = None
+    source: str | None = None  # template key or snapshot dir restored from
+
+
+@dataclass(frozen=True)
+class SnapshotInfo:
+    sandbox_id: str
+    dir: str
+    image: str
+    vcpus: int
+    memory_mib: int
+    state_bytes: int
+    overlay_bytes: int
+    paused_ms: int  # how long the running sandbox was stopped
 
 
 @dataclass(frozen=True)
@@ -100,6 +117,13 @@ class VmmDriver(Protocol):
         network stay for a later restart; anything else we own is removed."""
         ...
     async def close(self) -> None: ...
+
+
+class SnapshotCapable(Protocol):
+    """Optional driver capability: live snapshot (fork via VmSpec.snapshot_dir)."""
+
+    async def snapshot(self, sandbox_id: str, dest_dir: str) -> SnapshotInfo: ...
+    def pool_stats(self) -> dict: ...
 
 
 ChunkStream = AsyncIterator[ExecChunk]

@@ -40,6 +40,12 @@ class VmRecords(StoreApp):
         self._save(vm)
         return vm
 
+    def note(self, sandbox_id: str, envelope: dict[str, Any]) -> Vm:
+        vm = self.repository.get(vm_uuid(sandbox_id))
+        vm.note(envelope)
+        self._save(vm)
+        return vm
+
     def all_vms(self) -> list[Vm]:
         """Every Vm ever accepted here (the host-local store is small)."""
         ids, start = [], 0

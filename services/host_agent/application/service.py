@@ -3,7 +3,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import shutil
+import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 from common.bus import Poison
@@ -11,6 +14,8 @@ from contracts.commands import (DestroySandbox, HostCommand, PauseSandbox, Resum
                                StartSandbox, StopSandbox)
 from contracts.sandbox import (Failure, SandboxDestroyed, SandboxFailed, SandboxPaused,
                                SandboxResumed, SandboxStarted, SandboxStarting, SandboxStopped)
+from contracts.snapshot import (DeleteSnapshot, SnapshotCreated, SnapshotDeleted,
+                                SnapshotFailed, TakeSnapshot)
 
 from .ports import VmmDriver, VmSpec
 from .records import VmRecords
@@ -29,8 +34,10 @@ def _common(cmd: HostCommand) -> dict[str, Any]:
 
 
 class HostAgentService:
-    def __init__(self, host_id: str, records: VmRecords, driver: VmmDriver, publish):  # noqa: ANN001
+    def __init__(self, host_id: str, records: VmRecords, driver: VmmDriver, publish,  # noqa: ANN001
+                 snapshot_root: Path | None = None):
         self.host_id = host_id
+        self.snapshot_root = snapshot_root
         self.records = records
         self.driver = driver
         self.publish = publish  # for replies about VMs this host never had
@@ -46,6 +53,10 @@ class HostAgentService:
             await self.stop(cmd)
         elif isinstance(cmd, DestroySandbox):
             await self.destroy(cmd)
+        elif isinstance(cmd, TakeSnapshot):
+            await self.take_snapshot(cmd)
+        elif isinstance(cmd, DeleteSnapshot):
+            await self.delete_snapshot(cmd)
         elif isinstance(cmd, PauseSandbox):
             await self.pause_or_resume(cmd, "running", "paused", SandboxPaused)
         elif isinstance(cmd, ResumeSandbox):
@@ -74,6 +85,49 @@ class HostAgentService:
         await asyncio.to_thread(self.records.transition, cmd.sandbox_id, "starting", starting)
         await self._boot(cmd.sandbox_id, vm.spec, starting, reuse_disk=True)
 
+    def _snapshot_dir(self, snapshot_id: str) -> Path:
+        if self.snapshot_root is None:
+            raise RuntimeError("this host keeps no snapshots")
+        return self.snapshot_root / snapshot_id
+
+    async def take_snapshot(self, cmd: TakeSnapshot) -> None:
+        vm = await asyncio.to_thread(self.records.get, cmd.sandbox_id)
+        ids = dict(op_id=cmd.op_id, org_id=cmd.org_id, sandbox_id=cmd.sandbox_id,
+                   snapshot_id=cmd.snapshot_id, traceparent=cmd.traceparent)
+        if vm is None:
+            await self.publish(SnapshotFailed(host_id=self.host_id, failure=Failure(
+                code="not_running", message="no such sandbox on this host"), **ids))
+            return
+        if cmd.snapshot_id in vm.snapshots:
+            return  # redelivery: already answered
+        t0 = time.monotonic()
+        try:
+            if vm.state != "running":
+                raise RuntimeError(f"sandbox is {vm.state}")
+            info = await self.driver.snapshot(cmd.sandbox_id, str(self._snapshot_dir(cmd.snapshot_id)))
+            fact = SnapshotCreated(host_id=self.host_id, image=info.image, vcpus=info.vcpus,
+                                   memory_mib=info.memory_mib,
+                                   size_bytes=info.state_bytes + info.overlay_bytes,
+                                   took_ms=int((time.monotonic() - t0) * 1000), **ids)
+        except Exception as e:  # noqa: BLE001 - any failure is reported, nothing half-kept
+            log.warning("snapshot failed: %r", e)
+            await asyncio.to_thread(shutil.rmtree, self._snapshot_dir(cmd.snapshot_id), True)
+            fact = SnapshotFailed(host_id=self.host_id, failure=Failure(
+                code="snapshot_failed", message=str(e)[:500] or e.__class__.__name__), **ids)
+        await asyncio.to_thread(self.records.note, cmd.sandbox_id, _dump(fact))
+
+    async def delete_snapshot(self, cmd: DeleteSnapshot) -> None:
+        await asyncio.to_thread(shutil.rmtree, self._snapshot_dir(cmd.snapshot_id), True)
+        done = SnapshotDeleted(host_id=self.host_id, op_id=cmd.op_id, org_id=cmd.org_id,
+                               sandbox_id=cmd.sandbox_id, snapshot_id=cmd.snapshot_id,
+                               traceparent=cmd.traceparent)
+        vm = await asyncio.to_thread(self.records.get, cmd.sandbox_id)
+        if vm is not None and vm.snapshots.get(cmd.snapshot_id) != "SnapshotDeleted":
+            await asyncio.to_thread(self.records.note, cmd.sandbox_id, _dump(done))
+        elif vm is None:
+            await self.publish(done.model_copy(update={
+                "event_id": str(uuid.uuid5(REPLY_NS, cmd.event_id))}))
+
     async def pause_or_resume(self, cmd: HostCommand, from_state: str, to_state: str,
                               fact: type) -> None:
         vm = await asyncio.to_thread(self.records.get, cmd.sandbox_id)
@@ -90,10 +144,13 @@ class HostAgentService:
     async def _boot(self, sandbox_id: str, spec_doc: dict[str, Any],
                     starting: dict[str, Any], reuse_disk: bool = False) -> None:
         """Boot the VM and report Started or Failed; `starting` gives the ids."""
+        snap = spec_doc.get("snapshot_id")
         spec = VmSpec(sandbox_id, spec_doc.get("name"), spec_doc.get("image", "default"),
                       spec_doc.get("vcpus", 1), spec_doc.get("memory_mib", 256),
                       dict(spec_doc.get("env") or {}),
-                      bool((spec_doc.get("network") or {}).get("egress")), reuse_disk)
+                      bool((spec_doc.get("network") or {}).get("egress")), reuse_disk,
+                      snapshot_dir=str(self._snapshot_dir(snap)) if snap and not reuse_disk
+                      else None)
         common = {k: starting[k] for k in ("op_id", "org_id", "sandbox_id", "traceparent")}
         self._booting.add(sandbox_id)
         try:

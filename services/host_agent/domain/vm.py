@@ -30,6 +30,7 @@ class Vm(Aggregate):
         self.starting = envelope
         self.state = "starting"
         self.resources: dict[str, str] = {}
+        self.snapshots: dict[str, str] = {}  # snapshot id -> last fact about it
 
     @event("Resource")
     def record_resource(self, kind: str, value: str | None) -> None:
@@ -43,6 +44,12 @@ class Vm(Aggregate):
         self.state = state
         if state == "starting" and envelope is not None:
             self.starting = envelope  # a restart: its ids, for the facts that follow
+
+    @event("Noted")
+    def note(self, envelope: dict[str, Any]) -> None:
+        """A fact about this VM that changes no state (snapshots taken of it)."""
+        if envelope["type"].startswith("Snapshot"):
+            self.snapshots[envelope["snapshot_id"]] = envelope["type"]
 
     @property
     def active(self) -> bool:

@@ -26,6 +26,15 @@ async def announce(ctx) -> None:  # noqa: ANN001 - HostAgentContext
         capacity=_capacity(ctx.settings), accel=ctx.driver.accel, agent_version=VERSION))
 
 
+def pool_stats(driver) -> dict[str, dict[str, int]]:  # noqa: ANN001
+    stats = getattr(driver, "pool_stats", None)
+    if stats is None:
+        return {}
+    return {str(k if isinstance(k, str) else "/".join(map(str, k))): {
+        f: int(v) for f, v in d.items() if isinstance(v, (int, float))}
+        for k, d in stats().items()}
+
+
 def warnings(ctx) -> list[str]:  # noqa: ANN001
     accel = ctx.driver.accel
     if accel == "tcg":
@@ -44,7 +53,8 @@ async def heartbeat_loop(ctx, stop: asyncio.Event) -> None:  # noqa: ANN001
             await ctx.bus.publish(HostHeartbeat(
                 op_id=_op(), host_id=ctx.host_id, seq=seq, accel=ctx.driver.accel,
                 capacity=_capacity(ctx.settings), running=running, used_vcpus=vcpus,
-                used_memory_mib=mem, warnings=warnings(ctx), interval_s=interval))
+                used_memory_mib=mem, warnings=warnings(ctx), interval_s=interval,
+                pools=pool_stats(ctx.driver)))
             seq += 1
         except Exception as e:  # noqa: BLE001 - bus down: keep beating when it is back
             log.warning("heartbeat failed: %s", e)

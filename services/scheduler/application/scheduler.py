@@ -9,6 +9,8 @@ from eventsourcing.persistence import IntegrityError
 from common.eventstore import StoreApp
 from contracts.commands import (DestroySandbox, PauseSandbox, ResumeSandbox, StartSandbox,
                                StopSandbox)
+from contracts.snapshot import (DeleteSnapshot, SnapshotDeleted, SnapshotEvent, SnapshotFailed,
+                                TakeSnapshot)
 from contracts.host import HostHeartbeat, HostLost, HostRegistered
 from contracts.sandbox import (Failure, SandboxDestroyed, SandboxEvent, SandboxFailed,
                                SandboxLost, SandboxRequested, SandboxScheduled, SandboxSpec)
@@ -46,6 +48,8 @@ class Scheduler(StoreApp):
             existing = self.placement(req.sandbox_id)
             if existing is not None:
                 return existing, False
+            if req.pin_host_id:  # a fork runs where its snapshot is
+                alive = [x for x in alive if x == req.pin_host_id]
             hosts = [h for h in (self.host(x) for x in alive) if h is not None]
             chosen = choose_host(hosts, req.spec.vcpus, req.spec.memory_mib)
             if chosen is None:
@@ -116,6 +120,35 @@ class Scheduler(StoreApp):
                 p.command(_dump(cls(host_id=p.host_id, **common)), msg.event_id)
             try:
                 self._save(*to_save)
+                return
+            except IntegrityError:
+                continue
+
+    def route_snapshot(self, msg: SnapshotEvent) -> None:
+        """TakeSnapshot to the sandbox's host; DeleteSnapshot to where it was taken."""
+        ids = dict(op_id=msg.op_id, org_id=msg.org_id, sandbox_id=msg.sandbox_id,
+                   snapshot_id=msg.snapshot_id, traceparent=msg.traceparent)
+        for _ in range(RETRIES):
+            p = self.placement(msg.sandbox_id)
+            if p is None or msg.event_id in p.handled:
+                return
+            if msg.type == "SnapshotRequested":
+                host = self.host(p.host_id) if p.host_id and p.active else None
+                if host is None or host.status == "lost":
+                    p.command(_dump(SnapshotFailed(host_id=p.host_id, failure=Failure(
+                        code="not_running", message="the sandbox's host is gone"), **ids)),
+                        msg.event_id)
+                else:
+                    p.command(_dump(TakeSnapshot(host_id=p.host_id, **ids)), msg.event_id)
+            else:
+                where = getattr(msg, "host_id", None)
+                host = self.host(where) if where else None
+                if host is None or host.status == "lost":
+                    p.command(_dump(SnapshotDeleted(host_id=where, **ids)), msg.event_id)
+                else:
+                    p.command(_dump(DeleteSnapshot(host_id=where, **ids)), msg.event_id)
+            try:
+                self._save(p)
                 return
             except IntegrityError:
                 continue

@@ -38,6 +38,8 @@ def placement_handler(ctx):  # noqa: ANN001, ANN201 - SchedulerContext
                           "SandboxPauseRequested", "SandboxResumeRequested",
                           "SandboxStartRequested"):
             await asyncio.to_thread(app.route_intent, msg)
+        elif msg.type in ("SnapshotRequested", "SnapshotDeleteRequested"):
+            await asyncio.to_thread(app.route_snapshot, msg)
         elif msg.type in ("SandboxDestroyed", "SandboxFailed", "SandboxStopped"):
             await asyncio.to_thread(app.host_reported, msg)
     return handle

@@ -2,19 +2,22 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import re
+import secrets
+import shlex
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Awaitable, Callable, Protocol
 
 from services.host_agent.adapters.guest_image import ImagePaths, ensure_image
 from services.host_agent.application.ports import (
     ExecChunk, ExecRequest, ExecResult, FileEntry, ReconcileReport, ResourceRecorder,
-    VmInfo, VmSpec,
+    SnapshotInfo, VmInfo, VmSpec,
 )
 
 from . import procs
@@ -23,6 +26,10 @@ from .agent_client import AgentClient
 from .cmdline import VmLayout, kernel_cmdline, qemu_argv
 from .errors import AgentUnavailable, QmpError, VmBootTimeout, VmError, VmNotFound
 from .qmp import QmpClient
+from .templates import (
+    OVERLAY, STATE, TEMPLATE_MAC, LaunchParams, Template, TemplateInvalid, TemplateStore,
+    copy_file, key_inputs, read_manifest, template_key, validate_manifest, write_manifest,
+)
 
 log = logging.getLogger("corral.host_agent.qemu")
 SANDBOX_ID_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_-]{0,62}$")
@@ -31,6 +38,11 @@ HOSTNAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 # Resource kinds this driver records (value None = removed).
 K_DIR, K_OVERLAY, K_QMP, K_AGENT, K_PID, K_TAP, K_LEASE = (
     "dir", "overlay", "qmp_socket", "agent_socket", "pid", "tap", "lease")
+# Only recorded when they differ from the sandbox id (a VM adopted from the warm
+# pool keeps its QEMU `-name` and its network lease's key).
+K_VMNAME, K_NETID = "vm_name", "net_id"
+VM_META = "vm.json"  # in the VM dir: vm_name, net_id, launch params
+PoolClass = tuple[str, int, int]  # (image, vcpus, memory_mib)
 
 
 class NetLeaseLike(Protocol):
@@ -64,6 +76,31 @@ class _Vm:
     agent: AgentClient | None = None
     proc: asyncio.subprocess.Process | None = None  # None when adopted
     ip: str | None = None
+    launch: LaunchParams | None = None
+    vm_name: str = ""  # QEMU -name suffix and original dir name; "" = sandbox_id
+    net_id: str = ""   # key of the network lease; "" = sandbox_id
+    mac: str | None = None
+
+    def __post_init__(self) -> None:
+        self.vm_name = self.vm_name or self.sandbox_id
+        self.net_id = self.net_id or self.sandbox_id
+
+
+@dataclass
+class _PoolVm:
+    cls: PoolClass
+    vm: _Vm
+    lease: NetLeaseLike | None
+    template_key: str
+
+
+@dataclass
+class _PoolClassState:
+    target: int
+    ready: list[_PoolVm] = field(default_factory=list)
+    filling: int = 0
+    hits: int = 0
+    misses: int = 0
 
 
 class QemuDriver:

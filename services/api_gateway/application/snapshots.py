@@ -1,0 +1,89 @@
+"""Snapshot use cases on the gateway's store (mixed into SandboxLedger)."""
+from __future__ import annotations
+
+import uuid
+
+from eventsourcing.persistence import IntegrityError
+
+from contracts import Envelope
+from contracts.sandbox import SandboxSpec
+from contracts.snapshot import SnapshotDeleteRequested, SnapshotRequested
+
+from ..domain.snapshot import Snapshot
+from .errors import Conflict, NotFound, Unprocessable
+
+SNAPSHOT_FACTS = frozenset({"SnapshotCreated", "SnapshotFailed", "SnapshotDeleted"})
+
+
+def _uuid(text: str) -> uuid.UUID | None:
+    try:
+        return uuid.UUID(text)
+    except (ValueError, AttributeError, TypeError):
+        return None
+
+
+class SnapshotCases:
+    """Needs the StoreApp API: _get, _save, find."""
+
+    def find_snapshot(self, snapshot_id: str, org_id: str | None) -> Snapshot:
+        uid = _uuid(snapshot_id)
+        snap = self._get(uid) if uid else None
+        if not isinstance(snap, Snapshot) or (org_id is not None and snap.org_id != org_id):
+            raise NotFound("no such snapshot")
+        return snap
+
+    def request_snapshot(self, sandbox_id: str, org_id: str, name: str, op_id: str,
+                         traceparent: str | None) -> Snapshot:
+        sb = self.find(sandbox_id, org_id)
+        if sb.state != "running":
+            raise Conflict(f"snapshots are taken of running sandboxes; this one is {sb.state}")
+        msg = SnapshotRequested(op_id=op_id, org_id=org_id, sandbox_id=sandbox_id,
+                                snapshot_id=str(uuid.uuid4()), name=name,
+                                traceparent=traceparent)
+        snap = Snapshot(msg.model_dump(mode="json"))
+        self._save(snap)
+        return snap
+
+    def request_snapshot_delete(self, snapshot_id: str, org_id: str, op_id: str,
+                                traceparent: str | None) -> Snapshot:
+        for _ in range(10):
+            snap = self.find_snapshot(snapshot_id, org_id)
+            if snap.state in ("deleting", "deleted"):
+                return snap
+            snap.record_fact(SnapshotDeleteRequested(
+                op_id=op_id, org_id=org_id, sandbox_id=snap.sandbox_id, snapshot_id=snapshot_id,
+                host_id=snap.host_id, traceparent=traceparent).model_dump(mode="json"))
+            try:
+                self._save(snap)
+                return snap
+            except IntegrityError:
+                continue
+        raise Conflict("snapshot kept changing; retry")
+
+    def fork_source(self, spec: SandboxSpec, org_id: str) -> str | None:
+        """The host a fork must run on; validates the snapshot is the caller's."""
+        if not spec.snapshot_id:
+            return None
+        snap = self.find_snapshot(spec.snapshot_id, org_id)
+        if snap.state != "ready":
+            raise Conflict(f"snapshot is {snap.state}")
+        shape = snap.shape
+        if (spec.vcpus, spec.memory_mib, spec.image) != (shape["vcpus"], shape["memory_mib"],
+                                                          shape["image"]):
+            raise Unprocessable(f"a fork has its snapshot's shape: image {shape['image']}, "
+                                f"{shape['vcpus']} vCPU, {shape['memory_mib']} MiB")
+        return snap.host_id
+
+    def ingest_snapshot_fact(self, msg: Envelope) -> bool:
+        for _ in range(10):
+            snap = self.find_snapshot(msg.snapshot_id, None)
+            if snap.org_id != msg.org_id:
+                raise ValueError("fact's org does not own the snapshot")
+            if not snap.record_fact(msg.model_dump(mode="json")):
+                return False
+            try:
+                self._save(snap)
+                return True
+            except IntegrityError:
+                continue
+        raise Conflict("snapshot kept changing while ingesting")
