@@ -1,10 +1,13 @@
 """Boot benchmark: cold boot to guest-agent-ready, exec round trip, RSS, N at once.
 
-Two columns from one run, same image and accel:
+Columns from one run, same image and accel:
 - bare: QemuDriver directly (no gateway, bus, scheduler or network);
+- fast_start: create -> first exec answered at the driver level, side by side
+  for cold boot, restore from a template, and warm-pool assignment (p50/p95
+  over --fast-runs), plus --parallel restores at once;
 - platform: the whole stack as processes, REST create?wait=true then the first
   exec answered (includes TAP + nft set-up), plus exec round trips via REST.
-    python bench/boot.py --runs 10 --parallel 10 [--bare-only]
+    python bench/boot.py --runs 10 --parallel 10 --fast-runs 20 [--bare-only] [--skip-fast]
 """
 from __future__ import annotations
 
@@ -48,7 +51,7 @@ async def boot_one(d: QemuDriver, sid: str, mem: int, vcpus: int) -> tuple[float
 
 
 async def bare_column(a: argparse.Namespace, root: Path) -> dict:
-    d = QemuDriver(root)
+    d = QemuDriver(root, templates=False)  # this column is the cold path
     boots, rss, rtt, py = [], [], [], []
     for i in range(a.runs):
         sid = f"bench-{i}"
@@ -87,6 +90,82 @@ async def bare_column(a: argparse.Namespace, root: Path) -> dict:
             for s in sids:
                 await d.destroy(s, {})
     await d.close()
+    return out
+
+
+async def _create_to_first_exec(d: QemuDriver, spec: VmSpec) -> tuple[float, str]:
+    t0 = time.monotonic()
+    info = await d.start(spec, _noop)
+    r = await d.exec(spec.sandbox_id, ExecRequest(["true"]))
+    assert r.exit_code == 0
+    return (time.monotonic() - t0) * 1000, info.start_mode
+
+
+def _dist(xs: list[float]) -> dict:
+    return {"p50": pct(xs, 50), "p95": pct(xs, 95), "min": round(min(xs), 1),
+            "max": round(max(xs), 1), "n": len(xs)}
+
+
+async def fast_column(a: argparse.Namespace, root: Path) -> dict:
+    """Cold boot vs template restore vs warm-pool assignment, create -> first exec."""
+    cls = ("default", a.vcpus, a.memory)
+    d = QemuDriver(root / "vms", template_root=root / "templates")
+    out: dict = {"runs": a.fast_runs, "memory_mib": a.memory, "vcpus": a.vcpus}
+    try:
+        t0 = time.monotonic()
+        tpl = await d.ensure_template(*cls)
+        out["template"] = {"build_s": round(time.monotonic() - t0, 1),
+                           "save_ms": tpl.manifest.get("save_ms"),
+                           "state_mib": round(tpl.manifest["sizes"]["state"] / 2**20, 1),
+                           "overlay_kib": round(tpl.manifest["sizes"]["overlay.qcow2"] / 1024)}
+        modes: dict[str, list[float]] = {"cold": [], "restore": []}
+        for mode, cold in (("cold", True), ("restore", False)):
+            for i in range(a.fast_runs):
+                sid = f"fs-{mode}-{i}"
+                ms, got = await _create_to_first_exec(
+                    d, VmSpec(sid, None, vcpus=a.vcpus, memory_mib=a.memory, cold_boot=cold))
+                assert got == mode, (got, mode)
+                modes[mode].append(ms)
+                await d.destroy(sid, {})
+        out["cold_create_to_first_exec_ms"] = _dist(modes["cold"])
+        out["restore_create_to_first_exec_ms"] = _dist(modes["restore"])
+        if a.parallel:
+            sids = [f"fs-par-{i}" for i in range(a.parallel)]
+            t0 = time.monotonic()
+            try:
+                res = await asyncio.gather(*(_create_to_first_exec(
+                    d, VmSpec(s, None, vcpus=a.vcpus, memory_mib=a.memory)) for s in sids),
+                    return_exceptions=True)
+                ok = [r for r in res if not isinstance(r, BaseException)]
+                out["restore_parallel"] = {
+                    "n": a.parallel, "ok": len(ok),
+                    "all_first_exec_s": round(time.monotonic() - t0, 2),
+                    "per_vm_ms": _dist([ms for ms, _ in ok]) if ok else None,
+                    "modes": sorted({m for _, m in ok}),
+                    "errors": [repr(r) for r in res if isinstance(r, BaseException)]}
+            finally:
+                for s in sids:
+                    await d.destroy(s, {})
+    finally:
+        await d.close()
+    p = QemuDriver(root / "poolvms", template_root=root / "templates", warm_pool={cls: 1})
+    try:
+        pool_ms = []
+        for i in range(a.fast_runs):
+            await p.wait_pool_ready(300)
+            sid = f"fs-pool-{i}"
+            ms, got = await _create_to_first_exec(
+                p, VmSpec(sid, None, vcpus=a.vcpus, memory_mib=a.memory))
+            assert got == "pool", got
+            pool_ms.append(ms)
+            await p.destroy(sid, {})
+        out["pool_create_to_first_exec_ms"] = _dist(pool_ms)
+        out["pool_stats"] = p.pool_stats()
+    finally:
+        await p.close()
+    c50 = out["cold_create_to_first_exec_ms"]["p50"]
+    out["speedup_p50"] = {"restore": round(c50 / out["restore_create_to_first_exec_ms"]["p50"], 1),
+                          "pool": round(c50 / out["pool_create_to_first_exec_ms"]["p50"], 1)}
     return out
 
 
@@ -155,14 +234,21 @@ async def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--memory", type=int, default=256)
     ap.add_argument("--vcpus", type=int, default=1)
     ap.add_argument("--bare-only", action="store_true", help="skip the platform column")
+    ap.add_argument("--fast-runs", type=int, default=20,
+                    help="runs per mode in the fast_start column")
+    ap.add_argument("--skip-fast", action="store_true", help="skip the fast_start column")
+    ap.add_argument("--skip-bare", action="store_true", help="skip the bare cold column")
     a = ap.parse_args(argv)
     t0 = time.monotonic()
     img = await asyncio.to_thread(ensure_image)
     image_ready_s = round(time.monotonic() - t0, 1)
     with tempfile.TemporaryDirectory(prefix="cb-") as tmp:
-        result = {"image": img.digest[:16], "image_ready_s": image_ready_s,
-                  "bare": await bare_column(a, Path(tmp))}
-    if not a.bare_only:
+        result = {"image": img.digest[:16], "image_ready_s": image_ready_s}
+        if not a.skip_bare:
+            result["bare"] = await bare_column(a, Path(tmp) / "bare")
+        if not a.skip_fast:
+            result["fast_start"] = await fast_column(a, Path(tmp) / "fast")
+    if not a.bare_only and "bare" in result:
         plat = result["platform"] = await platform_column(a)
         bare_p50 = result["bare"]["boot_to_agent_ready_ms"]["p50"]
         plat_p50 = plat["create_to_first_exec_ms"]["p50"]

@@ -64,7 +64,20 @@ async def tail(url: str, a: argparse.Namespace, out=sys.stdout) -> int:  # noqa:
     loop = asyncio.get_running_loop()
     for sig, rc in ((signal.SIGINT, 130), (signal.SIGTERM, 143)):
         loop.add_signal_handler(sig, lambda rc=rc: (code.update(rc=rc), stop.set()))
-    nc = await nats.connect(url, connect_timeout=5, max_reconnect_attempts=-1)
+    errors: list[str] = []
+
+    async def on_error(e: Exception) -> None:  # quiet: one line at the end, no tracebacks
+        errors.append(str(e) or type(e).__name__)
+
+    async def on_closed() -> None:
+        if not stop.is_set():
+            code.update(rc=1)
+            stop.set()
+    try:
+        nc = await nats.connect(url, connect_timeout=3, reconnect_time_wait=1,
+                                max_reconnect_attempts=10, error_cb=on_error, closed_cb=on_closed)
+    except Exception as e:  # noqa: BLE001 - NoServersError, OSError, ...
+        raise ConfigError(f"cannot reach NATS at {url}: {errors[-1] if errors else e}") from None
     queue: asyncio.Queue = asyncio.Queue()
     try:
         js = nc.jetstream()
@@ -94,7 +107,11 @@ async def tail(url: str, a: argparse.Namespace, out=sys.stdout) -> int:  # noqa:
                 out.write((json.dumps(body) if a.json else line(body)) + "\n")
                 out.flush()
     finally:
+        stop.set()
         await nc.close()
+    if code["rc"] == 1:
+        print(f"corral: lost the NATS connection ({errors[-1] if errors else 'closed'})",
+              file=sys.stderr)
     return code["rc"]
 
 

@@ -7,13 +7,13 @@ request building, retries, error mapping and SSE parsing exist exactly once.
 """
 from __future__ import annotations
 
+import asyncio
 import codecs
 import inspect
 import json
 import random
 import re
 import time
-import asyncio
 from dataclasses import dataclass, field
 from typing import Any, Callable, Generator
 

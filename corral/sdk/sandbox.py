@@ -149,9 +149,25 @@ class _SandboxBase:
         call = h.Call("GET", f"/v1/sandboxes/{self.id}")
         return self._run(self._then(h.request(call, self._retry), self._adopt))
 
-    def stop(self):  # noqa: ANN201
-        call = h.Call("POST", f"/v1/sandboxes/{self.id}/stop")
+    def _action(self, verb: str, body: dict | None = None):  # noqa: ANN202
+        call = h.Call("POST", f"/v1/sandboxes/{self.id}/{verb}", json=body)
         return self._run(self._then(h.request(call), self._adopt))
+
+    def stop(self):  # noqa: ANN201 - self (state updated), or awaitable
+        return self._action("stop")
+
+    def start(self):  # noqa: ANN201
+        return self._action("start")
+
+    def pause(self):  # noqa: ANN201
+        return self._action("pause")
+
+    def resume(self):  # noqa: ANN201
+        return self._action("resume")
+
+    def set_ttl(self, ttl_seconds: int):  # noqa: ANN201
+        """Extend the lease: the sandbox now expires `ttl_seconds` from now."""
+        return self._action("ttl", {"ttl_seconds": ttl_seconds})
 
     def kill(self, wait: bool = False, timeout: float = 60):  # noqa: ANN201
         """DELETE the sandbox; with wait=True, until its state is `destroyed`."""

@@ -379,3 +379,17 @@ def test_progress_spins_only_on_a_tty():
         pass
     assert "creating" in tty.getvalue() and tty.getvalue().endswith("\r\033[K")
     assert pipe.getvalue() == ""
+
+
+def test_lifecycle_actions_update_the_info():
+    seen = []
+
+    def handler(req):
+        seen.append((req.url.path.rsplit("/", 1)[-1], req.content))
+        return httpx.Response(202, json={**INFO, "state": "stopping"})
+    sb = client(handler)
+    for verb in ("stop", "start", "pause", "resume"):
+        assert getattr(sb, verb)() is sb and sb.state == "stopping"
+    sb.set_ttl(900)
+    assert [v for v, _ in seen] == ["stop", "start", "pause", "resume", "ttl"]
+    assert json.loads(seen[-1][1]) == {"ttl_seconds": 900}

@@ -99,13 +99,21 @@ class AgentClient:
         return h
 
     async def configure(self, env: dict[str, str] | None = None, hostname: str | None = None,
-                        entropy: bytes = b"") -> None:
+                        entropy: bytes = b"", time_ns: int | None = None,
+                        net: dict | None = None) -> dict:
+        """Sandbox-wide state; after a restore also the clone's identity: `entropy`
+        (credited to the kernel pool + CRNG reseed), wall clock, eth0 MAC/IP/route."""
         hdr: dict = {"op": "configure"}
         if env is not None:
             hdr["env"] = env
         if hostname:
             hdr["hostname"] = hostname
-        await self.request(hdr, entropy)
+        if time_ns is not None:
+            hdr["time_ns"] = int(time_ns)
+        if net is not None:
+            hdr["net"] = net
+        h, _ = await self.request(hdr, entropy)
+        return h
 
     async def exec(self, req: ExecRequest,
                    on_chunk: Callable[[ExecChunk], Awaitable[None]] | None = None) -> ExecResult:

@@ -80,6 +80,8 @@ class _Vm:
     vm_name: str = ""  # QEMU -name suffix and original dir name; "" = sandbox_id
     net_id: str = ""   # key of the network lease; "" = sandbox_id
     mac: str | None = None
+    pending: bool = False  # restored, identity not yet handed off
+    hostname: str | None = None
 
     def __post_init__(self) -> None:
         self.vm_name = self.vm_name or self.sandbox_id
@@ -107,14 +109,39 @@ class QemuDriver:
     def __init__(self, state_root: str | Path = ".corral/host/vms", *,
                  network: Network | None = None,
                  image_resolver: Callable[[str], ImagePaths] = ensure_image,
-                 accel: str | None = None, boot_timeout_s: float | None = None) -> None:
+                 accel: str | None = None, boot_timeout_s: float | None = None,
+                 template_root: str | Path | None = None, templates: bool = True,
+                 warm_pool: dict[PoolClass, int] | None = None,
+                 restore_timeout_s: float | None = None,
+                 build_retry_s: float = 300.0) -> None:
+        """`templates`: restore creates from snapshot templates (built in the
+        background after the first cold boot of a class). `warm_pool`:
+        {(image, vcpus, memory_mib): n} restored-but-unassigned VMs kept paused."""
         self.state_root = Path(state_root).resolve()
         self.network = network
         self._resolve_image = image_resolver
         self._forced_accel = accel
         self.accel = accel or "tcg"  # updated by the first probe
         self._boot_timeout = boot_timeout_s
+        self._restore_timeout = restore_timeout_s
         self._vms: dict[str, _Vm] = {}
+        self.templates_enabled = templates
+        self.store = TemplateStore(Path(template_root).resolve() if template_root
+                                   else self.state_root.parent / "templates")
+        self._tpl_locks: dict[str, asyncio.Lock] = {}
+        self._build_failed: dict[PoolClass, float] = {}
+        self._build_retry_s = build_retry_s
+        self._bg_sem: asyncio.Semaphore | None = None  # one background boot/restore
+        self._bg_pending: set[PoolClass] = set()
+        self._bg_tasks: set[asyncio.Task] = set()
+        self._internal: set[str] = set()  # vm names of template/pool VMs alive here
+        self._pool: dict[PoolClass, _PoolClassState] = {
+            tuple(k): _PoolClassState(int(n)) for k, n in (warm_pool or {}).items()
+            if int(n) > 0}
+        self._pool_task: asyncio.Task | None = None
+        self._pool_wake: asyncio.Event | None = None
+        self._creating = 0
+        self._closed = False
 
     # -- helpers --------------------------------------------------------------
     def _layout(self, sandbox_id: str) -> VmLayout:
@@ -142,6 +169,11 @@ class QemuDriver:
             return self._boot_timeout
         return float(os.environ.get("CORRAL_BOOT_TIMEOUT", "30" if accel == "kvm" else "90"))
 
+    def restore_timeout(self) -> float:
+        if self._restore_timeout is not None:
+            return self._restore_timeout
+        return float(os.environ.get("CORRAL_RESTORE_TIMEOUT", "20"))
+
     async def _image(self, name: str) -> ImagePaths:
         return await asyncio.to_thread(self._resolve_image, name)
 
@@ -151,17 +183,93 @@ class QemuDriver:
         self.accel = await choose_accel(img.kernel, img.initrd)
         return self.accel
 
+    def _argv(self, vm_name: str, layout: VmLayout, launch: LaunchParams,
+              tap: str | None) -> list[str]:
+        return qemu_argv(sandbox_id=vm_name, layout=layout, kernel=Path(launch.kernel),
+                         initrd=Path(launch.initrd), accel=launch.accel, vcpus=launch.vcpus,
+                         memory_mib=launch.memory_mib, append=launch.append,
+                         tap=tap if launch.net else None, mac=launch.mac if launch.net else None)
+
+    def _argv_shape(self, launch: LaunchParams) -> list[str]:
+        """The argv with per-VM names and paths as placeholders (for the template key)."""
+        return self._argv("VM", VmLayout(Path("/VMDIR")), launch, "TAP")
+
+    def _template_launch(self, image: str, img: ImagePaths, accel: str, vcpus: int,
+                         memory_mib: int) -> LaunchParams:
+        net = self.network is not None
+        return LaunchParams(image, img.digest, str(img.kernel), str(img.initrd), accel, vcpus,
+                            memory_mib, kernel_cmdline(accel), net,
+                            TEMPLATE_MAC if net else None)
+
+    async def _spawn(self, argv: list[str], layout: VmLayout) -> asyncio.subprocess.Process:
+        with open(layout.qemu_log, "wb") as logf:
+            return await asyncio.create_subprocess_exec(
+                *argv, stdin=asyncio.subprocess.DEVNULL, stdout=logf, stderr=logf,
+                start_new_session=True)
+
+    @staticmethod
+    def _write_meta(vm: _Vm) -> None:
+        meta = {"vm_name": vm.vm_name, "net_id": vm.net_id,
+                "launch": vm.launch.to_dict() if vm.launch else None,
+                "pending_identity": vm.pending, "hostname": vm.hostname}
+        tmp = vm.layout.dir / (VM_META + ".tmp")
+        tmp.write_text(json.dumps(meta))
+        os.rename(tmp, vm.layout.dir / VM_META)
+
+    @staticmethod
+    def _read_meta(d: Path) -> dict:
+        try:
+            return json.loads((d / VM_META).read_text())
+        except (OSError, ValueError):
+            return {}
+
     # -- lifecycle ------------------------------------------------------------
     async def start(self, spec: VmSpec, record: ResourceRecorder) -> VmInfo:
         t0 = time.monotonic()
         sid = spec.sandbox_id
-        layout = self._layout(sid)
+        self._layout(sid)
         if not (1 <= spec.vcpus <= 64) or not (64 <= spec.memory_mib <= 65536):
             raise ValueError("vcpus or memory_mib out of range")
         if sid in self._vms:
             raise VmError(f"{sid} is already running")
-        img = await self._image(spec.image)
-        accel = await self._accel_for(img)
+        if spec.snapshot_dir and spec.reuse_disk:
+            raise ValueError("snapshot_dir and reuse_disk are exclusive")
+        self._ensure_background()
+        self._creating += 1
+        try:
+            img = await self._image(spec.image)
+            accel = await self._accel_for(img)
+            if spec.snapshot_dir:  # a fork: no fallback, the state is the point
+                return await self._start_fork(spec, record, img, accel, t0)
+            cls: PoolClass = (spec.image, spec.vcpus, spec.memory_mib)
+            tpl = None
+            if self.templates_enabled and not spec.cold_boot and not spec.reuse_disk:
+                info = await self._try_pool(cls, spec, record, t0)
+                if info is not None:
+                    return info
+                try:
+                    tpl = await self.find_template(spec.image, spec.vcpus, spec.memory_mib)
+                except Exception as e:  # noqa: BLE001 - no template: cold boot
+                    log.warning("template lookup failed: %r", e, extra={"sandbox_id": sid})
+                if tpl is not None:
+                    try:
+                        return await self._start_restore(spec, record, tpl.launch, tpl.state,
+                                                         tpl.overlay, tpl.key, t0)
+                    except Exception as e:  # noqa: BLE001 - compensated; fall back
+                        log.warning("restore from template failed; cold boot instead",
+                                    extra={"sandbox_id": sid, "template": tpl.key[:16],
+                                           "error": repr(e)})
+            info = await self._start_cold(spec, record, img, accel, t0)
+            if (self.templates_enabled and tpl is None and not spec.cold_boot
+                    and not spec.reuse_disk):
+                self._schedule_build(cls)
+            return info
+        finally:
+            self._creating -= 1
+            self._wake_pool()
+
+    def _rec_for(self, sid: str, record: ResourceRecorder
+                 ) -> tuple[dict[str, str], Callable[[str, str | None], Awaitable[None]]]:
         created: dict[str, str] = {}
 
         async def rec(kind: str, value: str | None) -> None:
@@ -170,8 +278,15 @@ class QemuDriver:
             else:
                 created[kind] = value
             await record(sid, kind, value)
+        return created, rec
 
+    async def _start_cold(self, spec: VmSpec, record: ResourceRecorder, img: ImagePaths,
+                          accel: str, t0: float) -> VmInfo:
+        sid = spec.sandbox_id
+        layout = self._layout(sid)
+        created, rec = self._rec_for(sid, record)
         vm: _Vm | None = None
+        net_id = sid
         try:
             self.state_root.mkdir(parents=True, exist_ok=True)
             reuse = spec.reuse_disk and layout.overlay.exists()
@@ -180,34 +295,38 @@ class QemuDriver:
             if reuse:  # a restart: same disk, fresh sockets
                 layout.qmp.unlink(missing_ok=True)
                 layout.agent.unlink(missing_ok=True)
+                meta = self._read_meta(layout.dir)
+                if meta.get("vm_name") not in (None, sid):
+                    await rec(K_VMNAME, None)  # the new QEMU is named after the sandbox
+                if meta.get("net_id") and meta["net_id"] != sid:  # adopted from the pool
+                    net_id = meta["net_id"]
+                    await rec(K_NETID, net_id)
             else:
                 await _run("qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw",
                            "-b", str(img.rootfs), str(layout.overlay))
             await rec(K_OVERLAY, str(layout.overlay))
             lease = None
             if self.network is not None:
-                await rec(K_LEASE, f"pending|{sid}")  # before it exists: a crash now leaves a key
-                lease = await self.network.allocate(sid, spec.egress)
+                await rec(K_LEASE, f"pending|{net_id}")  # before it exists: a crash leaves a key
+                lease = await self.network.allocate(net_id, spec.egress)
                 await rec(K_TAP, lease.tap)
                 await rec(K_LEASE, lease_record(lease))
             hostname = spec.name if spec.name and HOSTNAME_RE.match(spec.name) else None
             append = kernel_cmdline(accel, lease.ip if lease else None,
                                     lease.gateway if lease else None,
                                     lease.prefix_len if lease else None, hostname)
-            argv = qemu_argv(sandbox_id=sid, layout=layout, kernel=img.kernel,
-                             initrd=img.initrd, accel=accel, vcpus=spec.vcpus,
-                             memory_mib=spec.memory_mib, append=append,
-                             tap=lease.tap if lease else None, mac=lease.mac if lease else None)
+            launch = LaunchParams(spec.image, img.digest, str(img.kernel), str(img.initrd),
+                                  accel, spec.vcpus, spec.memory_mib, append,
+                                  lease is not None, lease.mac if lease else None)
+            argv = self._argv(sid, layout, launch, lease.tap if lease else None)
             await rec(K_QMP, str(layout.qmp))
             await rec(K_AGENT, str(layout.agent))
-            with open(layout.qemu_log, "wb") as logf:
-                proc = await asyncio.create_subprocess_exec(
-                    *argv, stdin=asyncio.subprocess.DEVNULL, stdout=logf, stderr=logf,
-                    start_new_session=True)
-            vm = _Vm(sid, layout, proc.pid, accel, proc=proc,
-                     ip=lease.ip if lease else None)
+            proc = await self._spawn(argv, layout)
+            vm = _Vm(sid, layout, proc.pid, accel, proc=proc, ip=lease.ip if lease else None,
+                     launch=launch, net_id=net_id, mac=lease.mac if lease else None)
             self._vms[sid] = vm
             await rec(K_PID, str(proc.pid))
+            self._write_meta(vm)
             await self._connect(vm, self.boot_timeout(accel))
             await vm.agent.configure(env=dict(spec.env), hostname=hostname)
         except BaseException as e:
@@ -217,13 +336,104 @@ class QemuDriver:
             self._vms.pop(sid, None)
             await asyncio.shield(self._teardown(sid, layout, vm, created, rec))
             raise
-        boot_ms = int((time.monotonic() - t0) * 1000)
-        log.info("VM ready", extra={"sandbox_id": sid, "pid": vm.pid, "accel": accel,
-                                    "boot_ms": boot_ms})
-        return VmInfo(sid, vm.pid, accel, vm.ip, boot_ms)
+        return self._ready(vm, "cold", t0, None)
 
-    async def _connect(self, vm: _Vm, timeout: float) -> None:
-        """QMP then agent hello, failing fast if QEMU exits."""
+    def _ready(self, vm: _Vm, mode: str, t0: float, source: str | None) -> VmInfo:
+        boot_ms = int((time.monotonic() - t0) * 1000)
+        log.info("VM ready", extra={"sandbox_id": vm.sandbox_id, "pid": vm.pid,
+                                    "accel": vm.accel, "boot_ms": boot_ms,
+                                    "start_mode": mode, "source": source})
+        return VmInfo(vm.sandbox_id, vm.pid, vm.accel, vm.ip, boot_ms, mode, vm.mac, source)
+
+    async def _start_restore(self, spec: VmSpec, record: ResourceRecorder,
+                             launch: LaunchParams, state: Path, overlay: Path,
+                             source: str, t0: float) -> VmInfo:
+        """Restore a template or snapshot as sandbox `spec.sandbox_id` with its own identity."""
+        sid = spec.sandbox_id
+        layout = self._layout(sid)
+        created, rec = self._rec_for(sid, record)
+        vm: _Vm | None = None
+        try:
+            if launch.net != (self.network is not None):
+                raise VmError("snapshot device model and driver network disagree")
+            self.state_root.mkdir(parents=True, exist_ok=True)
+            layout.dir.mkdir(mode=0o700)
+            await rec(K_DIR, str(layout.dir))
+            await rec(K_OVERLAY, str(layout.overlay))
+            await asyncio.to_thread(copy_file, overlay, layout.overlay)
+            lease = None
+            if self.network is not None:
+                await rec(K_LEASE, f"pending|{sid}")
+                lease = await self.network.allocate(sid, spec.egress)
+                await rec(K_TAP, lease.tap)
+                await rec(K_LEASE, lease_record(lease))
+            argv = self._argv(sid, layout, launch, lease.tap if lease else None)
+            argv += ["-incoming", "exec:cat " + shlex.quote(str(state))]
+            await rec(K_QMP, str(layout.qmp))
+            await rec(K_AGENT, str(layout.agent))
+            proc = await self._spawn(argv, layout)
+            vm = _Vm(sid, layout, proc.pid, launch.accel, proc=proc,
+                     ip=lease.ip if lease else None, launch=launch,
+                     mac=lease.mac if lease else None, pending=True, hostname=_host(spec))
+            self._vms[sid] = vm
+            await rec(K_PID, str(proc.pid))
+            self._write_meta(vm)
+            await self._connect(vm, self.restore_timeout(), incoming=True)
+            await self._activate(vm, spec, lease)
+        except BaseException as e:
+            log.warning("restore failed; cleaning up",
+                        extra={"sandbox_id": sid, "error": repr(e),
+                               "qemu_log": _tail(layout.qemu_log, 500)})
+            self._vms.pop(sid, None)
+            await asyncio.shield(self._teardown(sid, layout, vm, created, rec))
+            raise
+        return self._ready(vm, "restore", t0, source)
+
+    async def _activate(self, vm: _Vm, spec: VmSpec, lease: NetLeaseLike | None) -> None:
+        """Run a restored (paused) guest and hand it its identity before anyone uses it."""
+        t0 = time.monotonic()
+        await vm.qmp.execute("cont")
+        try:
+            await vm.agent.handshake(self.restore_timeout())
+        except TimeoutError:
+            raise VmBootTimeout("restored guest agent did not answer hello") from None
+        t1 = time.monotonic()
+        hostname = spec.name if spec.name and HOSTNAME_RE.match(spec.name) else None
+        net = None
+        if lease is not None:
+            net = {"mac": lease.mac, "ip": lease.ip, "prefix_len": lease.prefix_len,
+                   "gateway": lease.gateway}
+        await vm.agent.configure(env=dict(spec.env), hostname=hostname,
+                                 entropy=os.urandom(256), time_ns=time.time_ns(), net=net)
+        vm.pending = False
+        await asyncio.to_thread(self._write_meta, vm)
+        log.info("identity handed off", extra={
+            "sandbox_id": vm.sandbox_id, "hello_ms": int((t1 - t0) * 1000),
+            "configure_ms": int((time.monotonic() - t1) * 1000)})
+
+    async def _start_fork(self, spec: VmSpec, record: ResourceRecorder, img: ImagePaths,
+                          accel: str, t0: float) -> VmInfo:
+        d = Path(spec.snapshot_dir).resolve()
+        m = await asyncio.to_thread(read_manifest, d)
+        launch = validate_manifest(m, d)  # TemplateInvalid is a ValueError
+        if (launch.vcpus, launch.memory_mib) != (spec.vcpus, spec.memory_mib):
+            raise ValueError(f"snapshot is {launch.vcpus} vcpus/{launch.memory_mib} MiB, "
+                             f"spec asks {spec.vcpus}/{spec.memory_mib}")
+        if launch.image != spec.image:
+            raise ValueError(f"snapshot is of image {launch.image!r}, spec asks {spec.image!r}")
+        if launch.accel != accel:
+            raise ValueError(f"snapshot was taken under {launch.accel}, host runs {accel}")
+        if launch.net != (self.network is not None):
+            raise ValueError("snapshot and driver disagree about networking")
+        want = key_inputs(launch, self._argv_shape(launch))
+        if m.get("inputs") != want:
+            raise ValueError("snapshot is for another kernel, initrd, QEMU or device model")
+        return await self._start_restore(spec, record, launch, d / STATE, d / OVERLAY,
+                                         str(d), t0)
+
+    async def _connect(self, vm: _Vm, timeout: float, incoming: bool = False) -> None:
+        """QMP then agent hello (or, for an incoming migration, wait until it is
+        loaded: the guest stays paused), failing fast if QEMU exits."""
         exited = asyncio.ensure_future(procs.wait_exit(vm.pid, timeout + 5))
 
         async def connect() -> None:
@@ -231,9 +441,20 @@ class QemuDriver:
             while not vm.layout.qmp.exists():  # QEMU creates it early in start-up
                 if exited.done() or time.monotonic() > deadline:
                     raise VmError("QMP socket never appeared")
-                await asyncio.sleep(0.01)
+                await asyncio.sleep(0.005)
             vm.qmp = await QmpClient.connect(str(vm.layout.qmp))
             vm.agent = await AgentClient.connect(str(vm.layout.agent))
+            if incoming:
+                while True:
+                    st = await vm.qmp.status()
+                    if st != "inmigrate":
+                        break
+                    if time.monotonic() > deadline:
+                        raise VmBootTimeout("incoming migration did not finish")
+                    await asyncio.sleep(0.005)
+                if st not in ("paused", "running", "postmigrate", "prelaunch"):
+                    raise VmError(f"restored VM in state {st}")
+                return
             try:
                 await vm.agent.handshake(max(1.0, deadline - time.monotonic()))
             except TimeoutError:
@@ -257,13 +478,15 @@ class QemuDriver:
                         rec: Callable[[str, str | None], Awaitable[None]] | None) -> None:
         """Kill QEMU and remove every recorded object, in reverse order of creation."""
         resources = dict(resources)
+        vm_name = resources.get(K_VMNAME) or (vm.vm_name if vm else sid)
+        net_id = resources.get(K_NETID) or (vm.net_id if vm else sid)
         if vm is not None:
             for c in (vm.agent, vm.qmp):
                 if c is not None:
                     await c.close()
         pid = int(resources[K_PID]) if resources.get(K_PID) else (vm.pid if vm else None)
         if pid:
-            await procs.kill_verified(pid, sid, self.state_root)
+            await procs.kill_verified(pid, vm_name, self.state_root)
             if vm is not None and vm.proc is not None:
                 await vm.proc.wait()
         if rec and K_PID in resources:
@@ -274,15 +497,18 @@ class QemuDriver:
                 if rec:
                     await rec(kind, None)
         if (K_TAP in resources or K_LEASE in resources) and self.network is not None:
-            await self.network.release(sid)
+            await self.network.release(net_id)
             if rec:
                 for kind in (K_TAP, K_LEASE):
                     if kind in resources:
                         await rec(kind, None)
-        if layout.dir.exists():
-            shutil.rmtree(layout.dir, ignore_errors=True)
-        if rec and K_DIR in resources:
-            await rec(K_DIR, None)
+        for d in {layout.dir, self.state_root / vm_name}:
+            if d.exists() and SANDBOX_ID_RE.match(d.name):
+                shutil.rmtree(d, ignore_errors=True)
+        if rec:
+            for kind in (K_VMNAME, K_NETID, K_DIR):
+                if kind in resources:
+                    await rec(kind, None)
 
     async def stop(self, sandbox_id: str) -> None:
         """Power the VM off (QEMU exits); files stay until destroy."""
@@ -299,7 +525,7 @@ class QemuDriver:
             await vm.qmp.quit()
             await vm.qmp.close()
         if not await procs.wait_exit(vm.pid, 5.0):
-            await procs.kill_verified(vm.pid, sandbox_id, self.state_root)
+            await procs.kill_verified(vm.pid, vm.vm_name, self.state_root)
         if vm.proc is not None:
             await vm.proc.wait()
 
@@ -328,9 +554,323 @@ class QemuDriver:
 
     async def is_alive(self, sandbox_id: str, resources: dict[str, str]) -> bool:
         pid = resources.get(K_PID)
-        if pid is None and sandbox_id in self._vms:
-            pid = str(self._vms[sandbox_id].pid)
-        return bool(pid) and procs.is_ours(int(pid), sandbox_id, self.state_root)
+        vm = self._vms.get(sandbox_id)
+        if pid is None and vm is not None:
+            pid = str(vm.pid)
+        name = resources.get(K_VMNAME) or (vm.vm_name if vm else sandbox_id)
+        return bool(pid) and procs.is_ours(int(pid), name, self.state_root)
+
+    # -- templates ----------------------------------------------------------------
+    async def _template_key(self, image: str, vcpus: int, memory_mib: int
+                            ) -> tuple[str, str, dict, LaunchParams]:
+        img = await self._image(image)
+        accel = await self._accel_for(img)
+        launch = self._template_launch(image, img, accel, vcpus, memory_mib)
+        inputs = await asyncio.to_thread(key_inputs, launch, self._argv_shape(launch))
+        return (TemplateStore.class_name(image, vcpus, memory_mib), template_key(inputs),
+                inputs, launch)
+
+    async def find_template(self, image: str = "default", vcpus: int = 1,
+                            memory_mib: int = 256) -> Template | None:
+        """The valid template for this class and the current inputs, or None."""
+        cls, key, inputs, _ = await self._template_key(image, vcpus, memory_mib)
+        return await asyncio.to_thread(self.store.find, cls, key, inputs)
+
+    async def ensure_template(self, image: str = "default", vcpus: int = 1,
+                              memory_mib: int = 256) -> Template:
+        """Build (once, across processes) and return the template for this class."""
+        cls, key, inputs, launch = await self._template_key(image, vcpus, memory_mib)
+        if (t := await asyncio.to_thread(self.store.find, cls, key, inputs)) is not None:
+            return t
+        async with self._tpl_locks.setdefault(key, asyncio.Lock()):
+            lk = self.store.lock(key)
+            await asyncio.to_thread(lk.acquire)
+            try:  # the loser of the race reuses the winner's result
+                if (t := await asyncio.to_thread(self.store.find, cls, key, inputs)) is not None:
+                    return t
+                return await self._build_template(cls, key, inputs, launch)
+            finally:
+                lk.release()
+
+    async def _build_template(self, cls: str, key: str, inputs: dict,
+                              launch: LaunchParams) -> Template:
+        t0 = time.monotonic()
+        vm_name = f"tpl-{key[:12]}"
+        layout = self._layout(vm_name)
+        # Leftovers of a builder that was killed: its QEMU, its VM dir, its temp dirs.
+        if (pid := procs.find_ours(self.state_root).get(vm_name)) is not None:
+            await procs.kill_verified(pid, vm_name, self.state_root)
+        shutil.rmtree(layout.dir, ignore_errors=True)
+        await asyncio.to_thread(self.store.clean_builds, key)
+        build = await asyncio.to_thread(self.store.new_build_dir, key)
+        self._internal.add(vm_name)
+        vm: _Vm | None = None
+        try:
+            self.state_root.mkdir(parents=True, exist_ok=True)
+            layout.dir.mkdir(mode=0o700)
+            img = await self._image(launch.image)
+            await _run("qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw",
+                       "-b", str(img.rootfs), str(layout.overlay))
+            # The template NIC's TAP is made by QEMU itself (not persistent, on no
+            # bridge): it goes away with the template VM.
+            argv = self._argv(vm_name, layout, launch, f"crt{key[:12]}")
+            proc = await self._spawn(argv, layout)
+            vm = _Vm(vm_name, layout, proc.pid, launch.accel, proc=proc, launch=launch)
+            await self._connect(vm, self.boot_timeout(launch.accel))
+            boot_ms = int((time.monotonic() - t0) * 1000)
+            save_ms = await save_state(vm.qmp, build / STATE)
+            await asyncio.to_thread(copy_file, layout.overlay, build / OVERLAY)
+            m = await asyncio.to_thread(
+                write_manifest, build, kind="template", key=key, inputs=inputs, launch=launch,
+                extra={"class": cls, "boot_ms": boot_ms, "save_ms": save_ms,
+                       "build_ms": int((time.monotonic() - t0) * 1000)})
+            final = await asyncio.to_thread(self.store.publish, build, cls, key)
+            pruned = await asyncio.to_thread(self.store.prune_class, cls, key)
+            log.info("template built", extra={"class": cls, "key": key[:16],
+                                              "build_ms": m["build_ms"], "save_ms": save_ms,
+                                              "sizes": m["sizes"],
+                                              "pruned": [p.name for p in pruned]})
+            return Template(key, final, launch, m)
+        finally:
+            await asyncio.shield(self._discard(vm, layout))
+            self._internal.discard(vm_name)
+            shutil.rmtree(build, ignore_errors=True)
+
+    async def _discard(self, vm: _Vm | None, layout: VmLayout) -> None:
+        """Kill an internal (template or pool) VM and remove its directory."""
+        if vm is not None:
+            for c in (vm.agent, vm.qmp):
+                if c is not None:
+                    await c.close()
+            await procs.kill_verified(vm.pid, vm.vm_name, self.state_root, term_timeout=1.0)
+            if vm.proc is not None:
+                await vm.proc.wait()
+        shutil.rmtree(layout.dir, ignore_errors=True)
+
+    def _schedule_build(self, cls: PoolClass) -> None:
+        """Background template build for a class (one at a time per driver)."""
+        if cls in self._bg_pending or self._closed:
+            return
+        if time.monotonic() - self._build_failed.get(cls, -1e9) < self._build_retry_s:
+            return
+        self._bg_pending.add(cls)
+
+        async def run() -> None:
+            try:
+                async with self._bg_sem:
+                    await self.ensure_template(*cls)
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # noqa: BLE001 - creates keep cold-booting
+                self._build_failed[cls] = time.monotonic()
+                log.warning("background template build failed", extra={
+                    "class": cls, "error": repr(e)})
+            finally:
+                self._bg_pending.discard(cls)
+        self._spawn_bg(run())
+
+    def _spawn_bg(self, coro) -> asyncio.Task:  # noqa: ANN001
+        t = asyncio.ensure_future(coro)
+        self._bg_tasks.add(t)
+        t.add_done_callback(self._bg_tasks.discard)
+        return t
+
+    def _ensure_background(self) -> None:
+        if self._bg_sem is None:
+            self._bg_sem = asyncio.Semaphore(1)
+            self._pool_wake = asyncio.Event()
+        if self._pool and self._pool_task is None and not self._closed:
+            self._pool_task = self._spawn_bg(self._pool_loop())
+
+    # -- snapshots (fork) -----------------------------------------------------------
+    async def snapshot(self, sandbox_id: str, dest_dir: str | Path) -> SnapshotInfo:
+        """Live snapshot: stop, save state, copy the overlay, continue. The
+        sandbox keeps running; `start(VmSpec(..., snapshot_dir=dest_dir))` forks it."""
+        vm = self._vm(sandbox_id)
+        launch = vm.launch or (LaunchParams.from_dict(m) if (
+            m := self._read_meta(vm.layout.dir).get("launch")) else None)
+        if launch is None:
+            raise VmError(f"{sandbox_id}: launch parameters unknown; cannot snapshot")
+        dest = Path(dest_dir).resolve()
+        if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
+            raise FileExistsError(f"{dest} exists and is not empty")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.parent / f".{dest.name}.tmp-{secrets.token_hex(4)}"
+        tmp.mkdir(mode=0o700)
+        try:
+            inputs = await asyncio.to_thread(key_inputs, launch, self._argv_shape(launch))
+            was = await vm.qmp.status()
+            t0 = time.monotonic()
+            try:
+                await save_state(vm.qmp, tmp / STATE)
+                await asyncio.to_thread(copy_file, vm.layout.overlay, tmp / OVERLAY)
+            finally:
+                if was == "running":
+                    await vm.qmp.execute("cont")
+            paused_ms = int((time.monotonic() - t0) * 1000)
+            m = await asyncio.to_thread(
+                write_manifest, tmp, kind="snapshot", key=None, inputs=inputs, launch=launch,
+                extra={"sandbox_id": sandbox_id, "paused_ms": paused_ms})
+            if dest.exists():
+                dest.rmdir()
+            os.rename(tmp, dest)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        log.info("snapshot taken", extra={"sandbox_id": sandbox_id, "dir": str(dest),
+                                          "paused_ms": paused_ms, "sizes": m["sizes"]})
+        return SnapshotInfo(sandbox_id, str(dest), launch.image, launch.vcpus,
+                            launch.memory_mib, m["sizes"][STATE], m["sizes"][OVERLAY],
+                            paused_ms)
+
+    # -- warm pool --------------------------------------------------------------------
+    def pool_stats(self) -> dict:
+        return {f"{c[0]}/{c[1]}/{c[2]}": {"target": s.target, "ready": len(s.ready),
+                                          "filling": s.filling, "hits": s.hits,
+                                          "misses": s.misses}
+                for c, s in self._pool.items()}
+
+    async def wait_pool_ready(self, timeout: float = 120.0) -> None:
+        """Until every pool class holds its target (tests, bench)."""
+        self._ensure_background()
+        deadline = time.monotonic() + timeout
+        while any(len(s.ready) < s.target for s in self._pool.values()):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"warm pool not full: {self.pool_stats()}")
+            self._wake_pool()
+            await asyncio.sleep(0.1)
+
+    def _wake_pool(self) -> None:
+        if self._pool_wake is not None:
+            self._pool_wake.set()
+
+    async def _try_pool(self, cls: PoolClass, spec: VmSpec, record: ResourceRecorder,
+                        t0: float) -> VmInfo | None:
+        st = self._pool.get(cls)
+        if st is None:
+            return None
+        while st.ready:
+            pv = st.ready.pop(0)
+            try:
+                info = await self._start_from_pool(pv, spec, record, t0)
+                st.hits += 1
+                return info
+            except Exception as e:  # noqa: BLE001 - compensated; try the next path
+                log.warning("pool assignment failed; falling back",
+                            extra={"sandbox_id": spec.sandbox_id, "error": repr(e)})
+        st.misses += 1
+        return None
+
+    async def _start_from_pool(self, pv: _PoolVm, spec: VmSpec, record: ResourceRecorder,
+                               t0: float) -> VmInfo:
+        sid = spec.sandbox_id
+        vm, lease = pv.vm, pv.lease
+        layout = self._layout(sid)
+        created, rec = self._rec_for(sid, record)
+        old_layout = vm.layout
+        try:
+            if layout.dir.exists():
+                raise VmError(f"{layout.dir} exists")
+            # Record first (under the sandbox id), then move: a crash in between
+            # leaves records reconcile can act on either way.
+            await rec(K_VMNAME, vm.vm_name)
+            await rec(K_NETID, vm.net_id)
+            await rec(K_DIR, str(layout.dir))
+            await rec(K_OVERLAY, str(layout.overlay))
+            if lease is not None:
+                await rec(K_TAP, lease.tap)
+                await rec(K_LEASE, lease_record(lease))
+            await rec(K_QMP, str(layout.qmp))
+            await rec(K_AGENT, str(layout.agent))
+            await rec(K_PID, str(vm.pid))
+            os.rename(old_layout.dir, layout.dir)  # bound sockets follow the rename
+            vm.layout, vm.sandbox_id = layout, sid
+            vm.pending, vm.hostname = True, _host(spec)
+            self._internal.discard(vm.vm_name)
+            self._vms[sid] = vm
+            self._write_meta(vm)
+            if lease is not None and bool(getattr(lease, "egress", False)) != spec.egress:
+                lease = await self.network.allocate(vm.net_id, spec.egress)
+                await rec(K_LEASE, lease_record(lease))
+            await self._activate(vm, spec, lease)
+        except BaseException as e:
+            log.warning("pool VM assignment failed; cleaning up",
+                        extra={"sandbox_id": sid, "error": repr(e)})
+            self._vms.pop(sid, None)
+            self._internal.discard(vm.vm_name)
+            created.setdefault(K_PID, str(vm.pid))
+            if lease is not None:
+                created.setdefault(K_LEASE, lease_record(lease))
+            await asyncio.shield(self._teardown(sid, vm.layout, vm, created, rec))
+            shutil.rmtree(old_layout.dir, ignore_errors=True)
+            raise
+        return self._ready(vm, "pool", t0, pv.template_key)
+
+    async def _pool_loop(self) -> None:
+        backoff = 1.0
+        while not self._closed:
+            need = [c for c, s in self._pool.items() if len(s.ready) + s.filling < s.target]
+            if not need or self._creating:
+                self._pool_wake.clear()
+                await self._pool_wake.wait()
+                continue
+            cls = need[0]
+            st = self._pool[cls]
+            async with self._bg_sem:
+                if self._creating:  # a create arrived meanwhile: it goes first
+                    continue
+                st.filling += 1
+                try:
+                    tpl = await self.ensure_template(*cls)
+                    if not self._creating:
+                        pv = await self._fill_one(cls, tpl)
+                        if self._closed:
+                            await self._discard(pv.vm, pv.vm.layout)
+                            await self._release_net(pv)
+                        else:
+                            st.ready.append(pv)
+                    backoff = 1.0
+                except asyncio.CancelledError:
+                    raise
+                except Exception as e:  # noqa: BLE001 - keep the loop alive
+                    log.warning("warm pool refill failed", extra={"class": cls,
+                                                                  "error": repr(e)})
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, 60.0)
+                finally:
+                    st.filling -= 1
+
+    async def _release_net(self, pv: _PoolVm) -> None:
+        if pv.lease is not None and self.network is not None:
+            await self.network.release(pv.vm.net_id)
+
+    async def _fill_one(self, cls: PoolClass, tpl: Template) -> _PoolVm:
+        """Restore one template VM, paused, with its own TAP, not yet given identity."""
+        pool_id = f"pool-{secrets.token_hex(6)}"
+        layout = self._layout(pool_id)
+        self._internal.add(pool_id)
+        vm: _Vm | None = None
+        lease = None
+        try:
+            self.state_root.mkdir(parents=True, exist_ok=True)
+            layout.dir.mkdir(mode=0o700)
+            await asyncio.to_thread(copy_file, tpl.overlay, layout.overlay)
+            if self.network is not None:
+                lease = await self.network.allocate(pool_id, False)
+            argv = self._argv(pool_id, layout, tpl.launch, lease.tap if lease else None)
+            argv += ["-incoming", "exec:cat " + shlex.quote(str(tpl.state))]
+            proc = await self._spawn(argv, layout)
+            vm = _Vm(pool_id, layout, proc.pid, tpl.launch.accel, proc=proc,
+                     ip=lease.ip if lease else None, launch=tpl.launch,
+                     mac=lease.mac if lease else None)
+            await self._connect(vm, self.restore_timeout(), incoming=True)
+            return _PoolVm(cls, vm, lease, tpl.key)
+        except BaseException:
+            await asyncio.shield(self._discard(vm, layout))
+            if lease is not None:
+                await asyncio.shield(self.network.release(pool_id))
+            self._internal.discard(pool_id)
+            raise
 
     # -- guest operations -------------------------------------------------------
     async def exec(self, sandbox_id: str, req: ExecRequest,
@@ -354,56 +894,130 @@ class QemuDriver:
         adopted, cleaned, killed = [], [], []
         keep = keep or {}
         if self.network is not None:  # ports and rules first: only recorded leases stay
-            known = {sid: self.network.lease_from_record(sid, res[K_LEASE])
-                     for sid, res in {**keep, **recorded}.items()
-                     if res.get(K_LEASE) and not res[K_LEASE].startswith("pending|")}
+            known = {}
+            for sid, res in {**keep, **recorded}.items():
+                if res.get(K_LEASE) and not res[K_LEASE].startswith("pending|"):
+                    net_id = res.get(K_NETID) or sid
+                    known[net_id] = self.network.lease_from_record(net_id, res[K_LEASE])
+            for st in self._pool.values():  # our own live pool VMs keep their ports
+                for pv in st.ready:
+                    if pv.lease is not None:
+                        known[pv.vm.net_id] = pv.lease
             await self.network.reconcile(known)
         running = procs.find_ours(self.state_root)
+        names = {sid: (res.get(K_VMNAME) or sid) for sid, res in recorded.items()}
         for sid, res in recorded.items():
             layout = self._layout(sid)
             pid = int(res[K_PID]) if res.get(K_PID) else None
             rec = _bind(record, sid)
-            if pid and procs.is_ours(pid, sid, self.state_root):
-                vm = _Vm(sid, layout, pid, self.accel)
+            name = names[sid]
+            if pid and procs.is_ours(pid, name, self.state_root):
+                meta = self._read_meta(layout.dir)
+                vm = _Vm(sid, layout, pid, self.accel, vm_name=name,
+                         net_id=res.get(K_NETID) or sid,
+                         launch=LaunchParams.from_dict(meta["launch"])
+                         if meta.get("launch") else None)
                 try:
-                    await self._connect(vm, self.boot_timeout(self.accel))
+                    if meta.get("pending_identity"):  # crashed mid-restore: finish it
+                        vm.hostname = meta.get("hostname")
+                        await self._connect(vm, self.restore_timeout(), incoming=True)
+                        lease = None
+                        if self.network is not None and res.get(K_LEASE) and \
+                                not res[K_LEASE].startswith("pending|"):
+                            lease = self.network.lease_from_record(vm.net_id, res[K_LEASE])
+                            vm.ip, vm.mac = lease.ip, lease.mac
+                        await self._activate(vm, VmSpec(sid, vm.hostname), lease)
+                    else:
+                        await self._connect(vm, self.boot_timeout(self.accel))
                     self._vms[sid] = vm
                     adopted.append(sid)
-                    running.pop(sid, None)
+                    running.pop(name, None)
                     continue
-                except (VmError, OSError, QmpError) as e:
+                except Exception as e:  # noqa: BLE001 - VmError, OSError, GuestError...
                     log.warning("adopt failed; cleaning", extra={"sandbox_id": sid,
                                                                  "error": repr(e)})
+                    for c in (vm.agent, vm.qmp):
+                        if c is not None:
+                            await c.close()
             await self._teardown(sid, layout, None, res, rec)
-            running.pop(sid, None)
+            running.pop(name, None)
             cleaned.append(sid)
-        for sid, pid in running.items():
-            if sid in self._vms:
+        for name, pid in running.items():
+            if name in self._vms or name in self._internal or any(
+                    v.vm_name == name for v in self._vms.values()):
                 continue
-            await procs.kill_verified(pid, sid, self.state_root)
-            await self._teardown(sid, self._layout(sid), None, {}, None)
-            killed.append(sid)
+            await procs.kill_verified(pid, name, self.state_root)
+            await self._teardown(name, self._layout(name), None, {}, None)
+            killed.append(name)
         if self.state_root.is_dir():
+            live_names = set(names.values()) | {v.vm_name for v in self._vms.values()}
             for d in self.state_root.iterdir():
                 sid = d.name
-                if (sid in self._vms or sid in recorded or sid in keep
-                        or not SANDBOX_ID_RE.match(sid)):
+                if (sid in self._vms or sid in recorded or sid in keep or sid in live_names
+                        or sid in self._internal or not SANDBOX_ID_RE.match(sid)):
                     continue
                 shutil.rmtree(d, ignore_errors=True)
                 if sid not in killed:
                     cleaned.append(sid)
+        await asyncio.to_thread(self.store.clean_builds)
         report = ReconcileReport(adopted, cleaned, killed)
         log.info("reconciled", extra={"adopted": adopted, "cleaned": cleaned,
                                       "killed_unrecorded": killed})
         return report
 
     async def close(self) -> None:
-        """Drop channels; VMs keep running (a restarted agent adopts them)."""
+        """Drop channels; VMs keep running (a restarted agent adopts them). Background
+        work stops and warm-pool VMs are destroyed (nobody could adopt them)."""
+        self._closed = True
+        self._wake_pool()
+        for t in list(self._bg_tasks):
+            t.cancel()
+        await asyncio.gather(*self._bg_tasks, return_exceptions=True)
+        for st in self._pool.values():
+            while st.ready:
+                pv = st.ready.pop()
+                try:
+                    await self._discard(pv.vm, pv.vm.layout)
+                    await self._release_net(pv)
+                except Exception as e:  # noqa: BLE001 - reconcile cleans the rest
+                    log.warning("pool VM cleanup failed: %r", e)
+                self._internal.discard(pv.vm.vm_name)
         for vm in list(self._vms.values()):
             for c in (vm.agent, vm.qmp):
                 if c is not None:
                     await c.close()
         self._vms.clear()
+
+
+async def save_state(qmp: QmpClient, path: Path, timeout: float = 120.0) -> int:
+    """Stop the guest and migrate its state into `path` (QEMU 7.2: `exec:`, no
+    `file:`). Returns ms. The VM stays stopped (postmigrate)."""
+    t0 = time.monotonic()
+    try:
+        await qmp.execute("migrate-set-parameters", {"max-bandwidth": 1 << 40})
+    except QmpError:
+        pass
+    await qmp.execute("stop")
+    await qmp.execute("migrate", {"uri": "exec:cat > " + shlex.quote(str(path))})
+    deadline = time.monotonic() + timeout
+    while True:
+        r = await qmp.execute("query-migrate")
+        status = r.get("status") if isinstance(r, dict) else None
+        if status == "completed":
+            break
+        if status in ("failed", "cancelled"):
+            raise QmpError(f"migration {status}: {r.get('error-desc', '')}")
+        if time.monotonic() > deadline:
+            try:
+                await qmp.execute("migrate_cancel")
+            finally:
+                raise VmError("saving VM state timed out")
+        await asyncio.sleep(0.01)
+    return int((time.monotonic() - t0) * 1000)
+
+
+def _host(spec: VmSpec) -> str | None:
+    return spec.name if spec.name and HOSTNAME_RE.match(spec.name) else None
 
 
 def _bind(record: ResourceRecorder, sid: str) -> Callable[[str, str | None], Awaitable[None]]:
