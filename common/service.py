@@ -28,11 +28,17 @@ def install_stop_handlers(stop: asyncio.Event) -> None:
 
 async def run_until_stopped(stop: asyncio.Event, *jobs: Awaitable[None],
                             on_stop: Callable[[], Awaitable[None]] | None = None) -> None:
-    """Run jobs until `stop` is set or one of them dies; then shut down cleanly."""
+    """Run jobs until `stop` is set or one of them crashes; then shut down cleanly.
+    A job that returns normally (a one-off start-up task) is simply done."""
     tasks = [asyncio.ensure_future(j) for j in jobs]
     stopper = asyncio.ensure_future(stop.wait())
-    done, _ = await asyncio.wait(tasks + [stopper], return_when=asyncio.FIRST_COMPLETED)
-    crashed = [t for t in done if t is not stopper and t.exception()]
+    pending, crashed = set(tasks), []
+    while not crashed and not stopper.done() and pending:
+        done, _ = await asyncio.wait(pending | {stopper}, return_when=asyncio.FIRST_COMPLETED)
+        pending -= done
+        crashed = [t for t in done if t is not stopper and not t.cancelled() and t.exception()]
+    if not pending and not crashed and not stopper.done():
+        await stopper  # every job finished on its own: wait for the signal
     for t in crashed:
         log.error("job crashed: %r", t.exception(), exc_info=t.exception())
     stop.set()

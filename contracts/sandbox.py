@@ -91,6 +91,7 @@ class SandboxStarted(SandboxEvent):
     accel: str = Field(max_length=16)
     ip: str | None = None
     boot_ms: int | None = Field(default=None, ge=0)
+    start_mode: Literal["cold", "restore", "pool"] | None = None
 
 
 class SandboxFailed(SandboxEvent):

@@ -126,7 +126,19 @@ class _SandboxBase:
                                         metadata, egress),
                       headers={"Idempotency-Key": idempotency_key or f"sdk-{uuid.uuid4()}"},
                       timeout=timeout + 30)
-        return d.run(cls._then(h.request(call, d.retry), lambda r: cls(d, h.parse_json(r))))
+        return d.run(cls._then(h.request(call, d.retry),
+                               lambda r: cls._running(d, r, timeout)))
+
+    @classmethod
+    def _running(cls, d, resp, timeout: float):  # noqa: ANN001, ANN206
+        """201: running. 202 after a wait means it is still starting: a timeout."""
+        info = h.parse_json(resp)
+        if resp.status_code == 202 and info.get("state") != "running":
+            raise SandboxTimeoutError(
+                f"sandbox {info.get('id')} still {info.get('state')} after {timeout:g}s",
+                status=202, op_id=resp.headers.get("x-op-id"),
+                body={"sandbox_id": info.get("id"), **info})
+        return cls(d, info)
 
     @classmethod
     def connect(cls, sandbox_id: str, *, api_url: str | None = None,

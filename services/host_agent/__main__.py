@@ -13,7 +13,7 @@ from contracts.subjects import host_agent_consumer
 from common.eventstore import store_env
 
 from .application.records import VmRecords
-from .bootstrap import bootstrap, make_driver, vm_root
+from .bootstrap import bootstrap, make_driver, prebuild_templates, vm_root
 from .entrypoints.heartbeat import announce, heartbeat_loop
 from .entrypoints.rpc import serve_rpc
 from .settings import HostAgentSettings
@@ -39,6 +39,7 @@ async def main() -> None:
         ctx.relay.run(stop),
         heartbeat_loop(ctx, stop),
         serve_rpc(ctx, stop),
+        prebuild_templates(ctx.driver, settings),
         ctx.bus.consume(host_agent_consumer(ctx.host_id), ctx.service.handle, stop,
                         concurrency=settings.command_concurrency),
         serve_health(settings.health_port, ctx.ready, stop, settings.health_host),

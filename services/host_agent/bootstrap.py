@@ -17,7 +17,7 @@ from contracts.subjects import host_agent_consumer
 from .application.ports import VmmDriver
 from .application.records import VmRecords
 from .application.service import HostAgentService
-from .settings import HostAgentSettings
+from .settings import HostAgentSettings, pool_targets, size_classes
 
 log = logging.getLogger("corral.host_agent")
 
@@ -67,8 +67,25 @@ async def make_driver(settings: HostAgentSettings, state_dir: Path, vms: Path) -
         from .adapters.fake_vmm import FakeVmmDriver
         log.warning("using the FAKE VMM driver: sandboxes are idle processes, not VMs")
         return FakeVmmDriver(state_dir)
+    from .adapters.guest_image import image_root
     from .adapters.qemu import QemuDriver
-    return QemuDriver(vms, network=await make_network(settings))
+    templates = settings.template_dir or image_root().parent / "templates"
+    return QemuDriver(vms, network=await make_network(settings), template_root=templates,
+                      templates=settings.templates,
+                      warm_pool=pool_targets(settings.warm_pool) or None)
+
+
+async def prebuild_templates(driver, settings: HostAgentSettings) -> None:  # noqa: ANN001
+    """Build the configured classes' templates in the background; never fatal."""
+    ensure = getattr(driver, "ensure_template", None)
+    if ensure is None or not settings.templates:
+        return
+    for image, vcpus, mem in size_classes(settings.prebuild_templates):
+        try:
+            await ensure(image, vcpus, mem)
+            log.info("template ready for %s/%d/%d", image, vcpus, mem)
+        except Exception:  # noqa: BLE001 - creates cold-boot until one exists
+            log.exception("template build for %s/%d/%d failed", image, vcpus, mem)
 
 
 async def register(bus: Bus, settings: HostAgentSettings, stop: asyncio.Event) -> str:

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import os
 import socket
+from pathlib import Path
 from typing import Literal
 
 from pydantic import Field
@@ -18,6 +19,25 @@ class HostAgentSettings(CommonSettings):
     max_sandboxes: int = Field(default=32, ge=1)
     heartbeat_interval_s: float = Field(default=2.0, gt=0, le=60)
     command_concurrency: int = Field(default=8, ge=1, le=256)
+    templates: bool = True  # restore creates from snapshot templates
+    template_dir: Path | None = None  # default: beside the image cache (shared, content-keyed)
+    # classes "image/vcpus/memory_mib" whose templates are built at start
+    prebuild_templates: str = Field(default="default/1/256", pattern=r"^([a-z0-9-]+/\d+/\d+)?(,[a-z0-9-]+/\d+/\d+)*$")
+    # warm pools: "image/vcpus/memory_mib=N,...": restored VMs kept paused, ready to assign
+    warm_pool: str = Field(default="", pattern=r"^([a-z0-9-]+/\d+/\d+=\d+)?(,[a-z0-9-]+/\d+/\d+=\d+)*$")
     network: bool = True
     bridge: str = Field(default="corral0", pattern=r"^[a-z][a-z0-9]{0,11}$")
     subnet: str = "10.88.0.0/16"
+
+
+def size_classes(text: str) -> list[tuple[str, int, int]]:
+    out = []
+    for item in filter(None, text.split(",")):
+        image, vcpus, mem = item.split("=")[0].split("/")
+        out.append((image, int(vcpus), int(mem)))
+    return out
+
+
+def pool_targets(text: str) -> dict[tuple[str, int, int], int]:
+    return {cls: int(item.split("=")[1])
+            for cls, item in zip(size_classes(text), filter(None, text.split(",")))}

@@ -4,8 +4,8 @@ Schemathesis generates schema-valid (positive) and schema-invalid (negative)
 requests for every operation the gateway serves and checks each response:
 no 5xx, documented status codes and content types, bodies and headers that
 match the documented schemas, and invalid input rejected. One whole platform
-runs as processes with the FAKE VMM driver; sandbox-scoped operations are
-fuzzed both against random ids and against a real sandbox of the caller.
+runs as processes with the FAKE VMM driver; operations on a sandbox or a
+snapshot are fuzzed both against random ids and against one of the caller's.
 
 One test item per (operation, check): a real, unfixed finding is marked
 `xfail(strict=True)` for exactly that pair with a concrete repro in the
@@ -23,29 +23,28 @@ import collections
 import dataclasses
 import functools
 import time
-import uuid
 from unittest import mock
 
 import httpx
 import pytest
 import requests
+import schemathesis  # the `test` extra; a missing fuzzer must fail loudly, not skip
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
+from hypothesis.errors import Unsatisfiable
+from schemathesis import GenerationMode
+from schemathesis.checks import not_a_server_error
+from schemathesis.core.failures import FailureGroup
+from schemathesis.specs.openapi import checks as oas_checks
 
-schemathesis = pytest.importorskip("schemathesis")
-from hypothesis import HealthCheck, Phase, given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
-from hypothesis.errors import Unsatisfiable  # noqa: E402
-from schemathesis import GenerationMode  # noqa: E402
-from schemathesis.checks import not_a_server_error  # noqa: E402
-from schemathesis.core.failures import FailureGroup  # noqa: E402
-from schemathesis.specs.openapi import checks as oas_checks  # noqa: E402
+from corral.devstack import DevStack
 
-from corral.devstack import DevStack  # noqa: E402
-
-from .conftest import e2e_env  # noqa: E402
+from .conftest import e2e_env
 
 pytestmark = pytest.mark.e2e
 
-MAX_EXAMPLES = 40  # per operation and generation mode; ~17 operations in well under 2 min
+MAX_EXAMPLES = 40  # per operation and generation mode: ~30 operations in about a minute
+REQUEST_TIMEOUT_S = 30  # a hang is a finding (responds_in_time), not a stuck CI job
 CHECKS = {f.__name__: f for f in (
     not_a_server_error,
     oas_checks.status_code_conformance,
@@ -81,42 +80,10 @@ OPERATIONS = _labels(SPEC)
 def _known_findings(spec: dict) -> dict[tuple[str, str], str]:
     """(operation, check) -> concrete repro, for real findings not fixed yet.
 
-    F1 and F2 are derived from the document so that a new route carrying the
-    same defect is expected to carry it (and XPASSes once it does not)."""
-    undocumented = ("F1: statuses the gateway really returns are missing from /openapi.json "
-                    "(only the success code and 422 are documented); repro: ")
-    problem_422 = ("F2: 422 is documented as application/json HTTPValidationError "
-                   "{'detail': [...]} but served as application/problem+json "
-                   "{'type','title','status','detail': str,'op_id','errors'}; repro: ")
-    known = {}
-    for label in _labels(spec):
-        method, path = label.split(" ", 1)
-        op = spec["paths"][path][method.lower()]
-        params = [p for p in op.get("parameters", []) if p["name"].lower() != "authorization"]
-        body = op.get("requestBody", {}).get("content", {})
-        if "{" in path:
-            nope = path
-            for p in params:
-                if p["in"] == "path":
-                    nope = nope.replace("{%s}" % p["name"], "nope")
-            known[(label, "status_code_conformance")] = (
-                undocumented + f"{method} {nope} (valid query/body) -> 404")
-        elif "application/json" in body:
-            known[(label, "status_code_conformance")] = (
-                undocumented + f"{method} {path} with body b'\\xff' "
-                "(Content-Type: application/json) -> 400 'There was an error parsing the body'")
-        if params or body:
-            known[(label, "content_type_conformance")] = (
-                problem_422 + "GET /v1/sandboxes?limit=0 -> 422 application/problem+json")
-    known[("GET /v1/sandboxes", "status_code_conformance")] = (
-        undocumented + "GET /v1/sandboxes?cursor=%C3%9F -> 400 'invalid cursor'")
-    known[("POST /v1/sandboxes", "not_a_server_error")] = (
-        "F3: an idempotent replay of POST /v1/sandboxes?wait=true whose sandbox was since "
-        "deleted (or stopped) answers 502 sandbox-failed 'sandbox did not start: it is "
-        "destroyed' instead of the original 201; repro: POST /v1/sandboxes?wait=true "
-        "Idempotency-Key: k {} -> 201; DELETE it; wait for destroyed; repeat the POST -> 502. "
-        "Also F4: ?wait=true&timeout_s=0.001 -> 504 wait-timeout although the create succeeded")
-    return known
+    F1-F5 (undocumented error statuses, 422 shape, idempotent wait replays,
+    wait timeouts as 5xx, unvalidated fork env) were fixed; add new ones here
+    with a repro rather than weakening a check."""
+    return {}
 
 
 KNOWN = _known_findings(SPEC)
@@ -124,7 +91,7 @@ KNOWN = _known_findings(SPEC)
 
 def _params():
     for label in OPERATIONS:
-        for check in CHECKS:
+        for check in (*CHECKS, "responds_in_time"):
             marks = ()
             if (label, check) in KNOWN:
                 marks = (pytest.mark.xfail(strict=True, raises=AssertionError,
@@ -158,14 +125,32 @@ def schema(fstack):
                                          config=schemathesis.Config())
 
 
+class _TooSlow(Exception):
+    pass
+
+
+def _created_sandboxes(method: str, resp) -> list[str]:  # noqa: ANN001
+    """Ids of sandboxes a POST just created (create, fork), to give capacity back."""
+    if method != "POST" or resp.status_code not in (200, 201, 202, 207):
+        return []
+    try:
+        doc = resp.json()
+    except ValueError:
+        return []
+    items = doc.get("items", [doc]) if isinstance(doc, dict) else []
+    return [x["id"] for x in items if isinstance(x, dict) and "vcpus" in x and "id" in x
+            and "sandbox_id" not in x]
+
+
 @pytest.fixture(scope="module")
 def fuzz(fstack, schema):
-    """op label -> {check name: smallest failing example}; each operation fuzzed once."""
+    """op label -> ({check name: smallest failing example}, status histogram);
+    each operation is fuzzed once, lazily."""
     org = httpx.Client(base_url=fstack.api_url, timeout=60,
                        headers={"Authorization": f"Bearer {fstack.creds.api_key}"})
     session = requests.Session()
 
-    def sandbox(state: str) -> str:
+    def sandbox(state: str = "running") -> str:
         r = org.post("/v1/sandboxes?wait=true", json={"ttl_seconds": 3600})
         assert r.status_code == 201, r.text
         sid = r.json()["id"]
@@ -177,18 +162,32 @@ def fuzz(fstack, schema):
                 time.sleep(0.05)
         return sid
 
+    def snapshot() -> str:
+        r = org.post(f"/v1/sandboxes/{sandbox()}/snapshots?wait=true&timeout_s=30",
+                     json={"name": "fuzz"})
+        assert r.status_code == 201, r.text
+        return r.json()["id"]
+
     @functools.cache
     def run(label: str) -> tuple[dict[str, Finding], collections.Counter]:
         op = schema.find_operation_by_label(label)
         assert op is not None, f"{label} is not in the served /openapi.json"
         key = fstack.creds.admin_key if "admin" in (op.tags or []) else fstack.creds.api_key
         auth = {"authorization": f"Bearer {key}"}
-        fixed: list[dict] = [{}]
+        fixed: list[dict] = [{}]  # random ids, and the caller's own resources
         if "{sandbox_id}" in op.path:
-            mine = sandbox("stopped" if any(g in op.path for g in GUEST_PATHS) else "running")
-            fixed.append({"sandbox_id": mine})
+            guest = any(g in op.path for g in GUEST_PATHS)
+            fixed.append({"sandbox_id": sandbox("stopped" if guest else "running")})
+        if "{snapshot_id}" in op.path:
+            fixed.append({"snapshot_id": snapshot()})
         found: dict[str, Finding] = {}
         statuses: collections.Counter = collections.Counter()
+
+        def record(name: str, case, status: int, message: str) -> None:  # noqa: ANN001
+            curl = case.as_curl_command(headers=auth, base_url=fstack.api_url)
+            if name not in found or len(curl) < len(found[name].curl):
+                found[name] = Finding(status, curl, message[:1500])
+
         for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
             strategy = st.one_of([op.as_strategy(mode, headers=auth, path_parameters=pp or None)
                                   for pp in fixed])
@@ -198,20 +197,25 @@ def fuzz(fstack, schema):
                       suppress_health_check=list(HealthCheck))
             @given(case=strategy)
             def one(case):
-                resp = case.call(base_url=fstack.api_url, session=session, timeout=60)
+                try:
+                    resp = case.call(base_url=fstack.api_url, session=session,
+                                     timeout=REQUEST_TIMEOUT_S)
+                except requests.Timeout as e:  # a finding; stop fuzzing this operation
+                    record("responds_in_time", case, 0, f"no answer in {REQUEST_TIMEOUT_S}s: {e}")
+                    raise _TooSlow() from None
                 statuses[resp.status_code] += 1
                 for name, check in CHECKS.items():
                     try:
                         case.validate_response(resp, checks=[check], headers=auth)
                     except (FailureGroup, AssertionError) as e:
-                        curl = case.as_curl_command(headers=auth, base_url=fstack.api_url)
-                        if name not in found or len(curl) < len(found[name].curl):
-                            found[name] = Finding(resp.status_code, curl, str(e)[:1500])
-                if label == "POST /v1/sandboxes" and resp.status_code in (201, 202):
-                    org.delete(f"/v1/sandboxes/{resp.json()['id']}")  # keep capacity free
+                        record(name, case, resp.status_code, str(e))
+                for sid in _created_sandboxes(op.method.upper(), resp):
+                    org.delete(f"/v1/sandboxes/{sid}")  # give the capacity back
 
             try:
                 one()
+            except _TooSlow:
+                break
             except Unsatisfiable:  # nothing to negate (no parameters, no body)
                 if mode is GenerationMode.POSITIVE:
                     raise
@@ -222,7 +226,7 @@ def fuzz(fstack, schema):
     session.close()
 
 
-def test_fuzz_is_authenticated_and_reaches_real_sandboxes(fuzz):
+def test_fuzz_is_authenticated_and_reaches_real_resources(fuzz):
     """Guards against a vacuous run: undocumented statuses are expected to fail
     (F1), which would otherwise hide a fuzzer that never got past auth."""
     for label in OPERATIONS:
@@ -230,7 +234,8 @@ def test_fuzz_is_authenticated_and_reaches_real_sandboxes(fuzz):
         assert sum(statuses.values()) > 0, label
         if label not in ("GET /healthz", "GET /readyz"):
             assert not {401, 403} & statuses.keys(), (label, statuses)
-        if "{sandbox_id}" in label:  # the caller's own sandbox was hit, not only unknown ids
+        if "{sandbox_id}" in label or "{snapshot_id}" in label:
+            # the caller's own resource was hit, not only unknown ids
             assert statuses.keys() - {404, 422}, (label, statuses)
 
 

@@ -1,7 +1,7 @@
 """Tenancy and authentication at the edge, for every route the gateway serves.
 
-Routes are enumerated from the live `/openapi.json`, so a new sandbox-scoped
-or admin route is covered the moment it is served. Each request carries a
+Routes are enumerated from the live `/openapi.json`, so a new tenant-scoped
+(sandbox, snapshot, ...) or admin route is covered the moment it is served. Each request carries a
 minimal valid body/query derived from the document, so it gets past
 validation and reaches the ownership or permission check.
 One whole platform with the FAKE VMM driver (the control plane is under test).
@@ -171,62 +171,104 @@ def victim(org_a) -> dict:
     return r.json()
 
 
-def snapshot(api: Api, sid: str) -> tuple[dict, int]:
-    doc = api.get(f"/v1/sandboxes/{sid}")
-    events = api.get(f"/v1/sandboxes/{sid}/events", params={"limit": 500})
-    assert doc.status_code == events.status_code == 200
-    return doc.json(), len(events.json()["items"])
+def new_sandbox(api: Api) -> str:
+    r = api.post("/v1/sandboxes?wait=true", json={"ttl_seconds": 3600})
+    assert r.status_code == 201, r.text
+    return r.json()["id"]
+
+
+def new_snapshot(api: Api) -> str:
+    r = api.post(f"/v1/sandboxes/{new_sandbox(api)}/snapshots?wait=true&timeout_s=30",
+                 json={"name": "snap"})
+    assert r.status_code == 201, r.text
+    return r.json()["id"]
+
+
+# Tenant resources by path parameter: how to make one, and what shows its state.
+# A new kind of tenant resource in the API needs a line here (the test says so).
+MAKERS = {"sandbox_id": new_sandbox, "snapshot_id": new_snapshot}
+READERS = {"sandbox_id": ("/v1/sandboxes/{}", "/v1/sandboxes/{}/events?limit=500"),
+           "snapshot_id": ("/v1/snapshots/{}",)}
+
+
+@pytest.fixture(scope="module")
+def owned(org_a, victim) -> dict[str, str]:
+    """One resource of org A per kind of tenant resource (path parameter name)."""
+    return {"sandbox_id": victim["id"], "snapshot_id": new_snapshot(org_a)}
+
+
+def state_of(api: Api, owned: dict[str, str]) -> dict:
+    out = {}
+    for param, rid in owned.items():
+        for url in READERS[param]:
+            r = api.get(url.format(rid))
+            assert r.status_code == 200, r.text
+            doc = r.json()
+            out[url] = len(doc["items"]) if "/events" in url else doc  # history length
+    return out
+
+
+def tenant_routes(spec: Spec):
+    """Org-key routes that address one resource by id."""
+    return [(m, p, op) for m, p, op in spec.ops()
+            if "{" in p and needs_auth(op) and not is_admin(op)]
 
 
 # ---- tests ----------------------------------------------------------------------------------
 
-def test_every_sandbox_route_is_404_for_another_org(tstack, spec, org_a, org_b, victim):
-    sid = victim["id"]
-    routes = [(m, p, op) for m, p, op in spec.ops() if p.startswith(SANDBOX_PREFIX)]
+def test_every_tenant_route_is_404_for_another_org(tstack, spec, org_a, org_b, owned):
+    routes = tenant_routes(spec)
     assert {("GET", SANDBOX_PREFIX), ("DELETE", SANDBOX_PREFIX), ("POST", SANDBOX_PREFIX + "/stop"),
             ("GET", SANDBOX_PREFIX + "/events")} <= {(m, p) for m, p, _ in routes}
-    before = snapshot(org_a, sid)
-    assert before[0]["state"] == "running"
+    before = state_of(org_a, owned)
+    assert before["/v1/sandboxes/{}"]["state"] == "running"
+    b_before = len(org_b["api"].get("/v1/sandboxes", params={"limit": 500}).json()["items"])
     a_auth, b_auth = f"Bearer {tstack.creds.api_key}", f"Bearer {org_b['key']}"
     no_route = assert_problem(org_b["api"].get("/v1/sandboxes/x/no-such-route"), 404)["detail"]
     failures, tried = [], []
     for method, path, op in routes:
+        params = [p["name"] for p in op.get("parameters", []) if p["in"] == "path"]
+        unknown = [p for p in params if p not in MAKERS]
+        if unknown:
+            failures.append(f"{method} {path}: no org-A resource for {unknown}; add to MAKERS")
+            continue
         for accept in (None, "text/event-stream") if streams(op) else (None,):
             where = f"{method} {path}" + (" (SSE)" if accept else "")
             tried.append(where)
-            # control: the same request by the owner, on a scratch sandbox, is valid and
+            # control: the same request by the owner, on scratch resources, is valid and
             # reaches the handler, so B's 404 below comes from the ownership check
-            scratch = org_a.post("/v1/sandboxes?wait=true", json={}).json()["id"]
-            own = org_a.request(**spec.request(method, path, op, {"sandbox_id": scratch},
-                                               a_auth, accept))
+            scratch = {p: MAKERS[p](org_a) for p in params}
+            own = org_a.request(**spec.request(method, path, op, scratch, a_auth, accept))
             if own.status_code in (401, 403, 404, 405, 422):
                 failures.append(f"{where}: the owner's request failed with {own.status_code} "
                                 f"(fix Spec.minimal for this route): {own.text[:300]}")
                 continue
-            r = org_b["api"].request(**spec.request(method, path, op, {"sandbox_id": sid},
-                                                    b_auth, accept))
+            r = org_b["api"].request(**spec.request(method, path, op, owned, b_auth, accept))
             # exactly what anyone gets for an id that does not exist: nothing reveals it
-            ghost = org_b["api"].request(**spec.request(method, path, op,
-                                                        {"sandbox_id": str(uuid.uuid4())},
-                                                        b_auth, accept))
+            ghost = org_b["api"].request(**spec.request(
+                method, path, op, {p: str(uuid.uuid4()) for p in params}, b_auth, accept))
             try:
                 body = assert_problem(r, 404, where)
                 ghost_body = assert_problem(ghost, 404, where + " (unknown id)")
                 assert ({k: body[k] for k in ("type", "title", "detail")}
                         == {k: ghost_body[k] for k in ("type", "title", "detail")}), where
-                assert sid not in r.text and tstack.creds.org_id not in r.text, where
+                assert not any(owned[p] in r.text for p in params), where
+                assert tstack.creds.org_id not in r.text, where
                 assert body["detail"] != no_route, f"{where}: the route itself was not found"
             except AssertionError as e:
                 failures.append(str(e))
-            after = snapshot(org_a, sid)
+            after = state_of(org_a, owned)
             if after != before:
-                failures.append(f"{where}: org A's sandbox changed: {before} -> {after}")
+                failures.append(f"{where}: org A's resources changed: {before} -> {after}")
                 before = after
+    # nothing was made in B's org from A's resources (a fork, say)
+    b_after = len(org_b["api"].get("/v1/sandboxes", params={"limit": 500}).json()["items"])
+    assert b_after == b_before, "B gained sandboxes while touching A's resources"
     assert not failures, "\n".join(failures)
     assert len(tried) >= 5
 
 
-def test_lists_never_show_another_orgs_sandboxes(tstack, spec, org_a, org_b, victim):
+def test_lists_never_show_another_orgs_sandboxes(tstack, spec, org_a, org_b, victim, owned):
     b = org_b["api"]
     # B may use A's sandbox name: names are unique per org, not globally
     mine = b.post("/v1/sandboxes?wait=true", json={"name": victim["name"]})
@@ -281,7 +323,8 @@ def test_lists_never_show_another_orgs_sandboxes(tstack, spec, org_a, org_b, vic
             continue
         r = b.request(**spec.request(method, path, op, {}, b_auth))
         assert r.status_code == 200, f"{path}: {r.text[:300]}"
-        assert victim["id"] not in r.text and tstack.creds.org_id not in r.text, path
+        assert tstack.creds.org_id not in r.text, path
+        assert not any(rid in r.text for rid in owned.values()), path
 
 
 def test_revoked_key_stops_working_within_seconds(tstack, admin, org_b, victim):
@@ -307,9 +350,9 @@ def test_revoked_key_stops_working_within_seconds(tstack, admin, org_b, victim):
 
 
 def test_org_keys_get_403_on_admin_routes_and_admin_keys_on_org_routes(
-        tstack, spec, admin, org_a, org_b, victim):
+        tstack, spec, admin, org_a, org_b, victim, owned):
     values = {"org_id": org_b["id"], "key_id": org_b["key_id"], "host_id": tstack.creds.host_id,
-              "sandbox_id": victim["id"]}
+              **owned}
     hosts_before = admin.get("/v1/hosts")
     failures, admin_routes, org_routes = [], 0, 0
     for method, path, op in spec.ops():
@@ -347,9 +390,9 @@ def test_org_keys_get_403_on_admin_routes_and_admin_keys_on_org_routes(
     "Basic YWRtaW46YWRtaW4=",
     "garbage",
 ], ids=["none", "garbage", "bearer-10KB", "bearer-prefix-only", "bearer-only", "basic", "no-scheme"])
-def test_missing_or_bad_credentials_are_401_everywhere(tstack, spec, victim, auth):
+def test_missing_or_bad_credentials_are_401_everywhere(tstack, spec, victim, owned, auth):
     values = {"org_id": tstack.creds.org_id, "key_id": "x", "host_id": tstack.creds.host_id,
-              "sandbox_id": victim["id"]}
+              **owned}
     failures, n = [], 0
     with httpx.Client(base_url=tstack.api_url, timeout=30) as c:
         for method, path, op in spec.ops():

@@ -27,3 +27,30 @@ def test_json_lines_carry_context_and_redact_credentials():
     assert doc["op_id"] == "op_1" and doc["sandbox_id"] == "sb" and doc["host_id"] == "h"
     assert "secret" not in doc["msg"] and "***@db" in doc["msg"]
     assert redact("nats://a:b@h:4222") == "nats://***@h:4222"
+
+
+async def test_run_until_stopped_survives_finished_jobs_and_stops_on_crash():
+    import asyncio
+
+    from common.service import run_until_stopped
+    stop, ran = asyncio.Event(), []
+
+    async def one_off():
+        ran.append("once")
+
+    async def forever():
+        await stop.wait()
+        ran.append("forever-done")
+
+    async def stopper():
+        await asyncio.sleep(0.05)
+        stop.set()
+    await asyncio.wait_for(run_until_stopped(stop, one_off(), forever(), stopper()), 5)
+    assert ran == ["once", "forever-done"]
+
+    async def boom():
+        raise RuntimeError("x")
+    stop2 = asyncio.Event()
+    with pytest.raises(SystemExit):  # awaited directly: SystemExit escapes tasks
+        await run_until_stopped(stop2, boom(), stop2.wait())
+    assert stop2.is_set()

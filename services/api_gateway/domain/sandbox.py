@@ -59,6 +59,7 @@ class Sandbox(Aggregate):
         self.resume_requested = False
         self.accel: str | None = None
         self.ip: str | None = None
+        self.start_mode: str | None = None
         self.seen: list[str] = [envelope["event_id"]]
         self.history_types: list[str] = ["SandboxRequested"]
 
@@ -149,7 +150,7 @@ def _starting(sb: Sandbox, e: dict) -> None:
 def _started(sb: Sandbox, e: dict) -> None:
     sb.host_id = e["host_id"]
     sb.started_at = e["occurred_at"]
-    sb.accel, sb.ip = e.get("accel"), e.get("ip")
+    sb.accel, sb.ip, sb.start_mode = e.get("accel"), e.get("ip"), e.get("start_mode")
     if sb.state in ("requested", "scheduled", "starting"):
         sb.state = "running"
 

@@ -27,7 +27,7 @@ from .deps import Forbidden, op_id, org_principal
 from .fleet_routes import fleet_router
 from .io_routes import MAX_FILE, io_router
 from .middleware import EdgeMiddleware
-from .problems import problem
+from .problems import problem, problem_openapi
 from .snapshot_routes import snapshot_router
 from .usage_routes import usage_router
 
@@ -70,6 +70,7 @@ class EventPage(BaseModel):
 def create_app(ctx) -> FastAPI:  # noqa: ANN001 - GatewayContext from bootstrap
     app = FastAPI(title="Corral API", version="1.0.0",
                   description="Isolated Linux sandboxes backed by microVMs.")
+    app.openapi = lambda: problem_openapi(app)
     app.state.ctx = ctx
     s = ctx.settings
     app.add_middleware(EdgeMiddleware, max_body=s.max_body_bytes, upload_paths=("/files",),
@@ -93,7 +94,10 @@ def create_app(ctx) -> FastAPI:  # noqa: ANN001 - GatewayContext from bootstrap
         return JSONResponse({"status": "ready"})
 
     @app.post("/v1/sandboxes", status_code=202, tags=["sandboxes"],
-              responses={201: {"model": SandboxOut}, 202: {"model": SandboxOut}})
+              responses={201: {"model": SandboxOut, "description": "running (?wait=true)"},
+                         202: {"model": SandboxOut, "description":
+                               "accepted; with ?wait=true: still starting when the wait ended"},
+                         502: {"description": "with ?wait=true: the sandbox failed to start"}})
     async def create_sandbox(
         request: Request, p: Annotated[Principal, Depends(org_principal)],
         spec: SandboxSpec | None = None,
@@ -114,6 +118,8 @@ def create_app(ctx) -> FastAPI:  # noqa: ANN001 - GatewayContext from bootstrap
             log.info("sandbox requested" if created else "idempotent replay of create")
             if not wait:
                 return JSONResponse(sandbox_view(sb), status_code=202)
+            if not created and sb.started_at:  # a replay: the original result was 201
+                return JSONResponse(sandbox_view(sb), status_code=201)
             return await _wait_running(ctx, str(sb.id), p.org_id, oid,
                                        timeout_s or s.wait_timeout_s)
 
@@ -193,9 +199,8 @@ async def _wait_running(ctx, sandbox_id: str, org_id: str, oid: str,  # noqa: AN
                            code="sandbox-failed", sandbox_id=sandbox_id,
                            failure=sb.failure, state=sb.state)
         remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            return problem(504, f"sandbox still {sb.state} after {timeout_s:g}s", oid,
-                           code="wait-timeout", sandbox_id=sandbox_id, state=sb.state)
+        if remaining <= 0:  # created all the same: the caller polls from here
+            return JSONResponse(sandbox_view(sb), status_code=202)
         await ctx.waiters.wait(sandbox_id, min(0.5, remaining))
 
 

@@ -7,7 +7,8 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from common.tracing import current_traceparent
 from contracts.envelope import NAME_RE
@@ -129,10 +130,13 @@ async def fork_snapshot(request: Request, snapshot_id: Id, body: ForkIn,
     ctx = request.app.state.ctx
     snap = await asyncio.to_thread(ctx.ledger.find_snapshot, snapshot_id, p.org_id)
     shape = snap.shape or {}
-    spec = SandboxSpec(image=shape.get("image", "default"), vcpus=shape.get("vcpus", 1),
-                       memory_mib=shape.get("memory_mib", 256), ttl_seconds=body.ttl_seconds,
-                       env=body.env, metadata=body.metadata, network=body.network,
-                       snapshot_id=snapshot_id)
+    try:
+        spec = SandboxSpec(image=shape.get("image", "default"), vcpus=shape.get("vcpus", 1),
+                           memory_mib=shape.get("memory_mib", 256), ttl_seconds=body.ttl_seconds,
+                           env=body.env, metadata=body.metadata, network=body.network,
+                           snapshot_id=snapshot_id)
+    except ValidationError as e:  # same rules as a create body
+        raise RequestValidationError(e.errors()) from None
     made = []
     for _ in range(body.count):
         sb, _ = await asyncio.to_thread(ctx.ledger.request, p.org_id, spec, op_id(request),

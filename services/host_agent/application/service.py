@@ -169,9 +169,11 @@ class HostAgentService:
             self._booting.discard(sandbox_id)
         started = SandboxStarted(host_id=self.host_id, vcpus=spec.vcpus,
                                  memory_mib=spec.memory_mib, accel=info.accel, ip=info.ip,
-                                 boot_ms=info.boot_ms, **common)
+                                 boot_ms=info.boot_ms, start_mode=getattr(info, "start_mode", None),
+                                 **common)
         await asyncio.to_thread(self.records.transition, sandbox_id, "running", _dump(started))
-        log.info("sandbox running", extra={"boot_ms": info.boot_ms, "accel": info.accel})
+        log.info("sandbox running", extra={"boot_ms": info.boot_ms, "accel": info.accel,
+                                           "start_mode": getattr(info, "start_mode", None)})
 
     async def _remove_resources(self, sandbox_id: str) -> None:
         vm = await asyncio.to_thread(self.records.get, sandbox_id)

@@ -321,12 +321,13 @@ class QemuDriver:
             argv = self._argv(sid, layout, launch, lease.tap if lease else None)
             await rec(K_QMP, str(layout.qmp))
             await rec(K_AGENT, str(layout.agent))
-            proc = await self._spawn(argv, layout)
-            vm = _Vm(sid, layout, proc.pid, accel, proc=proc, ip=lease.ip if lease else None,
+            vm = _Vm(sid, layout, 0, accel, ip=lease.ip if lease else None,
                      launch=launch, net_id=net_id, mac=lease.mac if lease else None)
+            self._write_meta(vm)
+            proc = await self._spawn(argv, layout)
+            vm.pid, vm.proc = proc.pid, proc
             self._vms[sid] = vm
             await rec(K_PID, str(proc.pid))
-            self._write_meta(vm)
             await self._connect(vm, self.boot_timeout(accel))
             await vm.agent.configure(env=dict(spec.env), hostname=hostname)
         except BaseException as e:
@@ -371,13 +372,14 @@ class QemuDriver:
             argv += ["-incoming", "exec:cat " + shlex.quote(str(state))]
             await rec(K_QMP, str(layout.qmp))
             await rec(K_AGENT, str(layout.agent))
+            vm = _Vm(sid, layout, 0, launch.accel, ip=lease.ip if lease else None,
+                     launch=launch, mac=lease.mac if lease else None, pending=True,
+                     hostname=_host(spec))
+            self._write_meta(vm)  # before the pid is recorded: reconcile needs it
             proc = await self._spawn(argv, layout)
-            vm = _Vm(sid, layout, proc.pid, launch.accel, proc=proc,
-                     ip=lease.ip if lease else None, launch=launch,
-                     mac=lease.mac if lease else None, pending=True, hostname=_host(spec))
+            vm.pid, vm.proc = proc.pid, proc
             self._vms[sid] = vm
             await rec(K_PID, str(proc.pid))
-            self._write_meta(vm)
             await self._connect(vm, self.restore_timeout(), incoming=True)
             await self._activate(vm, spec, lease)
         except BaseException as e:
@@ -782,13 +784,13 @@ class QemuDriver:
                 await rec(K_LEASE, lease_record(lease))
             await rec(K_QMP, str(layout.qmp))
             await rec(K_AGENT, str(layout.agent))
+            vm.pending, vm.hostname = True, _host(spec)
+            self._write_meta(vm)
             await rec(K_PID, str(vm.pid))
             os.rename(old_layout.dir, layout.dir)  # bound sockets follow the rename
             vm.layout, vm.sandbox_id = layout, sid
-            vm.pending, vm.hostname = True, _host(spec)
             self._internal.discard(vm.vm_name)
             self._vms[sid] = vm
-            self._write_meta(vm)
             if lease is not None and bool(getattr(lease, "egress", False)) != spec.egress:
                 lease = await self.network.allocate(vm.net_id, spec.egress)
                 await rec(K_LEASE, lease_record(lease))
@@ -862,7 +864,8 @@ class QemuDriver:
             proc = await self._spawn(argv, layout)
             vm = _Vm(pool_id, layout, proc.pid, tpl.launch.accel, proc=proc,
                      ip=lease.ip if lease else None, launch=tpl.launch,
-                     mac=lease.mac if lease else None)
+                     mac=lease.mac if lease else None, pending=True)
+            self._write_meta(vm)
             await self._connect(vm, self.restore_timeout(), incoming=True)
             return _PoolVm(cls, vm, lease, tpl.key)
         except BaseException:
