@@ -148,3 +148,39 @@ def test_pause_resume_stop_start_keeps_the_disk(vm_api):
     assert kinds.count("SandboxStarted") == 2
     vm_api.delete(base)
     vm_api.wait_state(sid, ("destroyed",), 60)
+
+
+def test_creates_restore_from_template_and_forks_carry_files(vm_stack, vm_api):
+    # the template for the default class is built at agent start; once it exists,
+    # creates restore instead of booting
+    deadline = time.monotonic() + 180
+    while True:
+        sb = vm_api.post("/v1/sandboxes?wait=true", json={}).json()
+        started = [e for e in vm_api.get(f"/v1/sandboxes/{sb['id']}/events").json()["items"]
+                   if e["type"] == "SandboxStarted"][0]
+        if started["start_mode"] == "restore" or time.monotonic() > deadline:
+            break
+        vm_api.delete(f"/v1/sandboxes/{sb['id']}")
+    assert started["start_mode"] == "restore"
+    base = f"/v1/sandboxes/{sb['id']}"
+    assert vm_api.put(base + "/files", params={"path": "/root/state.txt"},
+                      content=b"before snapshot").status_code == 204
+    r = vm_api.post(base + "/snapshots?wait=true", json={"name": "warm"})
+    assert r.status_code == 201, r.text
+    snap = r.json()
+    r = vm_api.post(f"/v1/snapshots/{snap['id']}/fork?wait=true", json={"count": 2})
+    assert r.status_code == 201, r.text
+    forks = r.json()["items"]
+    seen = []
+    for f in forks:
+        fb = f"/v1/sandboxes/{f['id']}"
+        assert vm_api.get(fb + "/files", params={"path": "/root/state.txt"}).content == b"before snapshot"
+        out = vm_api.post(fb + "/exec", json={"cmd": ["sh", "-c",
+                          "head -c16 /dev/urandom | od -An -tx1; hostname; date +%s"]}).json()
+        rand, host, clock = out["stdout"].strip().splitlines()
+        assert abs(int(clock) - time.time()) < 5
+        seen.append((rand, host))
+        vm_api.delete(fb)
+    assert seen[0][0] != seen[1][0]  # no shared randomness between clones
+    vm_api.delete(base)
+    assert vm_api.delete(f"/v1/snapshots/{snap['id']}").status_code == 202
