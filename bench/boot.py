@@ -169,15 +169,58 @@ async def fast_column(a: argparse.Namespace, root: Path) -> dict:
     return out
 
 
-def _platform_runs(a: argparse.Namespace) -> dict:
+PLATFORM_MODES = {  # host agent settings per mode; one stack each, same image and accel
+    "cold": {"CORRAL_TEMPLATES": "false", "CORRAL_PREBUILD_TEMPLATES": ""},
+    "restore": {"CORRAL_TEMPLATES": "true"},
+    "pool": {"CORRAL_TEMPLATES": "true", "CORRAL_WARM_POOL": "default/1/256=2"},
+}
+
+
+def _last_heartbeat(nats_url: str) -> dict:
+    import nats
+    from nats.js.api import DeliverPolicy
+
+    async def go() -> dict:
+        nc = await nats.connect(nats_url)
+        js = nc.jetstream()
+        sub = await js.subscribe("corral.evt.host.*.HostHeartbeat", ordered_consumer=True,
+                                 deliver_policy=DeliverPolicy.LAST_PER_SUBJECT)
+        try:
+            return json.loads((await sub.next_msg(timeout=5)).data)
+        finally:
+            await nc.close()
+    return asyncio.run(go())
+
+
+def _wait_warm(st, mode: str, timeout_s: float = 240) -> None:  # noqa: ANN001
+    """Restore needs its template, the pool its VMs: measure the steady state."""
+    deadline = time.monotonic() + timeout_s
+    while mode != "cold" and time.monotonic() < deadline:
+        if mode == "pool":
+            pools = _last_heartbeat(st.nats_url).get("pools", {})
+            if pools and all(p.get("ready", 0) >= p.get("target", 1) for p in pools.values()):
+                return
+        elif '"template ready' in (st.state_dir / "logs" / "host_agent.log").read_text():
+            return
+        time.sleep(0.5)
+
+
+def _start_mode(c, sid: str) -> str | None:  # noqa: ANN001
+    items = c.get(f"/v1/sandboxes/{sid}/events", params={"limit": 100}).json()["items"]
+    return next((e.get("start_mode") for e in items if e["type"] == "SandboxStarted"), None)
+
+
+def _platform_mode(a: argparse.Namespace, mode: str) -> dict:
     import secrets
+    from concurrent.futures import ThreadPoolExecutor
+
     import httpx
     from corral.devstack import DevStack
 
     env = {"CORRAL_BRIDGE": "crlb" + secrets.token_hex(2),
            "CORRAL_SUBNET": f"198.18.{secrets.randbelow(250) + 1}.0/24",
            "CORRAL_CAPACITY_VCPUS": "64", "CORRAL_MAX_SANDBOXES": "32",
-           "CORRAL_LOG_LEVEL": "WARNING"}
+           "CORRAL_LOG_LEVEL": "INFO", **PLATFORM_MODES[mode]}
     with tempfile.TemporaryDirectory(prefix="cbp-") as tmp:
         st = DevStack(Path(tmp), driver="qemu", extra_env=env)
         st.start(timeout_s=180)
@@ -185,35 +228,46 @@ def _platform_runs(a: argparse.Namespace) -> dict:
                          headers={"Authorization": f"Bearer {st.creds.api_key}"})
         spec = {"memory_mib": a.memory, "vcpus": a.vcpus}
         try:
-            first, running, rtt = [], [], []
-            for _ in range(a.runs):
+            _wait_warm(st, mode)
+            first, rtt, modes = [], [], []
+            for _ in range(a.platform_runs):
+                if mode == "pool":
+                    _wait_warm(st, mode, 30)  # sequential creates: pool refilled
                 t0 = time.monotonic()
                 r = c.post("/v1/sandboxes?wait=true", json=spec)
                 assert r.status_code == 201, r.text
-                running.append((time.monotonic() - t0) * 1000)
                 sid = r.json()["id"]
                 assert c.post(f"/v1/sandboxes/{sid}/exec", json={"cmd": ["true"]}).json()["exit_code"] == 0
                 first.append((time.monotonic() - t0) * 1000)
-                for _ in range(a.execs):
+                for _ in range(a.execs if mode == "restore" else 0):
                     t = time.monotonic()
                     c.post(f"/v1/sandboxes/{sid}/exec", json={"cmd": ["true"]})
                     rtt.append((time.monotonic() - t) * 1000)
+                modes.append(_start_mode(c, sid))
                 c.delete(f"/v1/sandboxes/{sid}")
-            out = {"runs": a.runs,
-                   "create_to_running_ms": {"p50": pct(running, 50), "p95": pct(running, 95)},
+            out = {"runs": len(first), "start_modes": {m: modes.count(m) for m in set(modes)},
                    "create_to_first_exec_ms": {"p50": pct(first, 50), "p95": pct(first, 95),
-                                               "min": round(min(first), 1)},
-                   "exec_true_rtt_ms": {"p50": pct(rtt, 50), "p95": pct(rtt, 95)}}
+                                               "min": round(min(first), 1)}}
+            if rtt:
+                out["exec_true_rtt_ms"] = {"p50": pct(rtt, 50), "p95": pct(rtt, 95)}
             if a.parallel:
-                from concurrent.futures import ThreadPoolExecutor
+                _wait_warm(st, mode, 60)
+
+                def one(_):  # noqa: ANN001, ANN202
+                    t = time.monotonic()
+                    r = c.post("/v1/sandboxes?wait=true", json=spec)
+                    ok = r.status_code == 201 and c.post(
+                        f"/v1/sandboxes/{r.json()['id']}/exec",
+                        json={"cmd": ["true"]}).json()["exit_code"] == 0
+                    return r, ok, (time.monotonic() - t) * 1000
                 t0 = time.monotonic()
                 with ThreadPoolExecutor(a.parallel) as pool:
-                    rs = list(pool.map(lambda _: c.post("/v1/sandboxes?wait=true", json=spec),
-                                       range(a.parallel)))
-                out["parallel"] = {"n": a.parallel,
-                                   "ready": sum(r.status_code == 201 for r in rs),
-                                   "all_ready_s": round(time.monotonic() - t0, 1)}
-                for r in rs:
+                    res = list(pool.map(one, range(a.parallel)))
+                each = [ms for _, ok, ms in res if ok]
+                out["parallel"] = {"n": a.parallel, "ready": len(each),
+                                   "all_ready_s": round(time.monotonic() - t0, 1),
+                                   "per_create_ms": {"p50": pct(each, 50), "p95": pct(each, 95)}}
+                for r, _, _ in res:
                     if r.status_code == 201:
                         c.delete(f"/v1/sandboxes/{r.json()['id']}")
             return out
@@ -222,8 +276,11 @@ def _platform_runs(a: argparse.Namespace) -> dict:
 
 
 async def platform_column(a: argparse.Namespace) -> dict | None:
-    """Through the platform: REST create?wait=true -> first exec answered."""
-    return await asyncio.to_thread(_platform_runs, a)
+    """Through the platform, per start mode: REST create?wait=true -> first exec."""
+    out = {}
+    for mode in a.platform_modes.split(","):
+        out[mode] = await asyncio.to_thread(_platform_mode, a, mode)
+    return out
 
 
 async def main(argv: list[str] | None = None) -> int:
@@ -238,6 +295,8 @@ async def main(argv: list[str] | None = None) -> int:
                     help="runs per mode in the fast_start column")
     ap.add_argument("--skip-fast", action="store_true", help="skip the fast_start column")
     ap.add_argument("--skip-bare", action="store_true", help="skip the bare cold column")
+    ap.add_argument("--platform-runs", type=int, default=20)
+    ap.add_argument("--platform-modes", default="cold,restore,pool")
     a = ap.parse_args(argv)
     t0 = time.monotonic()
     img = await asyncio.to_thread(ensure_image)
@@ -248,12 +307,18 @@ async def main(argv: list[str] | None = None) -> int:
             result["bare"] = await bare_column(a, Path(tmp) / "bare")
         if not a.skip_fast:
             result["fast_start"] = await fast_column(a, Path(tmp) / "fast")
-    if not a.bare_only and "bare" in result:
+    if not a.bare_only:
         plat = result["platform"] = await platform_column(a)
-        bare_p50 = result["bare"]["boot_to_agent_ready_ms"]["p50"]
-        plat_p50 = plat["create_to_first_exec_ms"]["p50"]
-        result["comparison"] = {"platform_over_bare_p50_ms": round(plat_p50 - bare_p50, 1),
-                                "ratio_p50": round(plat_p50 / bare_p50, 3)}
+        p50 = {m: v["create_to_first_exec_ms"]["p50"] for m, v in plat.items()}
+        cmp: dict = {}
+        if "bare" in result and "cold" in p50:
+            bare_p50 = result["bare"]["boot_to_agent_ready_ms"]["p50"]
+            cmp["platform_cold_over_bare_p50_ms"] = round(p50["cold"] - bare_p50, 1)
+            cmp["platform_cold_vs_bare_ratio_p50"] = round(p50["cold"] / bare_p50, 3)
+        for m in ("restore", "pool"):
+            if m in p50 and "cold" in p50:
+                cmp[f"cold_over_{m}_speedup_p50"] = round(p50["cold"] / p50[m], 1)
+        result["comparison"] = cmp
     print(json.dumps(result, indent=2))
     return 0
 

@@ -65,8 +65,8 @@ class OutboxRelay:
             envelope = json.loads(n.state).get("envelope")
             if envelope is not None:  # events without a contract stay private
                 await self.bus.publish(parse_message(json.dumps(envelope).encode()))
+                self.published += 1
             await asyncio.to_thread(self._advance, n.id)
-            self.published += 1
         return len(notes)
 
     def _advance(self, notification_id: int) -> None:

@@ -69,7 +69,9 @@ async def _wait_snapshot(ctx, snap_id: str, org_id: str, timeout_s: float):  # n
 
 
 @snapshot_router.post("/v1/sandboxes/{sandbox_id}/snapshots", status_code=202,
-                      response_model=SnapshotOut, responses={201: {"model": SnapshotOut}})
+                      response_model=SnapshotOut,
+                      responses={201: {"model": SnapshotOut, "description": "ready (?wait=true)"},
+                                 502: {"description": "with ?wait=true: the snapshot failed"}})
 async def take_snapshot(request: Request, sandbox_id: Id, body: SnapshotIn,
                         p: Annotated[Principal, Depends(org_principal)],
                         wait: bool = False,
@@ -82,8 +84,9 @@ async def take_snapshot(request: Request, sandbox_id: Id, body: SnapshotIn,
     snap = await _wait_snapshot(ctx, str(snap.id), p.org_id, timeout_s)
     if snap.state == "ready":
         return JSONResponse(snapshot_view(snap), status_code=201)
-    status = 504 if snap.state == "pending" else 502
-    return problem(status, f"snapshot is {snap.state}", op_id(request),
+    if snap.state == "pending":  # the wait ended first: taken all the same, poll it
+        return JSONResponse(snapshot_view(snap), status_code=202)
+    return problem(502, f"snapshot is {snap.state}", op_id(request),
                    code="snapshot-" + snap.state, snapshot_id=str(snap.id), failure=snap.failure)
 
 

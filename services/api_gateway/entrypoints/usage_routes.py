@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.exceptions import RequestValidationError
-from pydantic import AwareDatetime, ValidationError
+from pydantic import ValidationError
 
 from common.rpc import request as rpc
 from contracts import subjects
@@ -15,27 +15,40 @@ from contracts.rpc import Principal, UsagePage, UsageQuery
 from .deps import op_id, org_principal
 
 usage_router = APIRouter(tags=["usage"])
+# ISO 8601 with an offset, as text: a bare number is not a time here.
+ISO = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?(Z|[+-]\d{2}:\d{2})$"
 DEFAULT_RANGE = timedelta(days=30)
 TIMEOUT_S = 10.0
 MAX_REPLY = 512 * 1024
 
 
+def _when(text: str | None, name: str) -> datetime | None:
+    if text is None:
+        return None
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise RequestValidationError([{"loc": ("query", name), "msg": "not a valid time",
+                                       "type": "datetime_parsing"}]) from None
+
+
 @usage_router.get("/v1/usage", response_model=UsagePage)
 async def usage(
     request: Request, p: Annotated[Principal, Depends(org_principal)],
-    from_: Annotated[AwareDatetime | None, Query(
-        alias="from", description="inclusive start (ISO 8601 with offset); default: `to` - 30 days")] = None,
-    to: Annotated[AwareDatetime | None, Query(
-        description="exclusive end (ISO 8601 with offset); default: now")] = None,
+    from_: Annotated[str | None, Query(
+        alias="from", pattern=ISO,
+        description="inclusive start (ISO 8601 with offset); default: `to` - 30 days")] = None,
+    to: Annotated[str | None, Query(
+        pattern=ISO, description="exclusive end (ISO 8601 with offset); default: now")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
     cursor: Annotated[str | None, Query(max_length=512)] = None,
 ) -> UsagePage:
     """Per-sandbox, per-period line items overlapping [from, to), oldest first: the same
     records pushed to the payment provider (`event_id` is their idempotency key). The
     range may span at most 400 days."""
-    end = to or datetime.now(timezone.utc)
-    start = from_ or end - DEFAULT_RANGE
     try:
+        end = _when(to, "to") or datetime.now(timezone.utc)
+        start = _when(from_, "from") or end - DEFAULT_RANGE
         q = UsageQuery(org_id=p.org_id, from_=start, to=end, limit=limit, cursor=cursor,
                        op_id=op_id(request))
     except ValidationError as e:
