@@ -15,7 +15,7 @@ from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
 from nats.js.api import (AckPolicy, ConsumerConfig, DeliverPolicy, RetentionPolicy,
                          StorageType, StreamConfig)
-from nats.js.errors import BadRequestError, NotFoundError
+from nats.js.errors import BadRequestError
 
 from contracts import Envelope, InvalidMessage, parse_message
 from contracts.subjects import CONSUMERS, STREAMS, ConsumerDef, dlq_subject, subject_for

@@ -8,7 +8,8 @@ size-limited before parsing: a peer's response is never trusted.
 from __future__ import annotations
 
 import json
-from typing import TypeVar
+import logging
+from typing import Awaitable, Callable, TypeVar
 
 from nats.aio.client import Client
 from nats.errors import NoRespondersError
@@ -17,7 +18,10 @@ from pydantic import ValidationError
 
 from contracts.rpc import RpcError, RpcModel
 
+from .logging import log_context
 from .tracing import current_traceparent
+
+log = logging.getLogger("corral.rpc")
 
 T = TypeVar("T", bound=RpcModel)
 MAX_REPLY_BYTES = 64 * 1024
@@ -59,3 +63,28 @@ async def request(nc: Client, subject: str, model: RpcModel, reply_type: type[T]
         return reply_type.model_validate(doc)
     except ValidationError:
         raise RpcFailure("internal", f"malformed {reply_type.__name__} reply") from None
+
+
+async def answer(body: bytes, req_type: type[T], call: Callable[[T], Awaitable[RpcModel]],
+                 max_bytes: int, refuse: Callable[[Exception], RpcError | None] = lambda e: None,
+                 ) -> RpcModel:
+    """Server side: validate a request, run `call`, and always reply.
+
+    `refuse` maps a use-case exception to a stable RpcError; anything else is
+    logged and answered as "internal" without leaking details."""
+    if len(body) > max_bytes:
+        return RpcError(error="invalid", detail="request too large")
+    try:
+        req = req_type.model_validate_json(body)
+    except ValidationError as e:
+        fields = ", ".join(".".join(map(str, err["loc"])) or "body" for err in e.errors()[:8])
+        return RpcError(error="invalid", detail=f"invalid {req_type.__name__}: {fields}")
+    with log_context(op_id=getattr(req, "op_id", None)):
+        try:
+            return await call(req)
+        except Exception as e:  # noqa: BLE001 - every request gets an answer
+            known = refuse(e)
+            if known is not None:
+                return known
+            log.exception("%s failed", req_type.__name__)
+            return RpcError(error="internal", detail="internal error")

@@ -3,8 +3,6 @@ from __future__ import annotations
 
 from typing import ClassVar, Literal
 
-from pydantic import Field
-
 from .envelope import Envelope, Id
 from .sandbox import SandboxSpec
 

@@ -1,6 +1,5 @@
 """The gateway's event store and read model on SQLite and PostgreSQL."""
 import asyncio
-import uuid
 from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 

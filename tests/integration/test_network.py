@@ -11,14 +11,13 @@ per interface on the test's own devices only, never globally.
 from __future__ import annotations
 
 import asyncio
-import json
-import os
 import random
 import secrets
-import shutil
 import sys
 
 import pytest
+
+from .vm_support import require  # noqa: E402
 
 from services.host_agent.adapters.network import HostNetwork, NetLease, check_network
 from services.host_agent.adapters.network import bridge as brmod
@@ -27,8 +26,7 @@ from services.host_agent.adapters.network.ipam import guest_mac, tap_name, veth_
 
 pytestmark = [pytest.mark.integration, pytest.mark.net]
 
-if os.geteuid() != 0 or shutil.which("nft") is None or shutil.which("ip") is None:
-    pytest.skip("needs root, nft and ip", allow_module_level=True)
+require(("nft", "ip"), root=True)
 
 PY = sys.executable
 CONNECT_TIMEOUT = 1.0

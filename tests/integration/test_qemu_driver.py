@@ -5,13 +5,14 @@ import asyncio
 import hashlib
 import json
 import os
-import shutil
 import signal
 import sys
 import textwrap
 from pathlib import Path
 
 import pytest
+
+from .vm_support import Recorder, require  # noqa: E402
 import pytest_asyncio
 
 from services.host_agent.adapters.guest_image import ensure_image
@@ -23,20 +24,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.vm]
 REPO = Path(__file__).resolve().parents[2]
 SID = "itest-main"
 
-if shutil.which("qemu-system-x86_64") is None:
-    pytest.skip("qemu-system-x86_64 not installed", allow_module_level=True)
-
-
-class Recorder:
-    def __init__(self) -> None:
-        self.by_sid: dict[str, dict[str, str]] = {}
-
-    async def __call__(self, sid: str, kind: str, value: str | None) -> None:
-        res = self.by_sid.setdefault(sid, {})
-        if value is None:
-            res.pop(kind, None)
-        else:
-            res[kind] = value
+require(("qemu-system-x86_64", "qemu-img"))
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import random
 import secrets
 import shutil
@@ -21,6 +20,8 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+
+from .vm_support import Recorder, require  # noqa: E402
 import pytest_asyncio
 
 from services.host_agent.adapters.guest_image import ensure_image
@@ -31,20 +32,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.vm]
 REPO = Path(__file__).resolve().parents[2]
 log = logging.getLogger("corral.tests.snapshots")
 
-if os.geteuid() != 0 or not all(shutil.which(t) for t in ("nft", "ip", "qemu-system-x86_64")):
-    pytest.skip("needs root, nft, ip and qemu-system-x86_64", allow_module_level=True)
-
-
-class Recorder:
-    def __init__(self) -> None:
-        self.by_sid: dict[str, dict[str, str]] = {}
-
-    async def __call__(self, sid: str, kind: str, value: str | None) -> None:
-        res = self.by_sid.setdefault(sid, {})
-        if value is None:
-            res.pop(kind, None)
-        else:
-            res[kind] = value
+require(("nft", "ip", "qemu-system-x86_64"), root=True)
 
 
 def _host_nets():

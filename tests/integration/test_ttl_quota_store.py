@@ -1,6 +1,6 @@
 """Leases and quotas in the gateway's store (SQLite and PostgreSQL)."""
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta
 
 import pytest
 

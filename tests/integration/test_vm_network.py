@@ -19,7 +19,6 @@ import asyncio
 import contextlib
 import ipaddress
 import json
-import os
 import random
 import re
 import secrets
@@ -31,6 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+
+from .vm_support import Recorder, require  # noqa: E402
 import pytest_asyncio
 
 from services.host_agent.adapters.network import HostNetwork, NetLease
@@ -42,8 +43,7 @@ from services.host_agent.application.ports import ExecChunk, ExecRequest, VmSpec
 
 pytestmark = [pytest.mark.integration, pytest.mark.vm, pytest.mark.net]
 
-if os.geteuid() != 0 or not all(shutil.which(t) for t in ("nft", "ip", "qemu-system-x86_64")):
-    pytest.skip("needs root, nft, ip and qemu-system-x86_64", allow_module_level=True)
+require(("nft", "ip", "qemu-system-x86_64"), root=True)
 
 HOST_PY = sys.executable
 # A dropped SYN shows up as a timeout; anything local answers in milliseconds
@@ -211,18 +211,6 @@ async def host_connect(host: str, port: int) -> str:
 # --------------------------------------------------------------------------
 # environment
 # --------------------------------------------------------------------------
-class Recorder:
-    def __init__(self) -> None:
-        self.by_sid: dict[str, dict[str, str]] = {}
-
-    async def __call__(self, sid: str, kind: str, value: str | None) -> None:
-        res = self.by_sid.setdefault(sid, {})
-        if value is None:
-            res.pop(kind, None)
-        else:
-            res[kind] = value
-
-
 @dataclass
 class Vm:
     sid: str

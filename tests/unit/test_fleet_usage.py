@@ -21,7 +21,8 @@ from services.scheduler.application.fleet import Fleet, UnknownHost
 from services.scheduler.application.liveness import Liveness
 from services.scheduler.application.scheduler import NoCapacity, Scheduler
 from services.scheduler.domain.host import Host
-from services.scheduler.entrypoints.rpc import _serve, host_info
+from common.rpc import answer
+from services.scheduler.entrypoints.rpc import MAX_REQUEST, _refuse, host_info
 
 pytestmark = pytest.mark.unit
 CAP = {"vcpus": 4, "memory_mib": 1024, "max_sandboxes": 10}
@@ -151,11 +152,11 @@ def test_host_info_and_rpc_errors(sched):
     async def drain(r: rpc.HostAction):
         h, _ = await asyncio.to_thread(fleet.drain, r.host_id)
         return rpc.HostList(items=[host_info(h, set(), live)])
-    missing = asyncio.run(_serve(b'{"host_id": "nope"}', rpc.HostAction, drain))
+    missing = asyncio.run(answer(b'{"host_id": "nope"}', rpc.HostAction, drain, MAX_REQUEST, _refuse))
     assert isinstance(missing, rpc.RpcError) and missing.error == "not_found"
-    bad = asyncio.run(_serve(b'{"host_id": "a.b"}', rpc.HostAction, drain))
+    bad = asyncio.run(answer(b'{"host_id": "a.b"}', rpc.HostAction, drain, MAX_REQUEST, _refuse))
     assert isinstance(bad, rpc.RpcError) and bad.error == "invalid"
-    ok = asyncio.run(_serve(b'{"host_id": "h1"}', rpc.HostAction, drain))
+    ok = asyncio.run(answer(b'{"host_id": "h1"}', rpc.HostAction, drain, MAX_REQUEST, _refuse))
     assert ok.items[0].status == "draining" and not ok.items[0].alive
 
 

@@ -10,9 +10,8 @@ import logging
 from typing import Awaitable, Callable, TypeVar
 
 from faststream.nats import NatsBroker, NatsMessage
-from pydantic import ValidationError
 
-from common.logging import log_context
+from common.rpc import answer
 from contracts import rpc
 from contracts import subjects as s
 
@@ -28,7 +27,7 @@ def register(broker: NatsBroker, svc: AuthService, queue: str = "auth",
     def endpoint(subject: str, req_type: type[Req],
                  call: Callable[[Req], Awaitable[rpc.RpcModel]]) -> None:
         async def handler(msg: NatsMessage):  # noqa: ANN202 - any RpcModel
-            return await _serve(msg.body, req_type, call, max_request_bytes)
+            return await answer(msg.body, req_type, call, max_request_bytes, _refuse)
         handler.__name__ = f"rpc_{subject.rsplit('.', 2)[-2]}_{subject.rsplit('.', 1)[-1]}"
         broker.subscriber(subject, queue=queue)(handler)
 
@@ -67,20 +66,5 @@ def register(broker: NatsBroker, svc: AuthService, queue: str = "auth",
     endpoint(s.RPC_AUTH_REGISTER_HOST, rpc.RegisterHost, register_host)
 
 
-async def _serve(body: bytes, req_type: type[Req], call: Callable[[Req], Awaitable[rpc.RpcModel]],
-                 max_bytes: int) -> rpc.RpcModel:
-    if len(body) > max_bytes:
-        return rpc.RpcError(error="invalid", detail="request too large")
-    try:
-        req = req_type.model_validate_json(body)
-    except ValidationError as e:
-        fields = ", ".join(".".join(map(str, err["loc"])) or "body" for err in e.errors()[:8])
-        return rpc.RpcError(error="invalid", detail=f"invalid {req_type.__name__}: {fields}")
-    with log_context(op_id=getattr(req, "op_id", None)):
-        try:
-            return await call(req)
-        except AuthError as e:
-            return rpc.RpcError(error=e.code, detail=e.detail)
-        except Exception:  # noqa: BLE001 - never leak internals to the caller
-            log.exception("%s failed", req_type.__name__)
-            return rpc.RpcError(error="internal", detail="internal error")
+def _refuse(e: Exception) -> rpc.RpcError | None:
+    return rpc.RpcError(error=e.code, detail=e.detail) if isinstance(e, AuthError) else None

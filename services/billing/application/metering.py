@@ -95,10 +95,7 @@ class Metering(StoreApp):
             self._position = notes[-1].id
             for oid in touched:
                 uid = oid if isinstance(oid, uuid.UUID) else uuid.UUID(str(oid))
-                try:
-                    meter = self.repository.get(uid)
-                except AggregateNotFoundError:
-                    continue
+                meter = self._get(uid)
                 if isinstance(meter, Meter) and meter.running:
                     self._open.add(uid)
                 else:

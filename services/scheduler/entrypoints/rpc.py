@@ -10,9 +10,9 @@ import asyncio
 import logging
 from typing import Awaitable, Callable
 
-from pydantic import ValidationError
 
 from common.logging import log_context
+from common.rpc import answer
 from contracts import rpc
 from contracts import subjects as s
 
@@ -79,16 +79,16 @@ async def serve_fleet_rpc(ctx, stop: asyncio.Event, fleet: Fleet | None = None) 
     }
     tasks: set[asyncio.Task] = set()
 
-    async def answer(msg) -> None:  # noqa: ANN001 - nats Msg
+    async def reply_to(msg) -> None:  # noqa: ANN001 - nats Msg
         req_type, call = routes[msg.subject]
-        reply = await _serve(msg.data, req_type, call)
+        reply = await answer(msg.data, req_type, call, MAX_REQUEST, _refuse)
         try:
             await msg.respond(reply.model_dump_json().encode())
         except Exception as e:  # noqa: BLE001 - requester gone or bus down
             log.warning("could not answer %s: %r", msg.subject, e)
 
     async def on_msg(msg) -> None:  # noqa: ANN001
-        t = asyncio.ensure_future(answer(msg))
+        t = asyncio.ensure_future(reply_to(msg))
         tasks.add(t)
         t.add_done_callback(tasks.discard)
 
@@ -102,20 +102,7 @@ async def serve_fleet_rpc(ctx, stop: asyncio.Event, fleet: Fleet | None = None) 
             await asyncio.gather(*tasks, return_exceptions=True)
 
 
-async def _serve(body: bytes, req_type: type[rpc.RpcModel],
-                 call: Callable[..., Awaitable[rpc.RpcModel]]) -> rpc.RpcModel:
-    if len(body) > MAX_REQUEST:
-        return rpc.RpcError(error="invalid", detail="request too large")
-    try:
-        req = req_type.model_validate_json(body)
-    except ValidationError as e:
-        fields = ", ".join(".".join(map(str, err["loc"])) or "body" for err in e.errors()[:8])
-        return rpc.RpcError(error="invalid", detail=f"invalid {req_type.__name__}: {fields}")
-    with log_context(op_id=getattr(req, "op_id", None)):
-        try:
-            return await call(req)
-        except UnknownHost as e:
-            return rpc.RpcError(error="not_found", detail=f"no host {e.args[0]}")
-        except Exception:  # noqa: BLE001 - never leak internals to the caller
-            log.exception("%s failed", req_type.__name__)
-            return rpc.RpcError(error="internal", detail="internal error")
+def _refuse(e: Exception) -> rpc.RpcError | None:
+    if isinstance(e, UnknownHost):
+        return rpc.RpcError(error="not_found", detail=f"no host {e.args[0]}")
+    return None

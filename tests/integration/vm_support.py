@@ -1,0 +1,33 @@
+"""Shared by the VM and network integration tests."""
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+
+
+class Recorder:
+    """In-memory stand-in for the host agent's durable resource records."""
+
+    def __init__(self) -> None:
+        self.by_sid: dict[str, dict[str, str]] = {}
+
+    async def __call__(self, sid: str, kind: str, value: str | None) -> None:
+        res = self.by_sid.setdefault(sid, {})
+        if value is None:
+            res.pop(kind, None)
+        else:
+            res[kind] = value
+
+
+def require(tools: tuple[str, ...], root: bool = False) -> None:
+    """Skip locally when tools are missing; in CI that is a failure."""
+    missing = [t for t in tools if shutil.which(t) is None]
+    if root and os.geteuid() != 0:
+        missing.append("root")
+    if not missing:
+        return
+    if os.environ.get("CI"):
+        pytest.fail(f"CI must provide {', '.join(missing)}", pytrace=False)
+    pytest.skip(f"needs {', '.join(missing)}", allow_module_level=True)
