@@ -93,16 +93,17 @@ class AgentClient:
 
     async def handshake(self, timeout: float) -> dict:
         h, _ = await self.request({"op": "hello", "v": P.VERSION}, timeout=timeout)
+        return self._check_hello(h)
+
+    def _check_hello(self, h: dict) -> dict:
         if h.get("v") != P.VERSION:
             raise GuestError("EPROTO", f"guest speaks protocol v{h.get('v')}")
         self.hello = h
         return h
 
-    async def configure(self, env: dict[str, str] | None = None, hostname: str | None = None,
-                        entropy: bytes = b"", time_ns: int | None = None,
-                        net: dict | None = None) -> dict:
-        """Sandbox-wide state; after a restore also the clone's identity: `entropy`
-        (credited to the kernel pool + CRNG reseed), wall clock, eth0 MAC/IP/route."""
+    @staticmethod
+    def _configure_header(env: dict[str, str] | None, hostname: str | None,
+                          time_ns: int | None, net: dict | None) -> dict:
         hdr: dict = {"op": "configure"}
         if env is not None:
             hdr["env"] = env
@@ -112,8 +113,39 @@ class AgentClient:
             hdr["time_ns"] = int(time_ns)
         if net is not None:
             hdr["net"] = net
-        h, _ = await self.request(hdr, entropy)
+        return hdr
+
+    async def configure(self, env: dict[str, str] | None = None, hostname: str | None = None,
+                        entropy: bytes = b"", time_ns: int | None = None,
+                        net: dict | None = None) -> dict:
+        """Sandbox-wide state; after a restore also the clone's identity: `entropy`
+        (credited to the kernel pool + CRNG reseed), wall clock, eth0 MAC/IP/route."""
+        h, _ = await self.request(self._configure_header(env, hostname, time_ns, net), entropy)
         return h
+
+    async def handshake_configure(self, timeout: float, env: dict[str, str] | None = None,
+                                  hostname: str | None = None, entropy: bytes = b"",
+                                  time_ns: int | None = None, net: dict | None = None,
+                                  configure_timeout: float = 30.0) -> tuple[dict, dict]:
+        """`hello` and `configure` pipelined: both frames go out at once, the guest
+        handles them in order, so a restore pays one round trip instead of two.
+        The hello answer is still checked (version) before configure's is used.
+        TimeoutError from the hello wait is raised as is; `time_ns` is taken
+        at send time either way."""
+        hq = await self._send({"op": "hello", "v": P.VERSION})
+        cq = None
+        try:
+            cq = await self._send(self._configure_header(env, hostname, time_ns, net), entropy)
+            async with asyncio.timeout(timeout):
+                h, _ = await self._next(hq)
+            self._check_hello(h)
+            async with asyncio.timeout(configure_timeout):
+                c, _ = await self._next(cq)
+            return h, c
+        finally:
+            self._done(hq)
+            if cq is not None:
+                self._done(cq)
 
     async def exec(self, req: ExecRequest,
                    on_chunk: Callable[[ExecChunk], Awaitable[None]] | None = None) -> ExecResult:

@@ -394,24 +394,26 @@ class QemuDriver:
     async def _activate(self, vm: _Vm, spec: VmSpec, lease: NetLeaseLike | None) -> None:
         """Run a restored (paused) guest and hand it its identity before anyone uses it."""
         t0 = time.monotonic()
-        await vm.qmp.execute("cont")
-        try:
-            await vm.agent.handshake(self.restore_timeout())
-        except TimeoutError:
-            raise VmBootTimeout("restored guest agent did not answer hello") from None
-        t1 = time.monotonic()
         hostname = spec.name if spec.name and HOSTNAME_RE.match(spec.name) else None
         net = None
         if lease is not None:
             net = {"mac": lease.mac, "ip": lease.ip, "prefix_len": lease.prefix_len,
                    "gateway": lease.gateway}
-        await vm.agent.configure(env=dict(spec.env), hostname=hostname,
-                                 entropy=os.urandom(256), time_ns=time.time_ns(), net=net)
+        await vm.qmp.execute("cont")
+        # hello + configure in one write (one round trip): the guest answers the
+        # versioned hello first, then applies the identity.
+        try:
+            await vm.agent.handshake_configure(
+                self.restore_timeout(), env=dict(spec.env), hostname=hostname,
+                entropy=os.urandom(256), time_ns=time.time_ns(), net=net)
+        except TimeoutError:
+            if vm.agent.hello is None:
+                raise VmBootTimeout("restored guest agent did not answer hello") from None
+            raise
         vm.pending = False
         await asyncio.to_thread(self._write_meta, vm)
         log.info("identity handed off", extra={
-            "sandbox_id": vm.sandbox_id, "hello_ms": int((t1 - t0) * 1000),
-            "configure_ms": int((time.monotonic() - t1) * 1000)})
+            "sandbox_id": vm.sandbox_id, "handoff_ms": int((time.monotonic() - t0) * 1000)})
 
     async def _start_fork(self, spec: VmSpec, record: ResourceRecorder, img: ImagePaths,
                           accel: str, t0: float) -> VmInfo:
