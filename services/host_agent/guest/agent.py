@@ -163,13 +163,8 @@ def ipv4_labels(fd: int) -> list[str]:
 
 def set_net_ioctl(dev: str, mac: str, iface: ipaddress.IPv4Interface,
                   gw: ipaddress.IPv4Address | None) -> None:
-    """MAC, address + netmask (replaces the one IPv4 address), up, default route.
-
-    The MAC changes live (virtio-net has IFF_LIVE_ADDR_CHANGE): a down/up
-    cycle would refill the rx ring, slow under TCG. A MAC change flushes the
-    device's neighbour entries (NETDEV_CHANGEADDR); replacing the only
-    address flushes its routes and ARP entries (fib_disable_ip). A device
-    without live MAC change (EBUSY) is taken down for it."""
+    """Down (flushes the device's routes and neighbour entries), MAC, address +
+    netmask (replaces the primary IPv4 address), up, default route."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as s:
         fd = s.fileno()
         # SIOCSIFADDR/SIOCSIFNETMASK act on the device's first address only:
@@ -178,18 +173,11 @@ def set_net_ioctl(dev: str, mac: str, iface: ipaddress.IPv4Interface,
         if n_addrs > 1:
             raise OSError(errno.ENOTSUP, f"{dev} has {n_addrs} IPv4 addresses")
         flags = struct.unpack_from("16sh", fcntl.ioctl(fd, SIOCGIFFLAGS, ifreq_flags(dev, 0)))[1]
-        try:
-            fcntl.ioctl(fd, SIOCSIFHWADDR, ifreq_hwaddr(dev, mac))
-        except OSError as e:
-            if e.errno != errno.EBUSY:
-                raise
-            fcntl.ioctl(fd, SIOCSIFFLAGS, ifreq_flags(dev, flags & ~IFF_UP))
-            fcntl.ioctl(fd, SIOCSIFHWADDR, ifreq_hwaddr(dev, mac))
-            flags &= ~IFF_UP
+        fcntl.ioctl(fd, SIOCSIFFLAGS, ifreq_flags(dev, flags & ~IFF_UP))
+        fcntl.ioctl(fd, SIOCSIFHWADDR, ifreq_hwaddr(dev, mac))
         fcntl.ioctl(fd, SIOCSIFADDR, ifreq_addr(dev, str(iface.ip)))
         fcntl.ioctl(fd, SIOCSIFNETMASK, ifreq_addr(dev, str(iface.netmask)))
-        if not flags & IFF_UP:
-            fcntl.ioctl(fd, SIOCSIFFLAGS, ifreq_flags(dev, flags | IFF_UP))
+        fcntl.ioctl(fd, SIOCSIFFLAGS, ifreq_flags(dev, flags | IFF_UP))
         if gw is not None:
             rt = rtentry_default(str(gw))
             try:
