@@ -5,12 +5,15 @@ cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
 PKGS="qemu-system-x86 qemu-utils busybox-static mmdebstrap lz4 e2fsprogs nftables iproute2"
 
+SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
 missing=""
 for p in $PKGS; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
-if [ -n "$missing" ]; then
-  SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
-  echo "installing system packages:$missing"
+# the guest image build resolves the cloud kernel through apt's package lists
+if [ -n "$missing" ] || ! apt-cache show linux-image-cloud-amd64 >/dev/null 2>&1; then
   $SUDO apt-get update -qq
+fi
+if [ -n "$missing" ]; then
+  echo "installing system packages:$missing"
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends $missing
 fi
 
