@@ -145,31 +145,25 @@ class ReadModel:
 
     async def list(self, org_id: str, limit: int, cursor: str | None, state: str | None,
                    name: str | None) -> tuple[list[dict], str | None]:
-        q = select(views.c.doc, views.c.created_at, views.c.id).where(views.c.org_id == org_id)
-        if state:
-            q = q.where(views.c.state == state)
+        filters = [views.c.state == state] if state else []
         if name:
-            q = q.where(views.c.name == name)
-        if cursor:
-            after_ts, after_id = decode_cursor(cursor)
-            q = q.where(or_(views.c.created_at > after_ts,
-                            and_(views.c.created_at == after_ts, views.c.id > after_id)))
-        q = q.order_by(views.c.created_at, views.c.id).limit(limit + 1)
-        async with self.engine.connect() as conn:
-            rows = (await conn.execute(q)).all()
-        items = [json.loads(r.doc) for r in rows[:limit]]
-        nxt = encode_cursor(rows[limit - 1].created_at, rows[limit - 1].id) if len(rows) > limit else None
-        return items, nxt
+            filters.append(views.c.name == name)
+        return await self._page(views, org_id, limit, cursor, filters)
 
     async def list_snapshots(self, org_id: str, limit: int, cursor: str | None
                              ) -> tuple[list[dict], str | None]:
-        q = select(snapshots.c.doc, snapshots.c.created_at, snapshots.c.id).where(
-            snapshots.c.org_id == org_id)
+        return await self._page(snapshots, org_id, limit, cursor, [])
+
+    async def _page(self, table: Table, org_id: str, limit: int, cursor: str | None,
+                    filters: list) -> tuple[list[dict], str | None]:
+        """One org's rows by (created_at, id), keyset-paginated by an opaque cursor."""
+        c = table.c
+        q = select(c.doc, c.created_at, c.id).where(c.org_id == org_id, *filters)
         if cursor:
             after_ts, after_id = decode_cursor(cursor)
-            q = q.where(or_(snapshots.c.created_at > after_ts,
-                            and_(snapshots.c.created_at == after_ts, snapshots.c.id > after_id)))
-        q = q.order_by(snapshots.c.created_at, snapshots.c.id).limit(limit + 1)
+            q = q.where(or_(c.created_at > after_ts,
+                            and_(c.created_at == after_ts, c.id > after_id)))
+        q = q.order_by(c.created_at, c.id).limit(limit + 1)
         async with self.engine.connect() as conn:
             rows = (await conn.execute(q)).all()
         items = [json.loads(r.doc) for r in rows[:limit]]
