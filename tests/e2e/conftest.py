@@ -24,14 +24,16 @@ def e2e_env(driver: str) -> dict[str, str]:
             "CORRAL_BRIDGE": "crl" + secrets.token_hex(3), "CORRAL_SUBNET": f"198.18.{third}.0/24"}
 
 
-def make_stack(path, driver: str | None = None) -> DevStack:
+def make_stack(path, driver: str | None = None, env: dict[str, str] | None = None,
+               store: str = "sqlite") -> DevStack:
     driver = driver or e2e_driver()
-    return DevStack(path, driver=driver, extra_env=e2e_env(driver))
+    return DevStack(path, driver=driver, store=store, extra_env={**e2e_env(driver), **(env or {})})
 
 
 @contextlib.contextmanager
-def running_stack(path, driver: str | None = None):
-    st = make_stack(path, driver)
+def running_stack(path, driver: str | None = None, env: dict[str, str] | None = None,
+                  store: str = "sqlite"):
+    st = make_stack(path, driver, env, store)
     try:
         st.start(timeout_s=180)
         yield st

@@ -37,9 +37,8 @@ from schemathesis.checks import not_a_server_error
 from schemathesis.core.failures import FailureGroup
 from schemathesis.specs.openapi import checks as oas_checks
 
-from corral.devstack import DevStack
 
-from .conftest import e2e_env
+from .conftest import running_stack
 
 pytestmark = pytest.mark.e2e
 
@@ -109,14 +108,9 @@ class Finding:
 @pytest.fixture(scope="module")
 def fstack(tmp_path_factory):
     # the fuzzer creates many sandboxes: quotas and the create rate are tested elsewhere
-    env = {**e2e_env("fake"), "CORRAL_QUOTA_CREATES_PER_MINUTE": "100000",
-           "CORRAL_QUOTA_MAX_LIVE": "10000"}
-    st_ = DevStack(tmp_path_factory.mktemp("fuzz"), driver="fake", extra_env=env)
-    try:
-        st_.start(timeout_s=180)
+    env = {"CORRAL_QUOTA_CREATES_PER_MINUTE": "100000", "CORRAL_QUOTA_MAX_LIVE": "10000"}
+    with running_stack(tmp_path_factory.mktemp("fuzz"), "fake", env) as st_:
         yield st_
-    finally:
-        st_.stop()
 
 
 @pytest.fixture(scope="module")

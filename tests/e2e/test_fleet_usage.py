@@ -6,9 +6,8 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from corral.devstack import DevStack
 
-from .conftest import e2e_env
+from .conftest import running_stack
 from .stack import Api
 
 pytestmark = pytest.mark.e2e
@@ -16,13 +15,9 @@ pytestmark = pytest.mark.e2e
 
 @pytest.fixture(scope="module")
 def fstack(tmp_path_factory):
-    env = {**e2e_env("fake"), "CORRAL_PLACEMENT_TIMEOUT_S": "120"}
-    st = DevStack(tmp_path_factory.mktemp("fleet"), driver="fake", extra_env=env)
-    try:
-        st.start(timeout_s=180)
+    env = {"CORRAL_PLACEMENT_TIMEOUT_S": "120"}
+    with running_stack(tmp_path_factory.mktemp("fleet"), "fake", env) as st:
         yield st
-    finally:
-        st.stop()
 
 
 @pytest.fixture(scope="module")

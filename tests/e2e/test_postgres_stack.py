@@ -4,18 +4,15 @@ import signal
 
 import pytest
 
-from corral.devstack import DevStack
 
-from .conftest import e2e_env
+from .conftest import running_stack
 from .stack import Api
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
 
 
 def test_lifecycle_and_restart_on_postgres(tmp_path, pg_url):
-    st = DevStack(tmp_path / "stack", driver="fake", store=pg_url, extra_env=e2e_env("fake"))
-    try:
-        st.start()
+    with running_stack(tmp_path / "stack", "fake", store=pg_url) as st:
         api = Api(st.api_url, st.creds.api_key)
         keep = api.post("/v1/sandboxes?wait=true", json={"name": "pg-keep"}).json()
         gone = api.post("/v1/sandboxes?wait=true", json={}).json()
@@ -31,5 +28,3 @@ def test_lifecycle_and_restart_on_postgres(tmp_path, pg_url):
         assert [e["type"] for e in api.get(f"/v1/sandboxes/{gone['id']}/events").json()["items"]][-1] \
             == "SandboxDestroyed"
         assert api.post("/v1/sandboxes", json={"name": "pg-keep"}).status_code == 409
-    finally:
-        st.stop()

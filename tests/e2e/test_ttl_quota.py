@@ -5,9 +5,8 @@ from datetime import datetime
 
 import pytest
 
-from corral.devstack import DevStack
 
-from .conftest import e2e_env
+from .conftest import running_stack
 from .stack import Api
 
 pytestmark = pytest.mark.e2e
@@ -15,14 +14,10 @@ pytestmark = pytest.mark.e2e
 
 @pytest.fixture(scope="module")
 def qstack(tmp_path_factory):
-    env = {**e2e_env("fake"), "CORRAL_TTL_WARNING_S": "5", "CORRAL_QUOTA_MAX_LIVE": "4",
+    env = {"CORRAL_TTL_WARNING_S": "5", "CORRAL_QUOTA_MAX_LIVE": "4",
            "CORRAL_QUOTA_CREATES_PER_MINUTE": "1000", "CORRAL_EXPIRY_INTERVAL_S": "0.2"}
-    st = DevStack(tmp_path_factory.mktemp("qstack"), driver="fake", extra_env=env)
-    try:
-        st.start()
+    with running_stack(tmp_path_factory.mktemp("qstack"), "fake", env) as st:
         yield st
-    finally:
-        st.stop()
 
 
 def test_lease_expires_durably_across_a_gateway_crash(qstack):

@@ -5,7 +5,7 @@ from datetime import timedelta
 import pytest
 
 from common.eventstore import store_env
-from contracts.sandbox import SandboxDestroyed, SandboxFailed, Failure, SandboxSpec
+from contracts.sandbox import Failure, SandboxDestroyed, SandboxFailed, SandboxSpec
 from services.api_gateway.application.errors import Conflict, TooMany, Unprocessable
 from services.api_gateway.application.ledger import SandboxLedger
 from services.api_gateway.application.rate_limit import RateLimiter
@@ -96,3 +96,16 @@ def test_rate_limiter_refills_by_clock():
     assert rl.retry_after("p") == 0   # per org
     now[0] = 30.0
     assert rl.retry_after("o") == 0
+
+
+def test_quota_aggregate_loads_from_snapshots(ledger):
+    from services.api_gateway.domain.quota import org_live_uuid
+    for _ in range(130):  # reserve + release: 260+ events on one aggregate
+        sb, _ = ledger.request("busy", SandboxSpec(), "op", None, None, Limits(max_live=1))
+        ledger.ingest(SandboxFailed(op_id="op", org_id="busy", sandbox_id=str(sb.id),
+                                    failure=Failure(code="x", message="y")))
+    uid = org_live_uuid("busy")
+    snap = list(ledger.snapshots.get(uid, desc=True, limit=1))
+    assert snap and snap[0].originator_version >= 200  # taken as it grew
+    assert ledger.repository.get(uid).live == []
+    assert ledger.request("busy", SandboxSpec(), "op", None, None, Limits(max_live=1))[1]

@@ -131,3 +131,17 @@ def test_each_intent_routed_once_and_restart_reallocates(app):
     assert [c["type"] for c in cmds] == ["StartSandbox", "StopSandbox", "StartSandbox",
                                          "StopSandbox"]
     assert cmds[2]["restart"] is True and cmds[0]["restart"] is False
+
+
+def test_host_aggregate_loads_from_snapshots(app):
+    from contracts.sandbox import SandboxDestroyed
+    from services.scheduler.domain.host import host_uuid
+    app.register(hb("h1", vcpus=1, mem=256, n=1))
+    for _ in range(60):  # allocate + release: 120+ events on one host
+        r = req()
+        app.place(r, ["h1"])
+        app.host_reported(SandboxDestroyed(op_id="op", org_id="org1", sandbox_id=r.sandbox_id,
+                                           host_id="h1"))
+    snap = list(app.snapshots.get(host_uuid("h1"), desc=True, limit=1))
+    assert snap and snap[0].originator_version >= 100
+    assert app.host("h1").allocations == {} and app.host("h1").fits(1, 256)

@@ -47,6 +47,8 @@ def _uuid(sandbox_id: str) -> uuid.UUID | None:
 
 class SandboxLedger(SnapshotCases, StoreApp):
     name = "gateway"
+    # an org's quota gains events with every sandbox, for ever: load from a snapshot
+    snapshotting_intervals = {OrgLive: 100}
 
 
     def find(self, sandbox_id: str, org_id: str | None) -> Sandbox:

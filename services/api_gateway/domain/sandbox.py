@@ -12,6 +12,8 @@ from typing import Any
 
 from eventsourcing.domain import Aggregate, event
 
+from .facts import FactLog
+
 LIVE = ("requested", "scheduled", "starting", "running", "paused")
 ENDED = ("stopped", "destroyed", "failed", "lost")
 NAMESPACE = uuid.UUID("6f1c1d4e-3b0a-4f9e-9a8a-5c0f3f6a9d21")
@@ -33,7 +35,7 @@ def sandbox_uuid(org_id: str, idempotency_key: str | None) -> uuid.UUID:
     return uuid.uuid4()
 
 
-class Sandbox(Aggregate):
+class Sandbox(FactLog, Aggregate):
     @staticmethod
     def create_id(envelope: dict[str, Any]) -> uuid.UUID:
         return uuid.UUID(envelope["sandbox_id"])
@@ -71,9 +73,6 @@ class Sandbox(Aggregate):
     def live(self) -> bool:
         return self.state in LIVE
 
-    def has_seen(self, event_id: str) -> bool:
-        return event_id in self.seen
-
     def missing_prerequisite(self, envelope: dict[str, Any]) -> str | None:
         """The causally earlier fact this one needs, if not yet folded in.
 
@@ -103,13 +102,6 @@ class Sandbox(Aggregate):
             if not seen.intersection(need.split("|")):
                 return need
         return None
-
-    def record_fact(self, envelope: dict[str, Any]) -> bool:
-        """Fold one fact in; False if it was already folded in."""
-        if envelope["event_id"] in self.seen:
-            return False
-        self._fact(envelope)
-        return True
 
     @event("Fact")
     def _fact(self, envelope: dict[str, Any]) -> None:

@@ -7,8 +7,10 @@ from typing import Any
 
 from eventsourcing.domain import Aggregate, event
 
+from .facts import FactLog
 
-class Snapshot(Aggregate):
+
+class Snapshot(FactLog, Aggregate):
     @staticmethod
     def create_id(envelope: dict[str, Any]) -> uuid.UUID:
         return uuid.UUID(envelope["snapshot_id"])
@@ -24,12 +26,6 @@ class Snapshot(Aggregate):
         self.shape: dict[str, Any] = {}
         self.failure: dict[str, str] | None = None
         self.seen: list[str] = [envelope["event_id"]]
-
-    def record_fact(self, envelope: dict[str, Any]) -> bool:
-        if envelope["event_id"] in self.seen:
-            return False
-        self._fact(envelope)
-        return True
 
     @event("Fact")
     def _fact(self, envelope: dict[str, Any]) -> None:

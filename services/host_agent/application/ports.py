@@ -6,7 +6,7 @@ A driver owns every kernel object a VM needs. It reports each one through
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import AsyncIterator, Awaitable, Callable, Protocol
+from typing import Awaitable, Callable, Protocol
 
 
 @dataclass(frozen=True)
@@ -125,5 +125,3 @@ class SnapshotCapable(Protocol):
     async def snapshot(self, sandbox_id: str, dest_dir: str) -> SnapshotInfo: ...
     def pool_stats(self) -> dict: ...
 
-
-ChunkStream = AsyncIterator[ExecChunk]

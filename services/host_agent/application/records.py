@@ -1,6 +1,7 @@
 """The host agent's event store: Vm aggregates (sync; call via to_thread)."""
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 from common.eventstore import StoreApp
@@ -12,6 +13,34 @@ from ..domain.vm import Vm, vm_uuid
 class VmRecords(StoreApp):
     name = "host_agent"
 
+    def __init__(self, env: dict[str, str] | None = None):
+        super().__init__(env=env)
+        self._lock = threading.Lock()
+        self._active: dict[str, tuple[int, int]] | None = None  # sandbox -> (vcpus, MiB)
+
+    def _save(self, *aggregates) -> None:  # noqa: ANN002
+        with self._lock:
+            super()._save(*aggregates)
+            if self._active is not None:
+                for vm in aggregates:
+                    self._track(vm)
+
+    def _track(self, vm: Vm) -> None:
+        if vm.active:
+            self._active[vm.sandbox_id] = (vm.spec.get("vcpus", 1), vm.spec.get("memory_mib", 0))
+        else:
+            self._active.pop(vm.sandbox_id, None)
+
+    def usage(self) -> tuple[int, int, int]:
+        """(running VMs, vCPUs, MiB) without reading the store: this agent is its
+        only writer, so the view built once from the log stays exact."""
+        with self._lock:
+            if self._active is None:
+                self._active = {}
+                for vm in self.all_vms():
+                    self._track(vm)
+            sizes = list(self._active.values())
+        return len(sizes), sum(v for v, _ in sizes), sum(m for _, m in sizes)
 
     def get(self, sandbox_id: str) -> Vm | None:
         return self._get(vm_uuid(sandbox_id))

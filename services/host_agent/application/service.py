@@ -41,7 +41,7 @@ class HostAgentService:
         self.records = records
         self.driver = driver
         self.publish = publish  # for replies about VMs this host never had
-        self._tasks: set[asyncio.Future] = set()
+        self._tasks: set[asyncio.Future] = set()  # resumed boots: keep them referenced
         self._booting: set[str] = set()
 
     async def handle(self, cmd: HostCommand) -> None:
@@ -235,11 +235,5 @@ class HostAgentService:
         return {"adopted": report.adopted, "cleaned": report.cleaned,
                 "killed_unrecorded": report.killed_unrecorded, "resumed": resumed}
 
-    async def drain(self) -> None:
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
-
     def usage(self) -> tuple[int, int, int]:
-        vms = [vm for vm in self.records.all_vms() if vm.active]
-        return (len(vms), sum(vm.spec.get("vcpus", 1) for vm in vms),
-                sum(vm.spec.get("memory_mib", 0) for vm in vms))
+        return self.records.usage()

@@ -33,6 +33,8 @@ class NoCapacity(Exception):
 
 class Scheduler(StoreApp):
     name = "scheduler"
+    # a host gains events with every placement, for ever: load from a snapshot
+    snapshotting_intervals = {Host: 100}
 
 
     def host(self, host_id: str) -> Host | None:

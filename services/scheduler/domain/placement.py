@@ -33,7 +33,6 @@ class Placement(Aggregate):
         self.handled: list[str] = []
         self.status = {"SandboxScheduled": "placed", "SandboxFailed": "failed",
                        "SandboxDestroyed": "cancelled"}[envelope["type"]]
-        self.commands: list[str] = []
 
     @property
     def active(self) -> bool:
@@ -41,7 +40,6 @@ class Placement(Aggregate):
 
     @event("Commanded")
     def command(self, envelope: dict[str, Any], intent_id: str | None = None) -> None:
-        self.commands.append(envelope["type"])
         if intent_id:
             self.handled.append(intent_id)
 

@@ -27,7 +27,7 @@ from .cmdline import VmLayout, kernel_cmdline, qemu_argv
 from .errors import AgentUnavailable, QmpError, VmBootTimeout, VmError, VmNotFound
 from .qmp import QmpClient
 from .templates import (
-    OVERLAY, STATE, TEMPLATE_MAC, LaunchParams, Template, TemplateInvalid, TemplateStore,
+    OVERLAY, STATE, TEMPLATE_MAC, LaunchParams, Template, TemplateStore,
     copy_file, key_inputs, read_manifest, template_key, validate_manifest, write_manifest,
 )
 
