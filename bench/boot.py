@@ -39,6 +39,15 @@ def rss_mib(pid: int) -> float:
     return 0.0
 
 
+def pss_mib(pid: int) -> float:
+    """Proportional set size: pages shared with other VMs (a template's RAM
+    file in the page cache) count once across them."""
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        if line.startswith("Pss:"):
+            return round(int(line.split()[1]) / 1024, 1)
+    return 0.0
+
+
 async def _noop(*_a) -> None:
     return None
 
@@ -92,12 +101,17 @@ async def bare_column(a: argparse.Namespace, root: Path) -> dict:
     return out
 
 
-async def _create_to_first_exec(d: QemuDriver, spec: VmSpec) -> tuple[float, str]:
+async def _create_to_first_exec(d: QemuDriver, spec: VmSpec, mem: dict | None = None
+                                ) -> tuple[float, str]:
     t0 = time.monotonic()
     info = await d.start(spec, _noop)
     r = await d.exec(spec.sandbox_id, ExecRequest(["true"]))
     assert r.exit_code == 0
-    return (time.monotonic() - t0) * 1000, info.start_mode
+    ms = (time.monotonic() - t0) * 1000
+    if mem is not None:
+        mem.setdefault("rss", []).append(rss_mib(info.pid))
+        mem.setdefault("pss", []).append(pss_mib(info.pid))
+    return ms, info.start_mode
 
 
 def _dist(xs: list[float]) -> dict:
@@ -115,19 +129,25 @@ async def fast_column(a: argparse.Namespace, root: Path) -> dict:
         tpl = await d.ensure_template(*cls)
         out["template"] = {"build_s": round(time.monotonic() - t0, 1),
                            "save_ms": tpl.manifest.get("save_ms"),
-                           "state_mib": round(tpl.manifest["sizes"]["state"] / 2**20, 1),
+                           "state_kib": round(tpl.manifest["sizes"]["state"] / 1024),
+                           "memory_file_mib": round(tpl.manifest["sizes"]["memory"] / 2**20),
                            "overlay_kib": round(tpl.manifest["sizes"]["overlay.qcow2"] / 1024)}
         modes: dict[str, list[float]] = {"cold": [], "restore": []}
+        mem: dict[str, dict] = {"cold": {}, "restore": {}}
         for mode, cold in (("cold", True), ("restore", False)):
             for i in range(a.fast_runs):
                 sid = f"fs-{mode}-{i}"
                 ms, got = await _create_to_first_exec(
-                    d, VmSpec(sid, None, vcpus=a.vcpus, memory_mib=a.memory, cold_boot=cold))
+                    d, VmSpec(sid, None, vcpus=a.vcpus, memory_mib=a.memory, cold_boot=cold),
+                    mem[mode])
                 assert got == mode, (got, mode)
                 modes[mode].append(ms)
                 await d.destroy(sid, {})
         out["cold_create_to_first_exec_ms"] = _dist(modes["cold"])
         out["restore_create_to_first_exec_ms"] = _dist(modes["restore"])
+        out["vm_memory_after_first_exec_mib"] = {
+            m: {"rss_p50": pct(v["rss"], 50), "pss_p50": pct(v["pss"], 50)}
+            for m, v in mem.items()}
         if a.parallel:
             sids = [f"fs-par-{i}" for i in range(a.parallel)]
             t0 = time.monotonic()
@@ -209,6 +229,17 @@ def _start_mode(c, sid: str) -> str | None:  # noqa: ANN001
     return next((e.get("start_mode") for e in items if e["type"] == "SandboxStarted"), None)
 
 
+def _destroy_and_wait(c, sid: str, timeout_s: float = 60) -> None:  # noqa: ANN001
+    assert c.delete(f"/v1/sandboxes/{sid}").status_code in (200, 202, 204)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        r = c.get(f"/v1/sandboxes/{sid}")
+        if r.status_code == 404 or r.json().get("state") == "destroyed":
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"{sid} not destroyed within {timeout_s}s")
+
+
 def _platform_mode(a: argparse.Namespace, mode: str) -> dict:
     import secrets
     from concurrent.futures import ThreadPoolExecutor
@@ -243,7 +274,7 @@ def _platform_mode(a: argparse.Namespace, mode: str) -> dict:
                     c.post(f"/v1/sandboxes/{sid}/exec", json={"cmd": ["true"]})
                     rtt.append((time.monotonic() - t) * 1000)
                 modes.append(_start_mode(c, sid))
-                c.delete(f"/v1/sandboxes/{sid}")
+                _destroy_and_wait(c, sid)  # run i's teardown never overlaps run i+1
             out = {"runs": len(first), "start_modes": {m: modes.count(m) for m in set(modes)},
                    "create_to_first_exec_ms": {"p50": pct(first, 50), "p95": pct(first, 95),
                                                "min": round(min(first), 1)}}

@@ -112,6 +112,15 @@ async def env(image):
         assert not errors, errors
 
 
+def _sha256(path: Path) -> str:
+    import hashlib
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 async def identity(env: Env, sid: str, driver: QemuDriver | None = None) -> dict:
     out = await env.gexec(sid, "sh", "-c",
                           "head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \\n'; echo;"
@@ -130,6 +139,10 @@ async def test_template_restore_gives_each_clone_its_own_identity(env: Env):
     tpl = await d.ensure_template("default", 1, 256)
     log.warning("template build %.1fs sizes %s", time.monotonic() - t0, tpl.manifest["sizes"])
     assert tpl.state.exists() and tpl.overlay.exists()
+    # RAM is the template's `memory` file; the state stream holds devices only.
+    assert tpl.memory.stat().st_size == 256 << 20
+    assert tpl.state.stat().st_size < 1 << 20, tpl.manifest["sizes"]
+    mem_digest = await asyncio.to_thread(_sha256, tpl.memory)
     assert await d.ensure_template("default", 1, 256) == tpl  # no second build
     infos = []
     for sid, name in (("rs-a", "clone-a"), ("rs-b", "clone-b")):
@@ -152,6 +165,13 @@ async def test_template_restore_gives_each_clone_its_own_identity(env: Env):
         assert env.net.gateway in i["route"]
     assert (a["hostname"], b["hostname"]) == ("clone-a", "clone-b")
     assert (await env.gexec("rs-b", "sh", "-c", "echo $WHO")).strip() == "rs-b"
+    # Clones map the template's RAM copy-on-write: guest writes (64 MiB here)
+    # stay private, the file is never written.
+    for info in infos:
+        maps = Path(f"/proc/{info.pid}/maps").read_text()
+        assert str(tpl.memory.resolve()) in maps
+    await env.gexec("rs-a", "python3", "-c", "b = bytearray(64 << 20); b[::4096] = b'x' * (16 << 10)")
+    assert await asyncio.to_thread(_sha256, tpl.memory) == mem_digest
     # The host side is each clone's own lease (TAP + nft pinned to its MAC/IP).
     for info in infos:
         lease = env.net.lease(info.sandbox_id)

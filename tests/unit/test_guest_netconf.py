@@ -87,28 +87,53 @@ def test_ifconf_layout_and_parsing():
     assert A.ifconf_names(entries, 0) == []
 
 
-def test_ioctl_sequence(monkeypatch):
-    calls = []
-
+def _fake_ioctls(calls, flags, busy=False):
     def fake_ioctl(fd, req, arg=0):
         calls.append((req, arg))
         if req == A.SIOCGIFFLAGS:
-            return A.ifreq_flags("eth0", 0x1043)
+            return A.ifreq_flags("eth0", flags)
         if req == A.SIOCGIFCONF:
             return A.IFCONF.pack(40, 0)  # buffer stays zeroed: one empty-named entry
+        if req == A.SIOCSIFHWADDR and busy and [r for r, _ in calls].count(req) == 1:
+            raise OSError(errno.EBUSY, "busy")
         return arg
+    return fake_ioctl
 
-    monkeypatch.setattr(A.fcntl, "ioctl", fake_ioctl)
+
+def test_ioctl_sequence_on_a_link_that_is_up(monkeypatch):
+    """A restored template's eth0 is up: MAC and address change live, no down/up."""
+    calls = []
+    monkeypatch.setattr(A.fcntl, "ioctl", _fake_ioctls(calls, 0x1043))
     A.set_net_ioctl("eth0", "02:c0:7e:00:00:09", ipaddress.IPv4Interface("198.18.7.9/24"),
                     ipaddress.IPv4Address("198.18.7.1"))
     reqs = [r for r, _ in calls]
-    assert reqs == [A.SIOCGIFCONF, A.SIOCGIFFLAGS, A.SIOCSIFFLAGS, A.SIOCSIFHWADDR,
-                    A.SIOCSIFADDR, A.SIOCSIFNETMASK, A.SIOCSIFFLAGS, A.SIOCADDRT]
-    assert calls[2][1] == A.ifreq_flags("eth0", 0x1042)  # down
-    assert calls[6][1] == A.ifreq_flags("eth0", 0x1043)  # up
-    assert calls[4][1] == A.ifreq_addr("eth0", "198.18.7.9")
-    assert calls[5][1] == A.ifreq_addr("eth0", "255.255.255.0")
-    assert calls[7][1] == A.rtentry_default("198.18.7.1")
+    assert reqs == [A.SIOCGIFCONF, A.SIOCGIFFLAGS, A.SIOCSIFHWADDR,
+                    A.SIOCSIFADDR, A.SIOCSIFNETMASK, A.SIOCADDRT]
+    assert calls[2][1] == A.ifreq_hwaddr("eth0", "02:c0:7e:00:00:09")
+    assert calls[3][1] == A.ifreq_addr("eth0", "198.18.7.9")
+    assert calls[4][1] == A.ifreq_addr("eth0", "255.255.255.0")
+    assert calls[5][1] == A.rtentry_default("198.18.7.1")
+
+
+def test_ioctl_sequence_brings_a_down_link_up(monkeypatch):
+    calls = []
+    monkeypatch.setattr(A.fcntl, "ioctl", _fake_ioctls(calls, 0x1042))
+    A.set_net_ioctl("eth0", "02:c0:7e:00:00:09", ipaddress.IPv4Interface("198.18.7.9/24"), None)
+    reqs = [r for r, _ in calls]
+    assert reqs == [A.SIOCGIFCONF, A.SIOCGIFFLAGS, A.SIOCSIFHWADDR,
+                    A.SIOCSIFADDR, A.SIOCSIFNETMASK, A.SIOCSIFFLAGS]
+    assert calls[-1][1] == A.ifreq_flags("eth0", 0x1043)
+
+
+def test_driver_refusing_a_live_mac_change_gets_a_down_up_cycle(monkeypatch):
+    calls = []
+    monkeypatch.setattr(A.fcntl, "ioctl", _fake_ioctls(calls, 0x1043, busy=True))
+    A.set_net_ioctl("eth0", "02:c0:7e:00:00:09", ipaddress.IPv4Interface("198.18.7.9/24"), None)
+    reqs = [r for r, _ in calls]
+    assert reqs == [A.SIOCGIFCONF, A.SIOCGIFFLAGS, A.SIOCSIFHWADDR, A.SIOCSIFFLAGS,
+                    A.SIOCSIFHWADDR, A.SIOCSIFADDR, A.SIOCSIFNETMASK, A.SIOCSIFFLAGS]
+    assert calls[3][1] == A.ifreq_flags("eth0", 0x1042)  # down
+    assert calls[-1][1] == A.ifreq_flags("eth0", 0x1043)  # up again
 
 
 def test_route_exists_is_replaced(monkeypatch):

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from services.host_agent.adapters.qemu.templates import (
-    MANIFEST, OVERLAY, STATE, LaunchParams, TemplateInvalid, TemplateStore, key_inputs,
+    MANIFEST, MEMORY, OVERLAY, STATE, LaunchParams, TemplateInvalid, TemplateStore, key_inputs,
     read_manifest, template_key, validate_manifest, write_manifest,
 )
 
@@ -60,6 +60,7 @@ def make_build(store: TemplateStore, launch: LaunchParams, k: str, inputs: dict)
     b = store.new_build_dir(k)
     (b / STATE).write_bytes(b"s" * 100)
     (b / OVERLAY).write_bytes(b"o" * 10)
+    (b / MEMORY).write_bytes(b"m" * 1000)
     write_manifest(b, kind="template", key=k, inputs=inputs, launch=launch)
     return b
 
@@ -80,6 +81,11 @@ def test_manifest_validation(launch: LaunchParams, tmp_path: Path):
                    {**m, "launch": {**m["launch"], "vcpus": 0}}):
         with pytest.raises(TemplateInvalid):
             validate_manifest(broken, b)
+    assert set(m["sizes"]) == {STATE, OVERLAY, MEMORY}
+    (b / MEMORY).unlink()  # a template's RAM is part of it
+    with pytest.raises(TemplateInvalid):
+        validate_manifest(m, b)
+    (b / MEMORY).write_bytes(b"m" * 1000)
     (b / STATE).write_bytes(b"s" * 99)  # truncated state
     with pytest.raises(TemplateInvalid):
         validate_manifest(m, b)
@@ -125,5 +131,5 @@ def test_store_publish_find_prune_and_clean(launch: LaunchParams, tmp_path: Path
     # A half-written manifest never validates.
     d = store.dir_for(cls, k2)
     m = json.loads((d / MANIFEST).read_text())
-    (d / MANIFEST).write_text(json.dumps({**m, "sizes": {STATE: 1, OVERLAY: 1}}))
+    (d / MANIFEST).write_text(json.dumps({**m, "sizes": {STATE: 1, OVERLAY: 1, MEMORY: 1}}))
     assert store.find(cls, k2, i2) is None

@@ -23,8 +23,14 @@ for a in $(cat /proc/cmdline); do
   esac
 done
 ip link set lo up
+if [ -e /sys/class/net/eth0 ]; then
+  # IPv4 only (the host bridge drops IPv6); the link is up even without an
+  # address, so a template's clones change MAC/IP without a down/up cycle.
+  echo 1 > /proc/sys/net/ipv6/conf/eth0/disable_ipv6
+  ip link set eth0 up || fail "eth0 up"
+fi
 if [ -n "$IP" ]; then
-  ip link set eth0 up && ip addr add "$IP" dev eth0 || fail "ip $IP"
+  ip addr add "$IP" dev eth0 || fail "ip $IP"
   [ -n "$GW" ] && { ip route add default via "$GW" || fail "gw $GW"; }
 fi
 hostname "$HN"

@@ -71,15 +71,36 @@ def accel_args(accel: str, vcpus: int) -> list[str]:
     return ["-accel", "tcg,thread=multi", "-cpu", "max"]
 
 
+@dataclass(frozen=True)
+class MemFile:
+    """Guest RAM backed by a file: `share` (MAP_SHARED) for a template being
+    built, private (copy-on-write) for a clone mapping the template's RAM."""
+    path: Path
+    share: bool
+
+
+MEM_ID = "mem"  # the RAM block id: identical in every VM, so states load anywhere
+
+
+def memory_args(memory_mib: int, mem: MemFile | None) -> list[str]:
+    if mem is None:
+        obj = f"memory-backend-ram,id={MEM_ID},size={memory_mib}M"
+    else:
+        obj = (f"memory-backend-file,id={MEM_ID},size={memory_mib}M,"
+               f"mem-path={mem.path},share={'on' if mem.share else 'off'}")
+    return ["-m", str(memory_mib), "-object", obj]
+
+
 def qemu_argv(*, sandbox_id: str, layout: VmLayout, kernel: Path, initrd: Path,
               accel: str, vcpus: int, memory_mib: int, append: str,
-              tap: str | None = None, mac: str | None = None) -> list[str]:
+              tap: str | None = None, mac: str | None = None,
+              mem: MemFile | None = None) -> list[str]:
     argv = [
         QEMU, "-name", f"corral-{sandbox_id}",
-        "-M", "microvm,x-option-roms=off,isa-serial=on,rtc=on",
+        "-M", f"microvm,x-option-roms=off,isa-serial=on,rtc=on,memory-backend={MEM_ID}",
         *accel_args(accel, vcpus),
         "-nodefaults", "-no-user-config", "-nographic", "-no-reboot",
-        "-smp", str(vcpus), "-m", str(memory_mib),
+        "-smp", str(vcpus), *memory_args(memory_mib, mem),
         "-kernel", str(kernel), "-initrd", str(initrd), "-append", append,
         "-serial", f"file:{layout.console}",
         "-qmp", f"unix:{layout.qmp},server=on,wait=off",

@@ -23,11 +23,11 @@ from services.host_agent.application.ports import (
 from . import procs
 from .accel import choose_accel
 from .agent_client import AgentClient
-from .cmdline import VmLayout, kernel_cmdline, qemu_argv
+from .cmdline import MemFile, VmLayout, kernel_cmdline, qemu_argv
 from .errors import AgentUnavailable, QmpError, VmBootTimeout, VmError, VmNotFound
 from .qmp import QmpClient
 from .templates import (
-    OVERLAY, STATE, TEMPLATE_MAC, LaunchParams, Template, TemplateStore,
+    MEMORY, OVERLAY, STATE, TEMPLATE_MAC, LaunchParams, Template, TemplateStore,
     copy_file, key_inputs, read_manifest, template_key, validate_manifest, write_manifest,
 )
 
@@ -43,6 +43,7 @@ K_DIR, K_OVERLAY, K_QMP, K_AGENT, K_PID, K_TAP, K_LEASE = (
 K_VMNAME, K_NETID = "vm_name", "net_id"
 VM_META = "vm.json"  # in the VM dir: vm_name, net_id, launch params
 PoolClass = tuple[str, int, int]  # (image, vcpus, memory_mib)
+WARM_CMDS = (("true",), ("sh", "-c", ":"), ("ls", "/"), ("python3", "-c", "pass"))
 
 
 class NetLeaseLike(Protocol):
@@ -82,6 +83,7 @@ class _Vm:
     mac: str | None = None
     pending: bool = False  # restored, identity not yet handed off
     hostname: str | None = None
+    incoming: dict | None = None  # while pending: {"state", "ignore_shared"}
 
     def __post_init__(self) -> None:
         self.vm_name = self.vm_name or self.sandbox_id
@@ -184,14 +186,16 @@ class QemuDriver:
         return self.accel
 
     def _argv(self, vm_name: str, layout: VmLayout, launch: LaunchParams,
-              tap: str | None) -> list[str]:
+              tap: str | None, mem: MemFile | None = None) -> list[str]:
         return qemu_argv(sandbox_id=vm_name, layout=layout, kernel=Path(launch.kernel),
                          initrd=Path(launch.initrd), accel=launch.accel, vcpus=launch.vcpus,
                          memory_mib=launch.memory_mib, append=launch.append,
-                         tap=tap if launch.net else None, mac=launch.mac if launch.net else None)
+                         tap=tap if launch.net else None, mac=launch.mac if launch.net else None,
+                         mem=mem)
 
     def _argv_shape(self, launch: LaunchParams) -> list[str]:
-        """The argv with per-VM names and paths as placeholders (for the template key)."""
+        """The argv with per-VM names and paths as placeholders (for the template key).
+        RAM's backing (anonymous or a file) does not change the device model."""
         return self._argv("VM", VmLayout(Path("/VMDIR")), launch, "TAP")
 
     def _template_launch(self, image: str, img: ImagePaths, accel: str, vcpus: int,
@@ -211,7 +215,8 @@ class QemuDriver:
     def _write_meta(vm: _Vm) -> None:
         meta = {"vm_name": vm.vm_name, "net_id": vm.net_id,
                 "launch": vm.launch.to_dict() if vm.launch else None,
-                "pending_identity": vm.pending, "hostname": vm.hostname}
+                "pending_identity": vm.pending, "hostname": vm.hostname,
+                "incoming": vm.incoming if vm.pending else None}
         tmp = vm.layout.dir / (VM_META + ".tmp")
         tmp.write_text(json.dumps(meta))
         os.rename(tmp, vm.layout.dir / VM_META)
@@ -254,7 +259,7 @@ class QemuDriver:
                 if tpl is not None:
                     try:
                         return await self._start_restore(spec, record, tpl.launch, tpl.state,
-                                                         tpl.overlay, tpl.key, t0)
+                                                         tpl.overlay, tpl.key, t0, tpl.memory)
                     except Exception as e:  # noqa: BLE001 - compensated; fall back
                         log.warning("restore from template failed; cold boot instead",
                                     extra={"sandbox_id": sid, "template": tpl.key[:16],
@@ -348,8 +353,9 @@ class QemuDriver:
 
     async def _start_restore(self, spec: VmSpec, record: ResourceRecorder,
                              launch: LaunchParams, state: Path, overlay: Path,
-                             source: str, t0: float) -> VmInfo:
-        """Restore a template or snapshot as sandbox `spec.sandbox_id` with its own identity."""
+                             source: str, t0: float, memory: Path | None = None) -> VmInfo:
+        """Restore a template (`memory`: its RAM file, mapped copy-on-write) or a
+        snapshot (RAM in `state`) as sandbox `spec.sandbox_id` with its own identity."""
         sid = spec.sandbox_id
         layout = self._layout(sid)
         created, rec = self._rec_for(sid, record)
@@ -368,19 +374,22 @@ class QemuDriver:
                 lease = await self.network.allocate(sid, spec.egress)
                 await rec(K_TAP, lease.tap)
                 await rec(K_LEASE, lease_record(lease))
-            argv = self._argv(sid, layout, launch, lease.tap if lease else None)
-            argv += ["-incoming", "exec:cat " + shlex.quote(str(state))]
+            argv = self._argv(sid, layout, launch, lease.tap if lease else None,
+                              MemFile(memory, share=False) if memory else None)
+            argv += ["-incoming", "defer"]
             await rec(K_QMP, str(layout.qmp))
             await rec(K_AGENT, str(layout.agent))
             vm = _Vm(sid, layout, 0, launch.accel, ip=lease.ip if lease else None,
                      launch=launch, mac=lease.mac if lease else None, pending=True,
-                     hostname=_host(spec))
+                     hostname=_host(spec),
+                     incoming={"state": str(state), "ignore_shared": memory is not None})
             self._write_meta(vm)  # before the pid is recorded: reconcile needs it
             proc = await self._spawn(argv, layout)
             vm.pid, vm.proc = proc.pid, proc
             self._vms[sid] = vm
             await rec(K_PID, str(proc.pid))
-            await self._connect(vm, self.restore_timeout(), incoming=True)
+            await self._connect(vm, self.restore_timeout(), incoming=True,
+                                state=state, ignore_shared=memory is not None)
             await self._activate(vm, spec, lease)
         except BaseException as e:
             log.warning("restore failed; cleaning up",
@@ -392,18 +401,17 @@ class QemuDriver:
         return self._ready(vm, "restore", t0, source)
 
     async def _activate(self, vm: _Vm, spec: VmSpec, lease: NetLeaseLike | None) -> None:
-        """Run a restored (paused) guest and hand it its identity before anyone uses it."""
+        """Run a restored (paused) guest and hand it its identity before anyone uses
+        it. `lease` None: no NIC, or (warm pool) eth0 got the lease at fill time."""
         t0 = time.monotonic()
         hostname = spec.name if spec.name and HOSTNAME_RE.match(spec.name) else None
-        net = None
-        if lease is not None:
-            net = {"mac": lease.mac, "ip": lease.ip, "prefix_len": lease.prefix_len,
-                   "gateway": lease.gateway}
+        net = _net_identity(lease)
         await vm.qmp.execute("cont")
+        t_cont = time.monotonic()
         # hello + configure in one write (one round trip): the guest answers the
         # versioned hello first, then applies the identity.
         try:
-            await vm.agent.handshake_configure(
+            hello, conf = await vm.agent.handshake_configure(
                 self.restore_timeout(), env=dict(spec.env), hostname=hostname,
                 entropy=os.urandom(256), time_ns=time.time_ns(), net=net)
         except TimeoutError:
@@ -413,7 +421,8 @@ class QemuDriver:
         vm.pending = False
         await asyncio.to_thread(self._write_meta, vm)
         log.info("identity handed off", extra={
-            "sandbox_id": vm.sandbox_id, "handoff_ms": int((time.monotonic() - t0) * 1000)})
+            "sandbox_id": vm.sandbox_id, "handoff_ms": int((time.monotonic() - t0) * 1000),
+            "cont_ms": int((t_cont - t0) * 1000), "guest_ms": conf.get("ms")})
 
     async def _start_fork(self, spec: VmSpec, record: ResourceRecorder, img: ImagePaths,
                           accel: str, t0: float) -> VmInfo:
@@ -435,9 +444,12 @@ class QemuDriver:
         return await self._start_restore(spec, record, launch, d / STATE, d / OVERLAY,
                                          str(d), t0)
 
-    async def _connect(self, vm: _Vm, timeout: float, incoming: bool = False) -> None:
-        """QMP then agent hello (or, for an incoming migration, wait until it is
-        loaded: the guest stays paused), failing fast if QEMU exits."""
+    async def _connect(self, vm: _Vm, timeout: float, incoming: bool = False,
+                       state: Path | None = None, ignore_shared: bool = False) -> None:
+        """QMP then agent hello (or, for an incoming migration, start loading
+        `state` if given (QEMU waits with `-incoming defer`) and wait until it is
+        loaded: the guest stays paused), failing fast if QEMU exits.
+        `ignore_shared`: the stream holds no RAM (a template's; RAM is its file)."""
         exited = asyncio.ensure_future(procs.wait_exit(vm.pid, timeout + 5))
 
         async def connect() -> None:
@@ -449,6 +461,13 @@ class QemuDriver:
             vm.qmp = await QmpClient.connect(str(vm.layout.qmp))
             vm.agent = await AgentClient.connect(str(vm.layout.agent))
             if incoming:
+                started = (await vm.qmp.execute("query-migrate") or {}).get("status")
+                if state is not None and not started:  # else a crashed agent's restore
+                    if ignore_shared:
+                        await vm.qmp.execute("migrate-set-capabilities", {"capabilities": [
+                            {"capability": "x-ignore-shared", "state": True}]})
+                    await vm.qmp.execute("migrate-incoming",
+                                         {"uri": "exec:cat " + shlex.quote(str(state))})
                 while True:
                     st = await vm.qmp.status()
                     if st != "inmigrate":
@@ -617,12 +636,16 @@ class QemuDriver:
                        "-b", str(img.rootfs), str(layout.overlay))
             # The template NIC's TAP is made by QEMU itself (not persistent, on no
             # bridge): it goes away with the template VM.
-            argv = self._argv(vm_name, layout, launch, f"crt{key[:12]}")
+            # RAM lives in the build dir's `memory` file (shared): saving then only
+            # writes device state, and clones map that file copy-on-write.
+            argv = self._argv(vm_name, layout, launch, f"crt{key[:12]}",
+                              MemFile(build / MEMORY, share=True))
             proc = await self._spawn(argv, layout)
             vm = _Vm(vm_name, layout, proc.pid, launch.accel, proc=proc, launch=launch)
             await self._connect(vm, self.boot_timeout(launch.accel))
             boot_ms = int((time.monotonic() - t0) * 1000)
-            save_ms = await save_state(vm.qmp, build / STATE)
+            await self._warm_guest(vm)
+            save_ms = await save_state(vm.qmp, build / STATE, ignore_shared=True)
             await asyncio.to_thread(copy_file, layout.overlay, build / OVERLAY)
             m = await asyncio.to_thread(
                 write_manifest, build, kind="template", key=key, inputs=inputs, launch=launch,
@@ -639,6 +662,16 @@ class QemuDriver:
             await asyncio.shield(self._discard(vm, layout))
             self._internal.discard(vm_name)
             shutil.rmtree(build, ignore_errors=True)
+
+    async def _warm_guest(self, vm: _Vm) -> None:
+        """Before a template is saved: run the commands a sandbox's first exec
+        most likely needs, so their files are in the guest page cache every
+        clone inherits (no virtio-blk reads on the first exec after restore)."""
+        for cmd in WARM_CMDS:
+            try:
+                await vm.agent.exec(ExecRequest(list(cmd), timeout_s=30))
+            except Exception as e:  # noqa: BLE001 - a warmer cache is optional
+                log.warning("template warm-up %s failed: %r", cmd[0], e)
 
     async def _discard(self, vm: _Vm | None, layout: VmLayout) -> None:
         """Kill an internal (template or pool) VM and remove its directory."""
@@ -794,9 +827,9 @@ class QemuDriver:
             self._internal.discard(vm.vm_name)
             self._vms[sid] = vm
             if lease is not None and bool(getattr(lease, "egress", False)) != spec.egress:
-                lease = await self.network.allocate(vm.net_id, spec.egress)
+                lease = await self.network.allocate(vm.net_id, spec.egress)  # host side only
                 await rec(K_LEASE, lease_record(lease))
-            await self._activate(vm, spec, lease)
+            await self._activate(vm, spec, None)  # eth0 got this lease when filled
         except BaseException as e:
             log.warning("pool VM assignment failed; cleaning up",
                         extra={"sandbox_id": sid, "error": repr(e)})
@@ -861,14 +894,18 @@ class QemuDriver:
             await asyncio.to_thread(copy_file, tpl.overlay, layout.overlay)
             if self.network is not None:
                 lease = await self.network.allocate(pool_id, False)
-            argv = self._argv(pool_id, layout, tpl.launch, lease.tap if lease else None)
-            argv += ["-incoming", "exec:cat " + shlex.quote(str(tpl.state))]
+            argv = self._argv(pool_id, layout, tpl.launch, lease.tap if lease else None,
+                              MemFile(tpl.memory, share=False))
+            argv += ["-incoming", "defer"]
             proc = await self._spawn(argv, layout)
             vm = _Vm(pool_id, layout, proc.pid, tpl.launch.accel, proc=proc,
                      ip=lease.ip if lease else None, launch=tpl.launch,
-                     mac=lease.mac if lease else None, pending=True)
+                     mac=lease.mac if lease else None, pending=True,
+                     incoming={"state": str(tpl.state), "ignore_shared": True})
             self._write_meta(vm)
-            await self._connect(vm, self.restore_timeout(), incoming=True)
+            await self._connect(vm, self.restore_timeout(), incoming=True,
+                                state=tpl.state, ignore_shared=True)
+            await self._prewarm(vm, lease)
             return _PoolVm(cls, vm, lease, tpl.key)
         except BaseException:
             await asyncio.shield(self._discard(vm, layout))
@@ -876,6 +913,20 @@ class QemuDriver:
                 await asyncio.shield(self.network.release(pool_id))
             self._internal.discard(pool_id)
             raise
+
+    async def _prewarm(self, vm: _Vm, lease: NetLeaseLike | None) -> None:
+        """Run a new pool VM briefly, then pause it again: eth0 takes the VM's own
+        lease now, and one exec translates (TCG) the paths a create and the
+        user's first exec need in this QEMU process. Entropy, clock, hostname
+        and env are still handed over at assignment."""
+        await vm.qmp.execute("cont")
+        try:
+            await vm.agent.handshake_configure(
+                self.restore_timeout(), entropy=os.urandom(256), time_ns=time.time_ns(),
+                net=_net_identity(lease))
+            await vm.agent.exec(ExecRequest(["true"], timeout_s=30))
+        finally:
+            await vm.qmp.execute("stop")
 
     # -- guest operations -------------------------------------------------------
     async def exec(self, sandbox_id: str, req: ExecRequest,
@@ -925,7 +976,10 @@ class QemuDriver:
                 try:
                     if meta.get("pending_identity"):  # crashed mid-restore: finish it
                         vm.hostname = meta.get("hostname")
-                        await self._connect(vm, self.restore_timeout(), incoming=True)
+                        inc = meta.get("incoming") or {}
+                        await self._connect(vm, self.restore_timeout(), incoming=True,
+                                            state=Path(inc["state"]) if inc.get("state") else None,
+                                            ignore_shared=bool(inc.get("ignore_shared")))
                         lease = None
                         if self.network is not None and res.get(K_LEASE) and \
                                 not res[K_LEASE].startswith("pending|"):
@@ -994,14 +1048,18 @@ class QemuDriver:
         self._vms.clear()
 
 
-async def save_state(qmp: QmpClient, path: Path, timeout: float = 120.0) -> int:
+async def save_state(qmp: QmpClient, path: Path, timeout: float = 120.0,
+                     ignore_shared: bool = False) -> int:
     """Stop the guest and migrate its state into `path` (QEMU 7.2: `exec:`, no
-    `file:`). Returns ms. The VM stays stopped (postmigrate)."""
+    `file:`). `ignore_shared`: leave out RAM that is a shared file mapping (a
+    template's RAM is its file). Returns ms. The VM stays stopped (postmigrate)."""
     t0 = time.monotonic()
     try:
         await qmp.execute("migrate-set-parameters", {"max-bandwidth": 1 << 40})
     except QmpError:
         pass
+    await qmp.execute("migrate-set-capabilities", {"capabilities": [
+        {"capability": "x-ignore-shared", "state": ignore_shared}]})
     await qmp.execute("stop")
     await qmp.execute("migrate", {"uri": "exec:cat > " + shlex.quote(str(path))})
     deadline = time.monotonic() + timeout
@@ -1019,6 +1077,13 @@ async def save_state(qmp: QmpClient, path: Path, timeout: float = 120.0) -> int:
                 raise VmError("saving VM state timed out")
         await asyncio.sleep(0.01)
     return int((time.monotonic() - t0) * 1000)
+
+
+def _net_identity(lease: NetLeaseLike | None) -> dict | None:
+    if lease is None:
+        return None
+    return {"mac": lease.mac, "ip": lease.ip, "prefix_len": lease.prefix_len,
+            "gateway": lease.gateway}
 
 
 def _host(spec: VmSpec) -> str | None:
