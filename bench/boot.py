@@ -277,7 +277,8 @@ def _platform_mode(a: argparse.Namespace, mode: str) -> dict:
                 _destroy_and_wait(c, sid)  # run i's teardown never overlaps run i+1
             out = {"runs": len(first), "start_modes": {m: modes.count(m) for m in set(modes)},
                    "create_to_first_exec_ms": {"p50": pct(first, 50), "p95": pct(first, 95),
-                                               "min": round(min(first), 1)}}
+                                               "min": round(min(first), 1)},
+                   "each_ms": [round(x) for x in first]}
             if rtt:
                 out["exec_true_rtt_ms"] = {"p50": pct(rtt, 50), "p95": pct(rtt, 95)}
             if a.parallel:
@@ -299,7 +300,7 @@ def _platform_mode(a: argparse.Namespace, mode: str) -> dict:
                                    "per_create_ms": {"p50": pct(each, 50), "p95": pct(each, 95)}}
                 for r, _, _ in res:
                     if r.status_code == 201:
-                        c.delete(f"/v1/sandboxes/{r.json()['id']}")
+                        _destroy_and_wait(c, r.json()["id"])
             return out
         finally:
             st.stop()
@@ -309,6 +310,9 @@ async def platform_column(a: argparse.Namespace) -> dict | None:
     """Through the platform, per start mode: REST create?wait=true -> first exec."""
     out = {}
     for mode in a.platform_modes.split(","):
+        # Same start for every mode: the previous stack's writeback drained.
+        await asyncio.to_thread(os.sync)
+        await asyncio.sleep(3)
         out[mode] = await asyncio.to_thread(_platform_mode, a, mode)
     return out
 

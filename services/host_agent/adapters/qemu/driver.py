@@ -367,11 +367,19 @@ class QemuDriver:
             layout.dir.mkdir(mode=0o700)
             await rec(K_DIR, str(layout.dir))
             await rec(K_OVERLAY, str(layout.overlay))
-            await asyncio.to_thread(copy_file, overlay, layout.overlay)
             lease = None
             if self.network is not None:
                 await rec(K_LEASE, f"pending|{sid}")
-                lease = await self.network.allocate(sid, spec.egress)
+            # The disk copy and the network port are independent: both at once.
+            # Both finish before any failure is raised, so compensation sees all.
+            copied, lease = await asyncio.gather(
+                asyncio.to_thread(copy_file, overlay, layout.overlay),
+                self.network.allocate(sid, spec.egress) if self.network is not None
+                else _none(), return_exceptions=True)
+            for r in (copied, lease):
+                if isinstance(r, BaseException):
+                    raise r
+            if lease is not None:
                 await rec(K_TAP, lease.tap)
                 await rec(K_LEASE, lease_record(lease))
             argv = self._argv(sid, layout, launch, lease.tap if lease else None,
@@ -454,12 +462,12 @@ class QemuDriver:
 
         async def connect() -> None:
             deadline = time.monotonic() + timeout
-            while not vm.layout.qmp.exists():  # QEMU creates it early in start-up
-                if exited.done() or time.monotonic() > deadline:
-                    raise VmError("QMP socket never appeared")
-                await asyncio.sleep(0.005)
-            vm.qmp = await QmpClient.connect(str(vm.layout.qmp))
-            vm.agent = await AgentClient.connect(str(vm.layout.agent))
+            # QEMU creates the sockets early in start-up; between bind() and
+            # listen() a connect is refused (seen with 10 boots at once).
+            vm.qmp = await _connect_when_listening(
+                lambda: QmpClient.connect(str(vm.layout.qmp)), exited, deadline, "QMP")
+            vm.agent = await _connect_when_listening(
+                lambda: AgentClient.connect(str(vm.layout.agent)), exited, deadline, "agent")
             if incoming:
                 started = (await vm.qmp.execute("query-migrate") or {}).get("status")
                 if state is not None and not started:  # else a crashed agent's restore
@@ -1077,6 +1085,21 @@ async def save_state(qmp: QmpClient, path: Path, timeout: float = 120.0,
                 raise VmError("saving VM state timed out")
         await asyncio.sleep(0.01)
     return int((time.monotonic() - t0) * 1000)
+
+
+async def _connect_when_listening(connect, exited: asyncio.Future, deadline: float,  # noqa: ANN001
+                                  what: str):  # noqa: ANN202
+    while True:
+        try:
+            return await connect()
+        except (FileNotFoundError, ConnectionRefusedError):
+            if exited.done() or time.monotonic() > deadline:
+                raise VmError(f"{what} socket never accepted a connection") from None
+            await asyncio.sleep(0.002)
+
+
+async def _none() -> None:
+    return None
 
 
 def _net_identity(lease: NetLeaseLike | None) -> dict | None:

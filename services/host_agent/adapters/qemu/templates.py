@@ -186,8 +186,15 @@ def read_manifest(d: Path) -> dict:
         raise TemplateInvalid(f"unreadable manifest in {d}: {e}") from None
 
 
+SMALL_COPY = 16 << 20  # a template's overlay (~400 KiB): no process to start
+
+
 def copy_file(src: Path, dst: Path) -> None:
-    """Reflink where the filesystem can, else a plain (sparse-aware) copy."""
+    """Reflink where the filesystem can, else a plain (sparse-aware) copy.
+    Small files are copied in-process (copy_file_range)."""
+    if os.stat(src).st_size <= SMALL_COPY:
+        shutil.copyfile(src, dst)
+        return
     r = subprocess.run(["cp", "--reflink=auto", "--sparse=always", str(src), str(dst)],
                        capture_output=True, text=True)
     if r.returncode != 0:
