@@ -166,9 +166,32 @@ def test_set_net_falls_back_to_ip(monkeypatch):
            "gateway": "198.18.7.1"}
     assert A.set_net(net) == "ip"
     dev, mac, iface, gw = used[0]
-    assert (dev, mac, str(iface), str(gw)) == ("eth0", "02:c0:7e:00:00:09", "198.18.7.9/24",
-                                               "198.18.7.1")
+    assert (dev, mac, iface.with_prefixlen, gw) == ("eth0", "02:c0:7e:00:00:09",
+                                                    "198.18.7.9/24", "198.18.7.1")
     monkeypatch.setattr(A, "set_net_ioctl", lambda *a: None)
     assert A.set_net(net) == "ioctl"
     with pytest.raises(P.GuestError):
         A.set_net({**net, "mac": "02:c0:7e:00:00"})
+
+
+@pytest.mark.parametrize("ip,plen,mask", [("198.18.7.9", 24, "255.255.255.0"),
+                                          ("10.0.0.1", 30, "255.255.255.252"),
+                                          ("10.0.0.1", 0, "0.0.0.0"),
+                                          ("10.0.0.1", 32, "255.255.255.255")])
+def test_parse_ifaddr_matches_ipaddress(ip, plen, mask):
+    got = A.parse_ifaddr(ip, plen)
+    ref = ipaddress.IPv4Interface(f"{ip}/{plen}")
+    assert got == (str(ref.ip), str(ref.netmask), ref.with_prefixlen) and got.netmask == mask
+
+
+@pytest.mark.parametrize("bad", ["1.2.3", "1.2.3.4.5", "256.1.1.1", "a.b.c.d", "1.2.3.-4",
+                                 "", "1..2.3", "1.2.3.4 "])
+def test_parse_ipv4_rejects_malformed(bad):
+    with pytest.raises(A.P.GuestError):
+        A.parse_ipv4(bad)
+
+
+@pytest.mark.parametrize("plen", [-1, 33])
+def test_parse_ifaddr_rejects_prefix_out_of_range(plen):
+    with pytest.raises(A.P.GuestError):
+        A.parse_ifaddr("10.0.0.1", plen)

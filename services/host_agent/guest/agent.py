@@ -9,7 +9,6 @@ import array
 import errno
 import fcntl
 import heapq
-import ipaddress
 import itertools
 import os
 import selectors
@@ -20,6 +19,7 @@ import struct
 import subprocess
 import sys
 import time
+from typing import NamedTuple
 
 if __package__:
     from . import protocol as P
@@ -167,15 +167,42 @@ def ipv4_labels(fd: int) -> list[str]:
     return ifconf_names(buf.tobytes(), n)
 
 
-def set_net_ioctl(dev: str, mac: str, iface: ipaddress.IPv4Interface,
-                  gw: ipaddress.IPv4Address | None) -> None:
+class IfAddr(NamedTuple):
+    """What set_net needs of an IPv4 interface address (ipaddress.IPv4Interface
+    has the same attributes, but costs ~8 ms of cold code after a restore)."""
+    ip: str
+    netmask: str
+    with_prefixlen: str
+
+
+def parse_ipv4(s: str) -> str:
+    parts = str(s).split(".")
+    if len(parts) != 4 or not all(p.isdigit() and len(p) <= 3 and int(p) <= 255
+                                  for p in parts):
+        raise P.GuestError("EINVAL", f"bad IPv4 address {s!r}")
+    return ".".join(str(int(p)) for p in parts)
+
+
+def parse_ifaddr(ip: str, prefix_len: int) -> IfAddr:
+    ip, prefix_len = parse_ipv4(ip), int(prefix_len)
+    if not 0 <= prefix_len <= 32:
+        raise P.GuestError("EINVAL", f"bad prefix length {prefix_len}")
+    mask = socket.inet_ntoa(((0xFFFFFFFF << (32 - prefix_len)) & 0xFFFFFFFF).to_bytes(4, "big"))
+    return IfAddr(ip, mask, f"{ip}/{prefix_len}")
+
+
+def set_net_ioctl(dev: str, mac: str, iface: IfAddr, gw: str | None,
+                  sock: socket.socket | None = None) -> None:
     """MAC, address + netmask (replaces the primary IPv4 address), up, default route.
 
     The MAC changes while the link is up (virtio-net tells the device; the
     kernel flushes the device's ARP entries on the change): a down/up cycle
     costs ~50 ms of cold code under TCG after a restore. Only a driver that
-    refuses a live change (EBUSY) gets the cycle."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as s:
+    refuses a live change (EBUSY) gets the cycle. `sock`: an AF_INET socket to
+    use (the agent keeps one open, so a restored clone skips socket())."""
+    own = sock is None
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) if own else sock
+    try:
         fd = s.fileno()
         # SIOCSIFADDR/SIOCSIFNETMASK act on the device's first address only:
         # with more than one (no flush by ioctl) leave it to `ip`.
@@ -204,10 +231,12 @@ def set_net_ioctl(dev: str, mac: str, iface: ipaddress.IPv4Interface,
                     raise
                 fcntl.ioctl(fd, SIOCDELRT, rt)
                 fcntl.ioctl(fd, SIOCADDRT, rt)
+    finally:
+        if own:
+            s.close()
 
 
-def set_net_ip(dev: str, mac: str, iface: ipaddress.IPv4Interface,
-               gw: ipaddress.IPv4Address | None) -> None:
+def set_net_ip(dev: str, mac: str, iface: IfAddr, gw: str | None) -> None:
     cmds = [f"link set dev {dev} down", f"addr flush dev {dev}",
             f"link set dev {dev} address {mac}", f"link set dev {dev} up",
             f"addr add {iface.with_prefixlen} dev {dev}"]
@@ -219,7 +248,7 @@ def set_net_ip(dev: str, mac: str, iface: ipaddress.IPv4Interface,
         raise P.GuestError("EIO", f"ip: {r.stderr.strip()[-300:]}")
 
 
-def set_net(net: dict) -> str:
+def set_net(net: dict, sock: socket.socket | None = None) -> str:
     """Give eth0 a new identity: MAC, one IPv4 address/prefix, default route.
 
     Returns how: "ioctl", or "ip" when an ioctl failed and `ip -batch` did it."""
@@ -227,10 +256,10 @@ def set_net(net: dict) -> str:
     mac = str(net["mac"]).lower()
     if len(mac) != 17 or not set(mac) <= MAC_RE_CHARS or not dev.isalnum() or len(dev) > 15:
         raise P.GuestError("EINVAL", "bad mac or dev")
-    iface = ipaddress.IPv4Interface(f"{net['ip']}/{int(net['prefix_len'])}")
-    gw = ipaddress.IPv4Address(net["gateway"]) if net.get("gateway") else None
+    iface = parse_ifaddr(net["ip"], net["prefix_len"])
+    gw = parse_ipv4(net["gateway"]) if net.get("gateway") else None
     try:
-        set_net_ioctl(dev, mac, iface, gw)
+        set_net_ioctl(dev, mac, iface, gw, sock)
         return "ioctl"
     except OSError as e:
         log(f"net ioctl: {e}; falling back to ip -batch")
@@ -274,6 +303,7 @@ class Agent:
         self.sel.register(self.fd, selectors.EVENT_READ, self.on_port)
         # Opened once: a restored clone's hand-off then runs no open() path.
         self.urandom = os.open("/dev/urandom", os.O_WRONLY | os.O_CLOEXEC)
+        self.inet = socket.socket(socket.AF_INET, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
 
     # -- loop ---------------------------------------------------------------
     def call_later(self, delay: float, fn) -> None:
@@ -434,7 +464,7 @@ class Agent:
             applied.append("time")
             mark("time")
         if h.get("net") is not None:
-            how = set_net(h["net"])
+            how = set_net(h["net"], self.inet)
             applied.append("net" if how == "ioctl" else f"net:{how}")
             mark("net")
         self.send({"id": rid, "type": "ok", "applied": applied, "ms": ms})

@@ -419,7 +419,7 @@ class QemuDriver:
         # hello + configure in one write (one round trip): the guest answers the
         # versioned hello first, then applies the identity.
         try:
-            hello, conf = await vm.agent.handshake_configure(
+            _hello, conf = await vm.agent.handshake_configure(
                 self.restore_timeout(), env=dict(spec.env), hostname=hostname,
                 entropy=os.urandom(256), time_ns=time.time_ns(), net=net)
         except TimeoutError:
