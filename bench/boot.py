@@ -32,20 +32,21 @@ def pct(xs: list[float], p: float) -> float:
     return round(xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))], 1)
 
 
-def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+def _proc_kib_as_mib(path: str, field: str) -> float:
+    for line in Path(path).read_text().splitlines():
+        if line.startswith(field):
             return round(int(line.split()[1]) / 1024, 1)
     return 0.0
+
+
+def rss_mib(pid: int) -> float:
+    return _proc_kib_as_mib(f"/proc/{pid}/status", "VmRSS:")
 
 
 def pss_mib(pid: int) -> float:
     """Proportional set size: pages shared with other VMs (a template's RAM
     file in the page cache) count once across them."""
-    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-        if line.startswith("Pss:"):
-            return round(int(line.split()[1]) / 1024, 1)
-    return 0.0
+    return _proc_kib_as_mib(f"/proc/{pid}/smaps_rollup", "Pss:")
 
 
 async def _noop(*_a) -> None:

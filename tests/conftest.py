@@ -14,6 +14,8 @@ import pytest
 
 from common.natsserver import NatsServer
 
+from .prereq import unavailable
+
 PG_DEFAULT = "postgresql://postgres@127.0.0.1:5432/test"
 
 
@@ -22,12 +24,6 @@ def nats_server(tmp_path_factory):
     server = NatsServer(tmp_path_factory.mktemp("nats")).start()
     yield server
     server.stop()
-
-
-def _unavailable(what: str) -> None:
-    if os.environ.get("CI"):
-        pytest.fail(f"{what} is required in CI but unavailable")
-    pytest.skip(f"{what} unavailable")
 
 
 @pytest.fixture(scope="session")
@@ -43,7 +39,7 @@ def pg_base_url():
         with psycopg.connect(url.split("?")[0], connect_timeout=3):
             pass
     except Exception as e:  # noqa: BLE001
-        _unavailable(f"PostgreSQL at {url} ({e.__class__.__name__})")
+        unavailable(f"PostgreSQL at {url} ({e.__class__.__name__})")
     yield url
 
 

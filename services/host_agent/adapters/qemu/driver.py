@@ -453,11 +453,13 @@ class QemuDriver:
                                          str(d), t0)
 
     async def _connect(self, vm: _Vm, timeout: float, incoming: bool = False,
-                       state: Path | None = None, ignore_shared: bool = False) -> None:
+                       state: Path | None = None, ignore_shared: bool = False,
+                       resumed: bool = False) -> None:
         """QMP then agent hello (or, for an incoming migration, start loading
         `state` if given (QEMU waits with `-incoming defer`) and wait until it is
         loaded: the guest stays paused), failing fast if QEMU exits.
-        `ignore_shared`: the stream holds no RAM (a template's; RAM is its file)."""
+        `ignore_shared`: the stream holds no RAM (a template's; RAM is its file).
+        `resumed`: a restarted agent's adoption; the load may have begun already."""
         exited = asyncio.ensure_future(procs.wait_exit(vm.pid, timeout + 5))
 
         async def connect() -> None:
@@ -469,8 +471,8 @@ class QemuDriver:
             vm.agent = await _connect_when_listening(
                 lambda: AgentClient.connect(str(vm.layout.agent)), exited, deadline, "agent")
             if incoming:
-                started = (await vm.qmp.execute("query-migrate") or {}).get("status")
-                if state is not None and not started:  # else a crashed agent's restore
+                started = resumed and (await vm.qmp.execute("query-migrate") or {}).get("status")
+                if state is not None and not started:
                     if ignore_shared:
                         await vm.qmp.execute("migrate-set-capabilities", {"capabilities": [
                             {"capability": "x-ignore-shared", "state": True}]})
@@ -987,7 +989,8 @@ class QemuDriver:
                         inc = meta.get("incoming") or {}
                         await self._connect(vm, self.restore_timeout(), incoming=True,
                                             state=Path(inc["state"]) if inc.get("state") else None,
-                                            ignore_shared=bool(inc.get("ignore_shared")))
+                                            ignore_shared=bool(inc.get("ignore_shared")),
+                                            resumed=True)
                         lease = None
                         if self.network is not None and res.get(K_LEASE) and \
                                 not res[K_LEASE].startswith("pending|"):

@@ -7,9 +7,10 @@ that instant (`overlay.qcow2`), and a `manifest.json`. Clones map `memory`
 copy-on-write (MAP_PRIVATE), so a restore reads ~70 KB instead of ~70 MB and
 untouched guest pages stay shared in the host page cache. The files are never
 written after publish (replacement is rename + unlink, which clones survive).
-A live snapshot has no `memory`: its RAM is in its (full) migration stream. It is keyed by a hash of everything that makes a restore
-valid (image digest, kernel, initrd, QEMU version, accel, vcpus, memory,
-device model): any change gives a new key, so a stale template is never used.
+A live snapshot has no `memory`: its RAM is in its (full) migration stream.
+It is keyed by a hash of everything that makes a restore valid (image digest,
+kernel, initrd, QEMU version, accel, vcpus, memory, device model): any change
+gives a new key, so a stale template is never used.
 
 Directories are built under `<root>/.build-<key>-*`, then published with one
 `rename`; readers only trust a directory whose manifest validates. One
@@ -122,9 +123,14 @@ class Template:
     def memory(self) -> Path: return self.dir / MEMORY
 
 
+def data_files(kind: str) -> tuple[str, ...]:
+    """The files a manifest of `kind` vouches for (by size)."""
+    return (STATE, OVERLAY, MEMORY) if kind == "template" else (STATE, OVERLAY)
+
+
 def write_manifest(d: Path, *, kind: str, key: str | None, inputs: dict,
                    launch: LaunchParams, extra: dict | None = None) -> dict:
-    files = (STATE, OVERLAY, MEMORY) if kind == "template" else (STATE, OVERLAY)
+    files = data_files(kind)
     for f in files:  # data on disk before the manifest that vouches for it
         with open(d / f, "rb") as fh:
             os.fsync(fh.fileno())
@@ -151,7 +157,7 @@ def validate_manifest(m: object, d: Path | None = None, *, key: str | None = Non
         raise TemplateInvalid(f"manifest format {m.get('format')!r}, want {FORMAT}")
     if m.get("kind") not in ("template", "snapshot"):
         raise TemplateInvalid(f"unknown kind {m.get('kind')!r}")
-    files = (STATE, OVERLAY, MEMORY) if m["kind"] == "template" else (STATE, OVERLAY)
+    files = data_files(m["kind"])
     try:
         launch = LaunchParams.from_dict(m["launch"])
         sizes = {f: int(m["sizes"][f]) for f in files}
