@@ -56,7 +56,6 @@ class Bus:
         self.name = name
         self.nc: Client | None = None
         self.js: JetStreamContext | None = None
-        self.dead_letters = 0
 
     async def connect(self, timeout_s: float = 30) -> None:
         async def _err(e: Exception) -> None:
@@ -77,6 +76,19 @@ class Bus:
                 await self.nc.drain()
             except Exception:  # already closing
                 await self.nc.close()
+
+    @property
+    def client(self) -> Client:
+        """The connected core NATS client (for request/reply adapters)."""
+        if self.nc is None:
+            raise RuntimeError(f"{self.name}: not connected")
+        return self.nc
+
+    @property
+    def jetstream(self) -> JetStreamContext:
+        if self.js is None:
+            raise RuntimeError(f"{self.name}: not connected")
+        return self.js
 
     @property
     def connected(self) -> bool:
@@ -131,7 +143,6 @@ class Bus:
         assert self.js
         body = json.dumps(letter.__dict__).encode()
         await self.js.publish(dlq_subject(letter.consumer), body, timeout=10)
-        self.dead_letters += 1
         log.warning("dead-lettered message from %s: %s", letter.subject, letter.reason,
                     extra={"consumer": letter.consumer})
 

@@ -1,16 +1,30 @@
 """Event store wiring: eventsourcing on SQLite (default) or PostgreSQL."""
 from __future__ import annotations
 
+import random
 import re
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 from urllib.parse import unquote, urlparse
-
-from typing import Callable
 from uuid import UUID
 
 from eventsourcing.application import AggregateNotFoundError, Application
+from eventsourcing.persistence import IntegrityError
 
 _SAFE = re.compile(r"^[a-z_][a-z0-9_]{0,40}$")
+T = TypeVar("T")
+CONFLICT_RETRIES = 30
+
+
+class StoreConflict(RuntimeError):
+    """An aggregate kept changing under a use case; the whole call may be retried."""
+
+
+def jittered_backoff(attempt: int) -> None:
+    """Lost an optimistic-concurrency race: spread the retries out a little."""
+    time.sleep(random.uniform(0, 0.002 * (attempt + 1)))
 
 
 def store_env(store: str, state_dir: Path, db_name: str) -> dict[str, str]:
@@ -67,15 +81,29 @@ def tracking(app: Application):  # noqa: ANN201 - eventsourcing TrackingRecorder
 class StoreApp(Application):
     """An eventsourcing Application whose saves wake the outbox relay."""
 
+    conflict_backoff: Callable[[int], None] = staticmethod(jittered_backoff)
+
     def __init__(self, env: dict[str, str] | None = None):
         super().__init__(env=env)
         self.on_saved: Callable[[], None] = lambda: None
 
-    def _save(self, *aggregates) -> None:  # noqa: ANN002
+    def _save(self, *aggregates: Any) -> None:
         self.save(*aggregates)
         self.on_saved()
 
-    def _get(self, uid: UUID):  # noqa: ANN202 - the aggregate or None
+    def retry_on_conflict(self, attempt: Callable[[], T], fail: Exception | None = None) -> T:
+        """Run `attempt` (load, decide, save) again while its save loses the store's
+        version check to a concurrent writer, with a jittered backoff; raise `fail`
+        (default StoreConflict) when the retries run out."""
+        for n in range(CONFLICT_RETRIES):
+            try:
+                return attempt()
+            except IntegrityError:
+                self.conflict_backoff(n)
+        raise fail or StoreConflict("an aggregate kept changing; retry")
+
+    def _get(self, uid: UUID) -> Any:
+        """The aggregate, or None."""
         try:
             return self.repository.get(uid)
         except AggregateNotFoundError:

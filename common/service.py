@@ -4,9 +4,25 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from typing import Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Protocol, TypeVar
+
+from .logging import configure_logging
+from .settings import CommonSettings
+from .tracing import setup_tracing
 
 log = logging.getLogger("corral.service")
+
+
+class ServiceContext(Protocol):
+    """What every service's bootstrap returns: its wired dependencies."""
+
+    async def close(self) -> None: ...
+
+
+S = TypeVar("S", bound=CommonSettings)
+C = TypeVar("C", bound=ServiceContext)
+Jobs = Callable[[C, asyncio.Event], list[Awaitable[None]]]
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
@@ -83,3 +99,28 @@ async def serve_health(port: int, ready: Callable[[], Awaitable[bool]],
     server = await asyncio.start_server(handle, host, port)
     async with server:
         await stop.wait()
+
+
+async def serve(ctx: C, jobs: Jobs[C], stop: asyncio.Event,
+                started: asyncio.Event | None = None) -> None:
+    """Run a bootstrapped service's jobs until `stop`, then close it."""
+    if started is not None:
+        started.set()
+    await run_until_stopped(stop, *jobs(ctx, stop), on_stop=ctx.close)
+
+
+async def run(service: str, settings: S,
+              bootstrap: Callable[[S, asyncio.Event], Awaitable[C]], jobs: Jobs[C],
+              startup: Callable[[C], Awaitable[None]] | None = None) -> None:
+    """A service process: JSON logs, tracing, signals, bootstrap, `startup`
+    (before any job runs), then the jobs until SIGTERM/SIGINT."""
+    configure_logging(service, settings.log_level)
+    setup_tracing(service)
+    stop = asyncio.Event()
+    install_stop_handlers(stop)
+    ctx = await bootstrap(settings, stop)
+    if startup is not None:
+        await startup(ctx)
+    log.info("%s started", service)
+    await serve(ctx, jobs, stop)
+    log.info("%s stopped", service)

@@ -126,6 +126,14 @@ CONSUMERS: tuple[ConsumerDef, ...] = (
 )
 
 
+def consumer(durable: str) -> ConsumerDef:
+    """One of the shared durable consumers, by name."""
+    for c in CONSUMERS:
+        if c.durable == durable:
+            return c
+    raise KeyError(durable)
+
+
 def host_agent_consumer(host_id: str) -> ConsumerDef:
     return ConsumerDef("CORRAL_HOSTCMD", f"host-{host_id}", (f"corral.cmd.host.{host_id}.>",),
                        ack_wait_s=10, max_ack_pending=64,

@@ -3,16 +3,20 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from urllib.parse import parse_qs, urlparse
 
 from common.bus import Bus
 from common.eventstore import store_env
 from common.relay import OutboxRelay
 
 from .adapters.auth_client import AuthClient
-from .adapters.read_model import ReadModel, read_model_url
+from .adapters.billing_client import BillingClient
+from .adapters.fleet_client import FleetClient
+from .adapters.host_client import HostClient
+from .adapters.read_model import ReadModel
+from .application.guest_io import GuestIO
 from .application.ledger import SandboxLedger
 from .application.rate_limit import RateLimiter
+from .application.sandboxes import Sandboxes
 from .application.waiters import Waiters
 from .domain.quota import Limits
 from .settings import GatewaySettings
@@ -25,10 +29,12 @@ class GatewayContext:
     ledger: SandboxLedger
     relay: OutboxRelay
     read_model: ReadModel
-    auth: AuthClient
     waiters: Waiters
-    limits: Limits
-    limiter: RateLimiter
+    sandboxes: Sandboxes
+    io: GuestIO
+    auth: AuthClient
+    fleet: FleetClient
+    billing: BillingClient
 
     async def ready(self) -> tuple[bool, str]:
         if not self.bus.connected:
@@ -46,18 +52,15 @@ class GatewayContext:
         self.ledger.close()
 
 
-async def bootstrap(settings: GatewaySettings) -> GatewayContext:
+async def bootstrap(settings: GatewaySettings, stop: asyncio.Event | None = None) -> GatewayContext:
     bus = Bus(settings.nats_url, f"gateway-{settings.instance}")
     await bus.connect()
     await bus.ensure_topology()
-    env = store_env(settings.store, settings.state_dir, "gateway")
-    ledger = await asyncio.to_thread(SandboxLedger, env)
+    ledger = await asyncio.to_thread(
+        SandboxLedger, store_env(settings.store, settings.state_dir, "gateway"))
     relay = OutboxRelay(ledger, bus, name="gateway-relay")
-    schema = None
-    if settings.store != "sqlite":
-        schema = (parse_qs(urlparse(settings.store).query).get("schema") or [None])[0]
-    read_model = ReadModel(read_model_url(
-        settings.store, str((settings.state_dir / "gateway-read.sqlite").resolve())), schema)
+    read_model = ReadModel(settings.store,
+                           str((settings.state_dir / "gateway-read.sqlite").resolve()))
     await read_model.create()
     loop = asyncio.get_running_loop()
 
@@ -66,9 +69,14 @@ async def bootstrap(settings: GatewaySettings) -> GatewayContext:
         loop.call_soon_threadsafe(read_model.wake)
 
     ledger.on_saved = saved
-    auth = AuthClient(bus.nc, ttl_s=settings.auth_cache_s)
+    auth = AuthClient(bus.client, ttl_s=settings.auth_cache_s)
     await auth.start()
     limits = Limits(settings.quota_max_live, settings.quota_max_vcpus,
                     settings.quota_max_memory_mib)
-    return GatewayContext(settings, bus, ledger, relay, read_model, auth, Waiters(), limits,
-                          RateLimiter(settings.quota_creates_per_minute))
+    waiters = Waiters()
+    sandboxes = Sandboxes(ledger, read_model, limits,
+                          RateLimiter(settings.quota_creates_per_minute), waiters)
+    return GatewayContext(settings, bus, ledger, relay, read_model, waiters, sandboxes,
+                          GuestIO(ledger, HostClient(bus.client)), auth,
+                          FleetClient(bus.client, timeout_s=5.0),
+                          BillingClient(bus.client, timeout_s=10.0))

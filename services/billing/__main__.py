@@ -2,27 +2,12 @@
 from __future__ import annotations
 
 import asyncio
-import sys
 
-from common.logging import configure_logging
-from common.service import install_stop_handlers
+from common.service import run
 
-from .entrypoints.server import serve
+from .bootstrap import bootstrap
+from .entrypoints.jobs import jobs
 from .settings import BillingSettings
 
-
-async def _main(settings: BillingSettings) -> None:
-    stop = asyncio.Event()
-    install_stop_handlers(stop)
-    await serve(settings, stop)
-
-
-def main() -> int:
-    settings = BillingSettings()
-    configure_logging("billing", settings.log_level)
-    asyncio.run(_main(settings))
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    asyncio.run(run("billing", BillingSettings(), bootstrap, jobs))

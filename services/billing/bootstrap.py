@@ -1,4 +1,4 @@
-"""Wiring: settings -> event store, bus, outbox relay. No I/O here."""
+"""Wires billing's explicit dependencies: event store, bus, outbox relay, usage index."""
 from __future__ import annotations
 
 import asyncio
@@ -8,28 +8,40 @@ from common.bus import Bus
 from common.eventstore import store_env
 from common.relay import OutboxRelay
 
+from .adapters.usage_index import UsageIndex
 from .application.metering import Clock, Metering, utcnow
+from .application.usage import UsageQueries
 from .settings import BillingSettings
 
 
 @dataclass
-class BillingApp:
+class BillingContext:
     settings: BillingSettings
     metering: Metering
     bus: Bus
     relay: OutboxRelay
+    usage: UsageQueries
+
+    async def ready(self) -> bool:
+        return self.bus.connected
+
+    async def close(self) -> None:
+        await self.bus.close()
+        self.metering.close()
+        self.usage.index.close()
 
 
-def build(settings: BillingSettings, clock: Clock = utcnow) -> BillingApp:
-    metering = Metering(env=store_env(settings.store, settings.state_dir, "billing"),
-                        period_s=settings.billing_period_s, grace_s=settings.billing_grace_s,
-                        clock=clock)
+async def bootstrap(settings: BillingSettings, stop: asyncio.Event | None = None,
+                    clock: Clock = utcnow) -> BillingContext:
+    metering = await asyncio.to_thread(
+        Metering, env=store_env(settings.store, settings.state_dir, "billing"),
+        period_s=settings.billing_period_s, grace_s=settings.billing_grace_s, clock=clock)
     bus = Bus(settings.nats_url, f"corral-billing-{settings.instance}")
+    await bus.connect()
+    await bus.ensure_topology()
     relay = OutboxRelay(metering, bus, name="billing-outbox")
-    return BillingApp(settings, metering, bus, relay)
-
-
-def wake_relay_on_save(app: BillingApp) -> None:
-    """Saves happen in worker threads; wake the relay on the loop's thread."""
-    loop = asyncio.get_running_loop()
-    app.metering.on_saved = lambda: loop.call_soon_threadsafe(app.relay.wake)
+    loop = asyncio.get_running_loop()  # saves happen in worker threads
+    metering.on_saved = lambda: loop.call_soon_threadsafe(relay.wake)
+    index = UsageIndex(settings.store, str((settings.state_dir / "billing-usage.sqlite").resolve()))
+    await asyncio.to_thread(index.create)
+    return BillingContext(settings, metering, bus, relay, UsageQueries(index, metering))

@@ -5,6 +5,7 @@ import asyncio
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from common.bus import Bus
 from common.eventstore import store_env
@@ -17,7 +18,10 @@ from contracts.subjects import host_agent_consumer
 from .application.ports import VmmDriver
 from .application.records import VmRecords
 from .application.service import HostAgentService
-from .settings import HostAgentSettings, pool_targets, size_classes
+from .settings import HostAgentSettings, pool_targets
+
+if TYPE_CHECKING:
+    from .adapters.network import HostNetwork
 
 log = logging.getLogger("corral.host_agent")
 
@@ -41,12 +45,11 @@ class HostAgentContext:
         self.records.close()
 
 
-async def make_network(settings: HostAgentSettings):  # noqa: ANN201 - HostNetwork | None
+async def make_network(settings: HostAgentSettings) -> HostNetwork | None:
     if not settings.network:
         log.warning("networking disabled (CORRAL_NETWORK=false): sandboxes get no NIC")
         return None
-    from .adapters.network import HostNetwork
-    from .adapters.network.checks import check_network
+    from .adapters.network import HostNetwork, check_network
     check = await asyncio.to_thread(check_network)
     if not check.ok:
         log.warning("host networking unusable; sandboxes get no NIC: %s",
@@ -75,19 +78,6 @@ async def make_driver(settings: HostAgentSettings, state_dir: Path, vms: Path) -
                       warm_pool=pool_targets(settings.warm_pool) or None)
 
 
-async def prebuild_templates(driver, settings: HostAgentSettings) -> None:  # noqa: ANN001
-    """Build the configured classes' templates in the background; never fatal."""
-    ensure = getattr(driver, "ensure_template", None)
-    if ensure is None or not settings.templates:
-        return
-    for image, vcpus, mem in size_classes(settings.prebuild_templates):
-        try:
-            await ensure(image, vcpus, mem)
-            log.info("template ready for %s/%d/%d", image, vcpus, mem)
-        except Exception:  # noqa: BLE001 - creates cold-boot until one exists
-            log.exception("template build for %s/%d/%d failed", image, vcpus, mem)
-
-
 async def register(bus: Bus, settings: HostAgentSettings, stop: asyncio.Event) -> str:
     """The host id comes from the auth service, derived from our token."""
     if not settings.host_token:
@@ -95,7 +85,7 @@ async def register(bus: Bus, settings: HostAgentSettings, stop: asyncio.Event) -
     delay = 0.2
     while not stop.is_set():
         try:
-            ident = await request(bus.nc, subjects.RPC_AUTH_REGISTER_HOST,
+            ident = await request(bus.client, subjects.RPC_AUTH_REGISTER_HOST,
                                   RegisterHost(token=settings.host_token,
                                                hostname=settings.hostname), HostIdentity, 3.0)
             return ident.host_id

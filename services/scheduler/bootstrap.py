@@ -29,7 +29,8 @@ class SchedulerContext:
         self.app.close()
 
 
-async def bootstrap(settings: SchedulerSettings) -> SchedulerContext:
+async def bootstrap(settings: SchedulerSettings,
+                    stop: asyncio.Event | None = None) -> SchedulerContext:
     bus = Bus(settings.nats_url, f"scheduler-{settings.instance}")
     await bus.connect()
     await bus.ensure_topology()

@@ -16,7 +16,9 @@ from nats.aio.client import Client
 from common.rpc import RpcFailure, request
 from contracts import rpc
 from contracts import subjects as s
-from services.auth.entrypoints.server import serve
+from common.service import serve
+from services.auth.bootstrap import bootstrap
+from services.auth.entrypoints.jobs import jobs
 from services.auth.settings import AuthSettings
 
 from ._auth_fixtures import nc, private_nats, start_service, stop_service  # noqa: F401
@@ -31,7 +33,9 @@ async def auth(private_nats, store: str,  # noqa: F811
     """The service in-process; `store` (conftest) is sqlite, or a fresh PG schema."""
     settings = AuthSettings(nats_url=private_nats.url, state_dir=tmp_path / "state", store=store,
                             health_port=0)
-    task, stop = await start_service(lambda st, ok: serve(settings, st, ok))
+    async def run(stop: asyncio.Event, started: asyncio.Event) -> None:
+        await serve(await bootstrap(settings), jobs, stop, started)
+    task, stop = await start_service(run)
     try:
         yield settings
     finally:

@@ -11,8 +11,9 @@ import pytest
 from common.bus import Bus
 from contracts.sandbox import SandboxDestroyed, SandboxStarted, SandboxStopped
 from contracts.usage import UsageRecorded
-from services.billing.bootstrap import BillingApp, build
-from services.billing.entrypoints.server import serve
+from common.service import serve
+from services.billing.bootstrap import BillingContext, bootstrap
+from services.billing.entrypoints.jobs import jobs
 from services.billing.settings import BillingSettings
 
 from ._auth_fixtures import private_nats, start_service, stop_service, until  # noqa: F401
@@ -23,14 +24,14 @@ ORG = "org-1"
 
 class Billing(Bus):
     """A test client bus, plus a handle on the in-process service."""
-    app: BillingApp
+    app: BillingContext
 
 
 async def _billing(private_nats, tmp_path: Path, **kw) -> AsyncIterator[Billing]:  # noqa: F811
     settings = BillingSettings(nats_url=private_nats.url, state_dir=tmp_path / "state",
                                store="sqlite", health_port=0, **kw)
-    app = build(settings)
-    task, stop = await start_service(lambda st, ok: serve(settings, st, ok, app=app))
+    app = await bootstrap(settings)
+    task, stop = await start_service(lambda st, ok: serve(app, jobs, st, ok))
     bus = Billing(private_nats.url, "billing-test")
     bus.app = app
     await bus.connect()

@@ -1,13 +1,12 @@
 """The gateway's event store and read model on SQLite and PostgreSQL."""
 import asyncio
 from pathlib import Path
-from urllib.parse import parse_qs, urlparse
 
 import pytest
 
 from common.eventstore import store_env
 from contracts.sandbox import (SandboxScheduled, SandboxSpec, SandboxStarted, SandboxStarting)
-from services.api_gateway.adapters.read_model import ReadModel, read_model_url
+from services.api_gateway.adapters.read_model import ReadModel
 from services.api_gateway.application.errors import Conflict, IdempotencyMismatch, NotFound
 from services.api_gateway.application.ledger import SandboxLedger
 
@@ -102,8 +101,7 @@ async def test_read_model_projection_is_rebuildable(ledger, store, tmp_path):
                                         "op", None, None)
         ids.append(str(sb.id))
     await asyncio.to_thread(ledger.request, "org2", SandboxSpec(), "op", None, None)
-    schema = None if store == "sqlite" else parse_qs(urlparse(store).query)["schema"][0]
-    rm = ReadModel(read_model_url(store, str(Path(tmp_path) / "read.sqlite")), schema)
+    rm = ReadModel(store, str(Path(tmp_path) / "read.sqlite"))
     await rm.create()
     try:
         await rm.catch_up(ledger)

@@ -137,7 +137,7 @@ async def test_path_checks_on_host(driver, vm, path):
 
 
 async def test_path_checks_and_errors_in_guest(driver, vm):
-    agent = driver._agent(SID)  # bypass host validation: the guest must refuse too
+    agent = driver.launcher.agent(SID)  # bypass host validation: the guest must refuse too
     for bad in ("etc/passwd", "/tmp/../etc/passwd"):
         with pytest.raises(GuestError) as ei:
             await agent.request({"op": "get", "path": bad})

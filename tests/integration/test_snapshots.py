@@ -253,11 +253,11 @@ async def test_warm_pool_hit_refill_and_reconcile(env: Env):
         # A restarted agent adopts the pooled sandbox and kills the unassigned pool VM.
         fresh = QemuDriver(root, network=env.net, template_root=env.tmp / "templates",
                            templates=False)
-        pool_vm = next(pv.vm for st in d._pool.values() for pv in st.ready)
-        for vm in d._vms.values():  # "crash" of the first agent: its channels go away
+        pool_vm = next(pv.vm for st in d.pool.classes.values() for pv in st.ready)
+        for vm in d.launcher.vms.values():  # "crash" of the first agent: its channels go away
             await vm.agent.close()
             await vm.qmp.close()
-        d._vms.clear()
+        d.launcher.vms.clear()
         report = await fresh.reconcile({"pl-a": res}, rec)
         assert report.adopted == ["pl-a"], report
         assert pool_vm.vm_name in report.killed_unrecorded

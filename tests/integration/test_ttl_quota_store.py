@@ -10,7 +10,7 @@ from services.api_gateway.application.errors import Conflict, TooMany, Unprocess
 from services.api_gateway.application.ledger import SandboxLedger
 from services.api_gateway.application.rate_limit import RateLimiter
 from services.api_gateway.domain.quota import Limits
-from services.api_gateway.domain.sandbox import parse_time
+from common.timefmt import parse_time
 
 pytestmark = pytest.mark.integration
 

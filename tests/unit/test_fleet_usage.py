@@ -14,8 +14,9 @@ from common.eventstore import store_env
 from contracts import rpc
 from contracts.host import HostCapacity, HostHeartbeat
 from contracts.sandbox import SandboxDestroyed, SandboxRequested, SandboxSpec, SandboxStarted
-from services.billing.adapters.usage_index import UsageIndex, decode_cursor, index_url
+from services.billing.adapters.usage_index import UsageIndex, decode_cursor
 from services.billing.application.metering import Metering
+from services.billing.application.usage import UsageQueries
 from services.billing.entrypoints.rpc import usage_reply
 from services.scheduler.application.fleet import Fleet, UnknownHost
 from services.scheduler.application.liveness import Liveness
@@ -207,7 +208,7 @@ def billing(tmp_path):
     indexes = []
 
     def index() -> UsageIndex:
-        ix = UsageIndex(*index_url("sqlite", str(tmp_path / "billing-usage.sqlite")))
+        ix = UsageIndex("sqlite", str(tmp_path / "billing-usage.sqlite"))
         ix.create()
         indexes.append(ix)
         return ix
@@ -280,7 +281,7 @@ def test_usage_reply_catches_up_and_validates(billing):
     _run(app, "sb-a", "org1", 0, 300)  # recorded, not projected yet
 
     def ask(**kw) -> rpc.RpcModel:
-        return asyncio.run(usage_reply(ix, app, json.dumps(q(**kw)).encode()))
+        return asyncio.run(usage_reply(UsageQueries(ix, app), json.dumps(q(**kw)).encode()))
     page = ask()
     assert isinstance(page, rpc.UsagePage) and page.next_cursor is None
     assert [(i.sandbox_id, i.vcpu_seconds) for i in page.items] == [("sb-a", 600)]
@@ -288,5 +289,5 @@ def test_usage_reply_catches_up_and_validates(billing):
     for bad in ({"to": T0.isoformat()}, {"cursor": "%%%"}):
         err = ask(**bad)
         assert isinstance(err, rpc.RpcError) and err.error == "invalid"
-    big = asyncio.run(usage_reply(ix, app, b"x" * 10000))
+    big = asyncio.run(usage_reply(UsageQueries(ix, app), b"x" * 10000))
     assert isinstance(big, rpc.RpcError) and big.error == "invalid"

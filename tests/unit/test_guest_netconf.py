@@ -8,8 +8,8 @@ import struct
 
 import pytest
 
-from services.host_agent.guest import agent as A
-from services.host_agent.guest import protocol as P
+from guest import netconf as A
+from guest import protocol as P
 
 pytestmark = pytest.mark.unit
 

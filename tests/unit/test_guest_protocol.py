@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 
 from services.host_agent.adapters.qemu.procs import sandbox_of
-from services.host_agent.guest import protocol as P
+from guest import protocol as P
 
 pytestmark = pytest.mark.unit
 

@@ -1,4 +1,5 @@
-"""Verifies API keys through the auth service (NATS request/reply), cached briefly.
+"""The auth service over request/reply: API key verification, cached briefly,
+and the administration calls (orgs, keys, host tokens).
 
 A revocation broadcast drops the cache at once; otherwise entries expire
 after `ttl_s`, so revocation takes effect within seconds everywhere.
@@ -9,25 +10,26 @@ import hashlib
 import time
 
 from nats.aio.client import Client
+from nats.aio.msg import Msg
 
-from common.rpc import RpcFailure, request
+from common.rpc import RpcClient, RpcFailure
 from contracts import subjects
-from contracts.rpc import Principal, VerifyKey
+from contracts.rpc import (ApiKeyCreated, CreateApiKey, CreateHostToken, CreateOrg,
+                           HostTokenCreated, Org, Principal, Revoked, RevokeApiKey, VerifyKey)
 
 
 class Unauthorized(Exception):
     pass
 
 
-class AuthClient:
+class AuthClient(RpcClient):
     def __init__(self, nc: Client, ttl_s: float = 5.0, timeout_s: float = 3.0):
-        self.nc = nc
+        super().__init__(nc, timeout_s)
         self.ttl_s = ttl_s
-        self.timeout_s = timeout_s
         self._cache: dict[str, tuple[float, Principal]] = {}
 
     async def start(self) -> None:
-        async def _revoked(_msg) -> None:  # noqa: ANN001
+        async def _revoked(_msg: Msg) -> None:
             self._cache.clear()
         await self.nc.subscribe(subjects.AUTH_REVOKED, cb=_revoked)
 
@@ -38,8 +40,8 @@ class AuthClient:
         if hit and hit[0] > now:
             return hit[1]
         try:
-            principal = await request(self.nc, subjects.RPC_AUTH_VERIFY,
-                                      VerifyKey(key=key, op_id=op_id), Principal, self.timeout_s)
+            principal = await self.call(subjects.RPC_AUTH_VERIFY,
+                                        VerifyKey(key=key, op_id=op_id), Principal)
         except RpcFailure as e:
             if e.code == "unauthorized":
                 self._cache.pop(digest, None)
@@ -49,3 +51,21 @@ class AuthClient:
             self._cache.clear()
         self._cache[digest] = (now + self.ttl_s, principal)
         return principal
+
+    async def create_org(self, name: str, op_id: str) -> Org:
+        return await self.call(subjects.RPC_AUTH_CREATE_ORG, CreateOrg(name=name, op_id=op_id),
+                               Org, timeout=2.0)
+
+    async def create_key(self, org_id: str, name: str, op_id: str) -> ApiKeyCreated:
+        return await self.call(subjects.RPC_AUTH_CREATE_KEY,
+                               CreateApiKey(org_id=org_id, name=name, op_id=op_id),
+                               ApiKeyCreated, timeout=2.0)
+
+    async def revoke_key(self, key_id: str, op_id: str) -> Revoked:
+        return await self.call(subjects.RPC_AUTH_REVOKE_KEY,
+                               RevokeApiKey(id=key_id, op_id=op_id), Revoked, timeout=2.0)
+
+    async def create_host_token(self, name: str, op_id: str) -> HostTokenCreated:
+        return await self.call(subjects.RPC_AUTH_CREATE_HOST_TOKEN,
+                               CreateHostToken(name=name, op_id=op_id), HostTokenCreated,
+                               timeout=2.0)

@@ -13,9 +13,10 @@ from typing import Any
 from uuid import UUID
 
 from eventsourcing.application import AggregateNotFoundError
-from sqlalchemy import (Column, Integer, MetaData, String, Table, Text, and_, delete, or_,
-                        select)
+from sqlalchemy import Column, MetaData, String, Table, Text, and_, delete, or_, select
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from common.sqldb import advance, cursor_table, read_position, sql_database
 
 from ..application.ledger import SandboxLedger
 from ..domain.sandbox import Sandbox
@@ -43,24 +44,16 @@ snapshots = Table(
     Column("created_at", String(40), nullable=False),
     Column("doc", Text, nullable=False),
 )
-cursors = Table("projection_cursor", meta,
-                Column("name", String(64), primary_key=True),
-                Column("position", Integer, nullable=False))
+cursors = cursor_table(meta, "projection_cursor")
 LIVE = ("requested", "scheduled", "starting", "running", "paused")
 
 
-def read_model_url(store: str, sqlite_path: str) -> str:
-    if store == "sqlite":
-        return f"sqlite+aiosqlite:///{sqlite_path}"
-    return store.replace("postgresql://", "postgresql+asyncpg://", 1).split("?")[0]
-
-
 class ReadModel:
-    def __init__(self, url: str, schema: str | None = None):
-        opts: dict[str, Any] = {}
-        if schema:
-            opts["execution_options"] = {"schema_translate_map": {None: schema}}
-        self.engine: AsyncEngine = create_async_engine(url, **opts)
+    def __init__(self, store: str, sqlite_path: str):
+        """Beside the event store `store` (a SQLite file at `sqlite_path`)."""
+        db = sql_database(store, sqlite_path, "async")
+        self.engine: AsyncEngine = create_async_engine(
+            db.url, execution_options=db.execution_options())
         self._wake = asyncio.Event()
 
     async def create(self) -> None:
@@ -69,9 +62,7 @@ class ReadModel:
 
     async def position(self) -> int:
         async with self.engine.connect() as conn:
-            row = (await conn.execute(select(cursors.c.position).where(
-                cursors.c.name == PROJECTION))).first()
-        return row[0] if row else 0
+            return await conn.run_sync(read_position, cursors, PROJECTION)
 
     def wake(self) -> None:
         self._wake.set()
@@ -111,14 +102,7 @@ class ReadModel:
                     id=doc["id"], org_id=doc["org_id"], name=doc["name"], state=doc["state"],
                     created_at=doc["created_at"], expires_at=doc["expires_at"],
                     doc=json.dumps(doc)))
-            new_pos = notes[-1].id
-            updated = await conn.execute(cursors.update().where(
-                and_(cursors.c.name == PROJECTION, cursors.c.position == pos)).values(
-                position=new_pos))
-            if updated.rowcount == 0:
-                if pos != 0:
-                    raise RuntimeError("projection cursor moved underneath us")
-                await conn.execute(cursors.insert().values(name=PROJECTION, position=new_pos))
+            await conn.run_sync(advance, cursors, PROJECTION, pos, notes[-1].id)
         return len(notes)
 
     @staticmethod

@@ -3,16 +3,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-import random
-import time
 import uuid
+from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import Callable
 
 from eventsourcing.application import AggregateNotFoundError
-from eventsourcing.persistence import IntegrityError
+from eventsourcing.domain import Aggregate
 
 from common.eventstore import StoreApp
+from common.timefmt import parse_time
 from contracts import Envelope
 from contracts.sandbox import (SandboxDestroyRequested, SandboxExpiring, SandboxPauseRequested,
                                SandboxRequested, SandboxResumeRequested, SandboxSpec,
@@ -20,18 +19,10 @@ from contracts.sandbox import (SandboxDestroyRequested, SandboxExpiring, Sandbox
 
 from ..domain.name_claim import NameClaim, claim_uuid
 from ..domain.quota import Limits, OrgLive, org_live_uuid
-from ..domain.sandbox import ENDED, SANDBOX_FACTS, Sandbox, parse_time, sandbox_uuid
+from ..domain.sandbox import ENDED, SANDBOX_FACTS, Sandbox, sandbox_uuid
 from .errors import (Conflict, IdempotencyMismatch, NotFound, OutOfOrder, TooMany,
                      Unprocessable)
 from .snapshots import SNAPSHOT_FACTS, SnapshotCases
-
-RETRIES = 30
-
-
-def _backoff(attempt: int) -> None:
-    """Lost an optimistic-concurrency race: spread the retries out a little."""
-    time.sleep(random.uniform(0, 0.002 * (attempt + 1)))
-
 
 def request_hash(spec: SandboxSpec) -> str:
     canon = json.dumps(spec.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
@@ -73,7 +64,8 @@ class SandboxLedger(SnapshotCases, StoreApp):
             raise Unprocessable(f"at most {limits.max_vcpus} vCPUs and {limits.max_memory_mib} "
                                 "MiB per sandbox for this org")
         pin = self.fork_source(spec, org_id)
-        for attempt in range(RETRIES):
+
+        def attempt() -> tuple[Sandbox, bool]:  # races on the id, the name or the quota
             try:
                 existing = self.find(str(sid), org_id)
             except NotFound:
@@ -90,15 +82,13 @@ class SandboxLedger(SnapshotCases, StoreApp):
                 raise TooMany(f"this org already has {limits.max_live} live sandboxes", 5)
             sb = Sandbox(msg.model_dump(mode="json"))
             quota.reserve(str(sid))
-            pending: list = [sb, quota]
+            pending: list[Aggregate] = [sb, quota]
             if spec.name:
                 pending.append(self._claim(org_id, spec.name, str(sid)))
-            try:
-                self._save(*pending)
-                return sb, True
-            except IntegrityError:
-                _backoff(attempt)  # lost a race on the id, the name or the quota
-        raise Conflict("concurrent requests for the same sandbox or name; retry")
+            self._save(*pending)
+            return sb, True
+        return self.retry_on_conflict(attempt, Conflict(
+            "concurrent requests for the same sandbox or name; retry"))
 
     def _claim(self, org_id: str, name: str, sandbox_id: str) -> NameClaim:
         try:
@@ -121,8 +111,10 @@ class SandboxLedger(SnapshotCases, StoreApp):
             return self.ingest_snapshot_fact(msg)
         if msg.type not in SANDBOX_FACTS:
             return False
-        for attempt in range(RETRIES):
-            sb = self.find(msg.sandbox_id, None)
+        sandbox_id = getattr(msg, "sandbox_id", "")
+
+        def attempt() -> bool:
+            sb = self.find(sandbox_id, None)
             if sb.org_id != msg.org_id:
                 raise ValueError("fact's org does not own the sandbox")
             doc = msg.model_dump(mode="json")
@@ -133,32 +125,25 @@ class SandboxLedger(SnapshotCases, StoreApp):
                 raise OutOfOrder(f"{msg.type} waits for {missing}")
             if not sb.record_fact(doc):
                 return False
-            pending: list = [sb]
+            pending: list[Aggregate] = [sb]
             if sb.state in ENDED and sb.state != "stopped":
                 quota = self._get(org_live_uuid(sb.org_id))
                 if quota is not None and quota.release(str(sb.id)):
                     pending.append(quota)
-            try:
-                self._save(*pending)
-                return True
-            except IntegrityError:
-                _backoff(attempt)
-        raise Conflict("sandbox kept changing while ingesting")
+            self._save(*pending)
+            return True
+        return self.retry_on_conflict(attempt, Conflict("sandbox kept changing while ingesting"))
 
     def _intent(self, sandbox_id: str, org_id: str | None,
                 build: Callable[[Sandbox], Envelope | None]) -> Sandbox:
-        for attempt in range(RETRIES):
+        def attempt() -> Sandbox:
             sb = self.find(sandbox_id, org_id)
             msg = build(sb)
-            if msg is None:
-                return sb
-            sb.record_fact(msg.model_dump(mode="json"))
-            try:
+            if msg is not None:
+                sb.record_fact(msg.model_dump(mode="json"))
                 self._save(sb)
-                return sb
-            except IntegrityError:
-                _backoff(attempt)
-        raise Conflict("sandbox kept changing; retry")
+            return sb
+        return self.retry_on_conflict(attempt, Conflict("sandbox kept changing; retry"))
 
     def request_destroy(self, sandbox_id: str, org_id: str | None, op_id: str,
                         traceparent: str | None, reason: str = "user") -> Sandbox:

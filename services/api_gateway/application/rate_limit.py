@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Callable
+from collections.abc import Callable
 
 
 class RateLimiter:
@@ -13,17 +13,17 @@ class RateLimiter:
         self.clock = clock
         self._buckets: dict[str, tuple[float, float]] = {}  # org -> (tokens, at)
 
-    def take(self, org_id: str) -> float:
-        """0 if allowed, else seconds until the next token."""
+    def take(self, org_id: str, n: int = 1) -> float:
+        """0 if `n` creates are allowed now (all or none), else seconds until they are."""
         now = self.clock()
         tokens, at = self._buckets.get(org_id, (self.burst, now))
         tokens = min(self.burst, tokens + (now - at) * self.rate)
-        if tokens >= 1:
-            self._buckets[org_id] = (tokens - 1, now)
+        if tokens >= n:
+            self._buckets[org_id] = (tokens - n, now)
             return 0.0
         self._buckets[org_id] = (tokens, now)
-        return (1 - tokens) / self.rate
+        return (n - tokens) / self.rate
 
-    def retry_after(self, org_id: str) -> int:
-        wait = self.take(org_id)
+    def retry_after(self, org_id: str, n: int = 1) -> int:
+        wait = self.take(org_id, n)
         return 0 if wait == 0 else max(1, math.ceil(wait))

@@ -3,11 +3,9 @@ from __future__ import annotations
 
 import uuid
 
-from eventsourcing.persistence import IntegrityError
-
-from contracts import Envelope
+from common.eventstore import StoreApp
 from contracts.sandbox import SandboxSpec
-from contracts.snapshot import SnapshotDeleteRequested, SnapshotRequested
+from contracts.snapshot import SnapshotDeleteRequested, SnapshotEvent, SnapshotRequested
 
 from ..domain.snapshot import Snapshot
 from .errors import Conflict, NotFound, Unprocessable
@@ -22,8 +20,8 @@ def _uuid(text: str) -> uuid.UUID | None:
         return None
 
 
-class SnapshotCases:
-    """Needs the StoreApp API: _get, _save, find."""
+class SnapshotCases(StoreApp):
+    """Snapshot use cases, mixed into the gateway's store."""
 
     def find_snapshot(self, snapshot_id: str, org_id: str | None) -> Snapshot:
         uid = _uuid(snapshot_id)
@@ -46,19 +44,16 @@ class SnapshotCases:
 
     def request_snapshot_delete(self, snapshot_id: str, org_id: str, op_id: str,
                                 traceparent: str | None) -> Snapshot:
-        for _ in range(10):
+        def attempt() -> Snapshot:
             snap = self.find_snapshot(snapshot_id, org_id)
             if snap.state in ("deleting", "deleted"):
                 return snap
             snap.record_fact(SnapshotDeleteRequested(
                 op_id=op_id, org_id=org_id, sandbox_id=snap.sandbox_id, snapshot_id=snapshot_id,
                 host_id=snap.host_id, traceparent=traceparent).model_dump(mode="json"))
-            try:
-                self._save(snap)
-                return snap
-            except IntegrityError:
-                continue
-        raise Conflict("snapshot kept changing; retry")
+            self._save(snap)
+            return snap
+        return self.retry_on_conflict(attempt, Conflict("snapshot kept changing; retry"))
 
     def fork_source(self, spec: SandboxSpec, org_id: str) -> str | None:
         """The host a fork must run on; validates the snapshot is the caller's."""
@@ -74,16 +69,13 @@ class SnapshotCases:
                                 f"{shape['vcpus']} vCPU, {shape['memory_mib']} MiB")
         return snap.host_id
 
-    def ingest_snapshot_fact(self, msg: Envelope) -> bool:
-        for _ in range(10):
+    def ingest_snapshot_fact(self, msg: SnapshotEvent) -> bool:
+        def attempt() -> bool:
             snap = self.find_snapshot(msg.snapshot_id, None)
             if snap.org_id != msg.org_id:
                 raise ValueError("fact's org does not own the snapshot")
             if not snap.record_fact(msg.model_dump(mode="json")):
                 return False
-            try:
-                self._save(snap)
-                return True
-            except IntegrityError:
-                continue
-        raise Conflict("snapshot kept changing while ingesting")
+            self._save(snap)
+            return True
+        return self.retry_on_conflict(attempt, Conflict("snapshot kept changing while ingesting"))

@@ -7,25 +7,18 @@ deduplicated by `event_id`, so redelivery and replays change nothing.
 from __future__ import annotations
 
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from typing import Any
 
 from eventsourcing.domain import Aggregate, event
+
+from common.timefmt import parse_time, utc_text
 
 from .facts import FactLog
 
 LIVE = ("requested", "scheduled", "starting", "running", "paused")
 ENDED = ("stopped", "destroyed", "failed", "lost")
 NAMESPACE = uuid.UUID("6f1c1d4e-3b0a-4f9e-9a8a-5c0f3f6a9d21")
-
-
-def iso(dt: datetime) -> str:
-    """One UTC text form, so stored times compare as strings in SQL too."""
-    return dt.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def parse_time(text: str) -> datetime:
-    return datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
 def sandbox_uuid(org_id: str, idempotency_key: str | None) -> uuid.UUID:
@@ -48,8 +41,8 @@ class Sandbox(FactLog, Aggregate):
         self.op_id: str = envelope["op_id"]
         self.state = "requested"
         self.host_id: str | None = None
-        self.requested_at: str = iso(parse_time(envelope["occurred_at"]))
-        self.expires_at: str = iso(parse_time(envelope["occurred_at"])
+        self.requested_at: str = utc_text(parse_time(envelope["occurred_at"]))
+        self.expires_at: str = utc_text(parse_time(envelope["occurred_at"])
                                    + timedelta(seconds=envelope["spec"]["ttl_seconds"]))
         self.warned_for: str | None = None
         self.started_at: str | None = None
@@ -205,11 +198,11 @@ def _start_requested(sb: Sandbox, e: dict) -> None:
 
 
 def _expiring(sb: Sandbox, e: dict) -> None:
-    sb.warned_for = iso(parse_time(e["expires_at"]))
+    sb.warned_for = utc_text(parse_time(e["expires_at"]))
 
 
 def _ttl_extended(sb: Sandbox, e: dict) -> None:
-    sb.expires_at = iso(parse_time(e["expires_at"]))
+    sb.expires_at = utc_text(parse_time(e["expires_at"]))
 
 
 def _lost(sb: Sandbox, e: dict) -> None:

@@ -1,17 +1,14 @@
-"""Administration endpoints (admin key): thin proxies to the auth service."""
+"""Administration endpoints (admin key), answered by the auth service."""
 from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path, Request
+from fastapi import APIRouter, Path
 from pydantic import BaseModel, Field
 
-from common.rpc import request as rpc
-from contracts import subjects
-from contracts.rpc import (ApiKeyCreated, CreateApiKey, CreateHostToken, CreateOrg,
-                           HostTokenCreated, Org, Principal, Revoked, RevokeApiKey)
+from contracts.rpc import ApiKeyCreated, HostTokenCreated, Org, Revoked
 
-from .deps import admin_principal, op_id
+from .deps import Admin, Ctx, OpId
 
 admin_router = APIRouter(tags=["admin"])
 
@@ -29,29 +26,23 @@ class HostTokenIn(BaseModel):
 
 
 @admin_router.post("/v1/orgs", status_code=201, response_model=Org)
-async def create_org(request: Request, body: OrgIn,
-                     _: Annotated[Principal, Depends(admin_principal)]) -> Org:
-    return await rpc(request.app.state.ctx.bus.nc, subjects.RPC_AUTH_CREATE_ORG,
-                     CreateOrg(name=body.name, op_id=op_id(request)), Org)
+async def create_org(ctx: Ctx, oid: OpId, body: OrgIn, _: Admin) -> Org:
+    return await ctx.auth.create_org(body.name, oid)
 
 
 @admin_router.post("/v1/orgs/{org_id}/api-keys", status_code=201, response_model=ApiKeyCreated)
-async def create_key(request: Request, org_id: Annotated[str, Path(max_length=64)], body: KeyIn,
-                     _: Annotated[Principal, Depends(admin_principal)]) -> ApiKeyCreated:
-    return await rpc(request.app.state.ctx.bus.nc, subjects.RPC_AUTH_CREATE_KEY,
-                     CreateApiKey(org_id=org_id, name=body.name, op_id=op_id(request)),
-                     ApiKeyCreated)
+async def create_key(ctx: Ctx, oid: OpId, org_id: Annotated[str, Path(max_length=64)],
+                     body: KeyIn, _: Admin) -> ApiKeyCreated:
+    return await ctx.auth.create_key(org_id, body.name, oid)
 
 
 @admin_router.delete("/v1/api-keys/{key_id}", response_model=Revoked)
-async def revoke_key(request: Request, key_id: Annotated[str, Path(max_length=64)],
-                     _: Annotated[Principal, Depends(admin_principal)]) -> Revoked:
-    return await rpc(request.app.state.ctx.bus.nc, subjects.RPC_AUTH_REVOKE_KEY,
-                     RevokeApiKey(id=key_id, op_id=op_id(request)), Revoked)
+async def revoke_key(ctx: Ctx, oid: OpId, key_id: Annotated[str, Path(max_length=64)],
+                     _: Admin) -> Revoked:
+    return await ctx.auth.revoke_key(key_id, oid)
 
 
 @admin_router.post("/v1/hosts/tokens", status_code=201, response_model=HostTokenCreated)
-async def create_host_token(request: Request, body: HostTokenIn,
-                            _: Annotated[Principal, Depends(admin_principal)]) -> HostTokenCreated:
-    return await rpc(request.app.state.ctx.bus.nc, subjects.RPC_AUTH_CREATE_HOST_TOKEN,
-                     CreateHostToken(name=body.name, op_id=op_id(request)), HostTokenCreated)
+async def create_host_token(ctx: Ctx, oid: OpId, body: HostTokenIn,
+                            _: Admin) -> HostTokenCreated:
+    return await ctx.auth.create_host_token(body.name, oid)

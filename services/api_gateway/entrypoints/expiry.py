@@ -4,19 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from common.logging import log_context
+from common.timefmt import utc_text
 
-from ..domain.sandbox import iso
+from ..bootstrap import GatewayContext
 
 log = logging.getLogger("corral.gateway.expiry")
 
 
-async def expire_once(ctx, now: datetime) -> dict[str, int]:  # noqa: ANN001
+async def expire_once(ctx: GatewayContext, now: datetime) -> dict[str, int]:
     s = ctx.settings
     done = {"warn": 0, "destroy": 0}
-    for sid in await ctx.read_model.due(iso(now + timedelta(seconds=s.ttl_warning_s))):
+    for sid in await ctx.read_model.due(utc_text(now + timedelta(seconds=s.ttl_warning_s))):
         with log_context(sandbox_id=sid):
             outcome = await asyncio.to_thread(ctx.ledger.expire, sid, now, s.ttl_warning_s)
         if outcome:
@@ -26,13 +27,13 @@ async def expire_once(ctx, now: datetime) -> dict[str, int]:  # noqa: ANN001
     return done
 
 
-async def expiry_loop(ctx, stop: asyncio.Event) -> None:  # noqa: ANN001
+async def expiry_loop(ctx: GatewayContext, stop: asyncio.Event) -> None:
     while not stop.is_set():
         try:
-            await expire_once(ctx, datetime.now(timezone.utc))
+            await expire_once(ctx, datetime.now(UTC))
         except Exception:  # noqa: BLE001 - store hiccup: next pass retries
             log.exception("expiry pass failed")
         try:
             await asyncio.wait_for(stop.wait(), ctx.settings.expiry_interval_s)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass

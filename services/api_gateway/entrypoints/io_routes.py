@@ -1,28 +1,21 @@
-"""Commands and files inside a running sandbox, relayed to its host agent."""
+"""Commands and files inside a running sandbox."""
 from __future__ import annotations
 
-import asyncio
-import base64
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
+from fastapi import APIRouter, Header, Path, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from common.rpc import request as rpc
-from contracts.rpc import (Done, HostExec, HostExecResult, HostExecStream, HostFileData,
-                           HostFileEntries, HostFileGet, HostFileList, HostFilePut, Principal)
-from contracts.subjects import host_rpc_subject
+from contracts.rpc import HostExecResult, HostFileEntries
 
-from ..application.errors import Conflict
-from .deps import op_id, org_principal
-from .sse import stream_exec
+from .deps import Ctx, OpId, Org
+from .sse import exec_events
 
 io_router = APIRouter(tags=["sandboxes"])
 SandboxId = Annotated[str, Path(min_length=1, max_length=64)]
 FilePath = Annotated[str, Query(min_length=1, max_length=4096, pattern=r"^/[^\x00]*$")]
 MAX_FILE = 4 << 20
-MAX_REPLY = 12 << 20
 
 
 class ExecIn(BaseModel):
@@ -41,67 +34,39 @@ class ExecIn(BaseModel):
         return v
 
 
-async def _running(request: Request, sandbox_id: str, org_id: str) -> str:
-    sb = await asyncio.to_thread(request.app.state.ctx.ledger.find, sandbox_id, org_id)
-    if sb.state != "running" or not sb.host_id:
-        raise Conflict(f"sandbox is {sb.state}, not running")
-    return sb.host_id
-
-
 @io_router.post("/v1/sandboxes/{sandbox_id}/exec", response_model=HostExecResult,
                 responses={200: {"content": {"text/event-stream": {
                     "schema": {"type": "string"},
                     "description": "stdout/stderr chunks, then one exit (or error) event; "
                                    "see docs/api-streaming.md"}}}})
-async def exec_in_sandbox(request: Request, sandbox_id: SandboxId, body: ExecIn,
-                          p: Annotated[Principal, Depends(org_principal)],
+async def exec_in_sandbox(ctx: Ctx, oid: OpId, org: Org, sandbox_id: SandboxId, body: ExecIn,
                           accept: Annotated[str | None, Header(max_length=512)] = None,
-                          ) -> HostExecResult:
-    host = await _running(request, sandbox_id, p.org_id)
+                          ) -> HostExecResult | StreamingResponse:
     if accept and "text/event-stream" in accept:
-        nc = request.app.state.ctx.bus.nc
-        inbox = nc.new_inbox()
-        req = HostExecStream(sandbox_id=sandbox_id, org_id=p.org_id, op_id=op_id(request),
-                             chunks_to=inbox, **body.model_dump())
-        return StreamingResponse(await stream_exec(nc, host_rpc_subject(host, "exec.stream"),
-                                                   req, op_id(request)),
-                                 media_type="text/event-stream",
+        chunks = await ctx.io.exec_stream(org.org_id, sandbox_id, oid, body.model_dump())
+        return StreamingResponse(exec_events(chunks, oid), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache"})
-    req = HostExec(sandbox_id=sandbox_id, org_id=p.org_id, op_id=op_id(request),
-                   **body.model_dump())
-    return await rpc(request.app.state.ctx.bus.nc, host_rpc_subject(host, "exec"), req,
-                     HostExecResult, timeout=body.timeout_s + 15, max_bytes=MAX_REPLY)
+    return await ctx.io.exec(org.org_id, sandbox_id, oid, body.model_dump())
 
 
 @io_router.put("/v1/sandboxes/{sandbox_id}/files", status_code=204,
                openapi_extra={"requestBody": {"content": {"application/octet-stream": {
                    "schema": {"type": "string", "format": "binary"}}}}})
-async def put_file(request: Request, sandbox_id: SandboxId, path: FilePath,
-                   p: Annotated[Principal, Depends(org_principal)]) -> Response:
-    host = await _running(request, sandbox_id, p.org_id)
-    data = await request.body()
-    req = HostFilePut(sandbox_id=sandbox_id, org_id=p.org_id, op_id=op_id(request), path=path,
-                      data_b64=base64.b64encode(data).decode())
-    await rpc(request.app.state.ctx.bus.nc, host_rpc_subject(host, "files.put"), req, Done,
-              timeout=60)
+async def put_file(request: Request, ctx: Ctx, oid: OpId, org: Org, sandbox_id: SandboxId,
+                   path: FilePath) -> Response:
+    await ctx.io.put_file(org.org_id, sandbox_id, oid, path, request.body)
     return Response(status_code=204)
 
 
 @io_router.get("/v1/sandboxes/{sandbox_id}/files", response_class=Response,
                responses={200: {"content": {"application/octet-stream": {}}}})
-async def get_file(request: Request, sandbox_id: SandboxId, path: FilePath,
-                   p: Annotated[Principal, Depends(org_principal)]) -> Response:
-    host = await _running(request, sandbox_id, p.org_id)
-    req = HostFileGet(sandbox_id=sandbox_id, org_id=p.org_id, op_id=op_id(request), path=path)
-    out = await rpc(request.app.state.ctx.bus.nc, host_rpc_subject(host, "files.get"), req,
-                    HostFileData, timeout=60, max_bytes=MAX_REPLY)
-    return Response(base64.b64decode(out.data_b64), media_type="application/octet-stream")
+async def get_file(ctx: Ctx, oid: OpId, org: Org, sandbox_id: SandboxId,
+                   path: FilePath) -> Response:
+    data = await ctx.io.get_file(org.org_id, sandbox_id, oid, path)
+    return Response(data, media_type="application/octet-stream")
 
 
 @io_router.get("/v1/sandboxes/{sandbox_id}/files/list", response_model=HostFileEntries)
-async def list_files(request: Request, sandbox_id: SandboxId, path: FilePath,
-                     p: Annotated[Principal, Depends(org_principal)]) -> HostFileEntries:
-    host = await _running(request, sandbox_id, p.org_id)
-    req = HostFileList(sandbox_id=sandbox_id, org_id=p.org_id, op_id=op_id(request), path=path)
-    return await rpc(request.app.state.ctx.bus.nc, host_rpc_subject(host, "files.list"), req,
-                     HostFileEntries, timeout=30, max_bytes=MAX_REPLY)
+async def list_files(ctx: Ctx, oid: OpId, org: Org, sandbox_id: SandboxId,
+                     path: FilePath) -> HostFileEntries:
+    return await ctx.io.list_files(org.org_id, sandbox_id, oid, path)

@@ -13,6 +13,9 @@ TITLES = {400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not F
           415: "Unsupported Media Type", 422: "Unprocessable Content",
           429: "Too Many Requests", 500: "Internal Server Error", 502: "Bad Gateway",
           503: "Service Unavailable", 504: "Gateway Timeout"}
+# A peer's stable error code (RpcFailure.code, a stream's error) as an HTTP status.
+RPC_STATUS = {"not_found": 404, "invalid": 422, "conflict": 409, "unauthorized": 401,
+              "too_large": 413}
 
 
 def problem(status: int, detail: str, op_id: str, code: str | None = None,

@@ -1,24 +1,19 @@
 """Snapshots of live sandboxes and forks from them."""
 from __future__ import annotations
 
-import asyncio
-import time
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Path, Query, Request
-from fastapi.responses import JSONResponse
+from fastapi import APIRouter, Path, Query
 from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from common.tracing import current_traceparent
 from contracts.envelope import NAME_RE
-from contracts.rpc import Principal
-from contracts.sandbox import NetworkSpec, SandboxSpec
+from contracts.sandbox import NetworkSpec
 
-from ..application.errors import UseCaseError
 from ..domain.snapshot import snapshot_view
 from ..domain.view import sandbox_view
-from .deps import op_id, org_principal
+from .deps import Ctx, OpId, Org
 from .problems import problem
 
 snapshot_router = APIRouter(tags=["snapshots"])
@@ -59,63 +54,42 @@ class ForkIn(BaseModel):
     network: NetworkSpec = Field(default_factory=NetworkSpec)
 
 
-async def _wait_snapshot(ctx, snap_id: str, org_id: str, timeout_s: float):  # noqa: ANN001, ANN202
-    deadline = time.monotonic() + timeout_s
-    while True:
-        snap = await asyncio.to_thread(ctx.ledger.find_snapshot, snap_id, org_id)
-        if snap.state != "pending" or time.monotonic() > deadline:
-            return snap
-        await ctx.waiters.wait(snap.sandbox_id, min(0.5, max(deadline - time.monotonic(), 0.01)))
-
-
 @snapshot_router.post("/v1/sandboxes/{sandbox_id}/snapshots", status_code=202,
                       response_model=SnapshotOut,
                       responses={201: {"model": SnapshotOut, "description": "ready (?wait=true)"},
                                  502: {"description": "with ?wait=true: the snapshot failed"}})
-async def take_snapshot(request: Request, sandbox_id: Id, body: SnapshotIn,
-                        p: Annotated[Principal, Depends(org_principal)],
+async def take_snapshot(ctx: Ctx, oid: OpId, org: Org, sandbox_id: Id, body: SnapshotIn,
                         wait: bool = False,
                         timeout_s: Annotated[float, Query(gt=0, le=600)] = 120) -> Any:
-    ctx = request.app.state.ctx
-    snap = await asyncio.to_thread(ctx.ledger.request_snapshot, sandbox_id, p.org_id, body.name,
-                                   op_id(request), current_traceparent())
+    snap = await ctx.sandboxes.take_snapshot(sandbox_id, org.org_id, body.name, oid)
     if not wait:
         return JSONResponse(snapshot_view(snap), status_code=202)
-    snap = await _wait_snapshot(ctx, str(snap.id), p.org_id, timeout_s)
+    snap = await ctx.sandboxes.wait_snapshot(snap, org.org_id, timeout_s)
     if snap.state == "ready":
         return JSONResponse(snapshot_view(snap), status_code=201)
     if snap.state == "pending":  # the wait ended first: taken all the same, poll it
         return JSONResponse(snapshot_view(snap), status_code=202)
-    return problem(502, f"snapshot is {snap.state}", op_id(request),
-                   code="snapshot-" + snap.state, snapshot_id=str(snap.id), failure=snap.failure)
+    return problem(502, f"snapshot is {snap.state}", oid, code="snapshot-" + snap.state,
+                   snapshot_id=str(snap.id), failure=snap.failure)
 
 
 @snapshot_router.get("/v1/snapshots", response_model=SnapshotPage)
-async def list_snapshots(request: Request, p: Annotated[Principal, Depends(org_principal)],
+async def list_snapshots(ctx: Ctx, org: Org,
                          limit: Annotated[int, Query(ge=1, le=500)] = 50,
                          cursor: Annotated[str | None, Query(max_length=512)] = None) -> dict:
-    try:
-        items, nxt = await request.app.state.ctx.read_model.list_snapshots(p.org_id, limit, cursor)
-    except ValueError as e:
-        raise UseCaseError(str(e)) from None
+    items, nxt = await ctx.sandboxes.list_snapshots(org.org_id, limit, cursor)
     return {"items": items, "next_cursor": nxt}
 
 
 @snapshot_router.get("/v1/snapshots/{snapshot_id}", response_model=SnapshotOut)
-async def get_snapshot(request: Request, snapshot_id: Id,
-                       p: Annotated[Principal, Depends(org_principal)]) -> dict:
-    snap = await asyncio.to_thread(request.app.state.ctx.ledger.find_snapshot, snapshot_id,
-                                   p.org_id)
-    return snapshot_view(snap)
+async def get_snapshot(ctx: Ctx, org: Org, snapshot_id: Id) -> dict:
+    return snapshot_view(await ctx.sandboxes.snapshot(snapshot_id, org.org_id))
 
 
 @snapshot_router.delete("/v1/snapshots/{snapshot_id}", status_code=202,
                         response_model=SnapshotOut)
-async def delete_snapshot(request: Request, snapshot_id: Id,
-                          p: Annotated[Principal, Depends(org_principal)]) -> dict:
-    snap = await asyncio.to_thread(request.app.state.ctx.ledger.request_snapshot_delete,
-                                   snapshot_id, p.org_id, op_id(request), current_traceparent())
-    return snapshot_view(snap)
+async def delete_snapshot(ctx: Ctx, oid: OpId, org: Org, snapshot_id: Id) -> dict:
+    return snapshot_view(await ctx.sandboxes.delete_snapshot(snapshot_id, org.org_id, oid))
 
 
 class ForkOut(BaseModel):
@@ -125,37 +99,19 @@ class ForkOut(BaseModel):
 @snapshot_router.post("/v1/snapshots/{snapshot_id}/fork", status_code=202,
                       response_model=ForkOut,
                       responses={201: {"model": ForkOut}, 207: {"model": ForkOut}})
-async def fork_snapshot(request: Request, snapshot_id: Id, body: ForkIn,
-                        p: Annotated[Principal, Depends(org_principal)],
+async def fork_snapshot(ctx: Ctx, oid: OpId, org: Org, snapshot_id: Id, body: ForkIn,
                         wait: bool = False,
                         timeout_s: Annotated[float, Query(gt=0, le=600)] = 120) -> Any:
     """N new sandboxes from one snapshot, each with its own identity."""
-    ctx = request.app.state.ctx
-    snap = await asyncio.to_thread(ctx.ledger.find_snapshot, snapshot_id, p.org_id)
-    shape = snap.shape or {}
     try:
-        spec = SandboxSpec(image=shape.get("image", "default"), vcpus=shape.get("vcpus", 1),
-                           memory_mib=shape.get("memory_mib", 256), ttl_seconds=body.ttl_seconds,
-                           env=body.env, metadata=body.metadata, network=body.network,
-                           snapshot_id=snapshot_id)
+        spec = await ctx.sandboxes.fork_spec(snapshot_id, org.org_id, body.ttl_seconds,
+                                             body.env, body.metadata, body.network)
     except ValidationError as e:  # same rules as a create body
         raise RequestValidationError(e.errors()) from None
-    made = []
-    for _ in range(body.count):
-        sb, _ = await asyncio.to_thread(ctx.ledger.request, p.org_id, spec, op_id(request),
-                                        current_traceparent(), None, ctx.limits)
-        made.append(str(sb.id))
+    made = await ctx.sandboxes.fork(org.org_id, spec, body.count, oid)
     if not wait:
-        docs = [sandbox_view(await asyncio.to_thread(ctx.ledger.find, i, p.org_id)) for i in made]
-        return JSONResponse({"items": docs}, status_code=202)
-    deadline = time.monotonic() + timeout_s
-    docs = []
-    for sid in made:
-        while True:
-            sb = await asyncio.to_thread(ctx.ledger.find, sid, p.org_id)
-            if sb.state not in ("requested", "scheduled", "starting") or time.monotonic() > deadline:
-                break
-            await ctx.waiters.wait(sid, 0.5)
-        docs.append(sandbox_view(sb))
+        return JSONResponse({"items": [sandbox_view(sb) for sb in made]}, status_code=202)
+    done = await ctx.sandboxes.wait_started([str(sb.id) for sb in made], org.org_id, timeout_s)
+    docs = [sandbox_view(sb) for sb in done]
     ok = all(d["state"] == "running" for d in docs)
     return JSONResponse({"items": docs}, status_code=201 if ok else 207)

@@ -4,15 +4,16 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from common.bus import Poison, Retry
+from common.bus import Handler, Poison, Retry
 from contracts import Envelope
 
 from ..application.errors import NotFound, OutOfOrder
+from ..bootstrap import GatewayContext
 
 log = logging.getLogger("corral.gateway.ingest")
 
 
-def ingest_handler(ctx):  # noqa: ANN001, ANN201 - GatewayContext
+def ingest_handler(ctx: GatewayContext) -> Handler:
     async def handle(msg: Envelope) -> None:
         try:
             changed = await asyncio.to_thread(ctx.ledger.ingest, msg)
@@ -24,5 +25,5 @@ def ingest_handler(ctx):  # noqa: ANN001, ANN201 - GatewayContext
             raise  # not yet visible (another instance's write): retried, then dead-lettered
         if changed:
             log.info("sandbox fact %s folded in", msg.type)
-        ctx.waiters.notify(msg.sandbox_id)
+        ctx.waiters.notify(getattr(msg, "sandbox_id", ""))
     return handle

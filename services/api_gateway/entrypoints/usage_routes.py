@@ -4,22 +4,18 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Query
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
-from common.rpc import request as rpc
-from contracts import subjects
-from contracts.rpc import Principal, UsagePage, UsageQuery
+from contracts.rpc import UsagePage, UsageQuery
 
-from .deps import op_id, org_principal
+from .deps import Ctx, OpId, Org
 
 usage_router = APIRouter(tags=["usage"])
 # ISO 8601 with an offset, as text: a bare number is not a time here.
 ISO = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?(Z|[+-]\d{2}:\d{2})$"
 DEFAULT_RANGE = timedelta(days=30)
-TIMEOUT_S = 10.0
-MAX_REPLY = 512 * 1024
 
 
 def _when(text: str | None, name: str) -> datetime | None:
@@ -34,7 +30,7 @@ def _when(text: str | None, name: str) -> datetime | None:
 
 @usage_router.get("/v1/usage", response_model=UsagePage)
 async def usage(
-    request: Request, p: Annotated[Principal, Depends(org_principal)],
+    ctx: Ctx, oid: OpId, org: Org,
     from_: Annotated[str | None, Query(
         alias="from", pattern=ISO,
         description="inclusive start (ISO 8601 with offset); default: `to` - 30 days")] = None,
@@ -49,10 +45,9 @@ async def usage(
     try:
         end = _when(to, "to") or datetime.now(timezone.utc)
         start = _when(from_, "from") or end - DEFAULT_RANGE
-        q = UsageQuery(org_id=p.org_id, from_=start, to=end, limit=limit, cursor=cursor,
-                       op_id=op_id(request))
+        q = UsageQuery.model_validate({"org_id": org.org_id, "from": start, "to": end,
+                                       "limit": limit, "cursor": cursor, "op_id": oid})
     except ValidationError as e:
         raise RequestValidationError([{**err, "loc": ("query", *err.get("loc", ()))}
                                       for err in e.errors(include_url=False)]) from None
-    return await rpc(request.app.state.ctx.bus.nc, subjects.RPC_BILLING_USAGE, q, UsagePage,
-                     timeout=TIMEOUT_S, max_bytes=MAX_REPLY)
+    return await ctx.billing.usage(q)

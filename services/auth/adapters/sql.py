@@ -6,39 +6,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import AsyncIterator
 
 import sqlalchemy as sa
-from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from common.sqldb import SqlDatabase, sql_database
 
 from ..domain.errors import Conflict
 from ..domain.model import ApiKey, HostToken, Org
 from .tables import api_keys, host_tokens, metadata, orgs
 
 log = logging.getLogger("corral.auth.sql")
-_SAFE_SCHEMA = re.compile(r"^[a-z_][a-z0-9_]{0,40}$")
-
-
-def database_url(store: str, state_dir: Path) -> tuple[str, str | None]:
-    """(sqlalchemy URL, schema) for CORRAL_STORE = "sqlite" or a postgresql:// URL."""
-    if store == "sqlite":
-        state_dir.mkdir(parents=True, exist_ok=True)
-        return f"sqlite+aiosqlite:///{(state_dir / 'auth.sqlite').resolve()}", None
-    url = make_url(store)
-    if url.drivername not in ("postgresql", "postgres", "postgresql+asyncpg"):
-        raise ValueError("CORRAL_STORE must be 'sqlite' or a postgresql:// URL")
-    schema = url.query.get("schema")
-    if isinstance(schema, tuple):
-        schema = schema[-1]
-    if schema is not None and not _SAFE_SCHEMA.match(schema):
-        raise ValueError("invalid schema name")
-    return url.set(drivername="postgresql+asyncpg", query={}).render_as_string(
-        hide_password=False), schema
 
 
 class AuthRepository:
@@ -106,19 +88,19 @@ class AuthRepository:
 
 
 class SqlStore:
-    def __init__(self, url: str, schema: str | None = None):
-        self.schema = schema
-        opts = {"schema_translate_map": {None: schema}} if schema else {}
-        sqlite = url.startswith("sqlite")
+    def __init__(self, db: SqlDatabase):
+        self.schema = db.schema
         self.engine: AsyncEngine = create_async_engine(
-            url, execution_options=opts, pool_pre_ping=not sqlite, hide_parameters=True,
-            connect_args={"timeout": 15} if sqlite else {})
-        if sqlite:
+            db.url, execution_options=db.execution_options(), pool_pre_ping=not db.sqlite,
+            hide_parameters=True, connect_args={"timeout": 15} if db.sqlite else {})
+        if db.sqlite:
             sa.event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
 
     @classmethod
-    def from_settings(cls, store: str, state_dir: Path) -> "SqlStore":
-        return cls(*database_url(store, state_dir))
+    def from_settings(cls, store: str, state_dir: Path) -> SqlStore:
+        if store == "sqlite":
+            state_dir.mkdir(parents=True, exist_ok=True)
+        return cls(sql_database(store, str((state_dir / "auth.sqlite").resolve()), "async"))
 
     async def create_schema(self, attempts: int = 5) -> None:
         """Idempotent; retried because concurrent instances may race on DDL."""

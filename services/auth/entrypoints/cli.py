@@ -6,12 +6,12 @@ import asyncio
 import json
 import sys
 
-from common.service import install_stop_handlers
+from common.service import run as run_service
 
 from ..application.provision import provision
-from ..bootstrap import build_offline
+from ..bootstrap import bootstrap, offline
 from ..settings import AuthSettings
-from .server import serve
+from .jobs import jobs
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -25,18 +25,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 async def bootstrap_cmd(settings: AuthSettings, org: str) -> dict[str, str]:
-    app = build_offline(settings)
+    store, service = offline(settings)
     try:
-        await app.store.create_schema()
-        return (await provision(app.service, org)).as_dict()
+        await store.create_schema()
+        return (await provision(service, org)).as_dict()
     finally:
-        await app.store.close()
-
-
-async def serve_cmd(settings: AuthSettings) -> None:
-    stop = asyncio.Event()
-    install_stop_handlers(stop)
-    await serve(settings, stop)
+        await store.close()
 
 
 def run(argv: list[str] | None, settings: AuthSettings) -> int:
@@ -49,5 +43,5 @@ def run(argv: list[str] | None, settings: AuthSettings) -> int:
             print("\n".join(f"{k.upper()}={v}" for k, v in out.items()))
         sys.stdout.flush()
         return 0
-    asyncio.run(serve_cmd(settings))
+    asyncio.run(run_service("auth", settings, bootstrap, jobs))
     return 0

@@ -14,12 +14,14 @@ import logging
 import threading
 from datetime import datetime, timedelta, timezone
 from typing import Any
-from urllib.parse import parse_qs, urlparse
 
+from eventsourcing.persistence import ApplicationRecorder
 from eventsourcing.utils import get_topic
-from sqlalchemy import (BigInteger, Column, Float, Index, Integer, MetaData, String, Table,
-                        and_, create_engine, or_, select)
+from sqlalchemy import (BigInteger, Column, Float, Index, MetaData, String, Table, and_,
+                        create_engine, or_, select)
 from sqlalchemy.engine import Engine
+
+from common.sqldb import advance, cursor_table, read_position, sql_database
 
 from ..domain.meter import Meter
 
@@ -38,9 +40,7 @@ items = Table(
     Column("memory_mib_seconds", Float, nullable=False),
     Index(f"ix_{PROJECTION}_org_start", "org_id", "start_us", "event_id"),
 )
-cursors = Table("billing_projection_cursor", meta,
-                Column("name", String(64), primary_key=True),
-                Column("position", Integer, nullable=False))
+cursors = cursor_table(meta, "billing_projection_cursor")
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
@@ -51,18 +51,6 @@ def to_us(dt: datetime) -> int:
 
 def from_us(us: int) -> datetime:
     return EPOCH + timedelta(microseconds=us)
-
-
-def index_url(store: str, sqlite_path: str) -> tuple[str, str | None]:
-    """(SQLAlchemy URL, schema) next to the event store."""
-    if store == "sqlite":
-        return f"sqlite:///{sqlite_path}", None
-    schema = (parse_qs(urlparse(store).query).get("schema") or [None])[0]
-    url = store.split("?")[0]
-    for prefix in ("postgresql://", "postgres://"):
-        if url.startswith(prefix):
-            url = "postgresql+psycopg://" + url[len(prefix):]
-    return url, schema
 
 
 def encode_cursor(start_us: int, event_id: str) -> str:
@@ -81,13 +69,12 @@ def decode_cursor(cursor: str) -> tuple[int, str]:
 
 
 class UsageIndex:
-    def __init__(self, url: str, schema: str | None = None):
-        opts: dict[str, Any] = {}
-        if schema:
-            opts["execution_options"] = {"schema_translate_map": {None: schema}}
-        if url.startswith("sqlite"):
-            opts["connect_args"] = {"timeout": 10}
-        self.engine: Engine = create_engine(url, **opts)
+    def __init__(self, store: str, sqlite_path: str):
+        """Beside the event store `store` (a SQLite file at `sqlite_path`)."""
+        db = sql_database(store, sqlite_path, "sync")
+        self.engine: Engine = create_engine(
+            db.url, execution_options=db.execution_options(),
+            connect_args={"timeout": 10} if db.sqlite else {})
         self._lock = threading.Lock()  # one catch-up per process at a time
 
     def create(self) -> None:
@@ -95,11 +82,9 @@ class UsageIndex:
 
     def position(self) -> int:
         with self.engine.connect() as conn:
-            row = conn.execute(select(cursors.c.position).where(
-                cursors.c.name == PROJECTION)).first()
-        return row[0] if row else 0
+            return read_position(conn, cursors, PROJECTION)
 
-    def catch_up(self, recorder, batch: int = 500) -> int:  # noqa: ANN001 - eventsourcing recorder
+    def catch_up(self, recorder: ApplicationRecorder, batch: int = 500) -> int:
         """Project the next batch of Cut events; returns notifications consumed."""
         with self._lock:
             pos = self.position()
@@ -115,17 +100,10 @@ class UsageIndex:
                     new = [r for r in rows if r["event_id"] not in have]
                     if new:
                         conn.execute(items.insert(), new)
-                new_pos = notes[-1].id
-                moved = conn.execute(cursors.update().where(and_(
-                    cursors.c.name == PROJECTION, cursors.c.position == pos)).values(
-                    position=new_pos))
-                if moved.rowcount == 0:
-                    if pos != 0:
-                        raise RuntimeError("usage projection cursor moved underneath us")
-                    conn.execute(cursors.insert().values(name=PROJECTION, position=new_pos))
+                advance(conn, cursors, PROJECTION, pos, notes[-1].id)
             return len(notes)
 
-    def catch_up_all(self, recorder, max_batches: int = 50) -> None:  # noqa: ANN001
+    def catch_up_all(self, recorder: ApplicationRecorder, max_batches: int = 50) -> None:
         for _ in range(max_batches):
             if not self.catch_up(recorder):
                 return

@@ -3,27 +3,20 @@ from __future__ import annotations
 
 import logging
 import uuid
-from datetime import datetime, timezone
-from typing import Callable
+from collections.abc import Callable
+from datetime import UTC, datetime
 
-from eventsourcing.persistence import IntegrityError
-
-from common.eventstore import StoreApp
+from common.eventstore import StoreApp, StoreConflict
 from contracts import Envelope
 
 from ..domain.meter import METERED, Meter, meter_id
 
 log = logging.getLogger("corral.billing")
-RETRIES = 5
 Clock = Callable[[], datetime]
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
-
-
-class Conflict(RuntimeError):
-    """The meter kept changing under us; the message will be retried."""
+    return datetime.now(UTC)
 
 
 class Metering(StoreApp):
@@ -48,41 +41,38 @@ class Metering(StoreApp):
         if msg.type not in METERED:
             return 0
         fact = msg.model_dump(mode="json")
-        for _ in range(RETRIES):
+
+        def attempt() -> int:  # races: another instance, the ticker
             meter = self.meter(fact["sandbox_id"]) or Meter(fact["sandbox_id"], fact["org_id"])
             meter.observe(fact)
             usage = meter.cut(self.clock(), self.period_s, self.grace_s)
             if not meter.pending_events:
                 return 0
-            try:
-                self._save(meter)
-            except IntegrityError:
-                continue  # a concurrent writer (other instance, ticker): reload
+            self._save(meter)
             for u in usage:
                 log.info("usage %s: %.1f vcpu-s", u.event_id, u.vcpu_seconds)
             return len(usage)
-        raise Conflict("meter kept changing while observing")
+        return self.retry_on_conflict(attempt, StoreConflict(
+            "meter kept changing while observing"))
 
     def cut_due(self) -> int:
         """Cut full periods of every open run; returns usage records made."""
         self._refresh_open()
         made = 0
         for mid in list(self._open):
-            for _ in range(RETRIES):
-                meter = self._get(mid)
-                if meter is None:
-                    break
-                usage = meter.cut(self.clock(), self.period_s, self.grace_s)
-                if not meter.pending_events:
-                    break
-                try:
-                    self._save(meter)
-                except IntegrityError:
-                    continue
-                made += len(usage)
-                break
+            made += self.retry_on_conflict(lambda mid=mid: self._cut_open(mid))
         self._refresh_open()
         return made
+
+    def _cut_open(self, mid: uuid.UUID) -> int:
+        meter = self._get(mid)
+        if meter is None:
+            return 0
+        usage = meter.cut(self.clock(), self.period_s, self.grace_s)
+        if not meter.pending_events:
+            return 0
+        self._save(meter)
+        return len(usage)
 
     def _refresh_open(self, batch: int = 500) -> None:
         """Follow the notification log to know which meters have an open run."""

@@ -19,6 +19,7 @@ from typing import Any
 
 from eventsourcing.domain import Aggregate, event
 
+from common.timefmt import utc_text
 from contracts.usage import UsageRecorded
 
 NAMESPACE = uuid.UUID("0b6c3f2e-52d4-4c1b-9a7e-4d8f7e1c2a90")
@@ -40,12 +41,10 @@ def ts(value: str | datetime) -> datetime:
     return dt.astimezone(timezone.utc)
 
 
-def iso(value: datetime) -> str:
-    return ts(value).isoformat()
-
-
 def usage_event_id(sandbox_id: str, period_start: str | datetime) -> str:
-    return str(uuid.uuid5(NAMESPACE, f"usage/{sandbox_id}/{iso(ts(period_start))}"))
+    # The id's name text is fixed for ever (isoformat of UTC): the same period
+    # must keep the same id across versions, or a redelivery would bill twice.
+    return str(uuid.uuid5(NAMESPACE, f"usage/{sandbox_id}/{ts(period_start).isoformat()}"))
 
 
 class OrgMismatch(ValueError):
@@ -93,7 +92,7 @@ class Meter(Aggregate):
         if fact["org_id"] != self.org_id:
             raise OrgMismatch("fact's org does not own the sandbox")
         self._observed(event_id=fact["event_id"], kind=fact["type"],
-                       at=iso(ts(fact["occurred_at"])), op_id=fact.get("op_id") or "-",
+                       at=utc_text(ts(fact["occurred_at"])), op_id=fact.get("op_id") or "-",
                        host_id=fact.get("host_id"), vcpus=fact.get("vcpus"),
                        memory_mib=fact.get("memory_mib"))
         return True
@@ -122,7 +121,7 @@ class Meter(Aggregate):
         out = []
         for c in self.due(now, period_s, grace_s):
             usage = self.usage_for(c) if c.end > c.start else None
-            self._cut(period_start=iso(c.start), period_end=iso(c.end), closes=c.closes,
+            self._cut(period_start=utc_text(c.start), period_end=utc_text(c.end), closes=c.closes,
                       envelope=usage.model_dump(mode="json") if usage else None)
             if usage:
                 out.append(usage)

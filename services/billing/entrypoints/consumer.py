@@ -4,18 +4,16 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from common.bus import Poison
+from common.bus import Handler, Poison
 from contracts import Envelope
-from contracts.subjects import CONSUMERS, ConsumerDef
 
 from ..application.metering import Metering
 from ..domain.meter import OrgMismatch
 
 log = logging.getLogger("corral.billing")
-METERING: ConsumerDef = next(c for c in CONSUMERS if c.durable == "billing-metering")
 
 
-def fact_handler(app: Metering):  # noqa: ANN201 - a bus Handler
+def fact_handler(app: Metering) -> Handler:
     async def handle(msg: Envelope) -> None:
         try:
             await asyncio.to_thread(app.observe, msg)
@@ -33,5 +31,5 @@ async def tick(app: Metering, every_s: float, stop: asyncio.Event) -> None:
             log.exception("periodic usage cut failed")
         try:
             await asyncio.wait_for(stop.wait(), every_s)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass

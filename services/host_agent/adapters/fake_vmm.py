@@ -12,9 +12,11 @@ import sys
 import time
 from pathlib import Path
 
+from collections.abc import Awaitable, Callable
+
+from ..application.ports import (ExecChunk, ExecRequest, ExecResult, FileEntry, ReconcileReport,
+                                 ResourceRecorder, SnapshotInfo, VmInfo, VmSpec)
 from .qemu.procs import is_zombie
-from ..application.ports import (ExecRequest, ReconcileReport, ResourceRecorder, SnapshotInfo,
-                                 VmInfo, VmSpec)
 
 MARK = "corral-fakevm"
 
@@ -40,8 +42,11 @@ class FakeVmmDriver:
         tmp.replace(dest)
         return SnapshotInfo(sandbox_id, str(dest), "default", 1, 256, 0, 0, 0)
 
-    def pool_stats(self) -> dict:
+    def pool_stats(self) -> dict[str, dict[str, int]]:
         return {}
+
+    async def prepare(self, image: str, vcpus: int, memory_mib: int) -> bool:
+        return False  # no templates here
 
     async def start(self, spec: VmSpec, record: ResourceRecorder) -> VmInfo:
         t0 = time.monotonic()
@@ -98,7 +103,18 @@ class FakeVmmDriver:
     async def resume(self, sandbox_id: str) -> None:
         return None
 
-    async def exec(self, sandbox_id: str, req: ExecRequest, on_chunk=None):  # noqa: ANN001, ANN201
+    async def exec(self, sandbox_id: str, req: ExecRequest,
+                   on_chunk: Callable[[ExecChunk], Awaitable[None]] | None = None
+                   ) -> ExecResult:
+        raise NotImplementedError("the fake driver has no guest")
+
+    async def put_file(self, sandbox_id: str, path: str, data: bytes) -> None:
+        raise NotImplementedError("the fake driver has no guest")
+
+    async def get_file(self, sandbox_id: str, path: str) -> bytes:
+        raise NotImplementedError("the fake driver has no guest")
+
+    async def list_files(self, sandbox_id: str, path: str) -> list[FileEntry]:
         raise NotImplementedError("the fake driver has no guest")
 
     async def reconcile(self, recorded: dict[str, dict[str, str]], record: ResourceRecorder,

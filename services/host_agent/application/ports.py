@@ -5,8 +5,9 @@ A driver owns every kernel object a VM needs. It reports each one through
 """
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Awaitable, Callable, Protocol
+from typing import Protocol
 
 
 @dataclass(frozen=True)
@@ -94,7 +95,10 @@ ResourceRecorder = Callable[[str, str, str | None], Awaitable[None]]
 
 
 class VmmDriver(Protocol):
-    accel: str  # "kvm" | "tcg" | "fake"
+    @property
+    def accel(self) -> str:
+        """"kvm" | "tcg" | "fake"."""
+        ...
 
     async def start(self, spec: VmSpec, record: ResourceRecorder) -> VmInfo: ...
     async def stop(self, sandbox_id: str) -> None: ...
@@ -109,6 +113,14 @@ class VmmDriver(Protocol):
     async def put_file(self, sandbox_id: str, path: str, data: bytes) -> None: ...
     async def get_file(self, sandbox_id: str, path: str) -> bytes: ...
     async def list_files(self, sandbox_id: str, path: str) -> list[FileEntry]: ...
+    async def snapshot(self, sandbox_id: str, dest_dir: str) -> SnapshotInfo:
+        """Live snapshot; `start(VmSpec(..., snapshot_dir=dest_dir))` forks it."""
+        ...
+    async def prepare(self, image: str, vcpus: int, memory_mib: int) -> bool:
+        """Make a size class ready for fast creates (its template); False where
+        that means nothing."""
+        ...
+    def pool_stats(self) -> dict[str, dict[str, int]]: ...
     async def reconcile(
         self, recorded: dict[str, dict[str, str]], record: ResourceRecorder,
         keep: dict[str, dict[str, str]] | None = None,
@@ -117,11 +129,3 @@ class VmmDriver(Protocol):
         network stay for a later restart; anything else we own is removed."""
         ...
     async def close(self) -> None: ...
-
-
-class SnapshotCapable(Protocol):
-    """Optional driver capability: live snapshot (fork via VmSpec.snapshot_dir)."""
-
-    async def snapshot(self, sandbox_id: str, dest_dir: str) -> SnapshotInfo: ...
-    def pool_stats(self) -> dict: ...
-

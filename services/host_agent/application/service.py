@@ -6,6 +6,7 @@ import logging
 import shutil
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ from contracts.sandbox import (Failure, SandboxDestroyed, SandboxFailed, Sandbox
 from contracts.snapshot import (DeleteSnapshot, SnapshotCreated, SnapshotDeleted,
                                 SnapshotFailed, TakeSnapshot)
 
-from .ports import VmmDriver, VmSpec
+from .ports import ExecChunk, ExecRequest, ExecResult, FileEntry, VmmDriver, VmSpec
 from .records import VmRecords
 
 log = logging.getLogger("corral.host_agent")
@@ -31,6 +32,14 @@ def _dump(m) -> dict[str, Any]:  # noqa: ANN001
 def _common(cmd: HostCommand) -> dict[str, Any]:
     return dict(op_id=cmd.op_id, org_id=cmd.org_id, sandbox_id=cmd.sandbox_id,
                 traceparent=cmd.traceparent)
+
+
+class Refused(Exception):
+    """A request this host will not serve: `code` is an RPC error code."""
+
+    def __init__(self, code: str, detail: str) -> None:
+        super().__init__(detail)
+        self.code, self.detail = code, detail
 
 
 class HostAgentService:
@@ -237,3 +246,30 @@ class HostAgentService:
 
     def usage(self) -> tuple[int, int, int]:
         return self.records.usage()
+
+    # -- inside running sandboxes: only the owner's, and only while running ------
+    async def running(self, sandbox_id: str, org_id: str) -> None:
+        """Refuse unless this host runs the sandbox for `org_id` (its own records)."""
+        vm = await asyncio.to_thread(self.records.get, sandbox_id)
+        if vm is None or vm.org_id != org_id:
+            raise Refused("not_found", "no such sandbox on this host")
+        if vm.state != "running":
+            raise Refused("conflict", f"sandbox is {vm.state}")
+
+    async def exec(self, sandbox_id: str, org_id: str, req: ExecRequest,
+                   on_chunk: Callable[[ExecChunk], Awaitable[None]] | None = None
+                   ) -> ExecResult:
+        await self.running(sandbox_id, org_id)
+        return await self.driver.exec(sandbox_id, req, on_chunk)
+
+    async def put_file(self, sandbox_id: str, org_id: str, path: str, data: bytes) -> None:
+        await self.running(sandbox_id, org_id)
+        await self.driver.put_file(sandbox_id, path, data)
+
+    async def get_file(self, sandbox_id: str, org_id: str, path: str) -> bytes:
+        await self.running(sandbox_id, org_id)
+        return await self.driver.get_file(sandbox_id, path)
+
+    async def list_files(self, sandbox_id: str, org_id: str, path: str) -> list[FileEntry]:
+        await self.running(sandbox_id, org_id)
+        return await self.driver.list_files(sandbox_id, path)

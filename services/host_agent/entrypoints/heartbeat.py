@@ -7,11 +7,15 @@ import secrets
 
 from contracts.host import HostCapacity, HostHeartbeat, HostRegistered
 
+from ..application.ports import VmmDriver
+from ..bootstrap import HostAgentContext
+from ..settings import HostAgentSettings
+
 log = logging.getLogger("corral.host_agent")
 VERSION = "0.1.0"
 
 
-def _capacity(s) -> HostCapacity:  # noqa: ANN001
+def _capacity(s: HostAgentSettings) -> HostCapacity:
     return HostCapacity(vcpus=s.capacity_vcpus, memory_mib=s.capacity_memory_mib,
                         max_sandboxes=s.max_sandboxes)
 
@@ -20,22 +24,18 @@ def _op() -> str:
     return "op_" + secrets.token_hex(10)
 
 
-async def announce(ctx) -> None:  # noqa: ANN001 - HostAgentContext
+async def announce(ctx: HostAgentContext) -> None:
     await ctx.bus.publish(HostRegistered(
         op_id=_op(), host_id=ctx.host_id, hostname=ctx.settings.hostname,
         capacity=_capacity(ctx.settings), accel=ctx.driver.accel, agent_version=VERSION))
 
 
-def pool_stats(driver) -> dict[str, dict[str, int]]:  # noqa: ANN001
-    stats = getattr(driver, "pool_stats", None)
-    if stats is None:
-        return {}
-    return {str(k if isinstance(k, str) else "/".join(map(str, k))): {
-        f: int(v) for f, v in d.items() if isinstance(v, (int, float))}
-        for k, d in stats().items()}
+def pool_stats(driver: VmmDriver) -> dict[str, dict[str, int]]:
+    return {str(k): {f: int(v) for f, v in d.items() if isinstance(v, (int, float))}
+            for k, d in driver.pool_stats().items()}
 
 
-def warnings(ctx) -> list[str]:  # noqa: ANN001
+def warnings(ctx: HostAgentContext) -> list[str]:
     accel = ctx.driver.accel
     if accel == "tcg":
         return ["accel=tcg: KVM unusable on this host, VMs run under slow software emulation"]
@@ -44,7 +44,7 @@ def warnings(ctx) -> list[str]:  # noqa: ANN001
     return []
 
 
-async def heartbeat_loop(ctx, stop: asyncio.Event) -> None:  # noqa: ANN001
+async def heartbeat_loop(ctx: HostAgentContext, stop: asyncio.Event) -> None:
     seq = 0
     interval = ctx.settings.heartbeat_interval_s
     while not stop.is_set():
@@ -60,5 +60,5 @@ async def heartbeat_loop(ctx, stop: asyncio.Event) -> None:  # noqa: ANN001
             log.warning("heartbeat failed: %s", e)
         try:
             await asyncio.wait_for(stop.wait(), interval)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass

@@ -12,11 +12,12 @@ from __future__ import annotations
 import threading
 import uuid
 
-from eventsourcing.persistence import IntegrityError
+from collections.abc import Callable
+
 from eventsourcing.utils import get_topic
 
 from ..domain.host import Host
-from .scheduler import RETRIES, Scheduler
+from .scheduler import Scheduler
 
 REGISTERED_TOPIC = get_topic(Host.Registered)
 DRAIN_NOTE = ("draining: no new placements; the sandboxes listed stay until they are stopped, "
@@ -70,14 +71,11 @@ class Fleet:
     def uncordon(self, host_id: str) -> tuple[Host, bool]:
         return self._change(host_id, Host.uncordon)
 
-    def _change(self, host_id: str, action) -> tuple[Host, bool]:  # noqa: ANN001
-        for _ in range(RETRIES):
+    def _change(self, host_id: str, action: Callable[[Host], bool]) -> tuple[Host, bool]:
+        def attempt() -> tuple[Host, bool]:  # races: a placement, another instance
             h = self.host(host_id)
             if not action(h):
                 return h, False
-            try:
-                self.app._save(h)
-                return h, True
-            except IntegrityError:
-                continue  # a placement or another instance changed it: reload
-        raise RuntimeError(f"host {host_id} kept changing")
+            self.app._save(h)
+            return h, True
+        return self.app.retry_on_conflict(attempt)

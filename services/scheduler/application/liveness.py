@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import time
-from typing import Callable
+from collections.abc import Callable
 
 
 class Liveness:
@@ -13,6 +13,11 @@ class Liveness:
 
     def beat(self, host_id: str, interval_s: float) -> None:
         self._seen[host_id] = (self.clock(), interval_s)
+
+    def age(self, host_id: str) -> float | None:
+        """Seconds since the host's last heartbeat seen here, or None."""
+        seen = self._seen.get(host_id)
+        return None if seen is None else max(0.0, self.clock() - seen[0])
 
     def timeout_for(self, host_id: str) -> float:
         return self._seen[host_id][1] * self.missed_beats

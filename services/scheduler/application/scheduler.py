@@ -1,14 +1,20 @@
 """Scheduler use cases over its own event store (sync: call via to_thread)."""
 from __future__ import annotations
 
+import logging
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
+from typing import Any
+
+from eventsourcing.domain import Aggregate
 
 from eventsourcing.persistence import IntegrityError
 
-from common.eventstore import StoreApp
-from contracts.commands import (DestroySandbox, PauseSandbox, ResumeSandbox, StartSandbox,
-                               StopSandbox)
+from common.eventstore import StoreApp, StoreConflict
+from common.timefmt import utc_text
+from contracts import Envelope
+from contracts.commands import (DestroySandbox, HostCommand, PauseSandbox, ResumeSandbox,
+                               StartSandbox, StopSandbox)
 from contracts.snapshot import (DeleteSnapshot, SnapshotDeleted, SnapshotEvent, SnapshotFailed,
                                 TakeSnapshot)
 from contracts.host import HostHeartbeat, HostLost, HostRegistered
@@ -19,11 +25,15 @@ from ..domain.host import Host, SandboxLostRecord, host_uuid
 from ..domain.placement import Placement, placement_uuid
 from ..domain.policy import choose_host
 
-RETRIES = 8
+log = logging.getLogger("corral.scheduler")
+INTENT_COMMANDS: dict[str, type[HostCommand]] = {
+    "SandboxDestroyRequested": DestroySandbox, "SandboxStopRequested": StopSandbox,
+    "SandboxPauseRequested": PauseSandbox, "SandboxResumeRequested": ResumeSandbox,
+    "SandboxStartRequested": StartSandbox}
 LOST_NS = uuid.UUID("4d2c8e6a-1b3f-4a5c-9d7e-0f1a2b3c4d5e")
 
 
-def _dump(msg) -> dict:  # noqa: ANN001
+def _dump(msg: Envelope) -> dict[str, Any]:
     return msg.model_dump(mode="json")
 
 
@@ -46,12 +56,13 @@ class Scheduler(StoreApp):
     # --- placement -------------------------------------------------------
     def place(self, req: SandboxRequested, alive: list[str]) -> tuple[Placement, bool]:
         """Place once: (placement, new). Raises NoCapacity when nothing fits now."""
-        for _ in range(RETRIES):
+        if req.pin_host_id:  # a fork runs where its snapshot is
+            alive = [x for x in alive if x == req.pin_host_id]
+
+        def attempt() -> tuple[Placement, bool]:  # races: another scheduler, that host
             existing = self.placement(req.sandbox_id)
             if existing is not None:
                 return existing, False
-            if req.pin_host_id:  # a fork runs where its snapshot is
-                alive = [x for x in alive if x == req.pin_host_id]
             hosts = [h for h in (self.host(x) for x in alive) if h is not None]
             chosen = choose_host(hosts, req.spec.vcpus, req.spec.memory_mib)
             if chosen is None:
@@ -63,12 +74,9 @@ class Scheduler(StoreApp):
                           _dump(SandboxScheduled(host_id=chosen.host_id, **common)),
                           req.spec.model_dump(mode="json"))
             p.command(_dump(StartSandbox(host_id=chosen.host_id, spec=req.spec, **common)))
-            try:
-                self._save(p, chosen)
-                return p, True
-            except IntegrityError:
-                continue  # another scheduler placed it, or changed that host: look again
-        raise NoCapacity("hosts kept changing; will retry")
+            self._save(p, chosen)
+            return p, True
+        return self.retry_on_conflict(attempt, NoCapacity("hosts kept changing; will retry"))
 
     def fail(self, req: SandboxRequested, code: str, message: str) -> Placement:
         failed = SandboxFailed(op_id=req.op_id, org_id=req.org_id, sandbox_id=req.sandbox_id,
@@ -77,34 +85,29 @@ class Scheduler(StoreApp):
         try:
             self._save(Placement(req.sandbox_id, req.org_id, None, _dump(failed)))
         except IntegrityError:
-            pass
-        return self.placement(req.sandbox_id)
+            pass  # decided already (placed or failed by another instance)
+        placement = self.placement(req.sandbox_id)
+        assert placement is not None
+        return placement
 
     # --- user intents routed to hosts -------------------------------------
     def route_intent(self, msg: SandboxEvent) -> None:
         """User intents become commands on the owning host's subject, once each."""
-        commands = {"SandboxDestroyRequested": DestroySandbox, "SandboxStopRequested": StopSandbox,
-                    "SandboxPauseRequested": PauseSandbox, "SandboxResumeRequested": ResumeSandbox,
-                    "SandboxStartRequested": StartSandbox}
-        cls = commands[msg.type]
-        for _ in range(RETRIES):
+        cls = INTENT_COMMANDS[msg.type]
+        common = dict(op_id=msg.op_id, org_id=msg.org_id, sandbox_id=msg.sandbox_id,
+                      traceparent=msg.traceparent)
+
+        def attempt() -> None:
             p = self.placement(msg.sandbox_id)
-            common = dict(op_id=msg.op_id, org_id=msg.org_id, sandbox_id=msg.sandbox_id,
-                          traceparent=msg.traceparent)
             if p is None:
-                if cls is not DestroySandbox:
-                    return  # never placed: nothing runs anywhere
-                p = Placement(msg.sandbox_id, msg.org_id, None,
-                              _dump(SandboxDestroyed(**common)))
-                try:
-                    self._save(p)
-                    return
-                except IntegrityError:
-                    continue
+                if cls is DestroySandbox:  # never placed: nothing runs anywhere
+                    self._save(Placement(msg.sandbox_id, msg.org_id, None,
+                                         _dump(SandboxDestroyed(**common))))
+                return
             if p.status in ("destroyed", "cancelled") or msg.event_id in p.handled:
                 return
             host = self.host(p.host_id) if p.host_id else None
-            to_save: list = [p]
+            to_save: list[Aggregate] = [p]
             if host is None or host.status == "lost":
                 if cls is not DestroySandbox:
                     return
@@ -120,17 +123,15 @@ class Scheduler(StoreApp):
                                              **common)), msg.event_id)
             else:
                 p.command(_dump(cls(host_id=p.host_id, **common)), msg.event_id)
-            try:
-                self._save(*to_save)
-                return
-            except IntegrityError:
-                continue
+            self._save(*to_save)
+        self.retry_on_conflict(attempt)
 
     def route_snapshot(self, msg: SnapshotEvent) -> None:
         """TakeSnapshot to the sandbox's host; DeleteSnapshot to where it was taken."""
         ids = dict(op_id=msg.op_id, org_id=msg.org_id, sandbox_id=msg.sandbox_id,
                    snapshot_id=msg.snapshot_id, traceparent=msg.traceparent)
-        for _ in range(RETRIES):
+
+        def attempt() -> None:
             p = self.placement(msg.sandbox_id)
             if p is None or msg.event_id in p.handled:
                 return
@@ -149,39 +150,33 @@ class Scheduler(StoreApp):
                     p.command(_dump(SnapshotDeleted(host_id=where, **ids)), msg.event_id)
                 else:
                     p.command(_dump(DeleteSnapshot(host_id=where, **ids)), msg.event_id)
-            try:
-                self._save(p)
-                return
-            except IntegrityError:
-                continue
+            self._save(p)
+        self.retry_on_conflict(attempt)
 
     def host_reported(self, msg: SandboxEvent) -> None:
         """A host stopped, destroyed or failed a sandbox: free its capacity."""
-        for _ in range(RETRIES):
+        def attempt() -> None:
             p = self.placement(msg.sandbox_id)
             if p is None or not p.host_id:
                 return
             host = self.host(p.host_id)
-            to_save = []
+            to_save: list[Aggregate] = []
             if host is not None and host.release(msg.sandbox_id):
                 to_save.append(host)
             if msg.type == "SandboxDestroyed" and p.status != "destroyed":
                 p.end(None, status="destroyed")
                 to_save.append(p)
-            if not to_save:
-                return
-            try:
+            if to_save:
                 self._save(*to_save)
-                return
-            except IntegrityError:
-                continue
+        self.retry_on_conflict(attempt)
 
     # --- hosts ------------------------------------------------------------
     def register(self, msg: HostRegistered | HostHeartbeat) -> bool:
         """Create or refresh a host from its registration or heartbeat."""
         capacity = msg.capacity.model_dump()
         hostname = getattr(msg, "hostname", None)
-        for _ in range(RETRIES):
+
+        def attempt() -> bool:
             h = self.host(msg.host_id)
             if h is None:
                 h = Host(msg.host_id, hostname or msg.host_id, capacity, msg.accel)
@@ -194,21 +189,21 @@ class Scheduler(StoreApp):
                     h.update(hostname or h.hostname, capacity, msg.accel)
                 if h.status == "lost":
                     h.mark_back()
-            try:
-                self._save(h)
-                return True
-            except IntegrityError:
-                continue
-        return False
+            self._save(h)
+            return True
+        try:
+            return self.retry_on_conflict(attempt)
+        except StoreConflict:
+            log.warning("host %s kept changing; its next heartbeat registers it", msg.host_id)
+            return False
 
     def mark_lost(self, host_id: str, timeout_s: float, op_id: str) -> list[str]:
         """Record HostLost and a SandboxLost per allocation; exactly once."""
-        for _ in range(RETRIES):
+        def attempt() -> list[str]:
             h = self.host(host_id)
             if h is None or h.status != "ready":
                 return []
-            now = datetime.now(timezone.utc)
-            lost = HostLost(op_id=op_id, host_id=host_id, last_seen=now.isoformat(),
+            lost = HostLost(op_id=op_id, host_id=host_id, last_seen=utc_text(datetime.now(UTC)),
                             timeout_s=timeout_s)
             records = [SandboxLostRecord(_dump(SandboxLost(
                 event_id=str(uuid.uuid5(LOST_NS, f"{lost.event_id}/{sid}")),
@@ -217,9 +212,10 @@ class Scheduler(StoreApp):
                 for sid, a in h.allocations.items()]
             sandboxes = list(h.allocations)
             h.mark_lost(_dump(lost))
-            try:
-                self._save(h, *records)
-                return sandboxes
-            except IntegrityError:
-                continue
-        return []
+            self._save(h, *records)
+            return sandboxes
+        try:
+            return self.retry_on_conflict(attempt)
+        except StoreConflict:
+            log.error("host %s kept changing; not marked lost", host_id)
+            return []

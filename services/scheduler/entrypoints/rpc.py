@@ -8,15 +8,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Awaitable, Callable
-
+from collections.abc import Awaitable, Callable
 
 from common.logging import log_context
-from common.rpc import answer
+from common.rpc import Route, serve
 from contracts import rpc
 from contracts import subjects as s
 
 from ..application.fleet import CORDON_NOTE, DRAIN_NOTE, Fleet, UnknownHost
+from ..application.liveness import Liveness
+from ..bootstrap import SchedulerContext
 from ..domain.host import Host
 
 log = logging.getLogger("corral.scheduler.rpc")
@@ -24,14 +25,9 @@ QUEUE = "scheduler"
 MAX_REQUEST = 4096
 
 
-def _heartbeat_age(liveness, host_id: str) -> float | None:  # noqa: ANN001 - Liveness
-    # Liveness keeps host -> (last_seen, interval) on its own injected clock.
-    seen = getattr(liveness, "_seen", {}).get(host_id)
-    return None if seen is None else round(max(0.0, liveness.clock() - seen[0]), 3)
-
-
-def host_info(h: Host, alive: set[str], liveness) -> rpc.HostInfo:  # noqa: ANN001
+def host_info(h: Host, alive: set[str], liveness: Liveness) -> rpc.HostInfo:
     c = h.capacity
+    age = liveness.age(h.host_id)
     return rpc.HostInfo(
         host_id=h.host_id, hostname=h.hostname, status=h.display_status, accel=h.accel,
         capacity=rpc.HostResources(vcpus=c["vcpus"], memory_mib=c["memory_mib"],
@@ -39,7 +35,7 @@ def host_info(h: Host, alive: set[str], liveness) -> rpc.HostInfo:  # noqa: ANN0
         used=rpc.HostResources(vcpus=h.used_vcpus, memory_mib=h.used_memory_mib,
                                sandboxes=len(h.allocations)),
         alive=h.host_id in alive and h.status != "lost",
-        last_heartbeat_age_s=_heartbeat_age(liveness, h.host_id))
+        last_heartbeat_age_s=None if age is None else round(age, 3))
 
 
 def _remaining(h: Host) -> list[rpc.HostSandbox]:
@@ -48,16 +44,14 @@ def _remaining(h: Host) -> list[rpc.HostSandbox]:
             for sid, a in sorted(h.allocations.items())]
 
 
-async def serve_fleet_rpc(ctx, stop: asyncio.Event, fleet: Fleet | None = None) -> None:  # noqa: ANN001
-    fleet = fleet or Fleet(ctx.app)
-    await asyncio.to_thread(fleet.refresh)  # know every recorded host before answering
-
+def routes(ctx: SchedulerContext, fleet: Fleet) -> dict[str, Route]:
     async def list_hosts(_: rpc.ListHosts) -> rpc.HostList:
         hosts = await asyncio.to_thread(fleet.hosts)
         alive = set(ctx.liveness.alive())
         return rpc.HostList(items=[host_info(h, alive, ctx.liveness) for h in hosts])
 
-    def action(name: str, call: Callable[[str], tuple[Host, bool]], note: str):  # noqa: ANN202
+    def action(name: str, call: Callable[[str], tuple[Host, bool]],
+               note: str) -> Callable[[rpc.HostAction], Awaitable[rpc.HostActionResult]]:
         async def run(req: rpc.HostAction) -> rpc.HostActionResult:
             with log_context(host_id=req.host_id):
                 h, changed = await asyncio.to_thread(call, req.host_id)
@@ -68,7 +62,7 @@ async def serve_fleet_rpc(ctx, stop: asyncio.Event, fleet: Fleet | None = None) 
                 remaining=_remaining(h), note=note)
         return run
 
-    routes: dict[str, tuple[type[rpc.RpcModel], Callable[..., Awaitable[rpc.RpcModel]]]] = {
+    return {
         s.RPC_SCHEDULER_HOSTS_LIST: (rpc.ListHosts, list_hosts),
         s.RPC_SCHEDULER_HOSTS_CORDON: (rpc.HostAction, action("cordoned", fleet.cordon,
                                                               CORDON_NOTE)),
@@ -77,29 +71,13 @@ async def serve_fleet_rpc(ctx, stop: asyncio.Event, fleet: Fleet | None = None) 
         s.RPC_SCHEDULER_HOSTS_UNCORDON: (rpc.HostAction, action("uncordoned", fleet.uncordon,
                                                                 "open for placements")),
     }
-    tasks: set[asyncio.Task] = set()
 
-    async def reply_to(msg) -> None:  # noqa: ANN001 - nats Msg
-        req_type, call = routes[msg.subject]
-        reply = await answer(msg.data, req_type, call, MAX_REQUEST, _refuse)
-        try:
-            await msg.respond(reply.model_dump_json().encode())
-        except Exception as e:  # noqa: BLE001 - requester gone or bus down
-            log.warning("could not answer %s: %r", msg.subject, e)
 
-    async def on_msg(msg) -> None:  # noqa: ANN001
-        t = asyncio.ensure_future(reply_to(msg))
-        tasks.add(t)
-        t.add_done_callback(tasks.discard)
-
-    subs = [await ctx.bus.nc.subscribe(subject, queue=QUEUE, cb=on_msg) for subject in routes]
-    try:
-        await stop.wait()
-    finally:
-        for sub in subs:
-            await sub.unsubscribe()
-        if tasks:
-            await asyncio.gather(*tasks, return_exceptions=True)
+async def serve_fleet_rpc(ctx: SchedulerContext, stop: asyncio.Event) -> None:
+    fleet = Fleet(ctx.app)
+    await asyncio.to_thread(fleet.refresh)  # know every recorded host before answering
+    await serve(ctx.bus.client, routes(ctx, fleet), stop, max_bytes=MAX_REQUEST, queue=QUEUE,
+                refuse=_refuse)
 
 
 def _refuse(e: Exception) -> rpc.RpcError | None:

@@ -3,28 +3,32 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
+from nats.aio.msg import Msg
 from nats.js.api import DeliverPolicy
 
-from common.bus import Retry
+from common.bus import Handler, Retry
 from common.logging import log_context
 from contracts import Envelope, InvalidMessage, parse_message
-from contracts.host import HostHeartbeat
+from contracts.host import HostHeartbeat, HostRegistered
+from contracts.sandbox import SandboxEvent, SandboxRequested
+from contracts.snapshot import SnapshotEvent
 
-from ..application.scheduler import NoCapacity
+from ..application.scheduler import INTENT_COMMANDS, NoCapacity
+from ..bootstrap import SchedulerContext
 
 log = logging.getLogger("corral.scheduler")
 
 
-def placement_handler(ctx):  # noqa: ANN001, ANN201 - SchedulerContext
+def placement_handler(ctx: SchedulerContext) -> Handler:
     async def handle(msg: Envelope) -> None:
         app = ctx.app
-        if msg.type == "SandboxRequested":
+        if isinstance(msg, SandboxRequested):
             try:
                 p, new = await asyncio.to_thread(app.place, msg, ctx.liveness.alive())
             except NoCapacity as e:
-                age = (datetime.now(timezone.utc) - msg.occurred_at).total_seconds()
+                age = (datetime.now(UTC) - msg.occurred_at).total_seconds()
                 if age < ctx.settings.placement_timeout_s:
                     raise Retry(str(e), delay_s=1.0) from None
                 await asyncio.to_thread(app.fail, msg, "no_capacity", str(e))
@@ -34,42 +38,42 @@ def placement_handler(ctx):  # noqa: ANN001, ANN201 - SchedulerContext
                 log.info("placed on %s", p.host_id, extra={"host_id": p.host_id})
             else:
                 log.info("already decided (%s); duplicate ignored", p.status)
-        elif msg.type in ("SandboxDestroyRequested", "SandboxStopRequested",
-                          "SandboxPauseRequested", "SandboxResumeRequested",
-                          "SandboxStartRequested"):
+        elif msg.type in INTENT_COMMANDS and isinstance(msg, SandboxEvent):
             await asyncio.to_thread(app.route_intent, msg)
-        elif msg.type in ("SnapshotRequested", "SnapshotDeleteRequested"):
+        elif msg.type in ("SnapshotRequested", "SnapshotDeleteRequested") and \
+                isinstance(msg, SnapshotEvent):
             await asyncio.to_thread(app.route_snapshot, msg)
-        elif msg.type in ("SandboxDestroyed", "SandboxFailed", "SandboxStopped"):
+        elif msg.type in ("SandboxDestroyed", "SandboxFailed", "SandboxStopped") and \
+                isinstance(msg, SandboxEvent):
             await asyncio.to_thread(app.host_reported, msg)
     return handle
 
 
-def host_event_handler(ctx):  # noqa: ANN001, ANN201
+def host_event_handler(ctx: SchedulerContext) -> Handler:
     async def handle(msg: Envelope) -> None:
-        if msg.type == "HostRegistered":
+        if isinstance(msg, HostRegistered):
             await asyncio.to_thread(ctx.app.register, msg)
     return handle
 
 
-async def watch_heartbeats(ctx, stop: asyncio.Event) -> None:  # noqa: ANN001
+async def watch_heartbeats(ctx: SchedulerContext, stop: asyncio.Event) -> None:
     """Every scheduler instance sees every heartbeat (ordered, ephemeral)."""
-    queue: asyncio.Queue = asyncio.Queue(maxsize=10000)
+    queue: asyncio.Queue[Msg] = asyncio.Queue(maxsize=10000)
 
-    async def on_msg(m) -> None:  # noqa: ANN001
+    async def on_msg(m: Msg) -> None:
         try:
             queue.put_nowait(m)
         except asyncio.QueueFull:
             pass
 
-    sub = await ctx.bus.js.subscribe("corral.evt.host.*.HostHeartbeat", cb=on_msg,
+    sub = await ctx.bus.jetstream.subscribe("corral.evt.host.*.HostHeartbeat", cb=on_msg,
                                      ordered_consumer=True,
                                      deliver_policy=DeliverPolicy.LAST_PER_SUBJECT)
     try:
         while not stop.is_set():
             try:
                 m = await asyncio.wait_for(queue.get(), 0.5)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 continue
             try:
                 hb = parse_message(m.data)
@@ -78,7 +82,7 @@ async def watch_heartbeats(ctx, stop: asyncio.Event) -> None:  # noqa: ANN001
                 continue
             if not isinstance(hb, HostHeartbeat):
                 continue
-            age = (datetime.now(timezone.utc) - hb.occurred_at).total_seconds()
+            age = (datetime.now(UTC) - hb.occurred_at).total_seconds()
             if age > hb.interval_s * ctx.settings.missed_heartbeats:
                 continue  # a stale one replayed at start-up
             was_alive = hb.host_id in ctx.liveness.alive()
@@ -91,7 +95,7 @@ async def watch_heartbeats(ctx, stop: asyncio.Event) -> None:  # noqa: ANN001
         await sub.unsubscribe()
 
 
-async def sweep_lost_hosts(ctx, stop: asyncio.Event) -> None:  # noqa: ANN001
+async def sweep_lost_hosts(ctx: SchedulerContext, stop: asyncio.Event) -> None:
     while not stop.is_set():
         for host_id in ctx.liveness.expired():
             timeout = ctx.liveness.timeout_for(host_id)
@@ -103,5 +107,5 @@ async def sweep_lost_hosts(ctx, stop: asyncio.Event) -> None:  # noqa: ANN001
                             timeout, len(lost))
         try:
             await asyncio.wait_for(stop.wait(), ctx.settings.sweep_interval_s)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass

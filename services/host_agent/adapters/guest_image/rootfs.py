@@ -11,8 +11,9 @@ PACKAGES = ["python3", "iproute2", "ca-certificates", "procps"]
 # Trimmed after install: docs, locales, apt lists and caches.
 PRUNE = ["usr/share/doc", "usr/share/man", "usr/share/info", "usr/share/locale",
          "var/lib/apt/lists", "var/cache/apt", "var/cache/debconf/templates.dat-old"]
-GUEST_SRC = Path(__file__).resolve().parents[2] / "guest"
-GUEST_FILES = ["agent.py", "protocol.py"]
+GUEST_SRC = Path(__file__).resolve().parents[4] / "guest"  # the top-level `guest` package
+GUEST_FILES = ["agent.py", "protocol.py", "console.py", "entropy.py", "netconf.py",
+               "files.py", "process.py"]
 AGENT_DIR = "opt/corral/guest"
 
 

@@ -10,7 +10,7 @@ from typing import Awaitable, Callable
 from services.host_agent.application.ports import (
     ExecChunk, ExecRequest, ExecResult, FileEntry,
 )
-from services.host_agent.guest import protocol as P
+from guest import protocol as P
 
 from .errors import AgentUnavailable, GuestError
 

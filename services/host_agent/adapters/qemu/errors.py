@@ -1,7 +1,7 @@
 """Stable error types raised by the QEMU driver."""
 from __future__ import annotations
 
-from services.host_agent.guest.protocol import GuestError, GuestPathError
+from guest.protocol import GuestError, GuestPathError
 
 
 class VmError(RuntimeError):

@@ -1,0 +1,79 @@
+"""File operations of the guest agent: put (atomic), get and list, with limits."""
+from __future__ import annotations
+
+import os
+import stat
+
+if __package__:
+    from . import protocol as P
+else:  # inside the guest: the modules sit side by side
+    import protocol as P  # type: ignore[no-redef]
+
+
+def put(rid: int, h: dict, payload: bytes) -> dict:
+    path = P.check_path(h.get("path"))
+    mode = int(h.get("mode", 0o644)) & 0o7777
+    if len(payload) > P.MAX_FILE:
+        raise P.GuestError("EFBIG", "file too large")
+    parent = os.path.dirname(path)
+    os.makedirs(parent, exist_ok=True)
+    tmp = f"{parent}/.corral-put-{rid}-{os.getpid()}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
+    try:
+        view = memoryview(payload)
+        while view:
+            n = os.write(fd, view)
+            view = view[n:]
+        os.fchmod(fd, mode)
+    finally:
+        os.close(fd)
+    try:
+        os.rename(tmp, path)
+    except OSError:
+        os.unlink(tmp)
+        raise
+    return {"id": rid, "type": "ok", "size": len(payload)}
+
+def get(rid: int, h: dict) -> tuple[dict, bytes]:
+    path = P.check_path(h.get("path"))
+    limit = min(int(h.get("max_bytes", P.MAX_FILE)), P.MAX_FILE)
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise P.GuestError("EISDIR", path)
+        if not stat.S_ISREG(st.st_mode):
+            raise P.GuestError("EINVAL", "not a regular file")
+        if st.st_size > limit:
+            raise P.GuestError("EFBIG", f"file is {st.st_size} bytes, limit {limit}")
+        chunks, total = [], 0
+        while True:
+            b = os.read(fd, 1 << 20)
+            if not b:
+                break
+            total += len(b)
+            if total > limit:
+                raise P.GuestError("EFBIG", "file grew past the limit")
+            chunks.append(b)
+    finally:
+        os.close(fd)
+    data = b"".join(chunks)
+    return {"id": rid, "type": "data", "size": len(data)}, data
+
+def listing(rid: int, h: dict) -> dict:
+    path = P.check_path(h.get("path"))
+    entries = []
+    truncated = False
+    with os.scandir(path) as it:
+        for e in it:
+            if len(entries) >= P.MAX_LIST:
+                truncated = True
+                break
+            try:
+                st = e.stat(follow_symlinks=False)
+            except OSError:
+                continue
+            entries.append({"name": e.name, "size": st.st_size,
+                            "is_dir": stat.S_ISDIR(st.st_mode), "mode": st.st_mode})
+    entries.sort(key=lambda x: x["name"])
+    return {"id": rid, "type": "entries", "entries": entries, "truncated": truncated}

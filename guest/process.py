@@ -1,0 +1,62 @@
+"""Processes the guest agent runs for `exec`: validation and spawn."""
+from __future__ import annotations
+
+import errno
+import os
+import subprocess
+import time
+
+if __package__:
+    from . import protocol as P
+else:  # inside the guest: the modules sit side by side
+    import protocol as P  # type: ignore[no-redef]
+
+
+class SpawnFailed(Exception):
+    """The command could not start: answered like a shell would (126/127)."""
+
+    def __init__(self, exit_code: int, stderr: bytes) -> None:
+        super().__init__(stderr.decode(errors="replace"))
+        self.exit_code, self.stderr = exit_code, stderr
+
+
+class Proc:
+    def __init__(self, rid: int, popen: subprocess.Popen, cap: int, timeout: float) -> None:
+        self.rid = rid
+        self.popen = popen
+        self.cap = cap
+        self.timeout = timeout
+        self.sent = {"stdout": 0, "stderr": 0}
+        self.truncated = False
+        self.timed_out = False
+        self.open_streams = 2
+        self.status: int | None = None
+        self.stdin_buf = b""
+        self.started = time.monotonic()
+        self.finished = False
+
+
+def spawn(rid: int, h: dict, base_env: dict[str, str]) -> Proc:
+    """Validate an exec request and start its process (own session, pipes)."""
+    argv = h["argv"]
+    if not argv or not all(isinstance(a, str) and "\x00" not in a for a in argv):
+        raise P.GuestError("EINVAL", "argv must be non-empty strings without NUL")
+    env = {**base_env, **(h.get("env") or {})}
+    cwd = h.get("cwd") or "/root"
+    P.check_path(cwd)
+    if not os.path.isdir(cwd):
+        raise P.GuestError("ENOENT", f"cwd {cwd} is not a directory")
+    timeout = float(h.get("timeout_s", 60))
+    cap = int(h.get("output_cap", 1 << 20))
+    if not (0 < timeout <= 86400) or not (0 <= cap <= 1 << 30):
+        raise P.GuestError("EINVAL", "timeout_s or output_cap out of range")
+    has_stdin = bool(h.get("stdin"))
+    try:
+        popen = subprocess.Popen(
+            argv, stdin=subprocess.PIPE if has_stdin else subprocess.DEVNULL,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=cwd, env=env,
+            start_new_session=True, close_fds=True)
+    except OSError as e:
+        code = 126 if e.errno in (errno.EACCES, errno.ENOEXEC, errno.EISDIR) else 127
+        raise SpawnFailed(code, f"{argv[0]}: {e.strerror}\n".encode()) from None
+    return Proc(rid, popen, cap, timeout)

@@ -1,0 +1,61 @@
+"""Commands and files inside a running sandbox, relayed to its host agent."""
+from __future__ import annotations
+
+import asyncio
+import base64
+from collections.abc import AsyncGenerator, Awaitable, Callable
+from typing import Any
+
+from contracts.rpc import (HostExec, HostExecChunk, HostExecResult, HostExecStream,
+                           HostFileEntries, HostFileGet, HostFileList, HostFilePut)
+
+from .errors import Conflict
+from .ledger import SandboxLedger
+from .ports import Hosts
+
+
+class GuestIO:
+    def __init__(self, ledger: SandboxLedger, hosts: Hosts) -> None:
+        self.ledger = ledger
+        self.hosts = hosts
+
+    async def _host(self, sandbox_id: str, org_id: str) -> str:
+        """The host of the caller's sandbox, which must be running."""
+        sb = await asyncio.to_thread(self.ledger.find, sandbox_id, org_id)
+        if sb.state != "running" or not sb.host_id:
+            raise Conflict(f"sandbox is {sb.state}, not running")
+        return sb.host_id
+
+    async def exec(self, org_id: str, sandbox_id: str, op_id: str,
+                   command: dict[str, Any]) -> HostExecResult:
+        """`command`: cmd, env, cwd, timeout_s, stdin."""
+        host = await self._host(sandbox_id, org_id)
+        return await self.hosts.exec(host, HostExec(sandbox_id=sandbox_id, org_id=org_id,
+                                                    op_id=op_id, **command))
+
+    async def exec_stream(self, org_id: str, sandbox_id: str, op_id: str,
+                          command: dict[str, Any]) -> AsyncGenerator[HostExecChunk, None]:
+        host = await self._host(sandbox_id, org_id)
+        req = HostExecStream(sandbox_id=sandbox_id, org_id=org_id, op_id=op_id,
+                             chunks_to=self.hosts.new_inbox(), **command)
+        return await self.hosts.exec_stream(host, req)
+
+    async def put_file(self, org_id: str, sandbox_id: str, op_id: str, path: str,
+                       read: Callable[[], Awaitable[bytes]]) -> None:
+        """`read`: the content, read only once the sandbox is known to be running."""
+        host = await self._host(sandbox_id, org_id)
+        await self.hosts.put_file(host, HostFilePut(
+            sandbox_id=sandbox_id, org_id=org_id, op_id=op_id, path=path,
+            data_b64=base64.b64encode(await read()).decode()))
+
+    async def get_file(self, org_id: str, sandbox_id: str, op_id: str, path: str) -> bytes:
+        host = await self._host(sandbox_id, org_id)
+        out = await self.hosts.get_file(host, HostFileGet(sandbox_id=sandbox_id, org_id=org_id,
+                                                          op_id=op_id, path=path))
+        return base64.b64decode(out.data_b64)
+
+    async def list_files(self, org_id: str, sandbox_id: str, op_id: str,
+                         path: str) -> HostFileEntries:
+        host = await self._host(sandbox_id, org_id)
+        return await self.hosts.list_files(host, HostFileList(
+            sandbox_id=sandbox_id, org_id=org_id, op_id=op_id, path=path))

@@ -1,0 +1,145 @@
+"""Sandbox and snapshot use cases of the REST edge: the ledger's (sync, run in
+worker threads) behind one admission path for creates and forks (rate limit
+and quotas), the listings, and waits for a state."""
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any, Literal
+
+from common.tracing import current_traceparent, tracer
+from contracts.sandbox import NetworkSpec, SandboxSpec
+
+from ..domain.quota import Limits
+from ..domain.sandbox import Sandbox
+from ..domain.snapshot import Snapshot
+from .errors import TooMany, UseCaseError
+from .ledger import SandboxLedger
+from .ports import Listing, Page
+from .rate_limit import RateLimiter
+from .waiters import Waiters
+
+STARTING = ("requested", "scheduled", "starting")
+ENDED_UNSTARTED = ("failed", "lost", "destroyed", "stopping", "stopped")
+Intent = Literal["stop", "start", "pause", "resume"]
+
+
+class Sandboxes:
+    def __init__(self, ledger: SandboxLedger, listing: Listing, limits: Limits,
+                 limiter: RateLimiter, waiters: Waiters) -> None:
+        self.ledger = ledger
+        self.listing = listing
+        self.limits = limits
+        self.limiter = limiter
+        self.waiters = waiters
+
+    # -- creates and forks: one admission path ------------------------------------
+    def _admit(self, org_id: str, count: int) -> None:
+        wait_s = self.limiter.retry_after(org_id, count)
+        if wait_s:
+            raise TooMany("create rate limit reached for this org", wait_s)
+
+    async def _request(self, org_id: str, spec: SandboxSpec, op_id: str,
+                       idempotency_key: str | None) -> tuple[Sandbox, bool]:
+        with tracer("corral.gateway").start_as_current_span("create_sandbox"):
+            return await asyncio.to_thread(self.ledger.request, org_id, spec, op_id,
+                                           current_traceparent(), idempotency_key, self.limits)
+
+    async def create(self, org_id: str, spec: SandboxSpec, op_id: str,
+                     idempotency_key: str | None) -> tuple[Sandbox, bool]:
+        """(sandbox, created): False for an idempotent replay."""
+        self._admit(org_id, 1)
+        return await self._request(org_id, spec, op_id, idempotency_key)
+
+    async def fork_spec(self, snapshot_id: str, org_id: str, ttl_seconds: int,
+                        env: dict[str, str], metadata: dict[str, str],
+                        network: NetworkSpec) -> SandboxSpec:
+        """A create spec with the snapshot's shape (pydantic's ValidationError on bad
+        input: the same rules as a create body)."""
+        snap = await self.snapshot(snapshot_id, org_id)
+        shape = snap.shape or {}
+        return SandboxSpec(image=shape.get("image", "default"), vcpus=shape.get("vcpus", 1),
+                           memory_mib=shape.get("memory_mib", 256), ttl_seconds=ttl_seconds,
+                           env=env, metadata=metadata, network=network,
+                           snapshot_id=snapshot_id)
+
+    async def fork(self, org_id: str, spec: SandboxSpec, count: int,
+                   op_id: str) -> list[Sandbox]:
+        """`count` new sandboxes from the snapshot in `spec`, admitted like creates."""
+        self._admit(org_id, count)
+        return [(await self._request(org_id, spec, op_id, None))[0] for _ in range(count)]
+
+    # -- reads ------------------------------------------------------------------
+    async def find(self, sandbox_id: str, org_id: str) -> Sandbox:
+        return await asyncio.to_thread(self.ledger.find, sandbox_id, org_id)
+
+    async def list(self, org_id: str, limit: int, cursor: str | None, state: str | None,
+                   name: str | None) -> Page:
+        try:
+            return await self.listing.list(org_id, limit, cursor, state, name)
+        except ValueError as e:
+            raise UseCaseError(str(e)) from None
+
+    async def events(self, sandbox_id: str, org_id: str, start: int,
+                     limit: int) -> tuple[list[dict[str, Any]], str | None]:
+        events = await asyncio.to_thread(self.ledger.history, sandbox_id, org_id)
+        nxt = str(start + limit) if start + limit < len(events) else None
+        return events[start:start + limit], nxt
+
+    # -- intents ------------------------------------------------------------------
+    async def destroy(self, sandbox_id: str, org_id: str, op_id: str) -> Sandbox:
+        return await asyncio.to_thread(self.ledger.request_destroy, sandbox_id, org_id, op_id,
+                                       current_traceparent())
+
+    async def intent(self, verb: Intent, sandbox_id: str, org_id: str, op_id: str) -> Sandbox:
+        use_case = {"stop": self.ledger.request_stop, "start": self.ledger.request_start,
+                    "pause": self.ledger.request_pause,
+                    "resume": self.ledger.request_resume}[verb]
+        return await asyncio.to_thread(use_case, sandbox_id, org_id, op_id,
+                                       current_traceparent())
+
+    async def extend_ttl(self, sandbox_id: str, org_id: str, ttl_seconds: int,
+                         op_id: str, now: Any) -> Sandbox:
+        return await asyncio.to_thread(self.ledger.extend_ttl, sandbox_id, org_id, ttl_seconds,
+                                       op_id, current_traceparent(), now)
+
+    # -- waits --------------------------------------------------------------------
+    async def wait_running(self, sandbox_id: str, org_id: str, timeout_s: float) -> Sandbox:
+        """Until running or ended without running, or the timeout."""
+        return await self.waiters.until(
+            sandbox_id, lambda: self.find(sandbox_id, org_id),
+            lambda sb: sb.state == "running" or sb.state in ENDED_UNSTARTED,
+            time.monotonic() + timeout_s)
+
+    async def wait_started(self, sandbox_ids: list[str], org_id: str,
+                           timeout_s: float) -> list[Sandbox]:
+        """Each until it is past starting, all within one timeout."""
+        deadline = time.monotonic() + timeout_s
+        return [await self.waiters.until(sid, lambda sid=sid: self.find(sid, org_id),
+                                         lambda sb: sb.state not in STARTING, deadline)
+                for sid in sandbox_ids]
+
+    async def wait_snapshot(self, snap: Snapshot, org_id: str, timeout_s: float) -> Snapshot:
+        """Until the snapshot is no longer pending, or the timeout."""
+        return await self.waiters.until(
+            snap.sandbox_id, lambda: self.snapshot(str(snap.id), org_id),
+            lambda s: s.state != "pending", time.monotonic() + timeout_s)
+
+    # -- snapshots ----------------------------------------------------------------
+    async def take_snapshot(self, sandbox_id: str, org_id: str, name: str,
+                            op_id: str) -> Snapshot:
+        return await asyncio.to_thread(self.ledger.request_snapshot, sandbox_id, org_id, name,
+                                       op_id, current_traceparent())
+
+    async def snapshot(self, snapshot_id: str, org_id: str) -> Snapshot:
+        return await asyncio.to_thread(self.ledger.find_snapshot, snapshot_id, org_id)
+
+    async def list_snapshots(self, org_id: str, limit: int, cursor: str | None) -> Page:
+        try:
+            return await self.listing.list_snapshots(org_id, limit, cursor)
+        except ValueError as e:
+            raise UseCaseError(str(e)) from None
+
+    async def delete_snapshot(self, snapshot_id: str, org_id: str, op_id: str) -> Snapshot:
+        return await asyncio.to_thread(self.ledger.request_snapshot_delete, snapshot_id, org_id,
+                                       op_id, current_traceparent())

@@ -1,0 +1,29 @@
+"""What runs in the gateway's process: HTTP, outbox relay, read model, fact
+ingest, TTL expiry."""
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable
+
+from common.httpserver import serve_http
+from common.service import warn_if_plaintext
+from contracts.subjects import consumer
+
+from ..bootstrap import GatewayContext
+from .expiry import expiry_loop
+from .http_app import create_app
+from .subscriber import ingest_handler
+
+log = logging.getLogger("corral.gateway")
+
+
+def jobs(ctx: GatewayContext, stop: asyncio.Event) -> list[Awaitable[None]]:
+    s = ctx.settings
+    log.info("gateway listening on http://%s:%d", s.http_host, s.http_port)
+    warn_if_plaintext("REST API", s.http_host)
+    return [serve_http(create_app(ctx), s.http_host, s.http_port, stop),
+            ctx.relay.run(stop),
+            ctx.read_model.run(ctx.ledger, stop),
+            ctx.bus.consume(consumer("gateway-sandbox-ingest"), ingest_handler(ctx), stop),
+            expiry_loop(ctx, stop)]

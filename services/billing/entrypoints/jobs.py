@@ -1,0 +1,27 @@
+"""What runs in billing's process: the metering consumer, the outbox relay,
+the period ticker, the usage projection and RPC, health."""
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable
+
+from common.service import serve_health
+from contracts.subjects import consumer
+
+from ..bootstrap import BillingContext
+from .consumer import fact_handler, tick
+from .rpc import serve_usage_rpc
+
+log = logging.getLogger("corral.billing")
+
+
+def jobs(ctx: BillingContext, stop: asyncio.Event) -> list[Awaitable[None]]:
+    s = ctx.settings
+    log.info("billing metering (period %ss)", s.billing_period_s)
+    out = [ctx.bus.consume(consumer("billing-metering"), fact_handler(ctx.metering), stop),
+           ctx.relay.run(stop), serve_health(s.health_port, ctx.ready, stop, s.health_host),
+           serve_usage_rpc(ctx, stop), ctx.usage.project(stop)]
+    if s.billing_period_s > 0:
+        out.append(tick(ctx.metering, s.billing_tick_s, stop))
+    return out
