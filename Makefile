@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup up test test-fast image doctor bench schemas clean
+.PHONY: setup up test test-fast lint image doctor bench schemas clean
 
 setup:
 	@bash scripts/setup.sh
@@ -11,9 +11,13 @@ setup:
 up: setup
 	$(PY) -m corral up
 
-test: setup
+test: setup lint
 	$(PY) -m corral image build >/dev/null
 	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS) tests
+
+lint: setup
+	$(PY) -m ruff check .
+	$(PY) -m mypy
 
 test-fast: setup
 	$(PY) -m pytest -q -m "unit" tests

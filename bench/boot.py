@@ -19,17 +19,23 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from services.host_agent.adapters.guest_image import ensure_image  # noqa: E402
-from services.host_agent.adapters.qemu import QemuDriver  # noqa: E402
-from services.host_agent.application.ports import ExecRequest, VmSpec  # noqa: E402
+from services.host_agent.adapters.guest_image import ensure_image
+from services.host_agent.adapters.qemu import QemuDriver
+from services.host_agent.application.ports import ExecRequest, VmSpec
+
+if TYPE_CHECKING:
+    import httpx
+
+    from corral.devstack import DevStack
 
 
 def pct(xs: list[float], p: float) -> float:
     xs = sorted(xs)
-    return round(xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))], 1)
+    return round(xs[min(len(xs) - 1, round(p / 100 * (len(xs) - 1)))], 1)
 
 
 def _proc_kib_as_mib(path: str, field: str) -> float:
@@ -49,13 +55,14 @@ def pss_mib(pid: int) -> float:
     return _proc_kib_as_mib(f"/proc/{pid}/smaps_rollup", "Pss:")
 
 
-async def _noop(*_a) -> None:
+async def _noop(*_a: object) -> None:
     return None
 
 
 async def boot_one(d: QemuDriver, sid: str, mem: int, vcpus: int) -> tuple[float, int]:
     t0 = time.monotonic()
     info = await d.start(VmSpec(sid, None, vcpus=vcpus, memory_mib=mem), _noop)
+    assert info.pid is not None
     return (time.monotonic() - t0) * 1000, info.pid
 
 
@@ -110,6 +117,7 @@ async def _create_to_first_exec(d: QemuDriver, spec: VmSpec, mem: dict | None = 
     assert r.exit_code == 0
     ms = (time.monotonic() - t0) * 1000
     if mem is not None:
+        assert info.pid is not None
         mem.setdefault("rss", []).append(rss_mib(info.pid))
         mem.setdefault("pss", []).append(pss_mib(info.pid))
     return ms, info.start_mode
@@ -212,11 +220,12 @@ def _last_heartbeat(nats_url: str) -> dict:
     return asyncio.run(go())
 
 
-def _wait_warm(st, mode: str, timeout_s: float = 240) -> None:  # noqa: ANN001
+def _wait_warm(st: DevStack, mode: str, timeout_s: float = 240) -> None:
     """Restore needs its template, the pool its VMs: measure the steady state."""
     deadline = time.monotonic() + timeout_s
     while mode != "cold" and time.monotonic() < deadline:
         if mode == "pool":
+            assert st.nats_url is not None
             pools = _last_heartbeat(st.nats_url).get("pools", {})
             if pools and all(p.get("ready", 0) >= p.get("target", 1) for p in pools.values()):
                 return
@@ -225,12 +234,12 @@ def _wait_warm(st, mode: str, timeout_s: float = 240) -> None:  # noqa: ANN001
         time.sleep(0.5)
 
 
-def _start_mode(c, sid: str) -> str | None:  # noqa: ANN001
+def _start_mode(c: httpx.Client, sid: str) -> str | None:
     items = c.get(f"/v1/sandboxes/{sid}/events", params={"limit": 100}).json()["items"]
     return next((e.get("start_mode") for e in items if e["type"] == "SandboxStarted"), None)
 
 
-def _destroy_and_wait(c, sid: str, timeout_s: float = 60) -> None:  # noqa: ANN001
+def _destroy_and_wait(c: httpx.Client, sid: str, timeout_s: float = 60) -> None:
     assert c.delete(f"/v1/sandboxes/{sid}").status_code in (200, 202, 204)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -246,6 +255,7 @@ def _platform_mode(a: argparse.Namespace, mode: str) -> dict:
     from concurrent.futures import ThreadPoolExecutor
 
     import httpx
+
     from corral.devstack import DevStack
 
     env = {"CORRAL_BRIDGE": "crlb" + secrets.token_hex(2),
@@ -255,6 +265,7 @@ def _platform_mode(a: argparse.Namespace, mode: str) -> dict:
     with tempfile.TemporaryDirectory(prefix="cbp-") as tmp:
         st = DevStack(Path(tmp), driver="qemu", extra_env=env)
         st.start(timeout_s=180)
+        assert st.creds is not None
         c = httpx.Client(base_url=st.api_url, timeout=300,
                          headers={"Authorization": f"Bearer {st.creds.api_key}"})
         spec = {"memory_mib": a.memory, "vcpus": a.vcpus}
@@ -268,7 +279,8 @@ def _platform_mode(a: argparse.Namespace, mode: str) -> dict:
                 r = c.post("/v1/sandboxes?wait=true", json=spec)
                 assert r.status_code == 201, r.text
                 sid = r.json()["id"]
-                assert c.post(f"/v1/sandboxes/{sid}/exec", json={"cmd": ["true"]}).json()["exit_code"] == 0
+                r = c.post(f"/v1/sandboxes/{sid}/exec", json={"cmd": ["true"]})
+                assert r.json()["exit_code"] == 0
                 first.append((time.monotonic() - t0) * 1000)
                 for _ in range(a.execs if mode == "restore" else 0):
                     t = time.monotonic()
@@ -285,7 +297,7 @@ def _platform_mode(a: argparse.Namespace, mode: str) -> dict:
             if a.parallel:
                 _wait_warm(st, mode, 60)
 
-                def one(_):  # noqa: ANN001, ANN202
+                def one(_: int) -> tuple[httpx.Response, bool, float]:
                     t = time.monotonic()
                     r = c.post("/v1/sandboxes?wait=true", json=spec)
                     ok = r.status_code == 201 and c.post(
@@ -307,7 +319,7 @@ def _platform_mode(a: argparse.Namespace, mode: str) -> dict:
             st.stop()
 
 
-async def platform_column(a: argparse.Namespace) -> dict | None:
+async def platform_column(a: argparse.Namespace) -> dict[str, Any]:
     """Through the platform, per start mode: REST create?wait=true -> first exec."""
     out = {}
     for mode in a.platform_modes.split(","):
@@ -337,7 +349,7 @@ async def main(argv: list[str] | None = None) -> int:
     img = await asyncio.to_thread(ensure_image)
     image_ready_s = round(time.monotonic() - t0, 1)
     with tempfile.TemporaryDirectory(prefix="cb-") as tmp:
-        result = {"image": img.digest[:16], "image_ready_s": image_ready_s}
+        result: dict[str, Any] = {"image": img.digest[:16], "image_ready_s": image_ready_s}
         if not a.skip_bare:
             result["bare"] = await bare_column(a, Path(tmp) / "bare")
         if not a.skip_fast:

@@ -3,18 +3,20 @@ consumers that validate every message and dead-letter poison."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
-from urllib.parse import urlparse
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Awaitable, Callable
+from urllib.parse import urlparse
 
 import nats
 from nats.aio.client import Client
+from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
-from nats.js.api import (AckPolicy, ConsumerConfig, DeliverPolicy, RetentionPolicy,
-                         StorageType, StreamConfig)
+from nats.js.api import (AckPolicy, ConsumerConfig, DeliverPolicy, RetentionPolicy, StorageType,
+                         StreamConfig)
 from nats.js.errors import BadRequestError
 
 from contracts import Envelope, InvalidMessage, parse_message
@@ -25,6 +27,7 @@ from .service import warn_if_plaintext
 from .tracing import context_from, current_traceparent, tracer
 
 log = logging.getLogger("corral.bus")
+PullSub = JetStreamContext.PullSubscription
 Handler = Callable[[Envelope], Awaitable[None]]
 
 
@@ -74,7 +77,7 @@ class Bus:
         if self.nc and not self.nc.is_closed:
             try:
                 await self.nc.drain()
-            except Exception:  # already closing
+            except Exception:  # noqa: BLE001 - cannot drain (already closing): close
                 await self.nc.close()
 
     @property
@@ -163,17 +166,15 @@ class Bus:
         while not stop.is_set():
             for m in await self._fetch(sub, c, stop, batch):
                 await self._deliver(c, m, handler)
-        try:
-            await sub.unsubscribe()
-        except Exception:  # connection already gone
-            pass
+        await _unsubscribe(sub)
 
     @staticmethod
-    async def _fetch(sub, c: ConsumerDef, stop: asyncio.Event, batch: int) -> list:  # noqa: ANN001
+    async def _fetch(sub: PullSub, c: ConsumerDef, stop: asyncio.Event,
+                     batch: int) -> list[Msg]:
         """Up to `batch` messages, or none after a second; rides out reconnects."""
         try:
             return await sub.fetch(batch, timeout=1)
-        except (NatsTimeout, asyncio.TimeoutError):
+        except (TimeoutError, NatsTimeout):
             return []
         except Exception as e:  # noqa: BLE001 - reconnecting
             if not stop.is_set():
@@ -181,13 +182,17 @@ class Bus:
                 await asyncio.sleep(0.5)
             return []
 
-    async def _consume_parallel(self, sub, c: ConsumerDef, handler: Handler,  # noqa: ANN001
+    async def _consume_parallel(self, sub: PullSub, c: ConsumerDef, handler: Handler,
                                 stop: asyncio.Event, batch: int, concurrency: int) -> None:
         slots = asyncio.Semaphore(concurrency)
-        tails: dict[str, asyncio.Task] = {}
-        running: set[asyncio.Task] = set()
+        tails: dict[str, asyncio.Task[None]] = {}
+        running: set[asyncio.Task[None]] = set()
 
-        async def run(m, before: asyncio.Task | None) -> None:  # noqa: ANN001
+        def forget(key: str, task: asyncio.Task[None]) -> None:
+            if tails.get(key) is task:
+                tails.pop(key)
+
+        async def run(m: Msg, before: asyncio.Task[None] | None) -> None:
             if before is not None:  # wait outside the semaphore: no slot deadlock
                 await asyncio.gather(before, return_exceptions=True)
             async with slots:
@@ -200,15 +205,12 @@ class Bus:
                 tails[key] = task
                 running.add(task)
                 task.add_done_callback(running.discard)
-                task.add_done_callback(lambda t, k=key: tails.get(k) is t and tails.pop(k))
+                task.add_done_callback(functools.partial(forget, key))
         if running:
             await asyncio.gather(*running, return_exceptions=True)
-        try:
-            await sub.unsubscribe()
-        except Exception:  # connection already gone
-            pass
+        await _unsubscribe(sub)
 
-    async def _deliver(self, c: ConsumerDef, m, handler: Handler) -> None:  # noqa: ANN001
+    async def _deliver(self, c: ConsumerDef, m: Msg, handler: Handler) -> None:
         deliveries = m.metadata.num_delivered if m.metadata else 1
         headers = dict(m.headers or {})
         try:
@@ -233,7 +235,7 @@ class Bus:
                         m.data[:65536].decode("utf-8", "replace"), headers))
                     await m.term()
                     return
-                except Exception as e:  # noqa: BLE001 - any failure is a retry or a DLQ
+                except Exception as e:
                     reason = str(e) if isinstance(e, Retry) else f"{e.__class__.__name__}: {e}"
                     if deliveries >= c.max_deliver:
                         await self.dead_letter(DeadLetter(
@@ -251,7 +253,7 @@ class Bus:
         await m.ack()
 
     @staticmethod
-    async def _keep_alive(m, ack_wait_s: float) -> None:  # noqa: ANN001
+    async def _keep_alive(m: Msg, ack_wait_s: float) -> None:
         """Tell the server a long handler is still working, so it does not redeliver."""
         while True:
             await asyncio.sleep(max(ack_wait_s / 3, 0.5))
@@ -259,3 +261,10 @@ class Bus:
                 await m.in_progress()
             except Exception:  # noqa: BLE001 - connection trouble: redelivery will cope
                 return
+
+
+async def _unsubscribe(sub: PullSub) -> None:
+    try:
+        await sub.unsubscribe()
+    except Exception:  # noqa: BLE001 - the connection is already gone
+        pass

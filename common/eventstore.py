@@ -1,6 +1,7 @@
 """Event store wiring: eventsourcing on SQLite (default) or PostgreSQL."""
 from __future__ import annotations
 
+import asyncio
 import random
 import re
 import time
@@ -11,7 +12,7 @@ from urllib.parse import unquote, urlparse
 from uuid import UUID
 
 from eventsourcing.application import AggregateNotFoundError, Application
-from eventsourcing.persistence import IntegrityError
+from eventsourcing.persistence import IntegrityError, TrackingRecorder
 
 _SAFE = re.compile(r"^[a-z_][a-z0-9_]{0,40}$")
 T = TypeVar("T")
@@ -73,9 +74,10 @@ def _ensure_schema(env: dict[str, str], schema: str) -> None:
         conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
 
 
-def tracking(app: Application):  # noqa: ANN201 - eventsourcing TrackingRecorder
+def tracking(app: Application) -> TrackingRecorder:
     """A tracking recorder in the same database as `app`, for cursors."""
-    return app.factory.tracking_recorder()
+    recorder: TrackingRecorder = app.factory.tracking_recorder()
+    return recorder
 
 
 class StoreApp(Application):
@@ -86,6 +88,14 @@ class StoreApp(Application):
     def __init__(self, env: dict[str, str] | None = None):
         super().__init__(env=env)
         self.on_saved: Callable[[], None] = lambda: None
+
+    def notify_on_save(self, loop: asyncio.AbstractEventLoop,
+                       *wakes: Callable[[], None]) -> None:
+        """Saves happen in worker threads: call each of `wakes` on the loop's thread."""
+        def saved() -> None:
+            for wake in wakes:
+                loop.call_soon_threadsafe(wake)
+        self.on_saved = saved
 
     def _save(self, *aggregates: Any) -> None:
         self.save(*aggregates)

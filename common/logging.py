@@ -7,11 +7,12 @@ import logging
 import re
 import sys
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 op_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("op_id", default=None)
-sandbox_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("sandbox_id", default=None)
+sandbox_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "sandbox_id", default=None)
 host_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("host_id", default=None)
 _SERVICE = "corral"
 _USERINFO = re.compile(r"(\w+://)[^/@\s]+@")
@@ -25,7 +26,7 @@ def redact(text: str) -> str:
 
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        doc = {
+        doc: dict[str, object] = {
             "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
             + f".{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
@@ -33,7 +34,8 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": redact(record.getMessage()),
         }
-        for key, var in (("op_id", op_id_var), ("sandbox_id", sandbox_id_var), ("host_id", host_id_var)):
+        for key, var in (("op_id", op_id_var), ("sandbox_id", sandbox_id_var),
+                         ("host_id", host_id_var)):
             value = getattr(record, key, None) or var.get()
             if value:
                 doc[key] = value

@@ -37,7 +37,7 @@ class NatsServer:
     def url(self) -> str:
         return f"nats://{self.host}:{self.port}"
 
-    def start(self, timeout_s: float = 15) -> "NatsServer":
+    def start(self, timeout_s: float = 15) -> NatsServer:
         self.store_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.store_dir / "nats-server.log", "ab")
         conf = self.store_dir / "nats-server.conf"  # max_payload has no CLI flag

@@ -119,7 +119,7 @@ async def answer(body: bytes, req_type: type[T], call: Callable[[T], Awaitable[R
                      sandbox_id=getattr(req, "sandbox_id", None)):
         try:
             return await call(req)
-        except Exception as e:  # noqa: BLE001 - every request gets an answer
+        except Exception as e:
             known = refuse(e)
             if known is not None:
                 return known

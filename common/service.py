@@ -46,9 +46,10 @@ async def run_until_stopped(stop: asyncio.Event, *jobs: Awaitable[None],
                             on_stop: Callable[[], Awaitable[None]] | None = None) -> None:
     """Run jobs until `stop` is set or one of them crashes; then shut down cleanly.
     A job that returns normally (a one-off start-up task) is simply done."""
-    tasks = [asyncio.ensure_future(j) for j in jobs]
-    stopper = asyncio.ensure_future(stop.wait())
-    pending, crashed = set(tasks), []
+    tasks: list[asyncio.Future[object]] = [asyncio.ensure_future(j) for j in jobs]
+    stopper: asyncio.Future[object] = asyncio.ensure_future(stop.wait())
+    pending = set(tasks)
+    crashed: list[asyncio.Future[object]] = []
     while not crashed and not stopper.done() and pending:
         done, _ = await asyncio.wait(pending | {stopper}, return_when=asyncio.FIRST_COMPLETED)
         pending -= done
@@ -60,7 +61,7 @@ async def run_until_stopped(stop: asyncio.Event, *jobs: Awaitable[None],
     stop.set()
     try:
         await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 10)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         for t in tasks:
             t.cancel()
     if on_stop:
@@ -81,11 +82,13 @@ async def serve_health(port: int, ready: Callable[[], Awaitable[bool]],
                 code, body = 200, b'{"status":"ok"}'
             elif path == "/readyz":
                 ok = await ready()
-                code, body = (200, b'{"status":"ready"}') if ok else (503, b'{"status":"not ready"}')
+                code, body = ((200, b'{"status":"ready"}') if ok
+                              else (503, b'{"status":"not ready"}'))
             else:
                 code, body = 404, b'{"status":"not found"}'
             writer.write(f"HTTP/1.1 {code} X\r\ncontent-type: application/json\r\n"
-                         f"content-length: {len(body)}\r\nconnection: close\r\n\r\n".encode() + body)
+                         f"content-length: {len(body)}\r\nconnection: close\r\n\r\n".encode()
+                         + body)
             await writer.drain()
         except Exception:  # noqa: BLE001 - a bad probe must not hurt the service
             pass

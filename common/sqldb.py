@@ -4,6 +4,8 @@ its rows, so it is exactly-once (even with two instances on one database) and
 can be rebuilt from position 0."""
 from __future__ import annotations
 
+import base64
+import json
 import re
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -38,7 +40,8 @@ def sql_database(store: str, sqlite_path: str, mode: Literal["async", "sync"]) -
     parsed = urlparse(store)
     if parsed.scheme not in ("postgresql", "postgres"):
         raise ValueError("CORRAL_STORE must be 'sqlite' or a postgresql:// URL")
-    schema = (parse_qs(parsed.query).get("schema") or [None])[-1]
+    schemas = parse_qs(parsed.query).get("schema")
+    schema = schemas[-1] if schemas else None
     if schema is not None and not _SAFE_SCHEMA.match(schema):
         raise ValueError("invalid schema name")
     return SqlDatabase(f"{pg}://{store.split('://', 1)[1].split('?')[0]}", schema)
@@ -63,3 +66,20 @@ def advance(conn: Connection, cursors: Table, projection: str, old: int, new: in
         if old != 0:
             raise RuntimeError(f"projection cursor {projection} moved underneath us")
         conn.execute(cursors.insert().values(name=projection, position=new))
+
+
+def encode_cursor(*key: str | int) -> str:
+    """An opaque keyset-pagination cursor: the sort key of the last row served."""
+    return base64.urlsafe_b64encode(json.dumps(list(key)).encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str, types: tuple[type, ...]) -> list[Any]:
+    """The key of `encode_cursor`, each part of exactly its type; ValueError otherwise."""
+    try:
+        key = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+    except (ValueError, TypeError):
+        key = None
+    if (not isinstance(key, list) or len(key) != len(types)
+            or any(type(k) is not t for k, t in zip(key, types, strict=True))):
+        raise ValueError("invalid cursor")
+    return key

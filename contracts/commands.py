@@ -7,7 +7,6 @@ from .envelope import Envelope, Id
 from .sandbox import SandboxSpec
 
 
-
 class HostCommand(Envelope):
     KIND: ClassVar[str] = "command"
     host_id: Id

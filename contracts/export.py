@@ -15,11 +15,13 @@ import re
 import sys
 import tomllib
 from pathlib import Path
+from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
-from . import rpc, subjects as s
+from . import rpc
+from . import subjects as s
 from .registry import ALL_TYPES, COMMAND_TYPES, EVENT_TYPES
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -142,7 +144,7 @@ def schema_files() -> dict[str, str]:
     return out
 
 
-HEADERS = {
+HEADERS: dict[str, Any] = {
     "type": "object",
     "required": ["Nats-Msg-Id", "Corral-Type", "Corral-Op-Id"],
     "properties": {
@@ -200,12 +202,12 @@ class _Doc:
                 ch["parameters"]["type"]["enum"] = enum
         self.channels[key] = ch
 
-    def message(self, name: str, schema: str, **extra) -> None:
+    def message(self, name: str, schema: str, **extra: Any) -> None:
         self.messages[name] = {"name": name, "title": name, "contentType": "application/json",
                                "payload": {"$ref": f"./schemas/{schema}"}, **extra}
 
     def op(self, op_id: str, action: str, channel: str, names: list[str], desc: str,
-           **extra) -> None:
+           **extra: Any) -> None:
         op_id = re.sub(r"\{(\w+)\}", r"\1", op_id)
         assert op_id not in self.ops, op_id
         self.ops[op_id] = {
@@ -232,6 +234,19 @@ def _streamed(doc: _Doc) -> None:
             names = [n for n in sent if type_channel[n] == key]
             if names:
                 doc.op(f"{service}.send.{key}", "send", key, names, f"{service} publishes")
+    _receivers(doc, type_channel)
+
+    doc.channel("deadLetters", s.dlq_subject("{consumer}"), "Messages a consumer gave up on "
+                "(invalid, poison, retries exhausted); the original is terminated, never "
+                "redelivered.", ["DeadLetter"])
+    doc.message("DeadLetter", "dlq/DeadLetter.json")
+    for service in DLQ_SENDERS:
+        doc.op(f"{service}.send.deadLetters", "send", "deadLetters", ["DeadLetter"],
+               f"{service} dead-letters what its consumers cannot process")
+
+
+def _receivers(doc: _Doc, type_channel: dict[str, str]) -> None:
+    """Who receives what: each durable consumer's filters, and core subscribers."""
     for c in s.CONSUMERS + (s.host_agent_consumer("{host_id}"),):
         by_channel: dict[str, list[str]] = {}
         for n in type_channel:
@@ -245,14 +260,6 @@ def _streamed(doc: _Doc) -> None:
     for service, pattern, desc in EXTRA_RECEIVERS:
         names = [n for n in type_channel if nats_match(pattern, _sample_subject(n))]
         doc.op(f"{service}.receive.{names[0]}", "receive", type_channel[names[0]], names, desc)
-
-    doc.channel("deadLetters", s.dlq_subject("{consumer}"), "Messages a consumer gave up on "
-                "(invalid, poison, retries exhausted); the original is terminated, never "
-                "redelivered.", ["DeadLetter"])
-    doc.message("DeadLetter", "dlq/DeadLetter.json")
-    for service in DLQ_SENDERS:
-        doc.op(f"{service}.send.deadLetters", "send", "deadLetters", ["DeadLetter"],
-               f"{service} dead-letters what its consumers cannot process")
 
 
 def _rpcs(doc: _Doc) -> None:
@@ -326,7 +333,7 @@ def asyncapi() -> dict:
 
 
 class _Dumper(yaml.SafeDumper):
-    def ignore_aliases(self, data) -> bool:  # noqa: ANN001 - write every node in full
+    def ignore_aliases(self, data: object) -> bool:
         return True
 
 

@@ -8,7 +8,6 @@ from pydantic import BaseModel, ConfigDict, Field
 from .envelope import Envelope, Id
 
 
-
 class HostCapacity(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     vcpus: int = Field(ge=1)

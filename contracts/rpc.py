@@ -109,8 +109,8 @@ class HostExecChunk(RpcModel):
     """One message on `chunks_to`: a chunk, then exactly one `exit` or `error`."""
     stream: Literal["stdout", "stderr", "exit", "error"]
     data: str = ""
-    result: "HostExecResult | None" = None
-    error: "RpcError | None" = None
+    result: HostExecResult | None = None
+    error: RpcError | None = None
 
 
 class HostExecResult(RpcModel):
@@ -158,7 +158,6 @@ HostExecChunk.model_rebuild()
 
 
 # --- fleet administration (gateway -> scheduler, queue group "scheduler") ---
-HOST_STATUSES = ("ready", "lost", "cordoned", "draining")
 MAX_USAGE_RANGE = timedelta(days=400)
 
 
@@ -224,7 +223,7 @@ class UsageQuery(RpcModel):
     op_id: str = Field(default="-", max_length=64)
 
     @model_validator(mode="after")
-    def _range(self) -> "UsageQuery":
+    def _range(self) -> UsageQuery:
         if self.from_ >= self.to:
             raise ValueError("'from' must be before 'to'")
         if self.to - self.from_ > MAX_USAGE_RANGE:

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 # Events: corral.evt.<family>.<...ids>.<Type>
 SANDBOX_EVENTS = "corral.evt.sandbox.>"
@@ -55,7 +56,7 @@ def dlq_subject(consumer: str) -> str:
     return f"corral.dlq.{consumer}"
 
 
-def subject_for(msg) -> str:  # noqa: ANN001 - any contract message
+def subject_for(msg: Any) -> str:
     kind = msg.type
     if kind.startswith(("Sandbox", "Snapshot")):
         return sandbox_subject(msg.org_id, msg.sandbox_id, kind)

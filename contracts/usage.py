@@ -9,7 +9,6 @@ from pydantic import Field
 from .envelope import Envelope, Id
 
 
-
 class UsageRecorded(Envelope):
     """An immutable usage line item. event_id is stable per (sandbox, period)."""
 

@@ -36,7 +36,7 @@ def cmd_up(a: argparse.Namespace) -> int:
     stack = DevStack(state, http_port=a.port, driver=a.driver, store=a.store)
     stopping = {"now": False}
 
-    def _stop(*_):  # noqa: ANN002
+    def _stop(*_: object) -> None:
         stopping["now"] = True
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
@@ -45,7 +45,9 @@ def cmd_up(a: argparse.Namespace) -> int:
         stack.start(timeout_s=180)
         stack.write_env_file(state / "dev.env")
         c = stack.creds
-        print(f"\nCorral is up in {time.monotonic() - t0:.1f}s (driver={a.driver}, store={a.store})\n"
+        assert c is not None
+        print(f"\nCorral is up in {time.monotonic() - t0:.1f}s "
+              f"(driver={a.driver}, store={a.store})\n"
               f"  CORRAL_API_URL={stack.api_url}\n  CORRAL_API_KEY={c.api_key}\n"
               f"  CORRAL_ADMIN_KEY={c.admin_key}\n  CORRAL_NATS_URL={stack.nats_url}\n"
               f"written to {state / 'dev.env'}; logs in {state / 'logs'}\n"
@@ -72,7 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     up = sub.add_parser("up", help="run the whole platform locally")
     up.add_argument("--state-dir", default=os.environ.get("CORRAL_STATE_DIR", ".corral"))
     up.add_argument("--port", type=int, default=int(os.environ.get("CORRAL_HTTP_PORT", "8080")))
-    up.add_argument("--driver", choices=["qemu", "fake"], default=os.environ.get("CORRAL_DRIVER", "qemu"))
+    up.add_argument("--driver", choices=["qemu", "fake"],
+                    default=os.environ.get("CORRAL_DRIVER", "qemu"))
     up.add_argument("--store", default=os.environ.get("CORRAL_STORE", "sqlite"))
     up.set_defaults(fn=cmd_up)
     doc = sub.add_parser("doctor", help="check this host can run microVMs")

@@ -7,13 +7,18 @@ import json
 import re
 import signal
 import sys
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, TextIO
 
 from .sdk.config import setting
 from .sdk.errors import ConfigError
 
 _DUR = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
 _UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+if TYPE_CHECKING:
+    from nats.aio.client import Client
+    from nats.aio.msg import Msg
+
 NOISY = {"HostHeartbeat"}  # shown only when asked for by --type
 
 
@@ -21,12 +26,12 @@ def parse_since(value: str, now: datetime | None = None) -> datetime:
     """`90s`, `10m`, `2h`, `1d` ago, or an ISO 8601 time (UTC if no zone)."""
     m = _DUR.match(value.strip())
     if m:
-        return (now or datetime.now(timezone.utc)) - timedelta(seconds=float(m[1]) * _UNIT[m[2]])
+        return (now or datetime.now(UTC)) - timedelta(seconds=float(m[1]) * _UNIT[m[2]])
     try:
         t = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a duration (10m) or ISO time: {value!r}") from None
-    return t if t.tzinfo else t.replace(tzinfo=timezone.utc)
+    return t if t.tzinfo else t.replace(tzinfo=UTC)
 
 
 def subscriptions(org: str | None, sandbox: str | None,
@@ -54,16 +59,32 @@ def line(body: dict) -> str:
             f"op_id={body.get('op_id', '-')}")
 
 
-async def tail(url: str, a: argparse.Namespace, out=sys.stdout) -> int:  # noqa: ANN001
-    import nats
+async def _subscribe(nc: Client, a: argparse.Namespace, queue: asyncio.Queue[Msg]) -> None:
     from nats.js.api import ConsumerConfig, DeliverPolicy
     from nats.js.errors import NotFoundError
+
+    js = nc.jetstream()
+    for stream, subject in subscriptions(a.org, a.sandbox, a.type):
+        cfg = ConsumerConfig(opt_start_time=a.since) if a.since else None
+        policy = DeliverPolicy.BY_START_TIME if a.since else DeliverPolicy.NEW
+        try:
+            await js.subscribe(subject, stream=stream, ordered_consumer=True, config=cfg,
+                               deliver_policy=policy, cb=queue.put)
+        except NotFoundError:
+            continue  # that stream does not exist (yet) on this server
+
+
+async def tail(url: str, a: argparse.Namespace, out: TextIO = sys.stdout) -> int:
+    import nats
 
     stop = asyncio.Event()
     code = {"rc": 0}
     loop = asyncio.get_running_loop()
+    def stop_with(rc: int) -> None:
+        code.update(rc=rc)
+        stop.set()
     for sig, rc in ((signal.SIGINT, 130), (signal.SIGTERM, 143)):
-        loop.add_signal_handler(sig, lambda rc=rc: (code.update(rc=rc), stop.set()))
+        loop.add_signal_handler(sig, stop_with, rc)
     errors: list[str] = []
 
     async def on_error(e: Exception) -> None:  # quiet: one line at the end, no tracebacks
@@ -78,17 +99,9 @@ async def tail(url: str, a: argparse.Namespace, out=sys.stdout) -> int:  # noqa:
                                 max_reconnect_attempts=10, error_cb=on_error, closed_cb=on_closed)
     except Exception as e:  # noqa: BLE001 - NoServersError, OSError, ...
         raise ConfigError(f"cannot reach NATS at {url}: {errors[-1] if errors else e}") from None
-    queue: asyncio.Queue = asyncio.Queue()
+    queue: asyncio.Queue[Msg] = asyncio.Queue()
     try:
-        js = nc.jetstream()
-        for stream, subject in subscriptions(a.org, a.sandbox, a.type):
-            cfg = ConsumerConfig(opt_start_time=a.since) if a.since else None
-            policy = DeliverPolicy.BY_START_TIME if a.since else DeliverPolicy.NEW
-            try:
-                await js.subscribe(subject, stream=stream, ordered_consumer=True, config=cfg,
-                                   deliver_policy=policy, cb=queue.put)
-            except NotFoundError:
-                continue  # that stream does not exist (yet) on this server
+        await _subscribe(nc, a, queue)
         getter = None
         while not stop.is_set():
             getter = asyncio.ensure_future(queue.get())

@@ -9,13 +9,15 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TextIO
 
 from .sdk import NotFoundError, Sandbox
 
 
 @contextlib.contextmanager
-def progress(msg: str, stream=sys.stderr):  # noqa: ANN001, ANN201
+def progress(msg: str, stream: TextIO = sys.stderr) -> Iterator[None]:
     """A spinner with elapsed time on a TTY; silent otherwise."""
     if not stream.isatty():
         yield
@@ -88,7 +90,7 @@ def cmd_list(a: argparse.Namespace) -> int:
         for b in boxes]
     widths = [max(len(str(r[i])) for r in rows) for i in range(5)]
     for r in rows:
-        print("  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip())
+        print("  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
     return 0
 
 
@@ -97,7 +99,7 @@ def cmd_show(a: argparse.Namespace) -> int:
     return 0
 
 
-def _writer(stream):  # noqa: ANN001, ANN202
+def _writer(stream: TextIO) -> Callable[[str], None]:
     def write(text: str) -> None:
         stream.write(text)
         stream.flush()
@@ -150,7 +152,7 @@ def cmd_cp(a: argparse.Namespace) -> int:
     src, dst = _remote(a.src), _remote(a.dst)
     if bool(src) == bool(dst):
         raise SystemExit("corral: exactly one of SRC and DST must be ID:/path")
-    if src:
+    if src is not None:
         data = _sandbox(src[0]).files.read(src[1])
         if a.dst == "-":
             sys.stdout.buffer.write(data)
@@ -159,6 +161,7 @@ def cmd_cp(a: argparse.Namespace) -> int:
             out = Path(a.dst)
             (out / Path(src[1]).name if out.is_dir() else out).write_bytes(data)
         return 0
+    assert dst is not None
     data = sys.stdin.buffer.read() if a.src == "-" else Path(a.src).read_bytes()
     path = dst[1] + os.path.basename(a.src) if dst[1].endswith("/") and a.src != "-" else dst[1]
     _sandbox(dst[0]).files.write(path, data)

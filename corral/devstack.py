@@ -98,7 +98,7 @@ class DevStack:
             [sys.executable, "-m", f"services.{service}"], env=self.env(service, instance),
             cwd=REPO, stdout=out, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
 
-    def start(self, timeout_s: float = 60) -> "DevStack":
+    def start(self, timeout_s: float = 60) -> DevStack:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.start_nats()
         if self.creds is None:
@@ -155,7 +155,7 @@ class DevStack:
             p = self.procs[name]
             if p.poll() is None:
                 p.terminate()
-        for name, p in self.procs.items():
+        for p in self.procs.values():
             try:
                 p.wait(20)
             except subprocess.TimeoutExpired:

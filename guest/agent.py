@@ -5,6 +5,7 @@ Run as `python3 -S -E /opt/corral/guest/agent.py`.
 """
 from __future__ import annotations
 
+import functools
 import heapq
 import itertools
 import os
@@ -13,20 +14,22 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
-if __package__:
+if TYPE_CHECKING or __package__:
     from . import files, process
     from . import protocol as P
     from .console import log
     from .entropy import add_entropy
     from .netconf import set_net
 else:  # inside the guest: the modules sit side by side
-    import files  # type: ignore[no-redef]
-    import process  # type: ignore[no-redef]
-    import protocol as P  # type: ignore[no-redef]
-    from console import log  # type: ignore[no-redef]
-    from entropy import add_entropy  # type: ignore[no-redef]
-    from netconf import set_net  # type: ignore[no-redef]
+    import files
+    import process
+    import protocol as P
+    from console import log
+    from entropy import add_entropy
+    from netconf import set_net
 
 AGENT = "corral-guest/1"
 OPS = ["hello", "ping", "configure", "exec", "cancel", "put", "get", "list"]
@@ -64,7 +67,7 @@ class Agent:
         self.out = bytearray()
         self.procs: dict[int, process.Proc] = {}  # by pid
         self.by_rid: dict[int, process.Proc] = {}
-        self.timers: list[tuple[float, int, object]] = []
+        self.timers: list[tuple[float, int, Callable[[], None]]] = []
         self.seq = itertools.count()
         self.env = dict(BASE_ENV)
         self.connected = True
@@ -79,7 +82,7 @@ class Agent:
         self.inet = socket.socket(socket.AF_INET, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
 
     # -- loop ---------------------------------------------------------------
-    def call_later(self, delay: float, fn) -> None:
+    def call_later(self, delay: float, fn: Callable[[], None]) -> None:
         heapq.heappush(self.timers, (time.monotonic() + delay, next(self.seq), fn))
 
     def run(self) -> None:
@@ -95,7 +98,7 @@ class Agent:
                 fn()
 
     # -- port I/O -----------------------------------------------------------
-    def on_port(self, _fd, mask) -> None:
+    def on_port(self, _fd: int, mask: int) -> None:
         if mask & selectors.EVENT_READ:
             self.read_port()
         if mask & selectors.EVENT_WRITE and self.connected:
@@ -175,7 +178,7 @@ class Agent:
             self.sel.modify(self.fd, want, self.on_port)
 
     # -- dispatch -----------------------------------------------------------
-    def dispatch(self, h: dict, payload: bytes) -> None:
+    def dispatch(self, h: dict[str, Any], payload: bytes) -> None:
         rid = h.get("id")
         op = h.get("op")
         if not isinstance(rid, int):
@@ -183,7 +186,8 @@ class Agent:
             return
         fn = getattr(self, f"op_{op}", None) if op in OPS else None
         if fn is None:
-            self.send({"id": rid, "type": "error", "code": "EBADOP", "message": f"unknown op {op!r}"})
+            self.send({"id": rid, "type": "error", "code": "EBADOP",
+                       "message": f"unknown op {op!r}"})
             return
         try:
             fn(rid, h, payload)
@@ -194,15 +198,15 @@ class Agent:
         except (TypeError, ValueError, KeyError) as e:
             self.send({"id": rid, "type": "error", "code": "EINVAL", "message": str(e)})
 
-    def op_hello(self, rid, h, _p) -> None:
+    def op_hello(self, rid: int, h: dict[str, Any], _p: bytes) -> None:
         uptime = time.clock_gettime(time.CLOCK_BOOTTIME)  # = /proc/uptime, via the vDSO
         self.send({"id": rid, "type": "hello", "v": P.VERSION, "agent": AGENT, "ops": OPS,
                    "uptime_ms": int(uptime * 1000), "pid": os.getpid()})
 
-    def op_ping(self, rid, _h, _p) -> None:
+    def op_ping(self, rid: int, _h: dict[str, Any], _p: bytes) -> None:
         self.send({"id": rid, "type": "ok"})
 
-    def op_configure(self, rid, h, payload) -> None:
+    def op_configure(self, rid: int, h: dict[str, Any], payload: bytes) -> None:
         t0 = time.monotonic()
         ms = {}
 
@@ -242,7 +246,7 @@ class Agent:
         self.send({"id": rid, "type": "ok", "applied": applied, "ms": ms})
 
     # -- exec ---------------------------------------------------------------
-    def op_exec(self, rid, h, payload) -> None:
+    def op_exec(self, rid: int, h: dict[str, Any], payload: bytes) -> None:
         try:
             proc = process.spawn(rid, h, self.env)
         except process.SpawnFailed as e:
@@ -253,6 +257,7 @@ class Agent:
         popen, timeout = proc.popen, proc.timeout
         self.procs[popen.pid] = proc
         self.by_rid[rid] = proc
+        assert popen.stdout is not None and popen.stderr is not None
         for name, pipe in (("stdout", popen.stdout), ("stderr", popen.stderr)):
             os.set_blocking(pipe.fileno(), False)
             self.sel.register(pipe.fileno(), selectors.EVENT_READ,
@@ -263,7 +268,7 @@ class Agent:
             self.sel.register(popen.stdin.fileno(), selectors.EVENT_WRITE,
                               lambda fd, m, p=proc: self.on_stdin(p))
 
-        def on_timeout(p=proc) -> None:
+        def on_timeout(p: process.Proc = proc) -> None:
             if p.status is None and not p.finished:
                 p.timed_out = True
                 self.kill(p)
@@ -271,6 +276,7 @@ class Agent:
 
     def on_stdin(self, proc: process.Proc) -> None:
         pipe = proc.popen.stdin
+        assert pipe is not None
         try:
             n = os.write(pipe.fileno(), proc.stdin_buf[:1 << 16])
             proc.stdin_buf = proc.stdin_buf[n:]
@@ -304,7 +310,7 @@ class Agent:
             proc.sent[stream] += len(data)
             self.send({"id": proc.rid, "type": "out", "stream": stream}, data)
 
-    def on_signal(self, fd, _mask) -> None:
+    def on_signal(self, fd: int, _mask: int) -> None:
         try:
             while os.read(fd, 4096):
                 pass
@@ -323,7 +329,7 @@ class Agent:
             proc.status = os.waitstatus_to_exitcode(status)
             proc.popen.returncode = proc.status
             if proc.open_streams:
-                self.call_later(DRAIN_GRACE_S, lambda p=proc: self.force_finish(p))
+                self.call_later(DRAIN_GRACE_S, functools.partial(self.force_finish, proc))
             self.maybe_finish(proc)
 
     def force_finish(self, proc: process.Proc) -> None:
@@ -356,20 +362,21 @@ class Agent:
         except OSError:
             pass
 
-    def op_cancel(self, rid, h, _p) -> None:
-        proc = self.by_rid.get(h.get("target"))
+    def op_cancel(self, rid: int, h: dict[str, Any], _p: bytes) -> None:
+        target = h.get("target")
+        proc = self.by_rid.get(target) if isinstance(target, int) else None
         if proc is not None:
             self.kill(proc)
         self.send({"id": rid, "type": "ok", "found": proc is not None})
 
     # -- files --------------------------------------------------------------
-    def op_put(self, rid, h, payload) -> None:
+    def op_put(self, rid: int, h: dict[str, Any], payload: bytes) -> None:
         self.send(files.put(rid, h, payload))
 
-    def op_get(self, rid, h, _p) -> None:
+    def op_get(self, rid: int, h: dict[str, Any], _p: bytes) -> None:
         self.send(*files.get(rid, h))
 
-    def op_list(self, rid, h, _p) -> None:
+    def op_list(self, rid: int, h: dict[str, Any], _p: bytes) -> None:
         self.send(files.listing(rid, h))
 
 

@@ -4,11 +4,12 @@ from __future__ import annotations
 import fcntl
 import os
 import struct
+from typing import TYPE_CHECKING
 
-if __package__:
+if TYPE_CHECKING or __package__:
     from .console import log
 else:  # inside the guest: the modules sit side by side
-    from console import log  # type: ignore[no-redef]
+    from console import log
 
 RNDADDENTROPY = 0x40085203  # _IOW('R', 0x03, int[2])
 RNDRESEEDCRNG = 0x5207      # _IO('R', 0x07)

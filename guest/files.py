@@ -3,14 +3,15 @@ from __future__ import annotations
 
 import os
 import stat
+from typing import TYPE_CHECKING, Any
 
-if __package__:
+if TYPE_CHECKING or __package__:
     from . import protocol as P
 else:  # inside the guest: the modules sit side by side
-    import protocol as P  # type: ignore[no-redef]
+    import protocol as P
 
 
-def put(rid: int, h: dict, payload: bytes) -> dict:
+def put(rid: int, h: dict[str, Any], payload: bytes) -> dict[str, Any]:
     path = P.check_path(h.get("path"))
     mode = int(h.get("mode", 0o644)) & 0o7777
     if len(payload) > P.MAX_FILE:
@@ -34,7 +35,8 @@ def put(rid: int, h: dict, payload: bytes) -> dict:
         raise
     return {"id": rid, "type": "ok", "size": len(payload)}
 
-def get(rid: int, h: dict) -> tuple[dict, bytes]:
+
+def get(rid: int, h: dict[str, Any]) -> tuple[dict[str, Any], bytes]:
     path = P.check_path(h.get("path"))
     limit = min(int(h.get("max_bytes", P.MAX_FILE)), P.MAX_FILE)
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
@@ -60,9 +62,10 @@ def get(rid: int, h: dict) -> tuple[dict, bytes]:
     data = b"".join(chunks)
     return {"id": rid, "type": "data", "size": len(data)}, data
 
-def listing(rid: int, h: dict) -> dict:
+
+def listing(rid: int, h: dict[str, Any]) -> dict[str, Any]:
     path = P.check_path(h.get("path"))
-    entries = []
+    entries: list[dict[str, Any]] = []
     truncated = False
     with os.scandir(path) as it:
         for e in it:

@@ -12,14 +12,14 @@ import fcntl
 import socket
 import struct
 import subprocess
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
-if __package__:
+if TYPE_CHECKING or __package__:
     from . import protocol as P
     from .console import log
 else:  # inside the guest: the modules sit side by side
-    import protocol as P  # type: ignore[no-redef]
-    from console import log  # type: ignore[no-redef]
+    import protocol as P
+    from console import log
 
 MAC_RE_CHARS = set("0123456789abcdef:")
 SIOCADDRT = 0x890B
@@ -125,7 +125,7 @@ def set_net_ioctl(dev: str, mac: str, iface: IfAddr, gw: str | None,
     refuses a live change (EBUSY) gets the cycle. `sock`: an AF_INET socket to
     use (the agent keeps one open, so a restored clone skips socket())."""
     own = sock is None
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) if own else sock
+    s = sock or socket.socket(socket.AF_INET, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
     try:
         fd = s.fileno()
         # SIOCSIFADDR/SIOCSIFNETMASK act on the device's first address only:

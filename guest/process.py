@@ -5,11 +5,12 @@ import errno
 import os
 import subprocess
 import time
+from typing import TYPE_CHECKING
 
-if __package__:
+if TYPE_CHECKING or __package__:
     from . import protocol as P
 else:  # inside the guest: the modules sit side by side
-    import protocol as P  # type: ignore[no-redef]
+    import protocol as P
 
 
 class SpawnFailed(Exception):

@@ -8,20 +8,20 @@ request building, retries, error mapping and SSE parsing exist exactly once.
 from __future__ import annotations
 
 import asyncio
-import codecs
 import inspect
 import json
 import random
-import re
 import time
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
-from typing import Any, Callable, Generator
+from typing import Any
 
 import httpx
 
 from .config import Config
 from .errors import (CorralConnectionError, CorralError, RateLimitError, SandboxFailedError,
                      SandboxTimeoutError, StreamError, error_from_problem)
+from .sse import SSEDecoder, SSEEvent
 
 USER_AGENT = "corral-python/0.1"
 RETRY_STATUS = (502, 503, 504)
@@ -123,87 +123,23 @@ def read_all(resp: httpx.Response) -> Op:
     return b"".join(chunks)
 
 
-# ---- Server-Sent Events ---------------------------------------------------
-@dataclass
-class SSEEvent:
-    event: str = "message"
-    data: str = ""
-    id: str | None = None
-
-
-_LINE = re.compile(r"\r\n|\r|\n")
-
-
-class SSEDecoder:
-    """Incremental text/event-stream parser (WHATWG rules): CR, LF or CRLF line
-    ends (also split across chunks), comments, multi-line data, UTF-8 split
-    across chunks, optional BOM. An unterminated event at EOF is dropped."""
-
-    def __init__(self) -> None:
-        self._utf8 = codecs.getincrementaldecoder("utf-8")("replace")
-        self._buf = ""
-        self._start = True
-        self._reset()
-
-    def _reset(self) -> None:
-        self._event, self._data, self._id = "", [], None
-
-    def feed(self, chunk: bytes) -> list[SSEEvent]:
-        return self._text(self._utf8.decode(chunk))
-
-    def close(self) -> list[SSEEvent]:
-        out = self._text(self._utf8.decode(b"", final=True) + ("\n" if self._buf.endswith("\r") else ""))
-        self._buf = ""
-        return out
-
-    def _text(self, text: str) -> list[SSEEvent]:
-        if self._start and text:
-            text, self._start = text.removeprefix("\ufeff"), False
-        self._buf += text
-        out: list[SSEEvent] = []
-        pos = 0
-        for m in _LINE.finditer(self._buf):
-            if m.group() == "\r" and m.end() == len(self._buf):
-                break  # may be the first half of a CRLF split across chunks
-            ev = self._line(self._buf[pos:m.start()])
-            if ev:
-                out.append(ev)
-            pos = m.end()
-        self._buf = self._buf[pos:]
-        return out
-
-    def _line(self, line: str) -> SSEEvent | None:
-        if not line:
-            ev = SSEEvent(self._event or "message", "\n".join(self._data), self._id) if self._data else None
-            self._reset()
-            return ev
-        if line.startswith(":"):
-            return None
-        name, _, value = line.partition(":")
-        value = value[1:] if value.startswith(" ") else value
-        if name == "data":
-            self._data.append(value)
-        elif name == "event":
-            self._event = value
-        elif name == "id" and "\0" not in value:
-            self._id = value
-        return None
-
-
 # ---- drivers -------------------------------------------------------------
 class _Driver:
+    _client_cls: Any  # httpx.Client (sync driver) or httpx.AsyncClient (async driver)
+
     def __init__(self, config: Config, retry: RetryPolicy | None = None,
                  transport: Any = None, timeout: float = 30.0):
         self.config = config
         self.retry = retry or RetryPolicy()
-        self.client = self._client_cls(
+        self.client: Any = self._client_cls(
             base_url=config.api_url, timeout=timeout, transport=transport,
             headers={"Authorization": f"Bearer {config.api_key}", "User-Agent": USER_AGENT})
 
     def _build(self, c: Call) -> httpx.Request:
         return self.client.build_request(
             c.method, c.path, params=c.params, json=c.json, content=c.content,
-            headers=c.headers, timeout=c.timeout if c.timeout is not None else httpx.USE_CLIENT_DEFAULT)
+            headers=c.headers,
+            timeout=c.timeout if c.timeout is not None else httpx.USE_CLIENT_DEFAULT)
 
     @staticmethod
     def _advance(gen: Op, value: Any, exc: BaseException | None) -> tuple[bool, Any]:
@@ -322,7 +258,7 @@ class ExecResult:
         return self.exit_code == 0 and not self.timed_out
 
     @classmethod
-    def from_json(cls, doc: dict) -> "ExecResult":
+    def from_json(cls, doc: dict) -> ExecResult:
         return cls(doc.get("exit_code"), doc.get("stdout", ""), doc.get("stderr", ""),
                    int(doc.get("duration_ms") or 0), bool(doc.get("timed_out")),
                    bool(doc.get("truncated")))
@@ -369,23 +305,23 @@ class ExecCollector:
         return res
 
 
-def exec_stream(call: Call, callbacks: dict[str, Callable | None], cap: int) -> Op:
+def exec_stream(call: Call, callbacks: dict[str, Callable[[str], Any] | None], cap: int) -> Op:
     """Streaming exec: SSE when the server speaks it, else the plain JSON reply
     (callbacks then get the whole output once)."""
     resp = yield from request(call)
     if "text/event-stream" not in resp.headers.get("content-type", ""):
         res = ExecResult.from_json(json.loads((yield from read_all(resp)) or b"{}"))
         for name in ("stdout", "stderr"):
-            if callbacks.get(name) and getattr(res, name):
-                yield Emit(callbacks[name], getattr(res, name))
+            if (cb := callbacks.get(name)) and getattr(res, name):
+                yield Emit(cb, getattr(res, name))
         return res
     dec, col = SSEDecoder(), ExecCollector(cap)
     while True:
         chunk = yield Read(resp)
         for ev in (dec.feed(chunk) if chunk else dec.close()):
             out = col.on(ev)
-            if out and callbacks.get(out[0]):
-                yield Emit(callbacks[out[0]], out[1])
+            if out and (cb := callbacks.get(out[0])):
+                yield Emit(cb, out[1])
             if col.exit is not None:
                 return col.result()
         if not chunk:

@@ -15,10 +15,10 @@ class AsyncSandbox(_SandboxBase):
     async def close(self) -> None:
         await self._http.close()
 
-    async def __aenter__(self) -> "AsyncSandbox":
+    async def __aenter__(self) -> AsyncSandbox:
         return self
 
-    async def __aexit__(self, exc_type, exc, tb) -> None:  # noqa: ANN001
+    async def __aexit__(self, exc_type, exc, tb) -> None:
         try:
             await self.kill()
         except CorralError:

@@ -50,7 +50,7 @@ class Config:
 
     @classmethod
     def resolve(cls, api_url: str | None = None, api_key: str | None = None,
-                cwd: Path | None = None) -> "Config":
+                cwd: Path | None = None) -> Config:
         url = setting("CORRAL_API_URL", api_url, cwd)
         key = setting("CORRAL_API_KEY", api_key, cwd)
         missing = [n for n, v in (("CORRAL_API_URL", url), ("CORRAL_API_KEY", key)) if not v]
@@ -58,4 +58,5 @@ class Config:
             raise ConfigError(
                 f"{' and '.join(missing)} not set: pass api_url=/api_key=, export "
                 f"{missing[0]}, or run `corral up` so .corral/dev.env exists here or in a parent")
-        return cls(url.rstrip("/"), key)  # type: ignore[union-attr]
+        assert url is not None and key is not None
+        return cls(url.rstrip("/"), key)

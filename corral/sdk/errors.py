@@ -8,7 +8,7 @@ class CorralError(Exception):
     """Base of every SDK error. `status` is None for client-side failures."""
 
     def __init__(self, detail: str, *, status: int | None = None, title: str | None = None,
-                 op_id: str | None = None, type: str | None = None,  # noqa: A002
+                 op_id: str | None = None, type: str | None = None,
                  errors: list[dict] | None = None, body: dict | None = None):
         self.detail, self.status, self.title, self.op_id = detail, status, title, op_id
         self.type, self.errors, self.body = type, errors or [], body or {}
@@ -87,10 +87,11 @@ def error_from_problem(status: int, body: Any, headers: Any = None,
                        fallback_text: str = "") -> CorralError:
     """Map an HTTP error (problem+json or anything else) to a typed exception."""
     doc = body if isinstance(body, dict) else {}
-    kw = dict(status=status, title=doc.get("title") or f"HTTP {status}",
-              op_id=doc.get("op_id") or (headers or {}).get("x-op-id"),
-              type=doc.get("type"), errors=doc.get("errors"), body=doc)
-    detail = doc.get("detail") or fallback_text[:500] or kw["title"]
+    title = str(doc.get("title") or f"HTTP {status}")
+    kw: dict[str, Any] = dict(status=status, title=title,
+                              op_id=doc.get("op_id") or (headers or {}).get("x-op-id"),
+                              type=doc.get("type"), errors=doc.get("errors"), body=doc)
+    detail = str(doc.get("detail") or fallback_text[:500] or title)
     ptype = str(doc.get("type") or "")
     if ptype.endswith("/sandbox-failed"):
         return SandboxFailedError(detail, **kw)

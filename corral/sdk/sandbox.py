@@ -5,10 +5,12 @@ runs it to a value, the async driver returns a coroutine to await.
 """
 from __future__ import annotations
 
+import builtins
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from . import _http as h
 from .config import Config
@@ -26,10 +28,11 @@ class FileInfo:
     mode: int
 
 
-def _create_body(image, name, vcpus, memory_mib, ttl_seconds, env, metadata, egress) -> dict:  # noqa: ANN001
+def _create_body(image, name, vcpus, memory_mib, ttl_seconds, env, metadata, egress) -> dict:
     body: dict[str, Any] = {"image": image, "vcpus": vcpus, "memory_mib": memory_mib,
                             "network": {"egress": bool(egress)}}
-    for k, v in (("name", name), ("ttl_seconds", ttl_seconds), ("env", env), ("metadata", metadata)):
+    for k, v in (("name", name), ("ttl_seconds", ttl_seconds), ("env", env),
+                 ("metadata", metadata)):
         if v is not None:
             body[k] = v
     return body
@@ -50,26 +53,26 @@ def _pages(call: h.Call, retry: h.RetryPolicy) -> h.Op:
 class Files:
     """`sb.files`: read, write and list files inside the sandbox."""
 
-    def __init__(self, sandbox: "_SandboxBase"):
+    def __init__(self, sandbox: _SandboxBase):
         self._sb = sandbox
 
     def _path(self) -> str:
         return f"/v1/sandboxes/{self._sb.id}/files"
 
-    def write(self, path: str, data: bytes | str):  # noqa: ANN201 - None, or awaitable
+    def write(self, path: str, data: bytes | str):
         data = data.encode() if isinstance(data, str) else bytes(data)
         call = h.Call("PUT", self._path(), params={"path": path}, content=data,
                       headers={"Content-Type": "application/octet-stream"}, timeout=120)
         return self._sb._run(self._sb._then(h.request(call, self._sb._retry), lambda _: None))
 
-    def read(self, path: str):  # noqa: ANN201 - bytes, or awaitable of bytes
+    def read(self, path: str):
         call = h.Call("GET", self._path(), params={"path": path}, timeout=120)
         return self._sb._run(self._sb._then(h.request(call, self._sb._retry), lambda r: r.content))
 
-    def list(self, path: str = "/"):  # noqa: ANN201 - list[FileInfo], or awaitable
+    def list(self, path: str = "/"):
         call = h.Call("GET", self._path() + "/list", params={"path": path})
 
-        def parse(resp):  # noqa: ANN001, ANN202
+        def parse(resp):
             base = path.rstrip("/")
             return [FileInfo(e["name"], f"{base}/{e['name']}", e["size"], e["is_dir"], e["mode"])
                     for e in h.parse_json(resp).get("entries", [])]
@@ -95,14 +98,14 @@ class _SandboxBase:
     def _retry(self) -> h.RetryPolicy:
         return self._http.retry
 
-    def _run(self, op: h.Op):  # noqa: ANN202
+    def _run(self, op: h.Op):
         return self._http.run(op)
 
     @staticmethod
     def _then(op: h.Op, fn: Callable[[Any], Any]) -> h.Op:
         return fn((yield from op))
 
-    def _adopt(self, resp: Any) -> "_SandboxBase":
+    def _adopt(self, resp: Any) -> _SandboxBase:
         self.info = h.parse_json(resp)
         return self
 
@@ -130,7 +133,7 @@ class _SandboxBase:
                                lambda r: cls._running(d, r, timeout)))
 
     @classmethod
-    def _running(cls, d, resp, timeout: float):  # noqa: ANN001, ANN206
+    def _running(cls, d, resp, timeout: float):
         """201: running. 202 after a wait means it is still starting: a timeout."""
         info = h.parse_json(resp)
         if resp.status_code == 202 and info.get("state") != "running":
@@ -157,31 +160,31 @@ class _SandboxBase:
         return d.run(cls._then(op, lambda items: [cls(d, i) for i in items]))
 
     # -- instance operations ---------------------------------------------
-    def refresh(self):  # noqa: ANN201
+    def refresh(self):
         call = h.Call("GET", f"/v1/sandboxes/{self.id}")
         return self._run(self._then(h.request(call, self._retry), self._adopt))
 
-    def _action(self, verb: str, body: dict | None = None):  # noqa: ANN202
+    def _action(self, verb: str, body: dict | None = None):
         call = h.Call("POST", f"/v1/sandboxes/{self.id}/{verb}", json=body)
         return self._run(self._then(h.request(call), self._adopt))
 
-    def stop(self):  # noqa: ANN201 - self (state updated), or awaitable
+    def stop(self):
         return self._action("stop")
 
-    def start(self):  # noqa: ANN201
+    def start(self):
         return self._action("start")
 
-    def pause(self):  # noqa: ANN201
+    def pause(self):
         return self._action("pause")
 
-    def resume(self):  # noqa: ANN201
+    def resume(self):
         return self._action("resume")
 
-    def set_ttl(self, ttl_seconds: int):  # noqa: ANN201
+    def set_ttl(self, ttl_seconds: int):
         """Extend the lease: the sandbox now expires `ttl_seconds` from now."""
         return self._action("ttl", {"ttl_seconds": ttl_seconds})
 
-    def kill(self, wait: bool = False, timeout: float = 60):  # noqa: ANN201
+    def kill(self, wait: bool = False, timeout: float = 60):
         """DELETE the sandbox; with wait=True, until its state is `destroyed`."""
         return self._run(self._kill(wait, timeout))
 
@@ -191,8 +194,8 @@ class _SandboxBase:
         deadline = time.monotonic() + timeout
         while wait and self.state != "destroyed":
             if time.monotonic() > deadline:
-                raise SandboxTimeoutError(f"sandbox {self.id} still {self.state} after {timeout:g}s",
-                                          body={"sandbox_id": self.id})
+                raise SandboxTimeoutError(f"sandbox {self.id} still {self.state} after "
+                                          f"{timeout:g}s", body={"sandbox_id": self.id})
             yield h.Sleep(0.2)
             try:
                 self._adopt((yield from h.request(h.Call("GET", f"/v1/sandboxes/{self.id}"),
@@ -201,12 +204,12 @@ class _SandboxBase:
                 self.info = {**self.info, "state": "destroyed"}
         return self
 
-    def events(self):  # noqa: ANN201 - list[dict], or awaitable
+    def events(self):
         """The sandbox's own event history, oldest first (all pages)."""
         return self._run(_pages(h.Call("GET", f"/v1/sandboxes/{self.id}/events",
                                        params={"limit": 500}), self._retry))
 
-    def exec(self, cmd: list[str] | str, env: dict[str, str] | None = None,
+    def exec(self, cmd: builtins.list[str] | str, env: dict[str, str] | None = None,
              cwd: str | None = None, timeout: float = 60, stdin: str | None = None,
              on_stdout: OutputCallback | None = None, on_stderr: OutputCallback | None = None):
         """Run a command; a str runs via `sh -c`. With callbacks, output is
@@ -237,10 +240,10 @@ class Sandbox(_SandboxBase):
         """Close the HTTP connection pool (shared by sandboxes from one list())."""
         self._http.close()
 
-    def __enter__(self) -> "Sandbox":
+    def __enter__(self) -> Sandbox:
         return self
 
-    def __exit__(self, exc_type, exc, tb) -> None:  # noqa: ANN001
+    def __exit__(self, exc_type, exc, tb) -> None:
         try:
             self.kill()
         except CorralError:

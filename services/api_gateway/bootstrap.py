@@ -62,13 +62,7 @@ async def bootstrap(settings: GatewaySettings, stop: asyncio.Event | None = None
     read_model = ReadModel(settings.store,
                            str((settings.state_dir / "gateway-read.sqlite").resolve()))
     await read_model.create()
-    loop = asyncio.get_running_loop()
-
-    def saved() -> None:
-        loop.call_soon_threadsafe(relay.wake)
-        loop.call_soon_threadsafe(read_model.wake)
-
-    ledger.on_saved = saved
+    ledger.notify_on_save(asyncio.get_running_loop(), relay.wake, read_model.wake)
     auth = AuthClient(bus.client, ttl_s=settings.auth_cache_s)
     await auth.start()
     limits = Limits(settings.quota_max_live, settings.quota_max_vcpus,

@@ -40,8 +40,7 @@ async def bootstrap(settings: BillingSettings, stop: asyncio.Event | None = None
     await bus.connect()
     await bus.ensure_topology()
     relay = OutboxRelay(metering, bus, name="billing-outbox")
-    loop = asyncio.get_running_loop()  # saves happen in worker threads
-    metering.on_saved = lambda: loop.call_soon_threadsafe(relay.wake)
+    metering.notify_on_save(asyncio.get_running_loop(), relay.wake)
     index = UsageIndex(settings.store, str((settings.state_dir / "billing-usage.sqlite").resolve()))
     await asyncio.to_thread(index.create)
     return BillingContext(settings, metering, bus, relay, UsageQueries(index, metering))

@@ -109,8 +109,7 @@ async def bootstrap(settings: HostAgentSettings, stop: asyncio.Event) -> HostAge
     # The host's records are always local: they describe this machine's kernel objects.
     records = await asyncio.to_thread(VmRecords, store_env("sqlite", state_dir, "host_agent"))
     relay = OutboxRelay(records, bus, name="host-agent-relay")
-    loop = asyncio.get_running_loop()
-    records.on_saved = lambda: loop.call_soon_threadsafe(relay.wake)
+    records.notify_on_save(asyncio.get_running_loop(), relay.wake)
     driver = await make_driver(settings, state_dir, vm_root(settings, host_id))
     service = HostAgentService(host_id, records, driver, bus.publish,
                                snapshot_root=settings.state_dir.resolve() / f"snaps-{host_id[:8]}")

@@ -9,6 +9,9 @@ from pydantic import Field
 
 from common.settings import CommonSettings
 
+CLASSES = r"^([a-z0-9-]+/\d+/\d+)?(,[a-z0-9-]+/\d+/\d+)*$"  # image/vcpus/memory_mib,...
+POOLS = r"^([a-z0-9-]+/\d+/\d+=\d+)?(,[a-z0-9-]+/\d+/\d+=\d+)*$"  # class=N,...
+
 
 class HostAgentSettings(CommonSettings):
     host_token: str = Field(default="", repr=False)
@@ -22,9 +25,9 @@ class HostAgentSettings(CommonSettings):
     templates: bool = True  # restore creates from snapshot templates
     template_dir: Path | None = None  # default: beside the image cache (shared, content-keyed)
     # classes "image/vcpus/memory_mib" whose templates are built at start
-    prebuild_templates: str = Field(default="default/1/256", pattern=r"^([a-z0-9-]+/\d+/\d+)?(,[a-z0-9-]+/\d+/\d+)*$")
+    prebuild_templates: str = Field(default="default/1/256", pattern=CLASSES)
     # warm pools: "image/vcpus/memory_mib=N,...": restored VMs kept paused, ready to assign
-    warm_pool: str = Field(default="", pattern=r"^([a-z0-9-]+/\d+/\d+=\d+)?(,[a-z0-9-]+/\d+/\d+=\d+)*$")
+    warm_pool: str = Field(default="", pattern=POOLS)
     network: bool = True
     bridge: str = Field(default="corral0", pattern=r"^[a-z][a-z0-9]{0,11}$")
     subnet: str = "10.88.0.0/16"
@@ -40,4 +43,4 @@ def size_classes(text: str) -> list[tuple[str, int, int]]:
 
 def pool_targets(text: str) -> dict[tuple[str, int, int], int]:
     return {cls: int(item.split("=")[1])
-            for cls, item in zip(size_classes(text), filter(None, text.split(",")))}
+            for cls, item in zip(size_classes(text), filter(None, text.split(",")), strict=True)}

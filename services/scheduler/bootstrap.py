@@ -37,6 +37,5 @@ async def bootstrap(settings: SchedulerSettings,
     app = await asyncio.to_thread(Scheduler, store_env(settings.store, settings.state_dir,
                                                        "scheduler"))
     relay = OutboxRelay(app, bus, name="scheduler-relay")
-    loop = asyncio.get_running_loop()
-    app.on_saved = lambda: loop.call_soon_threadsafe(relay.wake)
+    app.notify_on_save(asyncio.get_running_loop(), relay.wake)
     return SchedulerContext(settings, bus, app, relay, Liveness(settings.missed_heartbeats))

@@ -37,7 +37,6 @@ from schemathesis.checks import not_a_server_error
 from schemathesis.core.failures import FailureGroup
 from schemathesis.specs.openapi import checks as oas_checks
 
-
 from .conftest import running_stack
 
 pytestmark = pytest.mark.e2e
@@ -123,7 +122,7 @@ class _TooSlow(Exception):
     pass
 
 
-def _created_sandboxes(method: str, resp) -> list[str]:  # noqa: ANN001
+def _created_sandboxes(method: str, resp) -> list[str]:
     """Ids of sandboxes a POST just created (create, fork), to give capacity back."""
     if method != "POST" or resp.status_code not in (200, 201, 202, 207):
         return []
@@ -177,7 +176,7 @@ def fuzz(fstack, schema):
         found: dict[str, Finding] = {}
         statuses: collections.Counter = collections.Counter()
 
-        def record(name: str, case, status: int, message: str) -> None:  # noqa: ANN001
+        def record(name: str, case, status: int, message: str) -> None:
             curl = case.as_curl_command(headers=auth, base_url=fstack.api_url)
             if name not in found or len(curl) < len(found[name].curl):
                 found[name] = Finding(status, curl, message[:1500])

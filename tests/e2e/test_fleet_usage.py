@@ -2,10 +2,9 @@
 from __future__ import annotations
 
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
-
 
 from .conftest import running_stack
 from .stack import Api
@@ -113,7 +112,7 @@ def _other_org_api(fstack, admin: Api) -> Api:
 
 
 def test_usage_lists_line_items_of_the_callers_org_only(fstack, api, admin):
-    since = datetime.now(timezone.utc) - timedelta(minutes=1)
+    since = datetime.now(UTC) - timedelta(minutes=1)
     sb = api.post("/v1/sandboxes?wait=true", json={"vcpus": 2, "memory_mib": 512}).json()
     time.sleep(0.3)
     api.delete(f"/v1/sandboxes/{sb['id']}")

@@ -4,7 +4,6 @@ import signal
 
 import pytest
 
-
 from .conftest import running_stack
 from .stack import Api
 

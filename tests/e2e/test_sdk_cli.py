@@ -12,8 +12,7 @@ import uuid
 
 import pytest
 
-from corral import (AsyncSandbox, AuthError, ConflictError, NotFoundError, Sandbox,
-                    ValidationError)
+from corral import AsyncSandbox, AuthError, ConflictError, NotFoundError, Sandbox, ValidationError
 from corral.devstack import REPO
 
 from .conftest import running_stack
@@ -87,7 +86,7 @@ class TestControlPlane:
         async def go():
             async with await AsyncSandbox.create(name="sdk-async", **kw) as asb:
                 assert (await asb.refresh()).state == "running"
-                assert [e["type"] for e in await asb.events()][0] == "SandboxRequested"
+                assert next(e["type"] for e in await asb.events()) == "SandboxRequested"
                 found = await AsyncSandbox.list(name="sdk-async", **kw)
                 assert [s.id for s in found] == [asb.id]
             return asb.id

@@ -95,7 +95,7 @@ class Spec:
         url, params, headers = path, {}, {}
         for p in op.get("parameters", []):
             if p["in"] == "path":
-                url = url.replace("{%s}" % p["name"], path_values[p["name"]])
+                url = url.replace("{" + p["name"] + "}", path_values[p["name"]])
             elif p["in"] == "query" and p.get("required"):
                 params[p["name"]] = self.minimal(p["schema"])
             elif p["in"] == "header" and p.get("required") and p["name"].lower() != "authorization":

@@ -5,7 +5,6 @@ from datetime import datetime
 
 import pytest
 
-
 from .conftest import running_stack
 from .stack import Api
 

@@ -156,8 +156,8 @@ def test_creates_restore_from_template_and_forks_carry_files(vm_stack, vm_api):
     deadline = time.monotonic() + 180
     while True:
         sb = vm_api.post("/v1/sandboxes?wait=true", json={}).json()
-        started = [e for e in vm_api.get(f"/v1/sandboxes/{sb['id']}/events").json()["items"]
-                   if e["type"] == "SandboxStarted"][0]
+        started = next(e for e in vm_api.get(f"/v1/sandboxes/{sb['id']}/events").json()["items"]
+                       if e["type"] == "SandboxStarted")
         if started["start_mode"] == "restore" or time.monotonic() > deadline:
             break
         vm_api.delete(f"/v1/sandboxes/{sb['id']}")

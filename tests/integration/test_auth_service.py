@@ -7,28 +7,28 @@ import logging
 import os
 import subprocess
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import AsyncIterator
 
 import pytest
 from nats.aio.client import Client
 
 from common.rpc import RpcFailure, request
+from common.service import serve
 from contracts import rpc
 from contracts import subjects as s
-from common.service import serve
 from services.auth.bootstrap import bootstrap
 from services.auth.entrypoints.jobs import jobs
 from services.auth.settings import AuthSettings
 
-from ._auth_fixtures import nc, private_nats, start_service, stop_service  # noqa: F401
+from .inprocess import start_service, stop_service
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
-async def auth(private_nats, store: str,  # noqa: F811
+async def auth(private_nats, store: str,
                tmp_path: Path) -> AsyncIterator[AuthSettings]:
     """The service in-process; `store` (conftest) is sqlite, or a fresh PG schema."""
     settings = AuthSettings(nats_url=private_nats.url, state_dir=tmp_path / "state", store=store,
@@ -42,7 +42,7 @@ async def auth(private_nats, store: str,  # noqa: F811
         await stop_service(task, stop)
 
 
-async def _admin_setup(nc: Client) -> tuple[rpc.Org, rpc.ApiKeyCreated]:  # noqa: F811
+async def _admin_setup(nc: Client) -> tuple[rpc.Org, rpc.ApiKeyCreated]:
     org = await request(nc, s.RPC_AUTH_CREATE_ORG, rpc.CreateOrg(name="acme", op_id="op-1"),
                         rpc.Org)
     key = await request(nc, s.RPC_AUTH_CREATE_KEY,
@@ -51,7 +51,7 @@ async def _admin_setup(nc: Client) -> tuple[rpc.Org, rpc.ApiKeyCreated]:  # noqa
     return org, key
 
 
-async def test_key_lifecycle_and_revocation_broadcast(auth, nc: Client,  # noqa: F811
+async def test_key_lifecycle_and_revocation_broadcast(auth, nc: Client,
                                                      caplog: pytest.LogCaptureFixture):
     caplog.set_level(logging.DEBUG)
     org, key = await _admin_setup(nc)
@@ -76,7 +76,7 @@ async def test_key_lifecycle_and_revocation_broadcast(auth, nc: Client,  # noqa:
     assert key.key not in caplog.text and key.key.split("_")[-1] not in caplog.text
 
 
-async def test_wrong_and_malformed_keys_are_refused(auth, nc: Client):  # noqa: F811
+async def test_wrong_and_malformed_keys_are_refused(auth, nc: Client):
     _, key = await _admin_setup(nc)
     tampered = key.key[:-2] + ("AA" if not key.key.endswith("AA") else "BB")
     for bad in (tampered, "crl_00000000_" + "a" * 43, "not-a-key", key.prefix):
@@ -89,7 +89,7 @@ async def test_wrong_and_malformed_keys_are_refused(auth, nc: Client):  # noqa: 
         assert json.loads(reply.data)["error"] == "invalid"
 
 
-async def test_admin_rules(auth, nc: Client):  # noqa: F811
+async def test_admin_rules(auth, nc: Client):
     with pytest.raises(RpcFailure) as e:
         await request(nc, s.RPC_AUTH_CREATE_KEY,
                       rpc.CreateApiKey(org_id="no-such-org", name="ci"), rpc.ApiKeyCreated)
@@ -111,7 +111,7 @@ async def test_admin_rules(auth, nc: Client):  # noqa: F811
     assert e.value.code == "not_found"
 
 
-async def test_host_token_registers_with_server_assigned_id(auth, nc: Client):  # noqa: F811
+async def test_host_token_registers_with_server_assigned_id(auth, nc: Client):
     t = await request(nc, s.RPC_AUTH_CREATE_HOST_TOKEN, rpc.CreateHostToken(name="node-a"),
                       rpc.HostTokenCreated)
     assert t.token.startswith("crh_")
@@ -139,7 +139,7 @@ async def test_host_token_registers_with_server_assigned_id(auth, nc: Client):  
     assert e.value.code == "unauthorized"
 
 
-async def test_bootstrap_cli_provisions_idempotently(auth: AuthSettings, nc: Client):  # noqa: F811
+async def test_bootstrap_cli_provisions_idempotently(auth: AuthSettings, nc: Client):
     env = {**os.environ, "CORRAL_STATE_DIR": str(auth.state_dir), "CORRAL_STORE": auth.store,
            "CORRAL_LOG_LEVEL": "WARNING"}
 
@@ -170,16 +170,16 @@ async def test_bootstrap_cli_provisions_idempotently(auth: AuthSettings, nc: Cli
         await request(nc, s.RPC_AUTH_VERIFY, rpc.VerifyKey(key=first["api_key"]), rpc.Principal)
 
 
-async def test_rpc_client_limits(nc: Client):  # noqa: F811
+async def test_rpc_client_limits(nc: Client):
     with pytest.raises(RpcFailure) as e:
         await request(nc, "corral.rpc.test.nobody", rpc.VerifyKey(key="k"), rpc.Principal,
                       timeout=1)
     assert e.value.code == "unavailable"
 
-    async def huge(msg) -> None:  # noqa: ANN001
+    async def huge(msg) -> None:
         await msg.respond(b'{"key_id": "' + b"x" * 100_000 + b'"}')
 
-    async def junk(msg) -> None:  # noqa: ANN001
+    async def junk(msg) -> None:
         await msg.respond(b'{"unexpected": true}')
 
     await nc.subscribe("corral.rpc.test.huge", cb=huge)

@@ -2,21 +2,21 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime, timedelta, timezone
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import AsyncIterator
 
 import pytest
 
 from common.bus import Bus
+from common.service import serve
 from contracts.sandbox import SandboxDestroyed, SandboxStarted, SandboxStopped
 from contracts.usage import UsageRecorded
-from common.service import serve
 from services.billing.bootstrap import BillingContext, bootstrap
 from services.billing.entrypoints.jobs import jobs
 from services.billing.settings import BillingSettings
 
-from ._auth_fixtures import private_nats, start_service, stop_service, until  # noqa: F401
+from .inprocess import start_service, stop_service, until
 
 pytestmark = pytest.mark.integration
 ORG = "org-1"
@@ -27,7 +27,7 @@ class Billing(Bus):
     app: BillingContext
 
 
-async def _billing(private_nats, tmp_path: Path, **kw) -> AsyncIterator[Billing]:  # noqa: F811
+async def _billing(private_nats, tmp_path: Path, **kw) -> AsyncIterator[Billing]:
     settings = BillingSettings(nats_url=private_nats.url, state_dir=tmp_path / "state",
                                store="sqlite", health_port=0, **kw)
     app = await bootstrap(settings)
@@ -43,13 +43,13 @@ async def _billing(private_nats, tmp_path: Path, **kw) -> AsyncIterator[Billing]
 
 
 @pytest.fixture
-async def billing(private_nats, tmp_path: Path) -> AsyncIterator[Billing]:  # noqa: F811
+async def billing(private_nats, tmp_path: Path) -> AsyncIterator[Billing]:
     async for bus in _billing(private_nats, tmp_path):
         yield bus
 
 
 @pytest.fixture
-async def billing_minute_periods(private_nats,  # noqa: F811
+async def billing_minute_periods(private_nats,
                                  tmp_path: Path) -> AsyncIterator[Billing]:
     async for bus in _billing(private_nats, tmp_path, billing_period_s=60, billing_grace_s=0,
                               billing_tick_s=0.1):
@@ -85,7 +85,7 @@ def run_facts(sandbox_id: str, t0: datetime, secs: float, vcpus: int = 2, mem: i
 
 
 async def test_one_run_bills_once_despite_redelivery(billing: Billing):
-    t0 = datetime.now(timezone.utc) - timedelta(seconds=300)
+    t0 = datetime.now(UTC) - timedelta(seconds=300)
     start, stop = run_facts("sb-a", t0, 90)
     await billing.publish(start)
     await billing.publish(stop)
@@ -129,7 +129,7 @@ async def test_poison_goes_to_dlq_and_next_message_is_processed(billing: Bus):
     letter = json.loads(dl.data)
     assert letter["consumer"] == "billing-metering" and "not JSON" in letter["reason"]
 
-    t0 = datetime.now(timezone.utc) - timedelta(seconds=100)
+    t0 = datetime.now(UTC) - timedelta(seconds=100)
     for f in run_facts("sb-ok", t0, 30, vcpus=1):
         await billing.publish(f)
     [u] = await wait_usage(billing, 1)
@@ -138,7 +138,7 @@ async def test_poison_goes_to_dlq_and_next_message_is_processed(billing: Bus):
 
 async def test_long_run_is_cut_into_periods(billing_minute_periods: Bus):
     bus = billing_minute_periods
-    t0 = datetime.now(timezone.utc) - timedelta(seconds=150)
+    t0 = datetime.now(UTC) - timedelta(seconds=150)
     start, _ = run_facts("sb-long", t0, 0, vcpus=1, mem=100)
     await bus.publish(start)
     first = await wait_usage(bus, 2)  # two full 60 s periods, no end fact yet

@@ -28,7 +28,7 @@ async def stream_msgs(bus: Bus, subject: str) -> list:
     """Every message on a subject, read without consuming."""
     out = []
     sub = await bus.js.subscribe(subject, ordered_consumer=True)
-    info = await bus.js.stream_info((await bus.js.find_stream_name_by_subject(subject)))
+    info = await bus.js.stream_info(await bus.js.find_stream_name_by_subject(subject))
     try:
         while True:
             m = await sub.next_msg(timeout=0.5)

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from common.eventstore import store_env
-from contracts.sandbox import (SandboxScheduled, SandboxSpec, SandboxStarted, SandboxStarting)
+from contracts.sandbox import SandboxScheduled, SandboxSpec, SandboxStarted, SandboxStarting
 from services.api_gateway.adapters.read_model import ReadModel
 from services.api_gateway.application.errors import Conflict, IdempotencyMismatch, NotFound
 from services.api_gateway.application.ledger import SandboxLedger
@@ -105,19 +105,19 @@ async def test_read_model_projection_is_rebuildable(ledger, store, tmp_path):
     await rm.create()
     try:
         await rm.catch_up(ledger)
-        page1, cur = await rm.list("org1", 3, None, None, None)
-        page2, cur2 = await rm.list("org1", 3, cur, None, None)
+        page1, cur = await rm.list_sandboxes("org1", 3, None, None, None)
+        page2, cur2 = await rm.list_sandboxes("org1", 3, cur, None, None)
         assert cur2 is None
         assert sorted(x["id"] for x in page1 + page2) == sorted(ids)
-        assert (await rm.list("org1", 50, None, None, "n3"))[0][0]["name"] == "n3"
+        assert (await rm.list_sandboxes("org1", 50, None, None, "n3"))[0][0]["name"] == "n3"
         sb = ledger.find(ids[0], "org1")
         ledger.ingest(fact(SandboxScheduled, sb, host_id="h9"))
         await rm.catch_up(ledger)
-        assert [x["id"] for x in (await rm.list("org1", 50, None, "scheduled", None))[0]] == [ids[0]]
-        before = await rm.list("org1", 50, None, None, None)
+        assert [x["id"] for x in (await rm.list_sandboxes("org1", 50, None, "scheduled", None))[0]] == [ids[0]]
+        before = await rm.list_sandboxes("org1", 50, None, None, None)
         await rm.rebuild(ledger)
-        assert await rm.list("org1", 50, None, None, None) == before
+        assert await rm.list_sandboxes("org1", 50, None, None, None) == before
         with pytest.raises(ValueError):
-            await rm.list("org1", 5, "garbage!", None, None)
+            await rm.list_sandboxes("org1", 5, "garbage!", None, None)
     finally:
         await rm.close()

@@ -17,12 +17,12 @@ import sys
 
 import pytest
 
-from .vm_support import require  # noqa: E402
-
 from services.host_agent.adapters.network import HostNetwork, NetLease, check_network
 from services.host_agent.adapters.network import bridge as brmod
 from services.host_agent.adapters.network import tap as tapmod
 from services.host_agent.adapters.network.ipam import guest_mac, tap_name, veth_peer_name
+
+from .vm_support import require
 
 pytestmark = [pytest.mark.integration, pytest.mark.net]
 
@@ -323,7 +323,7 @@ async def test_failed_allocate_removes_what_it_created(tapnet: HostNetwork):
         await tapnet.allocate("sbx-f", egress=True, record=rec)
     tap = tap_name("sbx-f")
     assert not await link_exists(tap) and tap not in ruleset()
-    key = f"{tap}|{guest_mac('sbx-f')}|{str(tapnet._ipam.gateway + 1)}"
+    key = f"{tap}|{guest_mac('sbx-f')}|{tapnet._ipam.gateway + 1!s}"
     assert [e[1:] for e in rec.events] == [("tap", tap), ("nft", key), ("nft", None), ("tap", None)]
     assert await tapnet.list_owned() == []
     assert tapnet._ipam.held() == {}  # the address was given back
@@ -368,9 +368,9 @@ async def test_reconcile_removes_unknown_leftovers(tapnet: HostNetwork):
 async def test_concurrent_allocations_get_distinct_ips(tapnet: HostNetwork):
     in_use = {str(tapnet._ipam.gateway + i) for i in (1, 2, 5)}
     leases = await asyncio.gather(*(tapnet.allocate(f"sbx-{i}", in_use=in_use) for i in range(24)))
-    ips = [l.ip for l in leases]
+    ips = [ls.ip for ls in leases]
     assert len(set(ips)) == 24 and not set(ips) & in_use
-    assert len({l.tap for l in leases}) == 24 and len({l.mac for l in leases}) == 24
+    assert len({ls.tap for ls in leases}) == 24 and len({ls.mac for ls in leases}) == 24
     st = await tapnet.rules.state()
     assert {g.ip for g in st.guests} == set(ips)
     # Same sandbox twice at once: one lease.

@@ -11,14 +11,13 @@ import textwrap
 from pathlib import Path
 
 import pytest
-
-from .vm_support import Recorder, require  # noqa: E402
 import pytest_asyncio
 
 from services.host_agent.adapters.guest_image import ensure_image
-from services.host_agent.adapters.qemu import GuestError, GuestPathError, QemuDriver
-from services.host_agent.adapters.qemu import procs
+from services.host_agent.adapters.qemu import GuestError, GuestPathError, QemuDriver, procs
 from services.host_agent.application.ports import ExecChunk, ExecRequest, VmSpec
+
+from .vm_support import Recorder, require
 
 pytestmark = [pytest.mark.integration, pytest.mark.vm]
 REPO = Path(__file__).resolve().parents[2]
@@ -156,13 +155,13 @@ async def test_path_checks_and_errors_in_guest(driver, vm):
 async def test_pause_blocks_guest_until_resume(driver, vm):
     await driver.pause(SID)
     try:
-        assert await driver.status(SID) == "paused"
+        assert await driver.launcher.qmp(SID).status() == "paused"
         task = asyncio.ensure_future(driver.exec(SID, run(["echo", "after"])))
         done, _ = await asyncio.wait({task}, timeout=1.0)
         assert not done, "a paused guest must not answer"
     finally:
         await driver.resume(SID)
-    assert await driver.status(SID) == "running"
+    assert await driver.launcher.qmp(SID).status() == "running"
     r = await asyncio.wait_for(task, 30)
     assert r.stdout == b"after\n"
 

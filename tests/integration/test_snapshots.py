@@ -20,13 +20,13 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-
-from .vm_support import Recorder, require  # noqa: E402
 import pytest_asyncio
 
 from services.host_agent.adapters.guest_image import ensure_image
 from services.host_agent.adapters.qemu import QemuDriver, procs
 from services.host_agent.application.ports import ExecRequest, VmSpec
+
+from .vm_support import Recorder, require
 
 pytestmark = [pytest.mark.integration, pytest.mark.vm]
 REPO = Path(__file__).resolve().parents[2]
@@ -53,6 +53,7 @@ class Env:
 
     async def start(self) -> None:
         import ipaddress
+
         from services.host_agent.adapters.network import HostNetwork
         from services.host_agent.adapters.network.bridge import NetworkConflict
         for _ in range(5):
@@ -159,7 +160,7 @@ async def test_template_restore_gives_each_clone_its_own_identity(env: Env):
     a, b = ids
     assert a["random"] != b["random"]
     assert a["mac"] != b["mac"] and a["ip"] != b["ip"]
-    for info, i in zip(infos, ids):
+    for info, i in zip(infos, ids, strict=True):
         assert i["mac"] == info.mac and i["ip"] == f"{info.ip}/{env.net.prefix_len}"
         assert i["clock_skew"] < 2.0, i
         assert env.net.gateway in i["route"]
@@ -200,7 +201,7 @@ async def test_fork_of_live_sandbox(env: Env):
     si = await d.snapshot("fk-src", snap)
     log.warning("snapshot: paused %d ms, state %d B, overlay %d B", si.paused_ms,
                 si.state_bytes, si.overlay_bytes)
-    assert await d.status("fk-src") == "running"
+    assert await d.launcher.qmp("fk-src").status() == "running"
     await d.put_file("fk-src", "/root/after.txt", b"after")
     with pytest.raises(ValueError):
         await d.start(VmSpec("fk-bad", None, memory_mib=512, snapshot_dir=str(snap)), env.rec)
@@ -301,11 +302,11 @@ async def test_template_key_change_rebuilds_and_stale_is_not_used(plain_root: Pa
     rec = Recorder()
     try:
         old = await d1.ensure_template()
-        assert await d2.find_template() is None  # a different kernel: stale
+        assert await d2.templates.find() is None  # a different kernel: stale
         new = await d2.ensure_template()
         assert new.key != old.key and new.dir != old.dir
         assert not old.dir.exists()  # pruned: never used again
-        assert await d1.find_template() is None
+        assert await d1.templates.find() is None
         info = await d2.start(VmSpec("kc-a", None), rec)
         assert info.start_mode == "restore" and info.source == new.key
         await d2.destroy("kc-a", rec.by_sid["kc-a"])
@@ -344,7 +345,7 @@ async def test_killed_builder_leaves_nothing_published(plain_root: Path):
         assert published == [], published
         d = QemuDriver(root, template_root=tr)
         try:
-            assert await d.find_template() is None
+            assert await d.templates.find() is None
             t = await d.ensure_template()
             assert t.state.exists()
             assert [p.name for p in tr.iterdir() if p.name.startswith(".build-")] == []

@@ -5,12 +5,16 @@ from datetime import timedelta
 import pytest
 
 from common.eventstore import store_env
-from contracts.sandbox import Failure, SandboxDestroyed, SandboxFailed, SandboxSpec
+from common.timefmt import parse_time
+from contracts.sandbox import (Failure, NetworkSpec, SandboxDestroyed, SandboxFailed,
+                               SandboxScheduled, SandboxSpec, SandboxStarted, SandboxStarting)
+from contracts.snapshot import SnapshotCreated
 from services.api_gateway.application.errors import Conflict, TooMany, Unprocessable
 from services.api_gateway.application.ledger import SandboxLedger
 from services.api_gateway.application.rate_limit import RateLimiter
+from services.api_gateway.application.sandboxes import Sandboxes
+from services.api_gateway.application.waiters import Waiters
 from services.api_gateway.domain.quota import Limits
-from common.timefmt import parse_time
 
 pytestmark = pytest.mark.integration
 
@@ -109,3 +113,45 @@ def test_quota_aggregate_loads_from_snapshots(ledger):
     assert snap and snap[0].originator_version >= 200  # taken as it grew
     assert ledger.repository.get(uid).live == []
     assert ledger.request("busy", SandboxSpec(), "op", None, None, Limits(max_live=1))[1]
+
+
+def test_rate_limiter_takes_all_or_none():
+    now = [0.0]
+    rl = RateLimiter(per_minute=3, clock=lambda: now[0])
+    assert rl.retry_after("o", 2) == 0  # 1 token left
+    assert rl.retry_after("o", 2) == 20  # 1 more needed: 20 s at 3/min
+    assert rl.retry_after("o", 1) == 0  # the refused take consumed nothing
+
+
+def _running_snapshot(ledger: SandboxLedger, org: str) -> str:
+    """A running sandbox (its facts folded in) and a ready snapshot of it."""
+    sb, _ = ledger.request(org, SandboxSpec(), "op", None, None)
+    ids = dict(op_id="op", org_id=org, sandbox_id=str(sb.id))
+    ledger.ingest(SandboxScheduled(host_id="h1", **ids))
+    ledger.ingest(SandboxStarting(host_id="h1", **ids))
+    ledger.ingest(SandboxStarted(host_id="h1", vcpus=1, memory_mib=256, accel="tcg", **ids))
+    snap = ledger.request_snapshot(str(sb.id), org, "s", "op", None)
+    ledger.ingest(SnapshotCreated(host_id="h1", image="default", vcpus=1, memory_mib=256,
+                                  size_bytes=1, took_ms=1, snapshot_id=str(snap.id), **ids))
+    return str(snap.id)
+
+
+async def test_forks_are_admitted_like_creates(ledger):
+    """A fork of N sandboxes takes N create tokens (all or none) and counts
+    against the live quota, like N creates."""
+    now = [0.0]
+    app = Sandboxes(ledger, listing=None, limits=Limits(max_live=4),  # type: ignore[arg-type]
+                    limiter=RateLimiter(per_minute=4, clock=lambda: now[0]), waiters=Waiters())
+    snap_id = _running_snapshot(ledger, "o")  # 1 live, no token used (made by the ledger)
+    spec = await app.fork_spec(snap_id, "o", 600, {}, {}, NetworkSpec())
+    assert len(await app.fork("o", spec, 3, "op")) == 3  # 3 of 4 tokens; 4 live
+    with pytest.raises(TooMany) as too_fast:
+        await app.fork("o", spec, 2, "op")  # 1 token left: refused, nothing created
+    assert too_fast.value.retry_after_s == 15
+    with pytest.raises(TooMany, match="live sandboxes"):
+        await app.create("o", SandboxSpec(), "op", None)  # the last token; the quota is full
+    with pytest.raises(TooMany, match="rate limit"):
+        await app.fork("o", spec, 1, "op")  # creates and forks share one bucket
+    now[0] = 60.0  # tokens back; the live quota still full
+    with pytest.raises(TooMany, match="live sandboxes"):
+        await app.fork("o", spec, 1, "op")

@@ -30,16 +30,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-
-from .vm_support import Recorder, require  # noqa: E402
 import pytest_asyncio
 
 from services.host_agent.adapters.network import HostNetwork, NetLease
 from services.host_agent.adapters.network import bridge as brmod
 from services.host_agent.adapters.network.bridge import NetworkConflict
-from services.host_agent.adapters.qemu import QemuDriver
-from services.host_agent.adapters.qemu import procs
+from services.host_agent.adapters.qemu import QemuDriver, procs
 from services.host_agent.application.ports import ExecChunk, ExecRequest, VmSpec
+
+from .vm_support import Recorder, require
 
 pytestmark = [pytest.mark.integration, pytest.mark.vm, pytest.mark.net]
 
@@ -153,7 +152,7 @@ class HostListener:
     def __init__(self, host: str, tag: bytes) -> None:
         self.host, self.tag, self.port, self.server = host, tag, 0, None
 
-    async def __aenter__(self) -> "HostListener":
+    async def __aenter__(self) -> HostListener:
         async def handle(r, w):
             w.write(self.tag)
             await w.drain()
@@ -184,7 +183,7 @@ class NsServer:
     def __init__(self, ns: str, host: str) -> None:
         self.ns, self.host, self.port, self.proc = ns, host, random.randint(20000, 40000), None
 
-    async def __aenter__(self) -> "NsServer":
+    async def __aenter__(self) -> NsServer:
         self.proc = await asyncio.create_subprocess_exec(
             *ns_argv(self.ns, HOST_PY, "-c", SERVER, self.host, str(self.port)),
             stdout=asyncio.subprocess.PIPE)
@@ -200,7 +199,7 @@ class NsServer:
 async def host_connect(host: str, port: int) -> str:
     try:
         r, w = await asyncio.wait_for(asyncio.open_connection(host, port), CONNECT_TIMEOUT)
-    except (OSError, asyncio.TimeoutError) as e:
+    except (TimeoutError, OSError) as e:
         return f"fail {type(e).__name__}"
     try:
         return "ok " + (await asyncio.wait_for(r.read(128), CONNECT_TIMEOUT)).decode()
@@ -272,7 +271,7 @@ class Env:
             self.driver.start(VmSpec(sid_a, "vmnet-a", egress=False), self.rec),
             self.driver.start(VmSpec(sid_b, "vmnet-b", egress=True), self.rec),
             return_exceptions=True)
-        for sid, info in zip((sid_a, sid_b), infos):
+        for sid, info in zip((sid_a, sid_b), infos, strict=True):
             if not isinstance(info, BaseException):
                 self.vms[sid] = Vm(sid, self.net.lease(sid), info.pid)
         for info in infos:
@@ -310,7 +309,7 @@ class Env:
         async def step(what: str, coro) -> None:
             try:
                 await coro
-            except Exception as e:  # keep going: later steps must still run
+            except Exception as e:  # noqa: BLE001 - keep going: later steps must still run
                 errors.append(f"{what}: {e!r}")
 
         if self.driver is not None:
@@ -431,7 +430,7 @@ async def test_guests_cannot_reach_any_host_address(env: Env):
             targets = [(gw, l_gw.port), (env.host_out_ip, l_up.port), ("127.0.0.1", l_lo.port)]
             before = await env.counters()
             res = await asyncio.gather(*(env.connect(vm, targets) for vm in (env.a, env.b)))
-            for vm, r in zip((env.a, env.b), res):
+            for vm, r in zip((env.a, env.b), res, strict=True):
                 assert r == ["fail TimeoutError"] * 3, (vm.sid, r)
             after = await env.counters()
             # At least one SYN per attempt reached the host and our rule dropped it.
@@ -460,7 +459,7 @@ class GuestServer:
         if c.stream == "stdout" and b"ready" in self.out:
             self.ready.set()
 
-    async def __aenter__(self) -> "GuestServer":
+    async def __aenter__(self) -> GuestServer:
         req = ExecRequest(["python3", "-c", SERVER, self.host, str(self.port)], timeout_s=600)
         self.task = asyncio.ensure_future(self.env.driver.exec(self.vm.sid, req, self._chunk))
         waiter = asyncio.ensure_future(self.ready.wait())
@@ -489,7 +488,7 @@ async def test_guest_cannot_reach_another_guest(env: Env):
             assert flag in details, (vm.lease.tap, flag, details)
     link6 = json.loads(await env.gexec(b, "ip", "-j", "-6", "addr", "show", "dev", "eth0",
                                        "scope", "link"))
-    b_ll = next((x["local"] for l in link6 for x in l.get("addr_info", [])), None)
+    b_ll = next((x["local"] for ln in link6 for x in ln.get("addr_info", [])), None)
     async with GuestServer(env, b, "::" if b_ll else b.lease.ip) as srv:
         own = [(b.lease.ip, srv.port)] + ([(f"{b_ll}%eth0", srv.port)] if b_ll else [])
         # Controls: B reaches its own listener; the host reaches it over the TAP.

@@ -4,7 +4,7 @@ from __future__ import annotations
 import re
 from contextlib import asynccontextmanager
 from dataclasses import replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
@@ -15,7 +15,7 @@ from services.auth.domain.errors import Conflict, Invalid, NotFound, Unauthorize
 from services.auth.domain.model import authenticate, new_api_key, new_host_token, new_org
 
 pytestmark = pytest.mark.unit
-NOW = datetime(2026, 1, 1, tzinfo=timezone.utc)
+NOW = datetime(2026, 1, 1, tzinfo=UTC)
 
 
 class MemRepo:
@@ -132,7 +132,7 @@ def test_key_scope_rules():
 
 def test_authenticate_picks_matching_active_record():
     a, sa = new_api_key("a", "admin", None, NOW)
-    b, sb = new_api_key("b", "admin", None, NOW)
+    b, _ = new_api_key("b", "admin", None, NOW)
     b_same_prefix = replace(b, prefix=a.prefix)
     assert authenticate(sa.value, [b_same_prefix, a]) is a
     with pytest.raises(Unauthorized):

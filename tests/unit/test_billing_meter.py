@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
@@ -12,7 +12,7 @@ from services.billing.application.metering import Metering
 from services.billing.domain.meter import Meter, OrgMismatch, usage_event_id
 
 pytestmark = pytest.mark.unit
-T0 = datetime(2026, 3, 1, 12, 0, tzinfo=timezone.utc)
+T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 SB, ORG = "sb-1", "org-1"
 
 

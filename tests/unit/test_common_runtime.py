@@ -54,3 +54,52 @@ async def test_run_until_stopped_survives_finished_jobs_and_stops_on_crash():
     with pytest.raises(SystemExit):  # awaited directly: SystemExit escapes tasks
         await run_until_stopped(stop2, boom(), stop2.wait())
     assert stop2.is_set()
+
+
+def test_retry_on_conflict_retries_backs_off_and_gives_up(tmp_path):
+    from eventsourcing.persistence import IntegrityError
+
+    from common.eventstore import CONFLICT_RETRIES, StoreApp, StoreConflict, store_env
+    app = StoreApp(store_env("sqlite", tmp_path, "t"))
+    waits: list[int] = []
+    app.conflict_backoff = waits.append  # injected: no real sleeps
+    calls = []
+
+    def lose_twice() -> str:
+        calls.append(1)
+        if len(calls) < 3:
+            raise IntegrityError("version taken")
+        return "saved"
+    assert app.retry_on_conflict(lose_twice) == "saved" and waits == [0, 1]
+
+    def always_lose() -> None:
+        raise IntegrityError("version taken")
+    waits.clear()
+    with pytest.raises(KeyError):  # the caller's own error when retries run out
+        app.retry_on_conflict(always_lose, KeyError("busy"))
+    assert waits == list(range(CONFLICT_RETRIES))
+    with pytest.raises(StoreConflict):
+        app.retry_on_conflict(always_lose)
+    with pytest.raises(ValueError):  # anything else is not a conflict: no retry
+        app.retry_on_conflict(lambda: int("x"))
+    app.close()
+
+
+async def test_waiters_until_wakes_on_notify_and_honours_the_deadline():
+    import asyncio
+    import time
+
+    from services.api_gateway.application.waiters import Waiters
+    w, state = Waiters(), {"v": "starting", "loads": 0}
+
+    async def load() -> str:
+        state["loads"] += 1
+        return state["v"]
+    t0 = time.monotonic()
+    task = asyncio.ensure_future(w.until("sb", load, lambda v: v == "running", t0 + 10))
+    await asyncio.sleep(0.05)
+    state["v"] = "running"
+    w.notify("sb")
+    assert await task == "running" and time.monotonic() - t0 < 0.4  # woken, not polled
+    assert await w.until("sb", load, lambda v: False, time.monotonic() + 0.2) == "running"
+    assert state["loads"] >= 3

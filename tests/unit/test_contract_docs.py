@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 import yaml
@@ -12,28 +12,28 @@ import yaml
 from common.bus import DeadLetter as BusDeadLetter
 from contracts import ALL_TYPES, InvalidMessage, parse_message
 from contracts.commands import (DestroySandbox, PauseSandbox, ResumeSandbox, StartSandbox,
-                               StopSandbox)
-from contracts.export import DeadLetter, ROOT, nats_match, rpc_models, stale
+                                StopSandbox)
+from contracts.export import ROOT, DeadLetter, nats_match, rpc_models, stale
 from contracts.host import HostCapacity, HostHeartbeat, HostLost, HostRegistered
 from contracts.registry import BY_NAME
-from contracts.sandbox import (Failure, SandboxDestroyed, SandboxDestroyRequested, SandboxFailed,
-                               SandboxLost, SandboxRequested, SandboxScheduled, SandboxSpec,
-                               SandboxStarted, SandboxStarting, SandboxStopped,
-                               SandboxStopRequested, SandboxExpiring, SandboxTtlExtended,
-                               SandboxPauseRequested, SandboxPaused, SandboxResumeRequested,
-                               SandboxResumed, SandboxStartRequested)
+from contracts.sandbox import (Failure, SandboxDestroyed, SandboxDestroyRequested, SandboxExpiring,
+                               SandboxFailed, SandboxLost, SandboxPaused, SandboxPauseRequested,
+                               SandboxRequested, SandboxResumed, SandboxResumeRequested,
+                               SandboxScheduled, SandboxSpec, SandboxStarted, SandboxStarting,
+                               SandboxStartRequested, SandboxStopped, SandboxStopRequested,
+                               SandboxTtlExtended)
+from contracts.snapshot import (DeleteSnapshot, SnapshotCreated, SnapshotDeleted,
+                                SnapshotDeleteRequested, SnapshotFailed, SnapshotRequested,
+                                TakeSnapshot)
 from contracts.subjects import (CONSUMERS, STREAMS, dlq_subject, host_agent_consumer,
                                 host_command_subject, host_subject, sandbox_subject, subject_for,
                                 usage_subject)
-from contracts.snapshot import (DeleteSnapshot, SnapshotCreated, SnapshotDeleted,
-                               SnapshotDeleteRequested, SnapshotFailed, SnapshotRequested,
-                               TakeSnapshot)
 from contracts.usage import UsageRecorded
 
 pytestmark = pytest.mark.unit
 
 TP = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
-T0 = datetime(2025, 1, 1, tzinfo=timezone.utc)
+T0 = datetime(2025, 1, 1, tzinfo=UTC)
 IDS = dict(op_id="op-1", org_id="org-1", sandbox_id="sbx-1")
 CAP = HostCapacity(vcpus=8, memory_mib=4096, max_sandboxes=4)
 SAMPLES = [
@@ -79,7 +79,7 @@ SAMPLES = [
 ]
 
 
-def _doc(msg) -> dict:  # noqa: ANN001
+def _doc(msg) -> dict:
     return json.loads(msg.to_json())
 
 
@@ -140,7 +140,7 @@ def test_round_trip(msg):
     assert BY_NAME[msg.type] is type(msg)
 
 
-def _broken(msg, how: str) -> bytes:  # noqa: ANN001
+def _broken(msg, how: str) -> bytes:
     doc = _doc(msg)
     if how == "unknown-type":
         doc["type"] = "SandboxExploded"

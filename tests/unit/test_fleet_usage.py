@@ -5,29 +5,31 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from pydantic import ValidationError
 
 from common.eventstore import store_env
+from common.rpc import answer
+from common.sqldb import decode_cursor
 from contracts import rpc
 from contracts.host import HostCapacity, HostHeartbeat
 from contracts.sandbox import SandboxDestroyed, SandboxRequested, SandboxSpec, SandboxStarted
-from services.billing.adapters.usage_index import UsageIndex, decode_cursor
+from services.billing.adapters.usage_index import UsageIndex
 from services.billing.application.metering import Metering
 from services.billing.application.usage import UsageQueries
-from services.billing.entrypoints.rpc import usage_reply
+from services.billing.entrypoints.rpc import MAX_REQUEST as USAGE_MAX_REQUEST
+from services.billing.entrypoints.rpc import _refuse as usage_refuse
 from services.scheduler.application.fleet import Fleet, UnknownHost
 from services.scheduler.application.liveness import Liveness
 from services.scheduler.application.scheduler import NoCapacity, Scheduler
 from services.scheduler.domain.host import Host
-from common.rpc import answer
 from services.scheduler.entrypoints.rpc import MAX_REQUEST, _refuse, host_info
 
 pytestmark = pytest.mark.unit
 CAP = {"vcpus": 4, "memory_mib": 1024, "max_sandboxes": 10}
-T0 = datetime(2026, 3, 1, 12, 0, tzinfo=timezone.utc)
+T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
 
 # --- Host aggregate -----------------------------------------------------------
@@ -139,7 +141,7 @@ def test_fleet_lists_every_recorded_host_from_any_instance(sched):
 def test_host_info_and_rpc_errors(sched):
     app = sched()
     app.register(hb("h1"))
-    p, _ = app.place(req(), ["h1"])
+    app.place(req(), ["h1"])
     now = [100.0]
     live = Liveness(3, clock=lambda: now[0])
     live.beat("h1", 1.0)
@@ -245,7 +247,8 @@ def test_usage_items_overlapping_the_range_oldest_first_paginated(billing):
     for limit in (1, 3, 500):
         assert _all(ix, "org1", T0, T0 + timedelta(days=1), limit) == every
     # overlap with [from, to): touching the end of a period is not overlapping
-    at = lambda s: T0 + timedelta(seconds=s)  # noqa: E731
+    def at(s: float) -> datetime:
+        return T0 + timedelta(seconds=s)
     got = ix.page("org1", at(600), at(1200), 100, None)[0]
     assert [(i["sandbox_id"], (i["period_start"] - T0).total_seconds()) for i in got] == [
         ("sb-b", 100), ("sb-a", 600)]
@@ -255,7 +258,7 @@ def test_usage_items_overlapping_the_range_oldest_first_paginated(billing):
     with pytest.raises(ValueError):
         ix.page("org1", T0, at(9999), 10, "not-a-cursor")
     with pytest.raises(ValueError):
-        decode_cursor("WyJ4IiwgMV0")  # ["x", 1]
+        decode_cursor("WyJ4IiwgMV0", (int, str))  # ["x", 1]: not a usage key
 
 
 def test_projection_survives_restarts_and_two_instances_never_duplicate(billing):
@@ -273,6 +276,13 @@ def test_projection_survives_restarts_and_two_instances_never_duplicate(billing)
     assert restarted.position() == pos and restarted.catch_up(app.recorder) == 0
     items = _all(restarted, "org1", T0, T0 + timedelta(days=1), 500)
     assert [i["sandbox_id"] for i in items] == ["sb-a", "sb-a", "sb-a", "sb-b"]
+
+
+async def usage_reply(queries: UsageQueries, body: bytes) -> rpc.RpcModel:
+    """The billing RPC's answer to one request body."""
+    reply = await answer(body, rpc.UsageQuery, queries.page, USAGE_MAX_REQUEST, usage_refuse)
+    assert isinstance(reply, rpc.RpcModel)
+    return reply
 
 
 def test_usage_reply_catches_up_and_validates(billing):

@@ -3,8 +3,8 @@ from pathlib import Path
 
 import pytest
 
-from services.host_agent.adapters.qemu.procs import sandbox_of
 from guest import protocol as P
+from services.host_agent.adapters.qemu.procs import sandbox_of
 
 pytestmark = pytest.mark.unit
 

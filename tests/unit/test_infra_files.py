@@ -86,6 +86,12 @@ def test_dockerfile():
     assert re.search(r"^FROM python:3\.11-slim\b", text, re.M)
     assert "pip install" in text
     assert re.search(r"AS host-agent\b", text) and re.search(r"AS control\b", text)
+    # every package pyproject installs is in the image (the guest agent's too:
+    # the host agent builds guest images from it)
+    packages = re.search(r'include = \[([^\]]*)\]', (REPO / "pyproject.toml").read_text())
+    assert packages is not None
+    for pkg in re.findall(r'"(\w+)\*"', packages.group(1)):
+        assert re.search(rf"^COPY {pkg} \./{pkg}$", text, re.M), pkg
 
 
 def test_nomad_jobs():

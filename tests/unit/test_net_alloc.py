@@ -4,8 +4,8 @@ import threading
 
 import pytest
 
-from services.host_agent.adapters.network.ipam import (
-    Ipam, IpamError, bridge_mac, guest_mac, is_tap_name, tap_name, veth_peer_name)
+from services.host_agent.adapters.network.ipam import (Ipam, IpamError, bridge_mac, guest_mac,
+                                                       is_tap_name, tap_name, veth_peer_name)
 
 pytestmark = pytest.mark.unit
 

@@ -3,9 +3,9 @@ import uuid
 
 import pytest
 
-from contracts.sandbox import (Failure, SandboxDestroyed, SandboxDestroyRequested,
-                               SandboxFailed, SandboxLost, SandboxRequested, SandboxScheduled,
-                               SandboxSpec, SandboxStarted, SandboxStarting)
+from contracts.sandbox import (Failure, SandboxDestroyed, SandboxDestroyRequested, SandboxFailed,
+                               SandboxLost, SandboxRequested, SandboxScheduled, SandboxSpec,
+                               SandboxStarted, SandboxStarting)
 from services.api_gateway.domain.sandbox import Sandbox
 
 pytestmark = pytest.mark.unit

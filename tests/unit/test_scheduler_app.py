@@ -113,8 +113,7 @@ def test_lost_host_loses_its_sandboxes_exactly_once(app):
 
 
 def test_each_intent_routed_once_and_restart_reallocates(app):
-    from contracts.sandbox import (SandboxStartRequested, SandboxStopped,
-                                   SandboxStopRequested)
+    from contracts.sandbox import SandboxStartRequested, SandboxStopped, SandboxStopRequested
     app.register(hb("h1", vcpus=1, mem=256, n=1))
     r = req()
     app.place(r, ["h1"])

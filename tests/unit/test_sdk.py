@@ -2,7 +2,7 @@
 streaming exec and the sync/async clients, all over httpx.MockTransport."""
 import asyncio
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import httpx
 import pytest
@@ -15,7 +15,7 @@ from corral.cli_events import parse_since, subscriptions, wanted
 from corral.cli_sandbox import _remote, exec_argv, register
 from corral.sdk.config import Config, ConfigError
 from corral.sdk.errors import error_from_problem
-from corral.sdk._http import SSEDecoder
+from corral.sdk.sse import SSEDecoder
 
 pytestmark = pytest.mark.unit
 URL, KEY = "http://corral.test", "crl_test"
@@ -335,9 +335,9 @@ async def test_async_sandbox_same_operations():
 
 # ---- CLI helpers -------------------------------------------------------------
 def test_cli_helpers():
-    now = datetime(2024, 5, 1, 12, 0, tzinfo=timezone.utc)
-    assert parse_since("10m", now) == datetime(2024, 5, 1, 11, 50, tzinfo=timezone.utc)
-    assert parse_since("2024-05-01T10:00Z") == datetime(2024, 5, 1, 10, tzinfo=timezone.utc)
+    now = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
+    assert parse_since("10m", now) == datetime(2024, 5, 1, 11, 50, tzinfo=UTC)
+    assert parse_since("2024-05-01T10:00Z") == datetime(2024, 5, 1, 10, tzinfo=UTC)
     assert parse_since("2024-05-01T10:00").tzinfo is not None
     assert subscriptions("o", None, ["SandboxStarted"]) == [
         ("CORRAL_SANDBOX", "corral.evt.sandbox.o.*.SandboxStarted")]

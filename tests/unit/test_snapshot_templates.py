@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from services.host_agent.adapters.qemu.templates import (
-    MANIFEST, MEMORY, OVERLAY, STATE, LaunchParams, TemplateInvalid, TemplateStore, key_inputs,
-    read_manifest, template_key, validate_manifest, write_manifest,
-)
+from services.host_agent.adapters.qemu.templates import (MANIFEST, MEMORY, OVERLAY, STATE,
+                                                         LaunchParams, TemplateInvalid,
+                                                         TemplateStore, key_inputs, read_manifest,
+                                                         template_key, validate_manifest,
+                                                         write_manifest)
 
 pytestmark = pytest.mark.unit
 

@@ -15,7 +15,7 @@ from nats.aio.msg import Msg
 from common.rpc import RpcClient, RpcFailure
 from contracts import subjects
 from contracts.rpc import (ApiKeyCreated, CreateApiKey, CreateHostToken, CreateOrg,
-                           HostTokenCreated, Org, Principal, Revoked, RevokeApiKey, VerifyKey)
+                           HostTokenCreated, Org, Principal, RevokeApiKey, Revoked, VerifyKey)
 
 
 class Unauthorized(Exception):

@@ -10,8 +10,7 @@ from nats.aio.msg import Msg
 
 from common.rpc import RpcClient
 from contracts.rpc import (Done, HostExec, HostExecChunk, HostExecResult, HostExecStream,
-                           HostFileData, HostFileEntries, HostFileGet, HostFileList,
-                           HostFilePut)
+                           HostFileData, HostFileEntries, HostFileGet, HostFileList, HostFilePut)
 from contracts.subjects import host_rpc_subject
 
 MAX_REPLY = 12 << 20

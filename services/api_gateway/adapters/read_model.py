@@ -6,17 +6,16 @@ projection is exactly-once and can be rebuilt from position 0 at any time.
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import logging
-from typing import Any
 from uuid import UUID
 
 from eventsourcing.application import AggregateNotFoundError
 from sqlalchemy import Column, MetaData, String, Table, Text, and_, delete, or_, select
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from common.sqldb import advance, cursor_table, read_position, sql_database
+from common.sqldb import (advance, cursor_table, decode_cursor, encode_cursor, read_position,
+                          sql_database)
 
 from ..application.ledger import SandboxLedger
 from ..domain.sandbox import Sandbox
@@ -79,7 +78,7 @@ class ReadModel:
                 self._wake.clear()
                 try:
                     await asyncio.wait_for(self._wake.wait(), poll_s)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     pass
 
     async def catch_up(self, ledger: SandboxLedger, batch: int = 200) -> int:
@@ -110,7 +109,7 @@ class ReadModel:
         boxes, snaps = [], []
         for oid in ids:
             try:
-                agg = ledger.repository.get(UUID(str(oid)))
+                agg: object = ledger.repository.get(UUID(str(oid)))
             except AggregateNotFoundError:
                 continue
             if isinstance(agg, Sandbox):
@@ -127,8 +126,8 @@ class ReadModel:
         while await self.catch_up(ledger):
             pass
 
-    async def list(self, org_id: str, limit: int, cursor: str | None, state: str | None,
-                   name: str | None) -> tuple[list[dict], str | None]:
+    async def list_sandboxes(self, org_id: str, limit: int, cursor: str | None,
+                             state: str | None, name: str | None) -> tuple[list[dict], str | None]:
         filters = [views.c.state == state] if state else []
         if name:
             filters.append(views.c.name == name)
@@ -144,7 +143,7 @@ class ReadModel:
         c = table.c
         q = select(c.doc, c.created_at, c.id).where(c.org_id == org_id, *filters)
         if cursor:
-            after_ts, after_id = decode_cursor(cursor)
+            after_ts, after_id = decode_cursor(cursor, (str, str))
             q = q.where(or_(c.created_at > after_ts,
                             and_(c.created_at == after_ts, c.id > after_id)))
         q = q.order_by(c.created_at, c.id).limit(limit + 1)
@@ -163,18 +162,3 @@ class ReadModel:
 
     async def close(self) -> None:
         await self.engine.dispose()
-
-
-def encode_cursor(ts: str, id_: str) -> str:
-    return base64.urlsafe_b64encode(json.dumps([ts, id_]).encode()).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> tuple[str, str]:
-    try:
-        pad = "=" * (-len(cursor) % 4)
-        ts, id_ = json.loads(base64.urlsafe_b64decode(cursor + pad))
-        if not isinstance(ts, str) or not isinstance(id_, str):
-            raise ValueError
-        return ts, id_
-    except Exception:
-        raise ValueError("invalid cursor") from None

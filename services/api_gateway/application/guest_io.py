@@ -6,8 +6,8 @@ import base64
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Any
 
-from contracts.rpc import (HostExec, HostExecChunk, HostExecResult, HostExecStream,
-                           HostFileEntries, HostFileGet, HostFileList, HostFilePut)
+from contracts.rpc import (HostExec, HostExecChunk, HostExecResult, HostExecStream, HostFileEntries,
+                           HostFileGet, HostFileList, HostFilePut)
 
 from .errors import Conflict
 from .ledger import SandboxLedger

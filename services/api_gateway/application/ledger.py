@@ -6,9 +6,10 @@ import json
 import uuid
 from collections.abc import Callable
 from datetime import datetime, timedelta
+from typing import Any, ClassVar
 
 from eventsourcing.application import AggregateNotFoundError
-from eventsourcing.domain import Aggregate
+from eventsourcing.domain import Aggregate, MutableOrImmutableAggregate
 
 from common.eventstore import StoreApp
 from common.timefmt import parse_time
@@ -16,17 +17,21 @@ from contracts import Envelope
 from contracts.sandbox import (SandboxDestroyRequested, SandboxExpiring, SandboxPauseRequested,
                                SandboxRequested, SandboxResumeRequested, SandboxSpec,
                                SandboxStartRequested, SandboxStopRequested, SandboxTtlExtended)
+from contracts.snapshot import SnapshotEvent
 
 from ..domain.name_claim import NameClaim, claim_uuid
 from ..domain.quota import Limits, OrgLive, org_live_uuid
 from ..domain.sandbox import ENDED, SANDBOX_FACTS, Sandbox, sandbox_uuid
-from .errors import (Conflict, IdempotencyMismatch, NotFound, OutOfOrder, TooMany,
-                     Unprocessable)
+from .errors import Conflict, IdempotencyMismatch, NotFound, OutOfOrder, TooMany, Unprocessable
 from .snapshots import SNAPSHOT_FACTS, SnapshotCases
+
 
 def request_hash(spec: SandboxSpec) -> str:
     canon = json.dumps(spec.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canon.encode()).hexdigest()
+
+
+DEFAULT_LIMITS = Limits()
 
 
 def _uuid(sandbox_id: str) -> uuid.UUID | None:
@@ -39,8 +44,8 @@ def _uuid(sandbox_id: str) -> uuid.UUID | None:
 class SandboxLedger(SnapshotCases, StoreApp):
     name = "gateway"
     # an org's quota gains events with every sandbox, for ever: load from a snapshot
-    snapshotting_intervals = {OrgLive: 100}
-
+    snapshotting_intervals: ClassVar[dict[type[MutableOrImmutableAggregate[Any]], int]] = {
+        OrgLive: 100}
 
     def find(self, sandbox_id: str, org_id: str | None) -> Sandbox:
         """The caller's sandbox; another org's is reported as absent."""
@@ -48,7 +53,7 @@ class SandboxLedger(SnapshotCases, StoreApp):
         if uid is None:
             raise NotFound("no such sandbox")
         try:
-            sb = self.repository.get(uid)
+            sb: object = self.repository.get(uid)
         except AggregateNotFoundError:
             raise NotFound("no such sandbox") from None
         if not isinstance(sb, Sandbox) or (org_id is not None and sb.org_id != org_id):
@@ -56,7 +61,8 @@ class SandboxLedger(SnapshotCases, StoreApp):
         return sb
 
     def request(self, org_id: str, spec: SandboxSpec, op_id: str, traceparent: str | None,
-                idempotency_key: str | None, limits: Limits = Limits()) -> tuple[Sandbox, bool]:
+                idempotency_key: str | None, limits: Limits = DEFAULT_LIMITS
+                ) -> tuple[Sandbox, bool]:
         """Record a SandboxRequested; returns (sandbox, created)."""
         digest = request_hash(spec)
         sid = sandbox_uuid(org_id, idempotency_key)
@@ -91,9 +97,8 @@ class SandboxLedger(SnapshotCases, StoreApp):
             "concurrent requests for the same sandbox or name; retry"))
 
     def _claim(self, org_id: str, name: str, sandbox_id: str) -> NameClaim:
-        try:
-            claim = self.repository.get(claim_uuid(org_id, name))
-        except AggregateNotFoundError:
+        claim = self._get(claim_uuid(org_id, name))
+        if not isinstance(claim, NameClaim):
             return NameClaim(org_id, name, sandbox_id)
         if claim.holder and claim.holder != sandbox_id:
             try:
@@ -107,7 +112,7 @@ class SandboxLedger(SnapshotCases, StoreApp):
 
     def ingest(self, msg: Envelope) -> bool:
         """Fold a fact from another service in; False if already known."""
-        if msg.type in SNAPSHOT_FACTS:
+        if isinstance(msg, SnapshotEvent) and msg.type in SNAPSHOT_FACTS:
             return self.ingest_snapshot_fact(msg)
         if msg.type not in SANDBOX_FACTS:
             return False

@@ -4,9 +4,8 @@ from __future__ import annotations
 from collections.abc import AsyncGenerator
 from typing import Any, Protocol
 
-from contracts.rpc import (HostExec, HostExecChunk, HostExecResult, HostExecStream,
-                           HostFileData, HostFileEntries, HostFileGet, HostFileList,
-                           HostFilePut)
+from contracts.rpc import (HostExec, HostExecChunk, HostExecResult, HostExecStream, HostFileData,
+                           HostFileEntries, HostFileGet, HostFileList, HostFilePut)
 
 Page = tuple[list[dict[str, Any]], str | None]
 
@@ -14,8 +13,8 @@ Page = tuple[list[dict[str, Any]], str | None]
 class Listing(Protocol):
     """The read model: one org's sandboxes and snapshots, keyset-paginated."""
 
-    async def list(self, org_id: str, limit: int, cursor: str | None, state: str | None,
-                   name: str | None) -> Page: ...
+    async def list_sandboxes(self, org_id: str, limit: int, cursor: str | None,
+                             state: str | None, name: str | None) -> Page: ...
 
     async def list_snapshots(self, org_id: str, limit: int, cursor: str | None) -> Page: ...
 

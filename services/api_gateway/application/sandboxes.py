@@ -4,6 +4,7 @@ and quotas), the listings, and waits for a state."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from typing import Any, Literal
 
@@ -73,10 +74,10 @@ class Sandboxes:
     async def find(self, sandbox_id: str, org_id: str) -> Sandbox:
         return await asyncio.to_thread(self.ledger.find, sandbox_id, org_id)
 
-    async def list(self, org_id: str, limit: int, cursor: str | None, state: str | None,
-                   name: str | None) -> Page:
+    async def list_sandboxes(self, org_id: str, limit: int, cursor: str | None,
+                             state: str | None, name: str | None) -> Page:
         try:
-            return await self.listing.list(org_id, limit, cursor, state, name)
+            return await self.listing.list_sandboxes(org_id, limit, cursor, state, name)
         except ValueError as e:
             raise UseCaseError(str(e)) from None
 
@@ -115,7 +116,7 @@ class Sandboxes:
                            timeout_s: float) -> list[Sandbox]:
         """Each until it is past starting, all within one timeout."""
         deadline = time.monotonic() + timeout_s
-        return [await self.waiters.until(sid, lambda sid=sid: self.find(sid, org_id),
+        return [await self.waiters.until(sid, functools.partial(self.find, sid, org_id),
                                          lambda sb: sb.state not in STARTING, deadline)
                 for sid in sandbox_ids]
 

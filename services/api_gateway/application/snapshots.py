@@ -7,6 +7,7 @@ from common.eventstore import StoreApp
 from contracts.sandbox import SandboxSpec
 from contracts.snapshot import SnapshotDeleteRequested, SnapshotEvent, SnapshotRequested
 
+from ..domain.sandbox import Sandbox
 from ..domain.snapshot import Snapshot
 from .errors import Conflict, NotFound, Unprocessable
 
@@ -22,6 +23,9 @@ def _uuid(text: str) -> uuid.UUID | None:
 
 class SnapshotCases(StoreApp):
     """Snapshot use cases, mixed into the gateway's store."""
+
+    def find(self, sandbox_id: str, org_id: str | None) -> Sandbox:
+        raise NotImplementedError  # the ledger's
 
     def find_snapshot(self, snapshot_id: str, org_id: str | None) -> Snapshot:
         uid = _uuid(snapshot_id)

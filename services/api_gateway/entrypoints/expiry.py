@@ -31,7 +31,7 @@ async def expiry_loop(ctx: GatewayContext, stop: asyncio.Event) -> None:
     while not stop.is_set():
         try:
             await expire_once(ctx, datetime.now(UTC))
-        except Exception:  # noqa: BLE001 - store hiccup: next pass retries
+        except Exception:
             log.exception("expiry pass failed")
         try:
             await asyncio.wait_for(stop.wait(), ctx.settings.expiry_interval_s)

@@ -6,6 +6,8 @@ import logging
 import secrets
 import time
 
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
 from common.logging import log_context
 
 log = logging.getLogger("corral.gateway.http")
@@ -22,16 +24,17 @@ class _TooLarge(Exception):
 class EdgeMiddleware:
     """Mints `op_id`, adds `X-Op-Id`, enforces the body limit (413) and logs."""
 
-    def __init__(self, app, max_body: int, upload_paths: tuple[str, ...] = (),  # noqa: ANN001
+    def __init__(self, app: ASGIApp, max_body: int, upload_paths: tuple[str, ...] = (),
                  max_upload: int = 0):
         self.app = app
         self.max_body = max_body
         self.upload_paths = upload_paths
         self.max_upload = max_upload
 
-    async def __call__(self, scope, receive, send):  # noqa: ANN001
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
-            return await self.app(scope, receive, send)
+            await self.app(scope, receive, send)
+            return
         op_id = new_op_id()
         scope.setdefault("state", {})["op_id"] = op_id
         limit = self.max_body
@@ -43,7 +46,7 @@ class EdgeMiddleware:
         declared = headers.get(b"content-length")
         seen = 0
 
-        async def limited_receive():  # noqa: ANN202
+        async def limited_receive() -> Message:
             nonlocal seen
             msg = await receive()
             if msg["type"] == "http.request":
@@ -52,7 +55,7 @@ class EdgeMiddleware:
                     raise _TooLarge()
             return msg
 
-        async def send_with_id(msg):  # noqa: ANN001, ANN202
+        async def send_with_id(msg: Message) -> None:
             if msg["type"] == "http.response.start":
                 status["code"] = msg["status"]
                 status["sent"] = True
@@ -74,7 +77,7 @@ class EdgeMiddleware:
                                 "duration_ms": round((time.perf_counter() - started) * 1000, 2)})
 
 
-async def _send_413(send, op_id: str, limit: int) -> None:  # noqa: ANN001
+async def _send_413(send: Send, op_id: str, limit: int) -> None:
     body = json.dumps({"type": "https://corral.dev/problems/payload-too-large",
                        "title": "Payload Too Large", "status": 413,
                        "detail": f"request body exceeds {limit} bytes", "op_id": op_id}).encode()

@@ -20,7 +20,8 @@ RPC_STATUS = {"not_found": 404, "invalid": 422, "conflict": 409, "unauthorized":
 
 def problem(status: int, detail: str, op_id: str, code: str | None = None,
             headers: dict[str, str] | None = None, **extra: Any) -> JSONResponse:
-    body = {"type": f"https://corral.dev/problems/{code or TITLES.get(status, 'error').lower().replace(' ', '-')}",
+    slug = code or TITLES.get(status, "error").lower().replace(" ", "-")
+    body = {"type": f"https://corral.dev/problems/{slug}",
             "title": TITLES.get(status, "Error"), "status": status, "detail": detail,
             "op_id": op_id, **extra}
     return JSONResponse(body, status_code=status, media_type=PROBLEM,

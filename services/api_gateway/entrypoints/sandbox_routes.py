@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import logging
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from fastapi import APIRouter, Header, Path, Query
 from fastapi.responses import JSONResponse
@@ -93,7 +93,7 @@ async def list_sandboxes(
     state: Literal[STATES] | None = None,  # type: ignore[valid-type]
     name: Annotated[str | None, Query(max_length=63)] = None,
 ) -> dict:
-    items, nxt = await ctx.sandboxes.list(org.org_id, limit, cursor, state, name)
+    items, nxt = await ctx.sandboxes.list_sandboxes(org.org_id, limit, cursor, state, name)
     return {"items": items, "next_cursor": nxt}
 
 
@@ -115,8 +115,8 @@ def _intent_route(verb: Intent) -> None:
                         response_model=SandboxOut, name=f"{verb}_sandbox")(route)
 
 
-for _verb in ("stop", "start", "pause", "resume"):
-    _intent_route(_verb)  # type: ignore[arg-type]
+for _verb in get_args(Intent):
+    _intent_route(_verb)
 
 
 @sandbox_router.post("/v1/sandboxes/{sandbox_id}/ttl", response_model=SandboxOut)

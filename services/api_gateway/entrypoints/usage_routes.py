@@ -1,7 +1,7 @@
 """Usage line items of the caller's org (org key), from the billing service."""
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
 from fastapi import APIRouter, Query
@@ -43,7 +43,7 @@ async def usage(
     records pushed to the payment provider (`event_id` is their idempotency key). The
     range may span at most 400 days."""
     try:
-        end = _when(to, "to") or datetime.now(timezone.utc)
+        end = _when(to, "to") or datetime.now(UTC)
         start = _when(from_, "from") or end - DEFAULT_RANGE
         q = UsageQuery.model_validate({"org_id": org.org_id, "from": start, "to": end,
                                        "limit": limit, "cursor": cursor, "op_id": oid})

@@ -1,9 +1,10 @@
 """What the use cases need from the outside world."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from datetime import datetime
-from typing import Callable, Protocol
+from typing import Protocol
 
 from ..domain.model import ApiKey, HostToken, Org
 

@@ -49,9 +49,9 @@ async def _provision(svc: AuthService, org_name: str) -> Provisioned:
         for old in await repo.active_api_keys_named(tag, None):
             await repo.revoke_api_key(old.id, at)
         host_id = None
-        for old in await repo.active_host_tokens_named(tag):
-            host_id = host_id or old.host_id
-            await repo.revoke_host_token(old.id, at)
+        for old_token in await repo.active_host_tokens_named(tag):
+            host_id = host_id or old_token.host_id
+            await repo.revoke_host_token(old_token.id, at)
         key, key_secret = new_api_key(tag, "org", org.id, now)
         admin, admin_secret = new_api_key(tag, "admin", None, now)
         tok, tok_secret = new_host_token(tag, now, host_id=host_id)

@@ -3,19 +3,19 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from ..domain import credentials
 from ..domain.errors import Invalid, NotFound, Unauthorized
-from ..domain.model import (ApiKey, HostToken, Org, authenticate, iso, new_api_key,
-                            new_host_token, new_org)
+from ..domain.model import (ApiKey, HostToken, Org, authenticate, iso, new_api_key, new_host_token,
+                            new_org)
 from .ports import Clock, RevocationNotifier, UnitOfWork
 
 log = logging.getLogger("corral.auth")
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 @dataclass(frozen=True)

@@ -7,11 +7,12 @@ carry secrets.
 from __future__ import annotations
 
 import logging
-from typing import Awaitable, Callable, TypeVar
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 from faststream.nats import NatsBroker, NatsMessage
 
-from common.rpc import answer
+from common.rpc import Reply, answer
 from contracts import rpc
 from contracts import subjects as s
 
@@ -26,15 +27,14 @@ def register(broker: NatsBroker, svc: AuthService, queue: str = "auth",
              max_request_bytes: int = 16384) -> None:
     def endpoint(subject: str, req_type: type[Req],
                  call: Callable[[Req], Awaitable[rpc.RpcModel]]) -> None:
-        async def handler(msg: NatsMessage):  # noqa: ANN202 - any RpcModel
+        async def handler(msg: NatsMessage) -> rpc.RpcModel | Reply:
             return await answer(msg.body, req_type, call, max_request_bytes, _refuse)
         handler.__name__ = f"rpc_{subject.rsplit('.', 2)[-2]}_{subject.rsplit('.', 1)[-1]}"
         broker.subscriber(subject, queue=queue)(handler)
 
     async def verify(r: rpc.VerifyKey) -> rpc.Principal:
         key = await svc.verify(r.key)
-        return rpc.Principal(key_id=key.id, org_id=key.org_id,
-                             scope=key.scope)  # type: ignore[arg-type]
+        return rpc.Principal(key_id=key.id, org_id=key.org_id, scope=key.scope)
 
     async def create_org(r: rpc.CreateOrg) -> rpc.Org:
         org = await svc.create_org(r.name)
@@ -44,7 +44,7 @@ def register(broker: NatsBroker, svc: AuthService, queue: str = "auth",
         issued = await svc.create_key(r.name, r.scope, r.org_id)
         k = issued.key
         return rpc.ApiKeyCreated(id=k.id, prefix=k.prefix, key=issued.secret, org_id=k.org_id,
-                                 scope=k.scope)  # type: ignore[arg-type]
+                                 scope=k.scope)
 
     async def revoke_key(r: rpc.RevokeApiKey) -> rpc.Revoked:
         key = await svc.revoke_key(r.id)

@@ -1,6 +1,7 @@
 """Metering use cases over the event store (sync: call via asyncio.to_thread)."""
 from __future__ import annotations
 
+import functools
 import logging
 import uuid
 from collections.abc import Callable
@@ -60,7 +61,7 @@ class Metering(StoreApp):
         self._refresh_open()
         made = 0
         for mid in list(self._open):
-            made += self.retry_on_conflict(lambda mid=mid: self._cut_open(mid))
+            made += self.retry_on_conflict(functools.partial(self._cut_open, mid))
         self._refresh_open()
         return made
 

@@ -27,7 +27,7 @@ async def tick(app: Metering, every_s: float, stop: asyncio.Event) -> None:
     while not stop.is_set():
         try:
             await asyncio.to_thread(app.cut_due)
-        except Exception:  # noqa: BLE001 - store down: try again later
+        except Exception:
             log.exception("periodic usage cut failed")
         try:
             await asyncio.wait_for(stop.wait(), every_s)

@@ -19,9 +19,11 @@ log = logging.getLogger("corral.billing")
 def jobs(ctx: BillingContext, stop: asyncio.Event) -> list[Awaitable[None]]:
     s = ctx.settings
     log.info("billing metering (period %ss)", s.billing_period_s)
-    out = [ctx.bus.consume(consumer("billing-metering"), fact_handler(ctx.metering), stop),
-           ctx.relay.run(stop), serve_health(s.health_port, ctx.ready, stop, s.health_host),
-           serve_usage_rpc(ctx, stop), ctx.usage.project(stop)]
+    metering = consumer("billing-metering")
+    out: list[Awaitable[None]] = [
+        ctx.bus.consume(metering, fact_handler(ctx.metering), stop), ctx.relay.run(stop),
+        serve_health(s.health_port, ctx.ready, stop, s.health_host),
+        serve_usage_rpc(ctx, stop), ctx.usage.project(stop)]
     if s.billing_period_s > 0:
         out.append(tick(ctx.metering, s.billing_tick_s, stop))
     return out

@@ -3,11 +3,10 @@ from __future__ import annotations
 
 import asyncio
 
-from common.rpc import Reply, answer, serve
+from common.rpc import serve
 from contracts import rpc
 from contracts import subjects as s
 
-from ..application.usage import UsageQueries
 from ..bootstrap import BillingContext
 
 QUEUE = "billing"
@@ -18,10 +17,6 @@ def _refuse(e: Exception) -> rpc.RpcError | None:
     if isinstance(e, ValueError):
         return rpc.RpcError(error="invalid", detail=str(e))
     return None
-
-
-async def usage_reply(queries: UsageQueries, body: bytes) -> rpc.RpcModel | Reply:
-    return await answer(body, rpc.UsageQuery, queries.page, MAX_REQUEST, _refuse)
 
 
 async def serve_usage_rpc(ctx: BillingContext, stop: asyncio.Event) -> None:

@@ -12,7 +12,10 @@ import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
+
+from services.host_agent.adapters.guest_image import ImagePaths
 
 APT_HINT = "apt-get install -y {}"
 
@@ -104,6 +107,7 @@ def check_image_tools() -> Check:
             "mkfs.ext4": "e2fsprogs", "dpkg-deb": "dpkg", "apt-get": "apt"}
     missing = sorted({pkg for tool, pkg in need.items() if not shutil.which(tool)})
     from pathlib import Path
+
     from services.host_agent.adapters.guest_image.initramfs import BUSYBOX, is_static_elf
     if not is_static_elf(Path(BUSYBOX)):
         missing = sorted(set(missing) | {"busybox-static"})
@@ -123,10 +127,10 @@ def check_image() -> Check:
     return Check("image", "ok", f"{img.rootfs.parent} kernel={m['kernel_package']}")
 
 
-def _find(find_image):
+def _find(find_image: Callable[[str], ImagePaths | None]) -> ImagePaths | None:
     try:
         return find_image("default")
-    except Exception:  # apt lists missing etc.: reported by check_image_tools/kernel
+    except Exception:  # noqa: BLE001 - apt lists missing etc.: the kernel check says so
         return None
 
 
@@ -134,7 +138,7 @@ def check_kernel_package() -> Check:
     from services.host_agent.adapters.guest_image.kernel import resolve_kernel_package
     try:
         return Check("kernel", "ok", resolve_kernel_package())
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 - any failure is what the check reports
         return Check("kernel", "fail", str(e), "apt-get update")
 
 
@@ -151,7 +155,8 @@ def check_nft() -> Check:
     if not shutil.which("nft"):
         return Check("nft", "fail", "nft not found", APT_HINT.format("nftables"))
     ok, out = _cmd("nft", "--version")
-    return Check("nft", "ok" if ok else "fail", out[:200], "" if ok else APT_HINT.format("nftables"))
+    return Check("nft", "ok" if ok else "fail", out[:200],
+                 "" if ok else APT_HINT.format("nftables"))
 
 
 def run_checks(probe: bool = True) -> list[Check]:

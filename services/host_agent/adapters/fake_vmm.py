@@ -10,9 +10,8 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
-
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 from ..application.ports import (ExecChunk, ExecRequest, ExecResult, FileEntry, ReconcileReport,
                                  ResourceRecorder, SnapshotInfo, VmInfo, VmSpec)
@@ -54,7 +53,8 @@ class FakeVmmDriver:
             raise FileNotFoundError(f"no snapshot at {spec.snapshot_dir}")
         if spec.image in self.fail_images:
             raise RuntimeError(f"image {spec.image!r} cannot boot (fake failure)")
-        proc = subprocess.Popen(self._cmd(spec.sandbox_id), start_new_session=True,
+        # Detached on purpose (like qemu it must outlive this process): not an asyncio child.
+        proc = subprocess.Popen(self._cmd(spec.sandbox_id), start_new_session=True,  # noqa: ASYNC220
                                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)
         await record(spec.sandbox_id, "pid", str(proc.pid))
@@ -67,7 +67,8 @@ class FakeVmmDriver:
             argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
         except OSError:
             return False
-        return (not is_zombie(pid) and MARK.encode() in argv and str(self.state_dir.resolve()).encode() in argv
+        return (not is_zombie(pid) and MARK.encode() in argv
+                and str(self.state_dir.resolve()).encode() in argv
                 and (sandbox_id is None or sandbox_id.encode() in argv))
 
     async def is_alive(self, sandbox_id: str, resources: dict[str, str]) -> bool:
@@ -128,7 +129,8 @@ class FakeVmmDriver:
             else:
                 cleaned.append(sid)
         for entry in Path("/proc").iterdir():
-            if entry.name.isdigit() and int(entry.name) not in known_pids and self._ours(int(entry.name)):
+            pid = int(entry.name) if entry.name.isdigit() else 0
+            if pid and pid not in known_pids and self._ours(pid):
                 await asyncio.to_thread(self._kill, int(entry.name))
                 killed.append(entry.name)
         return ReconcileReport(adopted, cleaned, killed)

@@ -4,8 +4,9 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from common.eventstore import StoreApp
 from eventsourcing.persistence import IntegrityError
+
+from common.eventstore import StoreApp
 
 from ..domain.vm import Vm, vm_uuid
 
@@ -18,18 +19,12 @@ class VmRecords(StoreApp):
         self._lock = threading.Lock()
         self._active: dict[str, tuple[int, int]] | None = None  # sandbox -> (vcpus, MiB)
 
-    def _save(self, *aggregates) -> None:  # noqa: ANN002
+    def _save(self, *aggregates: Any) -> None:
         with self._lock:
             super()._save(*aggregates)
             if self._active is not None:
                 for vm in aggregates:
-                    self._track(vm)
-
-    def _track(self, vm: Vm) -> None:
-        if vm.active:
-            self._active[vm.sandbox_id] = (vm.spec.get("vcpus", 1), vm.spec.get("memory_mib", 0))
-        else:
-            self._active.pop(vm.sandbox_id, None)
+                    _track(self._active, vm)
 
     def usage(self) -> tuple[int, int, int]:
         """(running VMs, vCPUs, MiB) without reading the store: this agent is its
@@ -38,12 +33,17 @@ class VmRecords(StoreApp):
             if self._active is None:
                 self._active = {}
                 for vm in self.all_vms():
-                    self._track(vm)
+                    _track(self._active, vm)
             sizes = list(self._active.values())
         return len(sizes), sum(v for v, _ in sizes), sum(m for _, m in sizes)
 
     def get(self, sandbox_id: str) -> Vm | None:
-        return self._get(vm_uuid(sandbox_id))
+        vm = self._get(vm_uuid(sandbox_id))
+        return vm if isinstance(vm, Vm) else None
+
+    def _vm(self, sandbox_id: str) -> Vm:
+        vm: Vm = self.repository.get(vm_uuid(sandbox_id))
+        return vm
 
     def accept(self, sandbox_id: str, org_id: str, spec: dict[str, Any],
                starting: dict[str, Any]) -> tuple[Vm, bool]:
@@ -54,30 +54,31 @@ class VmRecords(StoreApp):
         vm = Vm(sandbox_id, org_id, spec, starting)
         try:
             self._save(vm)
-        except IntegrityError:
-            return self.get(sandbox_id), False
+        except IntegrityError:  # accepted meanwhile by another handler
+            return self._vm(sandbox_id), False
         return vm, True
 
     def record_resource(self, sandbox_id: str, kind: str, value: str | None) -> None:
-        vm = self.repository.get(vm_uuid(sandbox_id))
+        vm = self._vm(sandbox_id)
         vm.record_resource(kind, value)
         self._save(vm)
 
     def transition(self, sandbox_id: str, state: str, envelope: dict[str, Any] | None) -> Vm:
-        vm = self.repository.get(vm_uuid(sandbox_id))
+        vm = self._vm(sandbox_id)
         vm.transition(state, envelope)
         self._save(vm)
         return vm
 
     def note(self, sandbox_id: str, envelope: dict[str, Any]) -> Vm:
-        vm = self.repository.get(vm_uuid(sandbox_id))
+        vm = self._vm(sandbox_id)
         vm.note(envelope)
         self._save(vm)
         return vm
 
     def all_vms(self) -> list[Vm]:
         """Every Vm ever accepted here (the host-local store is small)."""
-        ids, start = [], 0
+        ids: list[Any] = []
+        start = 0
         while True:
             notes = self.recorder.select_notifications(start, 500, None, (),
                                                        inclusive_of_start=False)
@@ -86,3 +87,10 @@ class VmRecords(StoreApp):
             ids.extend(n.originator_id for n in notes if n.topic.endswith("Vm.Accepted"))
             start = notes[-1].id
         return [self.repository.get(i) for i in ids]
+
+
+def _track(active: dict[str, tuple[int, int]], vm: Vm) -> None:
+    if vm.active:
+        active[vm.sandbox_id] = (vm.spec.get("vcpus", 1), vm.spec.get("memory_mib", 0))
+    else:
+        active.pop(vm.sandbox_id, None)

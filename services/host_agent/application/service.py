@@ -11,13 +11,15 @@ from pathlib import Path
 from typing import Any
 
 from common.bus import Poison
+from contracts import Envelope
 from contracts.commands import (DestroySandbox, HostCommand, PauseSandbox, ResumeSandbox,
-                               StartSandbox, StopSandbox)
+                                StartSandbox, StopSandbox)
 from contracts.sandbox import (Failure, SandboxDestroyed, SandboxFailed, SandboxPaused,
                                SandboxResumed, SandboxStarted, SandboxStarting, SandboxStopped)
-from contracts.snapshot import (DeleteSnapshot, SnapshotCreated, SnapshotDeleted,
-                                SnapshotFailed, TakeSnapshot)
+from contracts.snapshot import (DeleteSnapshot, SnapshotCommand, SnapshotCreated,
+                                SnapshotDeleted, SnapshotFailed, TakeSnapshot)
 
+from ..domain.vm import Vm
 from .ports import ExecChunk, ExecRequest, ExecResult, FileEntry, VmmDriver, VmSpec
 from .records import VmRecords
 
@@ -25,7 +27,7 @@ log = logging.getLogger("corral.host_agent")
 REPLY_NS = uuid.UUID("7e5d4c3b-2a19-4f8e-8d7c-6b5a49382716")
 
 
-def _dump(m) -> dict[str, Any]:  # noqa: ANN001
+def _dump(m: Envelope) -> dict[str, Any]:
     return m.model_dump(mode="json")
 
 
@@ -43,7 +45,8 @@ class Refused(Exception):
 
 
 class HostAgentService:
-    def __init__(self, host_id: str, records: VmRecords, driver: VmmDriver, publish,  # noqa: ANN001
+    def __init__(self, host_id: str, records: VmRecords, driver: VmmDriver,
+                 publish: Callable[[Envelope], Awaitable[object]],
                  snapshot_root: Path | None = None):
         self.host_id = host_id
         self.snapshot_root = snapshot_root
@@ -53,7 +56,10 @@ class HostAgentService:
         self._tasks: set[asyncio.Future] = set()  # resumed boots: keep them referenced
         self._booting: set[str] = set()
 
-    async def handle(self, cmd: HostCommand) -> None:
+    async def handle(self, cmd: Envelope) -> None:
+        """A command from this host's subject (the bus consumer's handler)."""
+        if not isinstance(cmd, (HostCommand, SnapshotCommand)):
+            raise Poison(f"{cmd.type} is not a host command")
         if cmd.host_id != self.host_id:
             raise Poison("command for another host")
         if isinstance(cmd, StartSandbox):
@@ -88,7 +94,7 @@ class HostAgentService:
             await self._remove_resources(vm.sandbox_id)
         await self._boot(vm.sandbox_id, vm.spec, vm.starting)
 
-    async def restart(self, cmd: StartSandbox, vm) -> None:  # noqa: ANN001 - Vm
+    async def restart(self, cmd: StartSandbox, vm: Vm) -> None:
         """Boot a stopped VM again from its own disk."""
         starting = _dump(SandboxStarting(host_id=self.host_id, **_common(cmd)))
         await asyncio.to_thread(self.records.transition, cmd.sandbox_id, "starting", starting)
@@ -110,10 +116,12 @@ class HostAgentService:
         if cmd.snapshot_id in vm.snapshots:
             return  # redelivery: already answered
         t0 = time.monotonic()
+        fact: SnapshotCreated | SnapshotFailed
         try:
             if vm.state != "running":
                 raise RuntimeError(f"sandbox is {vm.state}")
-            info = await self.driver.snapshot(cmd.sandbox_id, str(self._snapshot_dir(cmd.snapshot_id)))
+            info = await self.driver.snapshot(cmd.sandbox_id,
+                                              str(self._snapshot_dir(cmd.snapshot_id)))
             fact = SnapshotCreated(host_id=self.host_id, image=info.image, vcpus=info.vcpus,
                                    memory_mib=info.memory_mib,
                                    size_bytes=info.state_bytes + info.overlay_bytes,
@@ -138,7 +146,7 @@ class HostAgentService:
                 "event_id": str(uuid.uuid5(REPLY_NS, cmd.event_id))}))
 
     async def pause_or_resume(self, cmd: HostCommand, from_state: str, to_state: str,
-                              fact: type) -> None:
+                              fact: type[SandboxPaused | SandboxResumed]) -> None:
         vm = await asyncio.to_thread(self.records.get, cmd.sandbox_id)
         if vm is None or vm.state != from_state:
             log.info("%s ignored: sandbox is %s", cmd.type, vm.state if vm else "unknown")
@@ -164,11 +172,11 @@ class HostAgentService:
         self._booting.add(sandbox_id)
         try:
             info = await self.driver.start(spec, self._record)
-        except Exception as e:  # noqa: BLE001 - any boot failure becomes SandboxFailed
+        except Exception as e:
             log.warning("start failed: %s", e, exc_info=True)
             try:
                 await self._remove_resources(sandbox_id)
-            except Exception:  # noqa: BLE001 - still report the failure; reconcile retries
+            except Exception:
                 log.exception("cleanup after a failed start failed")
             failed = SandboxFailed(host_id=self.host_id, failure=Failure(
                 code="boot_failed", message=str(e)[:500] or e.__class__.__name__), **common)
@@ -186,6 +194,8 @@ class HostAgentService:
 
     async def _remove_resources(self, sandbox_id: str) -> None:
         vm = await asyncio.to_thread(self.records.get, sandbox_id)
+        if vm is None:
+            return
         await self.driver.destroy(sandbox_id, dict(vm.resources))
         for kind in list(vm.resources):
             await asyncio.to_thread(self.records.record_resource, sandbox_id, kind, None)
@@ -235,7 +245,8 @@ class HostAgentService:
             failed = SandboxFailed(op_id=f"op_reconcile_{self.host_id}"[:64], org_id=vm.org_id,
                                    sandbox_id=sid, host_id=self.host_id, failure=Failure(
                                        code="vm_died",
-                                       message=f"VM was {vm.state} but gone when the agent restarted"))
+                                       message=f"VM was {vm.state} but gone when the "
+                                               "agent restarted"))
             await asyncio.to_thread(self.records.transition, sid, "failed", _dump(failed))
         log.info("reconciled: %d adopted, %d cleaned, %d unrecorded killed, %d boots resumed",
                  len(report.adopted), len(report.cleaned), len(report.killed_unrecorded),

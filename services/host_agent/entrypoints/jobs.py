@@ -37,7 +37,7 @@ async def prebuild_templates(driver: VmmDriver, settings: HostAgentSettings) -> 
         try:
             if await driver.prepare(image, vcpus, mem):
                 log.info("template ready for %s/%d/%d", image, vcpus, mem)
-        except Exception:  # noqa: BLE001 - creates cold-boot until one exists
+        except Exception:
             log.exception("template build for %s/%d/%d failed", image, vcpus, mem)
 
 

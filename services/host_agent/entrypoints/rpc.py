@@ -9,8 +9,8 @@ from typing import Any
 
 from common.rpc import Reply, Route, serve
 from contracts.rpc import (Done, HostExec, HostExecChunk, HostExecResult, HostExecStream,
-                           HostFileData, HostFileEntries, HostFileEntry, HostFileGet,
-                           HostFileList, HostFilePut, RpcError)
+                           HostFileData, HostFileEntries, HostFileEntry, HostFileGet, HostFileList,
+                           HostFilePut, RpcError)
 from contracts.subjects import host_rpc_subject
 
 from ..application.ports import ExecChunk, ExecRequest, ExecResult

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import threading
 import uuid
-
 from collections.abc import Callable
 
 from eventsourcing.utils import get_topic
@@ -19,7 +18,7 @@ from eventsourcing.utils import get_topic
 from ..domain.host import Host
 from .scheduler import Scheduler
 
-REGISTERED_TOPIC = get_topic(Host.Registered)
+REGISTERED_TOPIC = get_topic(Host.Registered)  # type: ignore[attr-defined]  # made by @event
 DRAIN_NOTE = ("draining: no new placements; the sandboxes listed stay until they are stopped, "
               "destroyed or expire (no live migration or evacuation)")
 CORDON_NOTE = "cordoned: no new placements; running sandboxes are not touched"

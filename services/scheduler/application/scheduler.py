@@ -4,22 +4,21 @@ from __future__ import annotations
 import logging
 import uuid
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, ClassVar
 
-from eventsourcing.domain import Aggregate
-
+from eventsourcing.domain import Aggregate, MutableOrImmutableAggregate
 from eventsourcing.persistence import IntegrityError
 
 from common.eventstore import StoreApp, StoreConflict
 from common.timefmt import utc_text
 from contracts import Envelope
 from contracts.commands import (DestroySandbox, HostCommand, PauseSandbox, ResumeSandbox,
-                               StartSandbox, StopSandbox)
+                                StartSandbox, StopSandbox)
+from contracts.host import HostHeartbeat, HostLost, HostRegistered
+from contracts.sandbox import (Failure, SandboxDestroyed, SandboxEvent, SandboxFailed, SandboxLost,
+                               SandboxRequested, SandboxScheduled, SandboxSpec)
 from contracts.snapshot import (DeleteSnapshot, SnapshotDeleted, SnapshotEvent, SnapshotFailed,
                                 TakeSnapshot)
-from contracts.host import HostHeartbeat, HostLost, HostRegistered
-from contracts.sandbox import (Failure, SandboxDestroyed, SandboxEvent, SandboxFailed,
-                               SandboxLost, SandboxRequested, SandboxScheduled, SandboxSpec)
 
 from ..domain.host import Host, SandboxLostRecord, host_uuid
 from ..domain.placement import Placement, placement_uuid
@@ -44,8 +43,8 @@ class NoCapacity(Exception):
 class Scheduler(StoreApp):
     name = "scheduler"
     # a host gains events with every placement, for ever: load from a snapshot
-    snapshotting_intervals = {Host: 100}
-
+    snapshotting_intervals: ClassVar[dict[type[MutableOrImmutableAggregate[Any]], int]] = {
+        Host: 100}
 
     def host(self, host_id: str) -> Host | None:
         return self._get(host_uuid(host_id))

@@ -1,19 +1,26 @@
 """Placement policy: pure function over candidate hosts."""
 from __future__ import annotations
 
-from typing import Iterable, Protocol
+from collections.abc import Iterable
+from typing import Protocol, TypeVar
 
 
 class Candidate(Protocol):
-    host_id: str
-    capacity: dict[str, int]
-    used_vcpus: int
-    used_memory_mib: int
-
+    @property
+    def host_id(self) -> str: ...
+    @property
+    def capacity(self) -> dict[str, int]: ...
+    @property
+    def used_vcpus(self) -> int: ...
+    @property
+    def used_memory_mib(self) -> int: ...
     def fits(self, vcpus: int, memory_mib: int) -> bool: ...
 
 
-def choose_host(hosts: Iterable[Candidate], vcpus: int, memory_mib: int) -> Candidate | None:
+C = TypeVar("C", bound=Candidate)
+
+
+def choose_host(hosts: Iterable[C], vcpus: int, memory_mib: int) -> C | None:
     """Least-loaded host (by memory share, then vCPU share) that fits the request."""
     fitting = [h for h in hosts if h.fits(vcpus, memory_mib)]
     if not fitting:

@@ -1,4 +1,5 @@
-"""CLI: python -m services.host_agent.adapters.guest_image build|path|prune [--name N] [--rebuild]"""
+"""CLI: python -m services.host_agent.adapters.guest_image build|path|prune
+[--name N] [--rebuild]"""
 from __future__ import annotations
 
 import argparse

@@ -12,7 +12,7 @@ import subprocess
 import tempfile
 import time
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 from . import init_script, initramfs, kernel, rootfs
@@ -42,7 +42,7 @@ def _deb_version(pkg: str) -> str:
     return r.stdout.strip() or "absent"
 
 
-@lru_cache(maxsize=None)
+@cache
 def image_inputs(name: str) -> dict:
     """Everything that determines the image's bytes (mmdebstrap output aside)."""
     if name not in IMAGES:
@@ -150,5 +150,13 @@ def manifest(paths: ImagePaths) -> dict:
     return json.loads((paths.rootfs.parent / "manifest.json").read_text())
 
 
-__all__ = ["ImagePaths", "ensure_image", "find_image", "prune", "image_root", "image_inputs", "manifest",
-           "init_script"]
+__all__ = [
+    "ImagePaths",
+    "ensure_image",
+    "find_image",
+    "image_inputs",
+    "image_root",
+    "init_script",
+    "manifest",
+    "prune",
+]

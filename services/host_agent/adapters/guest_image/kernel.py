@@ -61,7 +61,8 @@ def extract_vmlinux(vmlinuz: Path, out: Path) -> None:
 def fetch_kernel(package: str, work: Path) -> KernelFiles:
     dl = work / "deb"
     dl.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["apt-get", "download", "-q", "-o", "APT::Sandbox::User=root", package], cwd=dl, check=True,
+    subprocess.run(["apt-get", "download", "-q", "-o", "APT::Sandbox::User=root", package],
+                   cwd=dl, check=True,
                    stdout=subprocess.DEVNULL)
     debs = list(dl.glob(f"{package}_*.deb"))
     if len(debs) != 1:

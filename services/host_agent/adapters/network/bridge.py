@@ -64,6 +64,8 @@ def ensure_bridge(name: str, gateway: str, prefix_len: int, mac: str) -> int:
                 if e.code != errno.EEXIST:
                     raise
             idx = link_index(ipr, name)
+            if idx is None:
+                raise NetworkConflict(f"bridge {name} vanished right after it was created")
         else:
             kind = ipr.link("get", index=idx)[0].get(("linkinfo", "kind"))
             if kind != "bridge":

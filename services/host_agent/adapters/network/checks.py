@@ -8,7 +8,6 @@ import subprocess
 from dataclasses import dataclass, field
 
 
-
 @dataclass
 class NetCheck:
     ok: bool

@@ -20,8 +20,10 @@ import dataclasses
 import logging
 import os
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
+
+from pyroute2 import IPRoute
 
 from ...application.ports import ResourceRecorder
 from . import bridge as br
@@ -93,7 +95,7 @@ class HostNetwork:
                  self.gateway, (time.perf_counter() - t0) * 1e3)
 
     def _setup_bridge(self) -> None:
-        with br.IPRoute() as ipr:
+        with IPRoute() as ipr:
             br.check_subnet_free(ipr, self.bridge, self.subnet)
         br.ensure_bridge(self.bridge, self.gateway, self.prefix_len, bridge_mac(self.bridge))
 
@@ -132,7 +134,7 @@ class HostNetwork:
                     raise NetworkError(f"{sandbox_id} already has {cur.ip}")
                 return cur if cur.egress == egress else await self._set_egress(cur, egress)
             tap = tap_name(sandbox_id)
-            if any(l.tap == tap for l in self._leases.values()):
+            if any(ls.tap == tap for ls in self._leases.values()):
                 raise NetworkError(f"tap name collision for {sandbox_id}")
             addr = self._ipam.reserve(sandbox_id, ip, in_use)  # the commit step
             lease = NetLease(sandbox_id, tap, guest_mac(sandbox_id), addr,
@@ -242,7 +244,7 @@ class HostNetwork:
         in-memory leases and IPAM from `known`. Known leases without a port
         are reported as `missing` (their VM is gone; the caller decides).
         """
-        by_tap = {l.tap: l for l in known.values()}
+        by_tap = {ls.tap: ls for ls in known.values()}
         ports = await asyncio.to_thread(tp.list_ports, self.bridge)
         st = await self.rules.state()
         removed: list[str] = []
@@ -251,27 +253,28 @@ class HostNetwork:
                 await asyncio.to_thread(br.delete_link, p.name)
                 removed.append(f"link:{p.name}")
         stale_ports = [t for t in st.ports if t not in by_tap]
-        stale_guests = [g for g in st.guests if (l := by_tap.get(g.tap)) is None
-                        or (g.mac, g.ip) != (l.mac, l.ip)]
-        want_egress = {l.ip for l in known.values() if l.egress}
+        stale_guests = [g for g in st.guests if (ls := by_tap.get(g.tap)) is None
+                        or (g.mac, g.ip) != (ls.mac, ls.ip)]
+        want_egress = {ls.ip for ls in known.values() if ls.egress}
         stale_egress = [ip for ip in st.egress if ip not in want_egress]
         await self.rules.remove(stale_ports, stale_guests, stale_egress)
         removed += ([f"port:{t}" for t in stale_ports] + [f"guest:{g}" for g in stale_guests]
                     + [f"egress:{ip}" for ip in stale_egress])
 
-        self._ipam.reset({sid: l.ip for sid, l in known.items()})
+        self._ipam.reset({sid: ls.ip for sid, ls in known.items()})
         self._leases = dict(known)
         live = {p.name for p in ports}
         repaired, missing = [], []
-        for sid, l in known.items():
-            if l.tap not in live:
+        for sid, ls in known.items():
+            if ls.tap not in live:
                 missing.append(sid)
                 continue
-            key = GuestKey(l.tap, l.mac, l.ip)
-            if l.tap not in st.ports or key not in st.guests or (l.egress and l.ip not in st.egress):
-                if l.egress:
+            key = GuestKey(ls.tap, ls.mac, ls.ip)
+            in_rules = ls.tap in st.ports and key in st.guests
+            if not in_rules or (ls.egress and ls.ip not in st.egress):
+                if ls.egress:
                     await self._ensure_forwarding()
-                await self.rules.add_guest(key, l.egress)
+                await self.rules.add_guest(key, ls.egress)
                 repaired.append(sid)
         report = {"removed": sorted(removed), "repaired": repaired, "missing": missing}
         log.info("network %s reconciled: %s", self.bridge, report)

@@ -10,7 +10,7 @@ import hashlib
 import ipaddress
 import re
 import threading
-from typing import Iterable
+from collections.abc import Iterable
 
 TAP_PREFIX = "tap"
 _HASH_CHARS = 12  # "tap" + 12 hex = 15 chars = IFNAMSIZ - 1

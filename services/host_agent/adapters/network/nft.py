@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 log = logging.getLogger("corral.host_agent.network")
@@ -150,8 +151,8 @@ add rule ip {n} postrouting ip saddr {net} oifname != "{b}" masquerade
             f"add element {fam} {self.table} {s} {{ {v} }}\n"
             for fam, s, v in self._elements(key, egress)))
 
-    async def remove(self, ports: list[str] = (), guests: list[GuestKey] = (),
-                     egress: list[str] = ()) -> None:
+    async def remove(self, ports: Sequence[str] = (), guests: Sequence[GuestKey] = (),
+                     egress: Sequence[str] = ()) -> None:
         """Remove elements; absent ones are fine (add+delete in one batch)."""
         els = ([("bridge", "ports", f'"{p}"') for p in ports]
                + [("bridge", "guests", g.render()) for g in guests]
@@ -200,7 +201,8 @@ add rule ip {n} postrouting ip saddr {net} oifname != "{b}" masquerade
         """Packet counts of our named counters (for tests and diagnostics)."""
         res: dict[str, int] = {}
         for fam in ("bridge", "inet"):
-            out = json.loads(await run_nft(None, "-j", "list", "counters", "table", fam, self.table))
+            out = json.loads(await run_nft(None, "-j", "list", "counters", "table", fam,
+                                           self.table))
             for obj in out.get("nftables", []):
                 c = obj.get("counter")
                 if c:

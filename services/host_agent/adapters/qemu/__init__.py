@@ -1,7 +1,15 @@
 """QEMU microvm VMM driver."""
 from .driver import QemuDriver
-from .errors import (AgentUnavailable, GuestError, GuestPathError, QmpError, VmBootTimeout,
-                     VmError, VmNotFound)
+from .errors import (AgentUnavailable, GuestError, GuestPathError, QmpError, VmBootTimeout, VmError,
+                     VmNotFound)
 
-__all__ = ["QemuDriver", "VmError", "VmNotFound", "VmBootTimeout", "AgentUnavailable",
-           "QmpError", "GuestError", "GuestPathError"]
+__all__ = [
+                     "AgentUnavailable",
+                     "GuestError",
+                     "GuestPathError",
+                     "QemuDriver",
+                     "QmpError",
+                     "VmBootTimeout",
+                     "VmError",
+                     "VmNotFound",
+]

@@ -29,6 +29,7 @@ async def probe_kvm(kernel: Path, initrd: Path, timeout: float = 15.0) -> tuple[
         *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT)
     seen = b""
+    assert proc.stdout is not None
     try:
         async with asyncio.timeout(timeout):
             while True:

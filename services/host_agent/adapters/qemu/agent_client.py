@@ -5,12 +5,10 @@ import asyncio
 import itertools
 import logging
 import time
-from typing import Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
-from services.host_agent.application.ports import (
-    ExecChunk, ExecRequest, ExecResult, FileEntry,
-)
 from guest import protocol as P
+from services.host_agent.application.ports import ExecChunk, ExecRequest, ExecResult, FileEntry
 
 from .errors import AgentUnavailable, GuestError
 
@@ -30,7 +28,7 @@ class AgentClient:
         self.hello: dict | None = None
 
     @classmethod
-    async def connect(cls, path: str) -> "AgentClient":
+    async def connect(cls, path: str) -> AgentClient:
         r, w = await asyncio.open_unix_connection(path, limit=P.MAX_PAYLOAD + P.MAX_HEADER)
         return cls(r, w)
 
@@ -46,7 +44,8 @@ class AgentClient:
                 if not data:
                     break
                 for header, payload in dec.feed(data):
-                    q = self._queues.get(header.get("id"))
+                    rid = header.get("id")
+                    q = self._queues.get(rid) if isinstance(rid, int) else None
                     if q is not None:
                         q.put_nowait((header, payload))
         except (P.ProtocolError, ConnectionError, OSError) as e:
@@ -167,6 +166,8 @@ class AgentClient:
                     h, payload = await self._next(q)
                     if h.get("type") == "out":
                         stream = h.get("stream")
+                        if stream not in ("stdout", "stderr"):
+                            raise GuestError("EPROTO", f"output on unknown stream {stream!r}")
                         out[stream] += payload
                         if on_chunk is not None:
                             await on_chunk(ExecChunk(stream, payload))

@@ -28,8 +28,8 @@ def host_tsc_khz() -> int | None:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
         return None
-    m = re.search(r"^cpu MHz\s*:\s*([\d.]+)", text, re.M)
-    return int(float(m.group(1)) * 1000) if m else None
+    mhz = re.search(r"^cpu MHz\s*:\s*([\d.]+)", text, re.M)
+    return int(float(mhz.group(1)) * 1000) if mhz else None
 
 
 @dataclass(frozen=True)

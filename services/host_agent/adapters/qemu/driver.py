@@ -12,10 +12,9 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from services.host_agent.adapters.guest_image import ImagePaths, ensure_image
-from services.host_agent.application.ports import (ExecChunk, ExecRequest, ExecResult,
-                                                   FileEntry, ReconcileReport,
-                                                   ResourceRecorder, SnapshotInfo, VmInfo,
-                                                   VmSpec)
+from services.host_agent.application.ports import (ExecChunk, ExecRequest, ExecResult, FileEntry,
+                                                   ReconcileReport, ResourceRecorder, SnapshotInfo,
+                                                   VmInfo, VmSpec)
 
 from . import procs, start_paths
 from .background import Background
@@ -156,9 +155,6 @@ class QemuDriver:
         if (s := await qmp.status()) != want:
             raise QmpError(f"expected {want}, got {s}")
 
-    async def status(self, sandbox_id: str) -> str:
-        return await self.launcher.qmp(sandbox_id).status()
-
     async def is_alive(self, sandbox_id: str, resources: dict[str, str]) -> bool:
         return self.launcher.is_alive(sandbox_id, resources)
 
@@ -180,10 +176,6 @@ class QemuDriver:
     # -- snapshots, templates, warm pool ------------------------------------------
     async def snapshot(self, sandbox_id: str, dest_dir: str) -> SnapshotInfo:
         return await take_snapshot(self.launcher, sandbox_id, dest_dir)
-
-    async def find_template(self, image: str = "default", vcpus: int = 1,
-                            memory_mib: int = 256) -> Template | None:
-        return await self.templates.find(image, vcpus, memory_mib)
 
     async def ensure_template(self, image: str = "default", vcpus: int = 1,
                               memory_mib: int = 256) -> Template:

@@ -24,5 +24,12 @@ class QmpError(VmError):
     """QMP answered with an error or the monitor went away."""
 
 
-__all__ = ["VmError", "VmNotFound", "VmBootTimeout", "AgentUnavailable", "QmpError",
-           "GuestError", "GuestPathError"]
+__all__ = [
+    "AgentUnavailable",
+    "GuestError",
+    "GuestPathError",
+    "QmpError",
+    "VmBootTimeout",
+    "VmError",
+    "VmNotFound",
+]

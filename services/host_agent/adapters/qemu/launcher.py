@@ -26,9 +26,9 @@ from .errors import AgentUnavailable, VmBootTimeout, VmError, VmNotFound
 from .migration import load_state
 from .qmp import QmpClient
 from .templates import LaunchParams
-from .vm import (K_AGENT, K_DIR, K_LEASE, K_NETID, K_OVERLAY, K_PID, K_QMP, K_TAP,
-                 K_VMNAME, MAX_SOCKET_PATH, SANDBOX_ID_RE, NetLeaseLike, Network, Vm,
-                 guest_hostname, net_identity, write_meta)
+from .vm import (K_AGENT, K_DIR, K_LEASE, K_NETID, K_OVERLAY, K_PID, K_QMP, K_TAP, K_VMNAME,
+                 MAX_SOCKET_PATH, SANDBOX_ID_RE, NetLeaseLike, Network, Vm, guest_hostname,
+                 net_identity, write_meta)
 
 log = logging.getLogger("corral.host_agent.qemu")
 T = TypeVar("T")

@@ -75,8 +75,12 @@ async def wait_exit(pid: int, timeout: float) -> bool:
 
 async def _wait_fd(fd: int, timeout: float) -> bool:
     loop = asyncio.get_running_loop()
-    done = loop.create_future()
-    loop.add_reader(fd, lambda: done.done() or done.set_result(True))
+    done: asyncio.Future[bool] = loop.create_future()
+
+    def readable() -> None:
+        if not done.done():
+            done.set_result(True)
+    loop.add_reader(fd, readable)
     try:
         await asyncio.wait_for(done, timeout)
         return True

@@ -20,7 +20,7 @@ class QmpClient:
         self.events: list[dict] = []
 
     @classmethod
-    async def connect(cls, path: str, timeout: float = 10.0) -> "QmpClient":
+    async def connect(cls, path: str, timeout: float = 10.0) -> QmpClient:
         async with asyncio.timeout(timeout):
             r, w = await asyncio.open_unix_connection(path, limit=MAX_LINE)
             c = cls(r, w)

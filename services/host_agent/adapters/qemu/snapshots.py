@@ -26,8 +26,8 @@ async def take_snapshot(launcher: Launcher, sandbox_id: str,
     `start(VmSpec(..., snapshot_dir=dest_dir))` forks it."""
     vm = launcher.vm(sandbox_id)
     qmp = launcher.qmp(sandbox_id)
-    launch = vm.launch or (LaunchParams.from_dict(m) if (
-        m := read_meta(vm.layout.dir).get("launch")) else None)
+    launch = vm.launch or (LaunchParams.from_dict(meta) if (
+        meta := read_meta(vm.layout.dir).get("launch")) else None)
     if launch is None:
         raise VmError(f"{sandbox_id}: launch parameters unknown; cannot snapshot")
     dest = Path(dest_dir).resolve()

@@ -18,9 +18,9 @@ from .errors import VmError
 from .launcher import Launcher, new_overlay, tail
 from .templates import (OVERLAY, STATE, LaunchParams, copy_file, key_inputs, read_manifest,
                         validate_manifest)
-from .vm import (K_AGENT, K_DIR, K_LEASE, K_NETID, K_OVERLAY, K_PID, K_QMP, K_TAP,
-                 K_VMNAME, NetLeaseLike, SandboxRecorder, Vm, guest_hostname, lease_record,
-                 read_meta, write_meta)
+from .vm import (K_AGENT, K_DIR, K_LEASE, K_NETID, K_OVERLAY, K_PID, K_QMP, K_TAP, K_VMNAME,
+                 NetLeaseLike, SandboxRecorder, Vm, guest_hostname, lease_record, read_meta,
+                 write_meta)
 
 log = logging.getLogger("corral.host_agent.qemu")
 

@@ -16,8 +16,8 @@ from .background import Background
 from .cmdline import MemFile, kernel_cmdline
 from .launcher import Launcher, new_overlay
 from .migration import save_state
-from .templates import (MEMORY, OVERLAY, STATE, TEMPLATE_MAC, LaunchParams, Template,
-                        TemplateStore, copy_file, key_inputs, template_key, write_manifest)
+from .templates import (MEMORY, OVERLAY, STATE, TEMPLATE_MAC, LaunchParams, Template, TemplateStore,
+                        copy_file, key_inputs, template_key, write_manifest)
 from .vm import Vm
 
 log = logging.getLogger("corral.host_agent.qemu")

@@ -31,6 +31,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
+from typing import IO
 
 from .cmdline import QEMU
 
@@ -40,7 +41,6 @@ FORMAT = 1
 DEVICE_MODEL_VERSION = "microvm-2"  # 2: RAM from memory-backend id "mem"
 TEMPLATE_MAC = "02:c0:7e:00:00:01"  # every template NIC; clones get their own
 STATE, OVERLAY, MEMORY, MANIFEST = "state", "overlay.qcow2", "memory", "manifest.json"
-KEY_RE = re.compile(r"^[0-9a-f]{64}$")
 
 
 class TemplateInvalid(ValueError):
@@ -81,7 +81,7 @@ class LaunchParams:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "LaunchParams":
+    def from_dict(cls, d: dict) -> LaunchParams:
         return cls(**{k: d[k] for k in cls.__dataclass_fields__})
 
 
@@ -141,8 +141,8 @@ def write_manifest(d: Path, *, kind: str, key: str | None, inputs: dict,
          **(extra or {})}
     tmp = d / (MANIFEST + ".tmp")
     tmp.write_text(json.dumps(m, indent=2, sort_keys=True))
-    with open(tmp) as f:
-        os.fsync(f.fileno())
+    with open(tmp) as fh:
+        os.fsync(fh.fileno())
     os.rename(tmp, d / MANIFEST)
     return m
 
@@ -173,14 +173,18 @@ def validate_manifest(m: object, d: Path | None = None, *, key: str | None = Non
     if inputs is not None and m.get("inputs") != inputs:
         raise TemplateInvalid("manifest inputs differ from the current ones")
     if d is not None:
-        for f, size in sizes.items():
-            try:
-                actual = (d / f).stat().st_size
-            except OSError:
-                raise TemplateInvalid(f"{f} missing") from None
-            if actual != size or size == 0:
-                raise TemplateInvalid(f"{f} is {actual} bytes, manifest says {size}")
+        _check_sizes(d, sizes)
     return launch
+
+
+def _check_sizes(d: Path, sizes: dict[str, int]) -> None:
+    for f, size in sizes.items():
+        try:
+            actual = (d / f).stat().st_size
+        except OSError:
+            raise TemplateInvalid(f"{f} missing") from None
+        if actual != size or size == 0:
+            raise TemplateInvalid(f"{f} is {actual} bytes, manifest says {size}")
 
 
 def read_manifest(d: Path) -> dict:
@@ -229,7 +233,7 @@ class TemplateStore:
             return None
         return Template(key, d, launch, m)
 
-    def lock(self, key: str) -> "_Lock":
+    def lock(self, key: str) -> _Lock:
         self.root.mkdir(parents=True, exist_ok=True)
         return _Lock(self.root / f".lock-{key[:32]}")
 
@@ -240,7 +244,7 @@ class TemplateStore:
     def clean_builds(self, key: str | None = None) -> list[Path]:
         """Remove temp build dirs whose builder is gone. With `key`, the caller
         holds that key's lock; otherwise only dirs whose lock is free go."""
-        removed = []
+        removed: list[Path] = []
         if not self.root.is_dir():
             return removed
         for d in self.root.iterdir():
@@ -293,7 +297,7 @@ class TemplateStore:
 class _Lock:
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._f = None
+        self._f: IO[str] | None = None
 
     def acquire(self, blocking: bool = True) -> bool:
         f = open(self.path, "a+")

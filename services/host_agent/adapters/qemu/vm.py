@@ -8,7 +8,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from services.host_agent.application.ports import ResourceRecorder, VmSpec
 
@@ -30,17 +30,28 @@ VM_META = "vm.json"  # in the VM dir: vm_name, net_id, launch params
 
 
 class NetLeaseLike(Protocol):
-    tap: str
-    mac: str
-    ip: str
-    gateway: str
-    prefix_len: int
+    @property
+    def tap(self) -> str: ...
+    @property
+    def mac(self) -> str: ...
+    @property
+    def ip(self) -> str: ...
+    @property
+    def gateway(self) -> str: ...
+    @property
+    def prefix_len(self) -> int: ...
+    @property
+    def egress(self) -> bool: ...
 
 
 class Network(Protocol):
+    """The host network (adapters.network.HostNetwork): a port per sandbox."""
+
     async def allocate(self, sandbox_id: str, egress: bool) -> NetLeaseLike: ...
     async def release(self, sandbox_id: str) -> None: ...
-    async def reconcile(self, known: dict[str, NetLeaseLike]) -> dict[str, list[str]]: ...
+    async def reconcile(self, known: dict[str, Any]) -> dict[str, list[str]]:
+        """`known`: net id -> lease (from `lease_from_record` or `allocate`)."""
+        ...
     def lease_from_record(self, sandbox_id: str, value: str) -> NetLeaseLike: ...
     async def teardown(self) -> None: ...
 
@@ -48,7 +59,7 @@ class Network(Protocol):
 def lease_record(lease: NetLeaseLike) -> str:
     """The whole lease as one durable value, so a restarted agent can rebuild it."""
     return "|".join((lease.tap, lease.mac, lease.ip, lease.gateway, str(lease.prefix_len),
-                     "1" if getattr(lease, "egress", False) else "0"))
+                     "1" if lease.egress else "0"))
 
 
 def recorded_lease(res: dict[str, str]) -> str | None:

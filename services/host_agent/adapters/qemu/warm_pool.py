@@ -10,8 +10,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 
-from services.host_agent.application.ports import (ExecRequest, ResourceRecorder, VmInfo,
-                                                   VmSpec)
+from services.host_agent.application.ports import ExecRequest, ResourceRecorder, VmInfo, VmSpec
 
 from .background import Background
 from .cmdline import MemFile
@@ -19,9 +18,9 @@ from .errors import VmError
 from .launcher import Launcher
 from .template_builder import PoolClass, TemplateBuilder
 from .templates import Template, copy_file
-from .vm import (K_AGENT, K_DIR, K_LEASE, K_NETID, K_OVERLAY, K_PID, K_QMP, K_TAP,
-                 K_VMNAME, NetLeaseLike, SandboxRecorder, Vm, guest_hostname, lease_record,
-                 net_identity, write_meta)
+from .vm import (K_AGENT, K_DIR, K_LEASE, K_NETID, K_OVERLAY, K_PID, K_QMP, K_TAP, K_VMNAME,
+                 NetLeaseLike, SandboxRecorder, Vm, guest_hostname, lease_record, net_identity,
+                 write_meta)
 
 log = logging.getLogger("corral.host_agent.qemu")
 
@@ -127,7 +126,7 @@ class WarmPool:
             lr.internal.discard(vm.vm_name)
             lr.vms[sid] = vm
             if lease is not None and lr.network is not None and \
-                    bool(getattr(lease, "egress", False)) != spec.egress:
+                    lease.egress != spec.egress:
                 lease = await lr.network.allocate(vm.net_id, spec.egress)  # host side only
                 await rec(K_LEASE, lease_record(lease))
             await lr.activate(vm, spec, None)  # eth0 got this lease when filled

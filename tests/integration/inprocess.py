@@ -1,19 +1,8 @@
-"""Helpers for the auth and billing integration tests.
-
-Each test gets a private nats-server (not the session one from conftest), so
-streams and durable consumers start empty and counts are exact.
-"""
+"""Helpers for the auth and billing integration tests: run a service in-process."""
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
-from typing import AsyncIterator, Awaitable, Callable, Iterator
-
-import nats
-import pytest
-from nats.aio.client import Client
-
-from common.natsserver import NatsServer
+from collections.abc import Awaitable, Callable
 
 
 async def until(cond: Callable[[], Awaitable[bool]], timeout_s: float = 10,
@@ -47,21 +36,3 @@ async def start_service(run: Callable[[asyncio.Event, asyncio.Event], Awaitable[
 async def stop_service(task: asyncio.Task, stop: asyncio.Event) -> None:
     stop.set()
     await asyncio.wait_for(task, 20)
-
-
-@pytest.fixture
-def private_nats(tmp_path: Path) -> Iterator[NatsServer]:
-    srv = NatsServer(tmp_path / "nats").start()
-    try:
-        yield srv
-    finally:
-        srv.stop()
-
-
-@pytest.fixture
-async def nc(private_nats: NatsServer) -> AsyncIterator[Client]:
-    client = await nats.connect(private_nats.url, connect_timeout=5)
-    try:
-        yield client
-    finally:
-        await client.close()
