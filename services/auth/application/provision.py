@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from common.timefmt import utc_text
+
 from ..domain.errors import Conflict
-from ..domain.model import iso, new_api_key, new_host_token, new_org
+from ..domain.model import new_api_key, new_host_token, new_org
 from .service import AuthService
 
 
@@ -37,7 +39,7 @@ async def provision(svc: AuthService, org_name: str, attempts: int = 3) -> Provi
 
 async def _provision(svc: AuthService, org_name: str) -> Provisioned:
     now = svc.clock()
-    at = iso(now)
+    at = utc_text(now)
     tag = f"bootstrap/{org_name}"[:100]
     async with svc.uow.tx() as repo:
         org = await repo.org_by_name(org_name)

@@ -5,9 +5,11 @@ import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from common.timefmt import utc_text
+
 from ..domain import credentials
 from ..domain.errors import Invalid, NotFound, Unauthorized
-from ..domain.model import (ApiKey, HostToken, Org, authenticate, iso, new_api_key, new_host_token,
+from ..domain.model import (ApiKey, HostToken, Org, authenticate, new_api_key, new_host_token,
                             new_org)
 from .ports import Clock, RevocationNotifier, UnitOfWork
 
@@ -68,7 +70,7 @@ class AuthService:
         async with self.uow.tx() as repo:
             if await repo.get_api_key(key_id) is None:
                 raise NotFound("no such api key")
-            await repo.revoke_api_key(key_id, iso(self.clock()))
+            await repo.revoke_api_key(key_id, utc_text(self.clock()))
             key = await repo.get_api_key(key_id)
         assert key is not None
         log.info("revoked api key %s", key_id)
@@ -93,6 +95,6 @@ class AuthService:
         async with self.uow.tx() as repo:
             found = authenticate(raw, await repo.host_tokens_with_prefix(prefix))
             assert isinstance(found, HostToken)
-            await repo.mark_registered(found.id, hostname, iso(self.clock()))
+            await repo.mark_registered(found.id, hostname, utc_text(self.clock()))
         log.info("host %s registered", found.host_id, extra={"host_id": found.host_id})
         return found

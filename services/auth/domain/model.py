@@ -6,6 +6,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
+from common.timefmt import utc_text
+
 from . import credentials
 from .errors import Invalid, Unauthorized
 
@@ -15,10 +17,6 @@ SCOPES = ("org", "admin")
 def new_id() -> str:
     # ids land in NATS subjects and durable names: no dots, no wildcards
     return str(uuid.uuid4())
-
-
-def iso(ts: datetime) -> str:
-    return ts.isoformat()
 
 
 @dataclass(frozen=True)
@@ -64,7 +62,7 @@ class HostToken:
 def new_org(name: str, now: datetime) -> Org:
     if not name or len(name) > 100 or name != name.strip():
         raise Invalid("org name must be 1-100 chars without surrounding spaces")
-    return Org(id=new_id(), name=name, created_at=iso(now))
+    return Org(id=new_id(), name=name, created_at=utc_text(now))
 
 
 def new_api_key(name: str, scope: str, org_id: str | None,
@@ -78,7 +76,7 @@ def new_api_key(name: str, scope: str, org_id: str | None,
         raise Invalid("an admin key has no org_id")
     secret = credentials.mint(credentials.API_KEY)
     key = ApiKey(id=new_id(), prefix=secret.prefix, digest=secret.digest, name=name,
-                 scope=scope, org_id=org_id, created_at=iso(now))
+                 scope=scope, org_id=org_id, created_at=utc_text(now))
     return key, secret
 
 
@@ -87,7 +85,7 @@ def new_host_token(name: str, now: datetime,
     """The server assigns the host id; `host_id` only carries one over on rotation."""
     secret = credentials.mint(credentials.HOST_TOKEN)
     tok = HostToken(id=new_id(), prefix=secret.prefix, digest=secret.digest, name=name,
-                    host_id=host_id or new_id(), created_at=iso(now))
+                    host_id=host_id or new_id(), created_at=utc_text(now))
     return tok, secret
 
 
