@@ -204,14 +204,15 @@ PLATFORM_MODES = {  # host agent settings per mode; one stack each, same image a
 }
 
 
-def _last_heartbeat(nats_url: str) -> dict:
+def _last_heartbeat(st: DevStack) -> dict:
     import nats
     from nats.js.api import DeliverPolicy
 
     async def go() -> dict:
-        nc = await nats.connect(nats_url)
+        nc = await nats.connect(st.nats_url, **st.bus_login("ops"))
         js = nc.jetstream()
-        sub = await js.subscribe("corral.evt.host.*.HostHeartbeat", ordered_consumer=True,
+        sub = await js.subscribe("corral.evt.host.*.HostHeartbeat", stream="CORRAL_HOST",
+                                 ordered_consumer=True,
                                  deliver_policy=DeliverPolicy.LAST_PER_SUBJECT)
         try:
             return json.loads((await sub.next_msg(timeout=5)).data)
@@ -226,7 +227,7 @@ def _wait_warm(st: DevStack, mode: str, timeout_s: float = 240) -> None:
     while mode != "cold" and time.monotonic() < deadline:
         if mode == "pool":
             assert st.nats_url is not None
-            pools = _last_heartbeat(st.nats_url).get("pools", {})
+            pools = _last_heartbeat(st).get("pools", {})
             if pools and all(p.get("ready", 0) >= p.get("target", 1) for p in pools.values()):
                 return
         elif '"template ready' in (st.state_dir / "logs" / "host_agent.log").read_text():

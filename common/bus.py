@@ -6,8 +6,12 @@ import asyncio
 import functools
 import json
 import logging
+import re
+import ssl
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlparse
 
 import nats
@@ -20,13 +24,18 @@ from nats.js.api import (AckPolicy, ConsumerConfig, DeliverPolicy, RetentionPoli
 from nats.js.errors import BadRequestError
 
 from contracts import Envelope, InvalidMessage, parse_message
-from contracts.subjects import CONSUMERS, STREAMS, ConsumerDef, dlq_subject, subject_for
+from contracts.subjects import STREAMS, ConsumerDef, dlq_subject, service_inbox, subject_for
 
 from .logging import log_context, redact
+from .settings import CommonSettings
 from .service import warn_if_plaintext
 from .tracing import context_from, current_traceparent, tracer
 
 log = logging.getLogger("corral.bus")
+# The largest message Corral sends whole (an event: env and metadata are capped
+# at 64 KiB; exec chunks are smaller). Anything larger travels in parts.
+MIN_MAX_PAYLOAD = 256 * 1024
+_DENIED = re.compile(r'permissions violation for publish to "?([^"\s]+)', re.IGNORECASE)
 PullSub = JetStreamContext.PullSubscription
 Handler = Callable[[Envelope], Awaitable[None]]
 
@@ -54,24 +63,56 @@ class DeadLetter:
 
 
 class Bus:
-    def __init__(self, url: str, name: str):
+    """One principal's connection. `user`/`password`: its bus credentials;
+    `inbox`: the reply prefix only it may read. A host agent's bus publishes
+    sandbox facts on its own subject once `publisher_host` is known."""
+
+    def __init__(self, url: str, name: str, user: str = "", password: str = "",
+                 inbox: str | None = None, tls: ssl.SSLContext | None = None):
         self.url = url
         self.name = name
+        self.user, self._password, self.inbox, self.tls = user, password, inbox, tls
+        self.publisher_host: str | None = None
         self.nc: Client | None = None
         self.js: JetStreamContext | None = None
+        self._denied: dict[str, float] = {}  # subject -> when the server refused it
+
+    @classmethod
+    def of_service(cls, settings: CommonSettings, service: str, name: str) -> Bus:
+        """A control-plane service's connection, with its credentials and inbox."""
+        return cls(settings.nats_url, name, settings.nats_user, settings.nats_password,
+                   service_inbox(service), settings.nats_tls())
+
+    def denied(self, subject: str, within_s: float = 60) -> bool:
+        """Whether the server refused a publish to `subject` lately."""
+        return time.monotonic() - self._denied.get(subject.lower(), -1e9) < within_s
 
     async def connect(self, timeout_s: float = 30) -> None:
         async def _err(e: Exception) -> None:
+            found = _DENIED.search(str(e))
+            if found:
+                if len(self._denied) > 1000:
+                    self._denied.clear()
+                self._denied[found.group(1).lower()] = time.monotonic()
             log.warning("nats error: %s", e)
 
+        creds: dict[str, Any] = {"user": self.user, "password": self._password} \
+            if self.user else {}
+        if self.tls is not None:
+            creds["tls"] = self.tls
         self.nc = await nats.connect(
             self.url, name=self.name, connect_timeout=2, max_reconnect_attempts=-1,
-            reconnect_time_wait=0.5, error_cb=_err, allow_reconnect=True)
+            reconnect_time_wait=0.5, error_cb=_err, allow_reconnect=True,
+            inbox_prefix=self.inbox or "_INBOX", **creds)
         self.js = self.nc.jetstream(timeout=10)
-        log.info("connected to nats %s", redact(self.url))
+        if self.nc.max_payload < MIN_MAX_PAYLOAD:
+            await self.nc.close()
+            raise SystemExit(f"the NATS server's max_payload is {self.nc.max_payload} bytes; "
+                             f"Corral needs at least {MIN_MAX_PAYLOAD}")
+        log.info("connected to nats %s as %s", redact(self.url), self.user or "(anonymous)")
         host = urlparse(self.url).hostname or ""
-        if not self.url.startswith("tls://"):
-            warn_if_plaintext("NATS connection", host)
+        warn_if_plaintext("NATS connection", host, tls=self.tls is not None
+                          or self.url.startswith("tls://"))
 
     async def close(self) -> None:
         if self.nc and not self.nc.is_closed:
@@ -97,8 +138,9 @@ class Bus:
     def connected(self) -> bool:
         return bool(self.nc and self.nc.is_connected)
 
-    async def ensure_topology(self, extra_consumers: tuple[ConsumerDef, ...] = ()) -> None:
-        """Create or update every stream and durable consumer; safe to repeat."""
+    async def ensure_topology(self, *consumers: ConsumerDef) -> None:
+        """Create or update every stream, and this service's durable consumers;
+        safe to repeat."""
         assert self.js
         for s in STREAMS:
             cfg = StreamConfig(
@@ -110,7 +152,7 @@ class Bus:
                 await self.js.add_stream(cfg)
             except BadRequestError:
                 await self.js.update_stream(cfg)
-        for c in CONSUMERS + extra_consumers:
+        for c in consumers:
             await self.ensure_consumer(c)
 
     async def ensure_consumer(self, c: ConsumerDef) -> None:
@@ -138,7 +180,8 @@ class Bus:
     async def publish(self, msg: Envelope, subject: str | None = None) -> int:
         """Publish to JetStream and wait for the ack; returns the stream sequence."""
         assert self.js
-        ack = await self.js.publish(subject or subject_for(msg), msg.to_json(),
+        ack = await self.js.publish(subject or subject_for(msg, self.publisher_host),
+                                    msg.to_json(),
                                     headers=self.headers_for(msg), timeout=10)
         return ack.seq
 
@@ -214,7 +257,7 @@ class Bus:
         deliveries = m.metadata.num_delivered if m.metadata else 1
         headers = dict(m.headers or {})
         try:
-            msg = parse_message(m.data)
+            msg = parse_message(m.data, subject=m.subject)
         except InvalidMessage as e:
             await self.dead_letter(DeadLetter(c.durable, m.subject, e.reason, deliveries,
                                               m.data[:65536].decode("utf-8", "replace"), headers))

@@ -9,6 +9,8 @@ import sys
 import time
 from pathlib import Path
 
+from .natsconf import DEFAULT_MAX_PAYLOAD, BusSecrets, server_config
+
 
 def nats_server_binary() -> str:
     local = Path(sys.executable).parent / "nats-server"
@@ -27,11 +29,21 @@ def free_port() -> int:
 
 
 class NatsServer:
-    def __init__(self, store_dir: Path, port: int | None = None, host: str = "127.0.0.1"):
+    """A nats-server process. `bus` None: a server without authentication, for
+    tests of bus mechanics only; every stack runs with `BusSecrets`."""
+
+    def __init__(self, store_dir: Path, port: int | None = None, host: str = "127.0.0.1",
+                 bus: BusSecrets | None = None, max_payload: int = DEFAULT_MAX_PAYLOAD,
+                 config: Path | None = None):
+        """`config`: run this configuration file as it is (its listen address
+        must be host:port) instead of rendering one."""
+        self.config = config
         self.store_dir = Path(store_dir)
         self.port = port or free_port()
         self.host = host
-        self.proc: subprocess.Popen | None = None
+        self.bus = bus
+        self.max_payload = max_payload
+        self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
@@ -40,11 +52,14 @@ class NatsServer:
     def start(self, timeout_s: float = 15) -> NatsServer:
         self.store_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.store_dir / "nats-server.log", "ab")
-        conf = self.store_dir / "nats-server.conf"  # max_payload has no CLI flag
-        conf.write_text("max_payload: 8MB\n")
+        conf = self.config or self.store_dir / "nats-server.conf"
+        if self.config is None:
+            conf.touch(mode=0o600)  # it holds the auth service's passwords
+            conf.write_text(server_config(self.bus, host=self.host, port=self.port,
+                                          store_dir=self.store_dir,
+                                          max_payload=self.max_payload))
         self.proc = subprocess.Popen(
-            [nats_server_binary(), "-c", str(conf), "-a", self.host, "-p", str(self.port),
-             "-js", "-sd", str(self.store_dir)],
+            [nats_server_binary(), "-c", str(conf)],
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:

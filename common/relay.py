@@ -4,6 +4,11 @@ Each stored event carries its contract message. The relay publishes it with
 `Nats-Msg-Id = event_id`, waits for the stream's ack, then advances its cursor
 (a tracking row in the same database). After a crash it resumes from the
 cursor; anything republished is dropped by the stream's duplicate window.
+
+A message the bus can never take (larger than the server's max_payload,
+refused by the stream or by our own permissions, or no longer valid) is
+parked: recorded on the dead-letter stream, logged as an alarm, and passed
+over, so everything behind it flows on. Outages are retried, never parked.
 """
 from __future__ import annotations
 
@@ -14,9 +19,14 @@ import logging
 from eventsourcing.application import Application
 from eventsourcing.persistence import IntegrityError, Tracking
 
-from contracts import parse_message
+from nats.errors import MaxPayloadError
+from nats.errors import TimeoutError as NatsTimeout
+from nats.js.errors import BadRequestError
 
-from .bus import Bus
+from contracts import InvalidMessage, parse_message
+from contracts.subjects import subject_for
+
+from .bus import Bus, DeadLetter
 from .eventstore import tracking
 
 log = logging.getLogger("corral.relay")
@@ -24,15 +34,17 @@ log = logging.getLogger("corral.relay")
 
 class OutboxRelay:
     def __init__(self, app: Application, bus: Bus, name: str = "outbox-relay",
-                 batch: int = 100, poll_s: float = 0.25):
+                 batch: int = 100, poll_s: float = 0.25, dead_letters: str | None = None):
         self.app = app
         self.bus = bus
         self.name = name
+        self.dead_letters = dead_letters or name  # corral.dlq.<this> for parked messages
         self.batch = batch
         self.poll_s = poll_s
         self._wake = asyncio.Event()
         self._tracker = tracking(app)
         self.published = 0
+        self.parked = 0
 
     def wake(self) -> None:
         """Called after a local save so the relay does not wait for its poll."""
@@ -64,10 +76,36 @@ class OutboxRelay:
         for n in notes:
             envelope = json.loads(n.state).get("envelope")
             if envelope is not None:  # events without a contract stay private
-                await self.bus.publish(parse_message(json.dumps(envelope).encode()))
-                self.published += 1
+                await self._publish(json.dumps(envelope).encode())
             await asyncio.to_thread(self._advance, n.id)
         return len(notes)
+
+    async def _publish(self, raw: bytes) -> None:
+        try:
+            msg = parse_message(raw)
+        except InvalidMessage as e:
+            await self._park("?", raw, f"invalid: {e.reason}")
+            return
+        subject = subject_for(msg, self.bus.publisher_host)
+        try:
+            await self.bus.publish(msg)
+        except (MaxPayloadError, BadRequestError) as e:
+            await self._park(subject, raw, f"{e.__class__.__name__}: {e}"[:500])
+            return
+        except (TimeoutError, NatsTimeout):
+            if self.bus.denied(subject):
+                await self._park(subject, raw, "publish permission denied")
+                return
+            raise
+        self.published += 1
+
+    async def _park(self, subject: str, raw: bytes, reason: str) -> None:
+        """Record a message the bus will never take, raise the alarm, move on."""
+        await self.bus.dead_letter(DeadLetter(self.dead_letters, subject, reason, 0,
+                                              raw[:65536].decode("utf-8", "replace"), {}))
+        self.parked += 1
+        log.error("ALARM: parked an unpublishable message from %s: %s", self.name, reason,
+                  extra={"alarm": "relay_parked", "subject": subject[:200]})
 
     def _advance(self, notification_id: int) -> None:
         try:

@@ -12,20 +12,25 @@ runs the use case and always produces a reply.
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import functools
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 from pydantic import ValidationError
 
 from contracts.rpc import RpcError, RpcModel
 
+from . import rpc_parts as parts
 from .logging import log_context
 from .tracing import current_traceparent
 
@@ -45,20 +50,11 @@ class RpcFailure(Exception):
         self.detail = detail
 
 
-async def request(nc: Client, subject: str, model: RpcModel, reply_type: type[T],
-                  timeout: float = 2.0, max_bytes: int = MAX_REPLY_BYTES) -> T:
-    tp = current_traceparent()
-    try:
-        msg = await nc.request(subject, model.model_dump_json().encode(), timeout=timeout,
-                               headers={"traceparent": tp} if tp else None)
-    except NoRespondersError:
-        raise RpcFailure("unavailable", f"no responders on {subject}") from None
-    except NatsTimeout:
-        raise RpcFailure("unavailable", f"{subject} timed out") from None
-    if len(msg.data) > max_bytes:
+def _parse(data: bytes, reply_type: type[T], max_bytes: int) -> T:
+    if len(data) > max_bytes:
         raise RpcFailure("internal", "reply too large")
     try:
-        doc = json.loads(msg.data)
+        doc = json.loads(data)
     except (UnicodeDecodeError, json.JSONDecodeError):
         raise RpcFailure("internal", "reply is not JSON") from None
     if isinstance(doc, dict) and "error" in doc:
@@ -71,6 +67,76 @@ async def request(nc: Client, subject: str, model: RpcModel, reply_type: type[T]
         return reply_type.model_validate(doc)
     except ValidationError:
         raise RpcFailure("internal", f"malformed {reply_type.__name__} reply") from None
+
+
+def _trace_headers() -> dict[str, str] | None:
+    tp = current_traceparent()
+    return {"traceparent": tp} if tp else None
+
+
+async def request(nc: Client, subject: str, model: RpcModel, reply_type: type[T],
+                  timeout: float = 2.0, max_bytes: int = MAX_REPLY_BYTES) -> T:
+    body = model.model_dump_json().encode()
+    if len(body) <= parts.part_size(nc) and max_bytes <= parts.part_size(nc):
+        try:  # fits one message both ways: the shared reply inbox
+            msg = await nc.request(subject, body, timeout=timeout, headers=_trace_headers())
+        except NoRespondersError:
+            raise RpcFailure("unavailable", f"no responders on {subject}") from None
+        except NatsTimeout:
+            raise RpcFailure("unavailable", f"{subject} timed out") from None
+        return _parse(msg.data, reply_type, max_bytes)
+    stream = await open_stream(nc, subject, model, timeout, max_bytes)
+    try:
+        return await stream.answer(reply_type)
+    finally:
+        await stream.close()
+
+
+class Stream:
+    """A request whose answer may come in parts and be followed by more
+    messages (a streamed result): read `answer()`, then `next()` until done."""
+
+    def __init__(self, sub: Subscription, subject: str, deadline: float, max_bytes: int):
+        self.sub, self.subject, self.deadline, self.max_bytes = sub, subject, deadline, max_bytes
+
+    async def first(self) -> bytes:
+        try:
+            return (await parts.read_body(self.sub, self.max_bytes, self.deadline)).data
+        except parts.NoResponders:
+            raise RpcFailure("unavailable", f"no responders on {self.subject}") from None
+        except TimeoutError:
+            raise RpcFailure("unavailable", f"{self.subject} timed out") from None
+        except parts.PartsError as e:
+            raise RpcFailure("internal", f"reply: {e}") from None
+
+    async def answer(self, reply_type: type[T]) -> T:
+        """The answer, parsed (RpcFailure for an error reply)."""
+        return _parse(await self.first(), reply_type, self.max_bytes)
+
+    async def next(self, deadline: float, max_bytes: int | None = None) -> bytes:
+        """The next message after the answer; TimeoutError at `deadline`."""
+        try:
+            return (await parts.read_body(self.sub, max_bytes or self.max_bytes,
+                                          deadline)).data
+        except (parts.NoResponders, parts.PartsError) as e:
+            raise RpcFailure("internal", f"stream: {e}") from None
+
+    async def close(self) -> None:
+        await parts.discard(self.sub)
+
+
+async def open_stream(nc: Client, subject: str, model: RpcModel, timeout: float,
+                      max_bytes: int, pending_bytes: int = 64 << 20) -> Stream:
+    """Send `model` (in parts if it must be) with a reply inbox of its own."""
+    inbox = nc.new_inbox()
+    sub = await nc.subscribe(inbox, pending_bytes_limit=pending_bytes)
+    try:
+        await parts.publish_parts(nc, subject, model.model_dump_json().encode(), reply=inbox,
+                                  headers=_trace_headers())
+    except BaseException:
+        await parts.discard(sub)
+        raise
+    return Stream(sub, subject, time.monotonic() + timeout, max_bytes)
 
 
 class RpcClient:
@@ -86,11 +152,16 @@ class RpcClient:
                              max_bytes)
 
 
+Send = Callable[[RpcModel], Awaitable[None]]
+_subject: contextvars.ContextVar[str] = contextvars.ContextVar("rpc_subject", default="")
+
+
 @dataclass
 class Reply:
-    """An answer, and work to run once it is sent (a stream's chunks, say)."""
+    """An answer, and work to run once it is sent: `then(send)` may send more
+    messages to the requester (a stream's chunks), each in parts if need be."""
     model: RpcModel
-    then: Callable[[], Awaitable[None]] | None = None
+    then: Callable[[Send], Awaitable[None]] | None = None
 
 
 Refuse = Callable[[Exception], RpcError | None]
@@ -127,31 +198,53 @@ async def answer(body: bytes, req_type: type[T], call: Callable[[T], Awaitable[R
             return RpcError(error="internal", detail="internal error")
 
 
+def request_subject() -> str:
+    """In a use case called by `serve`: the subject the request came on (a
+    route may be a wildcard; permissions make some tokens authentic)."""
+    return _subject.get()
+
+
 async def serve(nc: Client, routes: dict[str, Route], stop: asyncio.Event, *,
                 max_bytes: int, queue: str = "", refuse: Refuse = _no_refusal) -> None:
-    """Answer every subject in `routes` until `stop`, each request in its own task
-    (`queue`: share the subjects with other instances). In-flight requests
-    finish before this returns."""
+    """Answer every subject in `routes` (wildcards allowed) until `stop`, each
+    request in its own task (`queue`: share the subjects with other instances). Requests and answers
+    larger than one bus message travel in parts. In-flight requests finish
+    before this returns."""
     tasks: set[asyncio.Task[None]] = set()
+    assembler = parts.Assembler(max_bytes)
 
-    async def reply_to(msg: Msg) -> None:
-        req_type, call = routes[msg.subject]
-        out = await answer(msg.data, req_type, call, max_bytes, refuse)
+    async def send_to(reply: str, model: RpcModel) -> None:
+        await parts.publish_parts(nc, reply, model.model_dump_json().encode())
+
+    async def reply_to(route: Route, msg: Msg, body: bytes) -> None:
+        req_type, call = route
+        _subject.set(msg.subject)
+        out = await answer(body, req_type, call, max_bytes, refuse)
         reply = out if isinstance(out, Reply) else Reply(out)
         try:
-            await msg.respond(reply.model.model_dump_json().encode())
+            await send_to(msg.reply, reply.model)
         except Exception as e:  # noqa: BLE001 - requester gone or bus down
             log.warning("could not answer %s: %r", msg.subject, e)
             return
         if reply.then is not None:
-            await reply.then()
+            await reply.then(functools.partial(send_to, msg.reply))
 
-    async def on_msg(msg: Msg) -> None:
-        t = asyncio.ensure_future(reply_to(msg))
+    async def on_msg(route: Route, msg: Msg) -> None:
+        if not msg.reply:
+            return  # nobody to answer
+        try:
+            body = assembler.add(msg)
+        except parts.PartsError as e:
+            body = None
+            await send_to(msg.reply, RpcError(error="invalid", detail=str(e)))
+        if body is None:
+            return
+        t = asyncio.ensure_future(reply_to(route, msg, body))
         tasks.add(t)
         t.add_done_callback(tasks.discard)
 
-    subs = [await nc.subscribe(subject, queue=queue, cb=on_msg) for subject in routes]
+    subs = [await nc.subscribe(subject, queue=queue, cb=functools.partial(on_msg, route))
+            for subject, route in routes.items()]
     try:
         await stop.wait()
     finally:

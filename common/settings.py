@@ -1,6 +1,7 @@
 """Settings shared by every service: one pydantic model, read from CORRAL_* env."""
 from __future__ import annotations
 
+import ssl
 from pathlib import Path
 
 from pydantic import Field
@@ -11,6 +12,15 @@ class CommonSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CORRAL_", extra="ignore")
 
     nats_url: str = "nats://127.0.0.1:4222"
+    # This process's bus credentials (the host agent uses its host token instead).
+    nats_user: str = ""
+    nats_password: str = Field(default="", repr=False)
+    # CA that signed the NATS server's certificate (turns TLS on, verified).
+    nats_ca_file: Path | None = None
+
+    def nats_tls(self) -> ssl.SSLContext | None:
+        return ssl.create_default_context(cafile=str(self.nats_ca_file)) \
+            if self.nats_ca_file else None
     state_dir: Path = Path(".corral")
     # Event store: "sqlite" (file under state_dir) or a postgresql:// URL.
     store: str = "sqlite"

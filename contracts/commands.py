@@ -18,6 +18,7 @@ class StartSandbox(HostCommand):
     type: Literal["StartSandbox"] = "StartSandbox"
     spec: SandboxSpec
     restart: bool = False  # boot a stopped VM again from its own disk
+    secret_env: bool = False  # fetch the env from the gateway (spec.env is empty)
 
 
 class StopSandbox(HostCommand):

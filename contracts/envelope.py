@@ -6,7 +6,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Annotated, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
 
 NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 # Ids become NATS subject tokens: no dots, wildcards or whitespace.
@@ -35,6 +35,9 @@ class Envelope(BaseModel):
     op_id: str = Field(min_length=1, max_length=64)
     org_id: str | None = Field(default=None, max_length=64)
     traceparent: str | None = None
+    # Set by the bus on receipt, never sent: the host whose own subject carried
+    # this message (NATS permissions make that subject's host id authentic).
+    _via_host: str | None = PrivateAttr(default=None)
 
     @field_validator("traceparent")
     @classmethod
@@ -52,3 +55,9 @@ class Envelope(BaseModel):
 
     def to_json(self) -> bytes:
         return self.model_dump_json().encode()
+
+    @property
+    def via_host(self) -> str | None:
+        """The host that published this message on its own subject, or None when
+        a control-plane service published it."""
+        return self._via_host

@@ -22,63 +22,13 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from . import rpc
 from . import subjects as s
+from .catalog import CONSUMER_OWNERS, DLQ_SENDERS, EXTRA_RECEIVERS, RPCS, SENDERS
 from .registry import ALL_TYPES, COMMAND_TYPES, EVENT_TYPES
 
 ROOT = Path(__file__).resolve().parent.parent
 SCHEMAS = "docs/schemas"
 ASYNCAPI = "docs/asyncapi.yaml"
 
-# Who publishes which type (the bus has no registry of senders; keep in step
-# with the services). Receivers are derived from CONSUMERS below.
-SENDERS: dict[str, tuple[str, ...]] = {
-    "api_gateway": ("SandboxRequested", "SandboxStopRequested", "SandboxDestroyRequested",
-                    "SandboxExpiring", "SandboxTtlExtended", "SandboxPauseRequested",
-                    "SandboxResumeRequested", "SandboxStartRequested", "SnapshotRequested",
-                    "SnapshotDeleteRequested"),
-    "scheduler": ("SandboxScheduled", "SandboxFailed", "SandboxDestroyed", "SandboxLost",
-                  "HostLost", "StartSandbox", "StopSandbox", "DestroySandbox", "PauseSandbox",
-                  "ResumeSandbox", "TakeSnapshot", "DeleteSnapshot", "SnapshotFailed",
-                  "SnapshotDeleted"),
-    "host_agent": ("SandboxStarting", "SandboxStarted", "SandboxFailed", "SandboxStopped",
-                   "SandboxDestroyed", "SandboxPaused", "SandboxResumed", "SnapshotCreated",
-                   "SnapshotFailed", "SnapshotDeleted", "HostRegistered", "HostHeartbeat"),
-    "billing": ("UsageRecorded",),
-}
-CONSUMER_OWNERS = {"gateway-": "api_gateway", "scheduler-": "scheduler",
-                   "billing-": "billing", "host-": "host_agent"}
-# Non-durable subscriptions that are part of the contract all the same.
-EXTRA_RECEIVERS = (("scheduler", "corral.evt.host.*.HostHeartbeat",
-                    "ordered consumer, deliver last per subject: host liveness"),)
-# (subject, request, reply, responder, queue group, senders)
-RPCS = (
-    (s.RPC_AUTH_VERIFY, rpc.VerifyKey, rpc.Principal, "auth", "auth", ("api_gateway",)),
-    (s.RPC_AUTH_CREATE_ORG, rpc.CreateOrg, rpc.Org, "auth", "auth", ("api_gateway",)),
-    (s.RPC_AUTH_CREATE_KEY, rpc.CreateApiKey, rpc.ApiKeyCreated, "auth", "auth", ("api_gateway",)),
-    (s.RPC_AUTH_REVOKE_KEY, rpc.RevokeApiKey, rpc.Revoked, "auth", "auth", ("api_gateway",)),
-    (s.RPC_AUTH_CREATE_HOST_TOKEN, rpc.CreateHostToken, rpc.HostTokenCreated, "auth", "auth",
-     ("api_gateway",)),
-    (s.RPC_AUTH_REGISTER_HOST, rpc.RegisterHost, rpc.HostIdentity, "auth", "auth",
-     ("host_agent",)),
-    (s.host_rpc_subject("{host_id}", "exec"), rpc.HostExec, rpc.HostExecResult, "host_agent",
-     None, ("api_gateway",)),
-    (s.host_rpc_subject("{host_id}", "files.put"), rpc.HostFilePut, rpc.Done, "host_agent",
-     None, ("api_gateway",)),
-    (s.host_rpc_subject("{host_id}", "files.get"), rpc.HostFileGet, rpc.HostFileData,
-     "host_agent", None, ("api_gateway",)),
-    (s.host_rpc_subject("{host_id}", "files.list"), rpc.HostFileList, rpc.HostFileEntries,
-     "host_agent", None, ("api_gateway",)),
-    (s.RPC_SCHEDULER_HOSTS_LIST, rpc.ListHosts, rpc.HostList, "scheduler", "scheduler",
-     ("api_gateway",)),
-    (s.RPC_SCHEDULER_HOSTS_CORDON, rpc.HostAction, rpc.HostActionResult, "scheduler",
-     "scheduler", ("api_gateway",)),
-    (s.RPC_SCHEDULER_HOSTS_UNCORDON, rpc.HostAction, rpc.HostActionResult, "scheduler",
-     "scheduler", ("api_gateway",)),
-    (s.RPC_SCHEDULER_HOSTS_DRAIN, rpc.HostAction, rpc.HostActionResult, "scheduler",
-     "scheduler", ("api_gateway",)),
-    (s.RPC_BILLING_USAGE, rpc.UsageQuery, rpc.UsagePage, "billing", "billing",
-     ("api_gateway",)),
-)
-DLQ_SENDERS = ("api_gateway", "scheduler", "billing", "host_agent")
 
 
 class DeadLetter(BaseModel):
@@ -118,15 +68,13 @@ def nats_match(pattern: str, subject: str) -> bool:
     return len(p) == len(t)
 
 
-def _sample_subject(type_name: str) -> str:
-    """A concrete subject for a type, ids as placeholders (for filter matching)."""
-    if type_name in {_type(t) for t in COMMAND_TYPES}:
-        return s.host_command_subject("H", "S", type_name)
-    if type_name.startswith("Host"):
-        return s.host_subject("H", type_name)
-    if type_name == "UsageRecorded":
-        return s.usage_subject("O", "S")
-    return s.sandbox_subject("O", "S", type_name)
+def _sample_subject(channel: str, type_name: str) -> str:
+    """A concrete subject of a type on a channel, ids as placeholders (to match filters)."""
+    return {"hostCommands": lambda: s.host_command_subject("H", "S", type_name),
+            "hostEvents": lambda: s.host_subject("H", type_name),
+            "usageEvents": lambda: s.usage_subject("O", "S"),
+            "hostFacts": lambda: s.host_fact_subject("H", "O", "S", type_name),
+            "sandboxEvents": lambda: s.sandbox_subject("O", "S", type_name)}[channel]()
 
 
 def _owner(durable: str) -> str:
@@ -159,8 +107,13 @@ HEADERS: dict[str, Any] = {
 }
 FAMILIES = (  # channel key, address (from subjects.py), types, description
     ("sandboxEvents", s.sandbox_subject("{org_id}", "{sandbox_id}", "{type}"),
-     [t for t in EVENT_TYPES if _type(t).startswith(("Sandbox", "Snapshot"))],
-     "Sandbox lifecycle facts, and the snapshots taken of the sandbox."),
+     [t for t in EVENT_TYPES if _type(t).startswith(("Sandbox", "Snapshot")) and any(
+         _type(t) in by_channel.get("sandboxEvents", ()) for by_channel in SENDERS.values())],
+     "Sandbox lifecycle facts of the control plane, and the snapshots taken of the sandbox."),
+    ("hostFacts", s.host_fact_subject("{host_id}", "{org_id}", "{sandbox_id}", "{type}"),
+     [t for t in EVENT_TYPES if _type(t) in s.HOST_FACT_TYPES],
+     "What a host reports about a sandbox placed on it, under its own host id (only that "
+     "host may publish there; consumers accept it only from the placement's host)."),
     ("hostEvents", s.host_subject("{host_id}", "{type}"),
      [t for t in EVENT_TYPES if _type(t).startswith("Host")],
      "Host registration, heartbeats, loss."),
@@ -217,49 +170,54 @@ class _Doc:
 
 def _streamed(doc: _Doc) -> None:
     """Events and commands: JetStream, one envelope, dedupe by Nats-Msg-Id."""
-    type_channel: dict[str, str] = {}
+    channel_types: dict[str, list[str]] = {}
     for key, address, types, desc in FAMILIES:
-        names = [_type(t) for t in types]
+        names = channel_types[key] = [_type(t) for t in types]
         doc.channel(key, address, desc, names, enum=names)
         for t in types:
-            type_channel[_type(t)] = key
             doc.message(_type(t), f"{_type(t)}.json", summary=(t.__doc__ or _type(t)).strip()
                         .splitlines()[0], traits=[_ref("components", "messageTraits", "envelope")],
                         **{"x-kind": t.KIND})
-    unsent = set(type_channel) - {n for sent in SENDERS.values() for n in sent}
+    sent = {(key, n) for by_channel in SENDERS.values() for key, ns in by_channel.items()
+            for n in ns}
+    unsent = {(k, n) for k, names in channel_types.items() for n in names} - sent
     if unsent:
         raise KeyError(f"no sender known for {sorted(unsent)}; add them to SENDERS")
-    for service, sent in SENDERS.items():
-        for key, *_ in FAMILIES:
-            names = [n for n in sent if type_channel[n] == key]
-            if names:
-                doc.op(f"{service}.send.{key}", "send", key, names, f"{service} publishes")
-    _receivers(doc, type_channel)
+    for service, by_channel in SENDERS.items():
+        for key, sends in by_channel.items():
+            stray = set(sends) - set(channel_types[key])
+            if stray:
+                raise KeyError(f"{service} cannot send {sorted(stray)} on {key}")
+            doc.op(f"{service}.send.{key}", "send", key, list(sends), f"{service} publishes")
+    _receivers(doc, channel_types)
 
     doc.channel("deadLetters", s.dlq_subject("{consumer}"), "Messages a consumer gave up on "
-                "(invalid, poison, retries exhausted); the original is terminated, never "
-                "redelivered.", ["DeadLetter"])
+                "(invalid, poison, retries exhausted), or a relay could never publish; the "
+                "original is never redelivered.", ["DeadLetter"])
     doc.message("DeadLetter", "dlq/DeadLetter.json")
     for service in DLQ_SENDERS:
         doc.op(f"{service}.send.deadLetters", "send", "deadLetters", ["DeadLetter"],
                f"{service} dead-letters what its consumers cannot process")
 
 
-def _receivers(doc: _Doc, type_channel: dict[str, str]) -> None:
+def _receivers(doc: _Doc, channel_types: dict[str, list[str]]) -> None:
     """Who receives what: each durable consumer's filters, and core subscribers."""
     for c in s.CONSUMERS + (s.host_agent_consumer("{host_id}"),):
         by_channel: dict[str, list[str]] = {}
-        for n in type_channel:
-            if any(nats_match(f.replace("{host_id}", "H"), _sample_subject(n))
-                   for f in c.filter_subjects):
-                by_channel.setdefault(type_channel[n], []).append(n)
+        for key, names in channel_types.items():
+            for n in names:
+                if any(nats_match(f.replace("{host_id}", "H"), _sample_subject(key, n))
+                       for f in c.filter_subjects):
+                    by_channel.setdefault(key, []).append(n)
         for key, names in by_channel.items():
             suffix = f".{key}" if len(by_channel) > 1 else ""
             doc.op(f"{_owner(c.durable)}.receive.{c.durable}{suffix}", "receive", key, names,
                    c.description, **{"x-jetstream-consumer": c.durable})
     for service, pattern, desc in EXTRA_RECEIVERS:
-        names = [n for n in type_channel if nats_match(pattern, _sample_subject(n))]
-        doc.op(f"{service}.receive.{names[0]}", "receive", type_channel[names[0]], names, desc)
+        for key, names in channel_types.items():
+            got = [n for n in names if nats_match(pattern, _sample_subject(key, n))]
+            if got:
+                doc.op(f"{service}.receive.{got[0]}", "receive", key, got, desc)
 
 
 def _rpcs(doc: _Doc) -> None:

@@ -41,6 +41,12 @@ class HostHeartbeat(HostEvent):
     pools: dict[str, dict[str, int]] = Field(default_factory=dict, max_length=64)
 
 
+class HostRevoked(HostEvent):
+    """An administrator revoked the host's credentials: never placed on again."""
+    type: Literal["HostRevoked"] = "HostRevoked"
+    reason: str = Field(default="revoked by an administrator", max_length=500)
+
+
 class HostLost(HostEvent):
     type: Literal["HostLost"] = "HostLost"
     last_seen: str

@@ -8,7 +8,7 @@ from pydantic import Field, TypeAdapter, ValidationError
 
 from .commands import DestroySandbox, PauseSandbox, ResumeSandbox, StartSandbox, StopSandbox
 from .envelope import Envelope
-from .host import HostHeartbeat, HostLost, HostRegistered
+from .host import HostHeartbeat, HostLost, HostRegistered, HostRevoked
 from .sandbox import (SandboxDestroyed, SandboxDestroyRequested, SandboxExpiring, SandboxFailed,
                       SandboxLost, SandboxPaused, SandboxPauseRequested, SandboxRequested,
                       SandboxResumed, SandboxResumeRequested, SandboxScheduled, SandboxStarted,
@@ -16,6 +16,7 @@ from .sandbox import (SandboxDestroyed, SandboxDestroyRequested, SandboxExpiring
                       SandboxTtlExtended)
 from .snapshot import (DeleteSnapshot, SnapshotCreated, SnapshotDeleted, SnapshotDeleteRequested,
                        SnapshotFailed, SnapshotRequested, TakeSnapshot)
+from .subjects import HOST_FACT_PREFIX, HOST_FACT_TYPES, subject_for
 from .usage import UsageRecorded
 
 EVENT_TYPES: tuple[type[Envelope], ...] = (
@@ -24,7 +25,7 @@ EVENT_TYPES: tuple[type[Envelope], ...] = (
     SandboxLost, SandboxExpiring, SandboxTtlExtended, SandboxPauseRequested, SandboxPaused,
     SandboxResumeRequested, SandboxResumed, SandboxStartRequested,
     SnapshotRequested, SnapshotCreated, SnapshotFailed, SnapshotDeleteRequested,
-    SnapshotDeleted, HostRegistered, HostHeartbeat, HostLost, UsageRecorded,
+    SnapshotDeleted, HostRegistered, HostHeartbeat, HostLost, HostRevoked, UsageRecorded,
 )
 COMMAND_TYPES: tuple[type[Envelope], ...] = (StartSandbox, StopSandbox, DestroySandbox,
                                               PauseSandbox, ResumeSandbox, TakeSnapshot,
@@ -45,7 +46,29 @@ class InvalidMessage(ValueError):
         self.reason = reason
 
 
-def parse_message(raw: bytes, supported_versions: dict[str, int] | None = None) -> Envelope:
+def parse_message(raw: bytes, supported_versions: dict[str, int] | None = None,
+                  subject: str | None = None) -> Envelope:
+    """Validate `raw`. With `subject` (where it was received) the message must
+    be what that subject says: a host's fact names its sandbox, org and type
+    under the host's own id (which NATS permissions make authentic), and the
+    result records that host as `via_host`."""
+    msg = _validate(raw, supported_versions)
+    if subject is not None:
+        via = subject.split(".")[3] if subject.startswith(HOST_FACT_PREFIX) else None
+        if via is not None and (msg.type not in HOST_FACT_TYPES
+                                or getattr(msg, "host_id", None) != via):
+            raise InvalidMessage(f"a host may not report {msg.type} as {via[:64]!r}")
+        try:
+            expected = subject_for(msg, via)
+        except (ValueError, AttributeError):
+            expected = None
+        if subject != expected:
+            raise InvalidMessage(f"{msg.type} does not belong on {subject[:200]!r}")
+        msg._via_host = via
+    return msg
+
+
+def _validate(raw: bytes, supported_versions: dict[str, int] | None) -> Envelope:
     try:
         doc = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:

@@ -29,9 +29,15 @@ class Principal(RpcModel):
     scope: Literal["org", "admin"]
 
 
-class CreateOrg(RpcModel):
-    name: str = Field(min_length=1, max_length=100)
+class AdminRequest(RpcModel):
+    """An administration call: `actor_key` is the caller's API key, which the
+    auth service checks again for admin scope (whoever relayed the call)."""
+    actor_key: str = Field(min_length=1, max_length=256, repr=False)
     op_id: str = Field(default="-", max_length=64)
+
+
+class CreateOrg(AdminRequest):
+    name: str = Field(min_length=1, max_length=100)
 
 
 class Org(RpcModel):
@@ -40,11 +46,10 @@ class Org(RpcModel):
     created_at: str
 
 
-class CreateApiKey(RpcModel):
+class CreateApiKey(AdminRequest):
     org_id: str | None = None
     name: str = Field(min_length=1, max_length=100)
     scope: Literal["org", "admin"] = "org"
-    op_id: str = Field(default="-", max_length=64)
 
 
 class ApiKeyCreated(RpcModel):
@@ -55,9 +60,8 @@ class ApiKeyCreated(RpcModel):
     scope: Literal["org", "admin"]
 
 
-class RevokeApiKey(RpcModel):
+class RevokeApiKey(AdminRequest):
     id: str
-    op_id: str = Field(default="-", max_length=64)
 
 
 class Revoked(RpcModel):
@@ -65,14 +69,24 @@ class Revoked(RpcModel):
     revoked: bool
 
 
-class CreateHostToken(RpcModel):
+class CreateHostToken(AdminRequest):
     name: str = Field(default="host", min_length=1, max_length=100)
-    op_id: str = Field(default="-", max_length=64)
 
 
 class HostTokenCreated(RpcModel):
     host_id: str
     token: str
+
+
+class RevokeHost(AdminRequest):
+    """Revoke every token of a host: it can no longer connect, and is disconnected."""
+    host_id: Id
+
+
+class HostRevokedResult(RpcModel):
+    host_id: str
+    revoked_tokens: int
+    disconnected: int
 
 
 class RegisterHost(RpcModel):
@@ -82,6 +96,17 @@ class RegisterHost(RpcModel):
 
 class HostIdentity(RpcModel):
     host_id: str
+
+
+# --- host agent -> gateway: a sandbox's env, held by the gateway only ---
+class SandboxEnvRequest(RpcModel):
+    sandbox_id: Id
+    org_id: Id
+    op_id: str = Field(default="-", max_length=64)
+
+
+class SandboxEnv(RpcModel):
+    env: dict[str, str] = Field(default_factory=dict, max_length=128, repr=False)
 
 
 # --- gateway -> host agent (core NATS request/reply on the host's subject) ---
@@ -101,12 +126,12 @@ class HostExec(HostRequest):
 
 
 class HostExecStream(HostExec):
-    """Like HostExec, but chunks and the result go to `chunks_to` as they come."""
-    chunks_to: str = Field(min_length=1, max_length=256, pattern=r"^_INBOX\.[A-Za-z0-9._-]+$")
+    """Like HostExec, answered `Done` at once; then the output follows as
+    HostExecChunk messages to the same reply inbox, as it is produced."""
 
 
 class HostExecChunk(RpcModel):
-    """One message on `chunks_to`: a chunk, then exactly one `exit` or `error`."""
+    """One message of a streamed exec: a chunk, then exactly one `exit` or `error`."""
     stream: Literal["stdout", "stderr", "exit", "error"]
     data: str = ""
     result: HostExecResult | None = None
@@ -180,8 +205,9 @@ class HostResources(RpcModel):
 class HostInfo(RpcModel):
     host_id: str
     hostname: str
-    status: Literal["ready", "lost", "cordoned", "draining"] = Field(
-        description="lost: stopped heartbeating; cordoned/draining: no new placements")
+    status: Literal["ready", "lost", "revoked", "cordoned", "draining"] = Field(
+        description="lost: stopped heartbeating; revoked: its credentials were revoked; "
+                    "cordoned/draining: no new placements")
     accel: str
     capacity: HostResources
     used: HostResources

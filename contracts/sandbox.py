@@ -4,10 +4,12 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from .envelope import NAME_RE, Envelope, Id
 
+# env and metadata together (keys and values, UTF-8): what a create may carry
+MAX_ENV_METADATA_BYTES = 64 * 1024
 STATES = ("requested", "scheduled", "starting", "running", "paused", "stopping",
           "stopped", "destroyed", "failed", "lost")
 
@@ -54,6 +56,15 @@ class SandboxSpec(BaseModel):
                 raise ValueError("metadata keys are 1-63 chars, values at most 256")
         return v
 
+    @model_validator(mode="after")
+    def _total_size(self) -> SandboxSpec:
+        size = sum(len(k.encode()) + len(v.encode())
+                   for d in (self.env, self.metadata) for k, v in d.items())
+        if size > MAX_ENV_METADATA_BYTES:
+            raise ValueError(f"env and metadata together hold {size} bytes; "
+                             f"at most {MAX_ENV_METADATA_BYTES}")
+        return self
+
 
 class Failure(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -71,6 +82,9 @@ class SandboxRequested(SandboxEvent):
     spec: SandboxSpec
     request_hash: str = Field(min_length=1, max_length=128)
     pin_host_id: Id | None = None  # must run there (a fork: the snapshot lives there)
+    # The spec's env values never travel in events: the gateway holds them and
+    # the host that starts the sandbox fetches them (`spec.env` is empty here).
+    secret_env: bool = False
 
 
 class SandboxScheduled(SandboxEvent):

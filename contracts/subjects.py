@@ -4,11 +4,20 @@
 """
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
 # Events: corral.evt.<family>.<...ids>.<Type>
-SANDBOX_EVENTS = "corral.evt.sandbox.>"
+SANDBOX_EVENTS = "corral.evt.sandbox.>"  # published by the control plane
+# Sandbox and snapshot facts a host reports, under that host's own id:
+# corral.evt.hostfact.<host_id>.<org_id>.<sandbox_id>.<Type>
+HOST_FACT_PREFIX = "corral.evt.hostfact."
+# What a host may report about the sandboxes placed on it (nothing else).
+HOST_FACT_TYPES = ("SandboxStarting", "SandboxStarted", "SandboxFailed", "SandboxStopped",
+                   "SandboxDestroyed", "SandboxPaused", "SandboxResumed", "SnapshotCreated",
+                   "SnapshotFailed", "SnapshotDeleted")
+HOST_FACTS = HOST_FACT_PREFIX + ">"
 HOST_EVENTS = "corral.evt.host.>"
 USAGE_EVENTS = "corral.evt.usage.>"
 HOST_COMMANDS = "corral.cmd.host.>"
@@ -31,6 +40,30 @@ RPC_SCHEDULER_HOSTS_DRAIN = "corral.rpc.scheduler.hosts.drain"
 RPC_BILLING_USAGE = "corral.rpc.billing.usage"
 
 
+RPC_AUTH_REVOKE_HOST = "corral.rpc.auth.hosts.revoke"
+# A host fetches the env of a sandbox it starts from the gateway, on its own subject.
+RPC_GATEWAY_ENV_PREFIX = "corral.rpc.gateway.env"
+
+
+def gateway_env_subject(host_id: str) -> str:
+    return f"{RPC_GATEWAY_ENV_PREFIX}.{host_id}"
+
+
+def service_inbox(service: str) -> str:
+    """The inbox prefix of a control-plane service (replies only it can read)."""
+    return f"_INBOX_{service}"
+
+
+# A host agent connects to the bus as this user, with its host token as password.
+HOST_BUS_USER = "host"
+
+
+def host_inbox(host_token: str) -> str:
+    """A host's inbox prefix, derived from its token: the agent knows it before
+    it knows its host id, and the auth service grants exactly this prefix."""
+    return "_INBOX_H" + hashlib.sha256(host_token.encode()).hexdigest()[:24]
+
+
 def host_rpc_subject(host_id: str, op: str) -> str:
     """Gateway -> one host agent: op is exec, exec.stream, files.put, files.get, files.list."""
     return f"corral.rpc.host.{host_id}.{op}"
@@ -38,6 +71,10 @@ def host_rpc_subject(host_id: str, op: str) -> str:
 
 def sandbox_subject(org_id: str, sandbox_id: str, type_: str) -> str:
     return f"corral.evt.sandbox.{org_id}.{sandbox_id}.{type_}"
+
+
+def host_fact_subject(host_id: str, org_id: str, sandbox_id: str, type_: str) -> str:
+    return f"corral.evt.hostfact.{host_id}.{org_id}.{sandbox_id}.{type_}"
 
 
 def host_subject(host_id: str, type_: str) -> str:
@@ -56,9 +93,17 @@ def dlq_subject(consumer: str) -> str:
     return f"corral.dlq.{consumer}"
 
 
-def subject_for(msg: Any) -> str:
+def host_relay_dead_letters(host_id: str) -> str:
+    """Where a host agent's relay parks a fact the bus will not take."""
+    return f"host-{host_id}-relay"
+
+
+def subject_for(msg: Any, via_host: str | None = None) -> str:
+    """`via_host`: the publisher is that host agent: its facts go on its own subject."""
     kind = msg.type
-    if kind.startswith(("Sandbox", "Snapshot")):
+    if kind.startswith(("Sandbox", "Snapshot")) and msg.KIND == "event":
+        if via_host is not None:
+            return host_fact_subject(via_host, msg.org_id, msg.sandbox_id, kind)
         return sandbox_subject(msg.org_id, msg.sandbox_id, kind)
     if kind.startswith("Host"):
         return host_subject(msg.host_id, kind)
@@ -93,7 +138,8 @@ class ConsumerDef:
 
 
 STREAMS: tuple[StreamDef, ...] = (
-    StreamDef("CORRAL_SANDBOX", (SANDBOX_EVENTS,), description="sandbox lifecycle facts"),
+    StreamDef("CORRAL_SANDBOX", (SANDBOX_EVENTS, HOST_FACTS),
+              description="sandbox lifecycle facts: the control plane's, and the hosts'"),
     StreamDef("CORRAL_HOST", (HOST_EVENTS,), max_age_s=7 * 86400, max_msgs_per_subject=1000,
               description="host registration, heartbeats, loss"),
     StreamDef("CORRAL_USAGE", (USAGE_EVENTS,), max_age_s=400 * 86400, description="metering"),
@@ -107,22 +153,30 @@ def _sandbox_types(*types: str) -> tuple[str, ...]:
     return tuple(f"corral.evt.sandbox.*.*.{t}" for t in types)
 
 
+def _host_fact_types(*types: str) -> tuple[str, ...]:
+    return tuple(f"corral.evt.hostfact.*.*.*.{t}" for t in types)
+
+
 CONSUMERS: tuple[ConsumerDef, ...] = (
-    ConsumerDef("CORRAL_SANDBOX", "gateway-sandbox-ingest", (SANDBOX_EVENTS,), max_deliver=200,
+    ConsumerDef("CORRAL_SANDBOX", "gateway-sandbox-ingest", (SANDBOX_EVENTS, HOST_FACTS),
+                max_deliver=200,
                 description="gateway folds every sandbox fact into the Sandbox aggregate"),
     ConsumerDef("CORRAL_SANDBOX", "scheduler-placement",
-                filter_subjects=_sandbox_types("SandboxRequested", "SandboxStopRequested",
-                               "SandboxDestroyRequested", "SandboxDestroyed", "SandboxFailed",
-                               "SandboxStopped", "SandboxPauseRequested",
-                               "SandboxResumeRequested", "SandboxStartRequested",
-                               "SnapshotRequested", "SnapshotDeleteRequested"),
+                filter_subjects=_sandbox_types(
+                    "SandboxRequested", "SandboxStopRequested", "SandboxDestroyRequested",
+                    "SandboxPauseRequested", "SandboxResumeRequested", "SandboxStartRequested",
+                    "SnapshotRequested", "SnapshotDeleteRequested")
+                + _host_fact_types("SandboxDestroyed", "SandboxFailed", "SandboxStopped"),
                 max_deliver=1000,
                 description="scheduler places requests and routes stop/destroy to hosts"),
-    ConsumerDef("CORRAL_HOST", "scheduler-hosts", ("corral.evt.host.*.HostRegistered",),
+    ConsumerDef("CORRAL_HOST", "scheduler-hosts",
+                ("corral.evt.host.*.HostRegistered", "corral.evt.host.*.HostRevoked"),
                 description="scheduler tracks host liveness and capacity"),
     ConsumerDef("CORRAL_SANDBOX", "billing-metering",
-                _sandbox_types("SandboxStarted", "SandboxStopped", "SandboxDestroyed",
-                               "SandboxLost", "SandboxFailed"),
+                _sandbox_types("SandboxScheduled", "SandboxLost", "SandboxDestroyed",
+                               "SandboxFailed")
+                + _host_fact_types("SandboxStarted", "SandboxStopped", "SandboxDestroyed",
+                                   "SandboxFailed"),
                 description="billing turns run time into UsageRecorded"),
 )
 

@@ -49,7 +49,8 @@ def cmd_up(a: argparse.Namespace) -> int:
         print(f"\nCorral is up in {time.monotonic() - t0:.1f}s "
               f"(driver={a.driver}, store={a.store})\n"
               f"  CORRAL_API_URL={stack.api_url}\n  CORRAL_API_KEY={c.api_key}\n"
-              f"  CORRAL_ADMIN_KEY={c.admin_key}\n  CORRAL_NATS_URL={stack.nats_url}\n"
+              f"  CORRAL_ADMIN_KEY={c.admin_key}\n"
+              f"bus: {stack.nats_url} (authenticated: {state / 'bus-secrets.json'})\n"
               f"written to {state / 'dev.env'}; logs in {state / 'logs'}\n"
               f"try: curl -s -X POST -H \"Authorization: Bearer $CORRAL_API_KEY\" "
               f"\"$CORRAL_API_URL/v1/sandboxes?wait=true\"\nCtrl-C stops everything.", flush=True)
@@ -87,9 +88,10 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--name", default="default")
     b.add_argument("--rebuild", action="store_true")
     b.set_defaults(fn=cmd_image)
-    from . import cli_events, cli_sandbox
+    from . import cli_events, cli_sandbox, cli_secrets
     cli_sandbox.register(sub)
     cli_events.register(sub)
+    cli_secrets.register(sub)
     a = ap.parse_args(argv)
     return run(a)
 

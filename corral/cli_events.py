@@ -1,25 +1,28 @@
-"""`corral events tail`: follow platform events live from JetStream."""
+"""`corral events tail`: follow your org's sandbox events (`GET /v1/events`).
+
+It speaks REST with an API key like every other command; an admin key
+(`--admin`, CORRAL_ADMIN_KEY) follows every org. A dropped connection is
+resumed from the last event's id, so nothing is missed or shown twice.
+"""
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import re
-import signal
 import sys
+import time
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, TextIO
+from typing import TextIO
 
-from .sdk.config import setting
-from .sdk.errors import ConfigError
+import httpx
+
+from .sdk.config import Config, setting
+from .sdk.errors import ConfigError, CorralError
+from .sdk.sse import SSEDecoder
 
 _DUR = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
 _UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-if TYPE_CHECKING:
-    from nats.aio.client import Client
-    from nats.aio.msg import Msg
-
-NOISY = {"HostHeartbeat"}  # shown only when asked for by --type
+RETRIES = 5
 
 
 def parse_since(value: str, now: datetime | None = None) -> datetime:
@@ -34,24 +37,6 @@ def parse_since(value: str, now: datetime | None = None) -> datetime:
     return t if t.tzinfo else t.replace(tzinfo=UTC)
 
 
-def subscriptions(org: str | None, sandbox: str | None,
-                  types: list[str] | None) -> list[tuple[str, str]]:
-    """(stream, filter subject) pairs covering what the filters ask for."""
-    t = types[0] if types and len(types) == 1 else "*"
-    o, s = org or "*", sandbox or "*"
-    subs = [("CORRAL_SANDBOX", f"corral.evt.sandbox.{o}.{s}.{t}")]
-    if t in ("*", "UsageRecorded"):
-        subs.append(("CORRAL_USAGE", f"corral.evt.usage.{o}.{s}.UsageRecorded"))
-    if not org and not sandbox:
-        subs.append(("CORRAL_HOST", f"corral.evt.host.*.{t}"))
-    return subs
-
-
-def wanted(body: dict, types: list[str] | None) -> bool:
-    kind = body.get("type", "")
-    return kind in types if types else kind not in NOISY
-
-
 def line(body: dict) -> str:
     where = (f"sandbox={body['sandbox_id']}" if body.get("sandbox_id")
              else f"host={body.get('host_id', '-')}")
@@ -59,93 +44,78 @@ def line(body: dict) -> str:
             f"op_id={body.get('op_id', '-')}")
 
 
-async def _subscribe(nc: Client, a: argparse.Namespace, queue: asyncio.Queue[Msg]) -> None:
-    from nats.js.api import ConsumerConfig, DeliverPolicy
-    from nats.js.errors import NotFoundError
+def query(a: argparse.Namespace) -> dict[str, str | list[str]]:
+    q: dict[str, str | list[str]] = {}
+    if a.sandbox:
+        q["sandbox_id"] = a.sandbox
+    if a.type:
+        q["type"] = list(a.type)
+    if a.org:
+        q["org_id"] = a.org
+    if a.since and not a.cursor:
+        q["since"] = a.since.isoformat()
+    if a.cursor:
+        q["cursor"] = a.cursor
+    return q
 
-    js = nc.jetstream()
-    for stream, subject in subscriptions(a.org, a.sandbox, a.type):
-        cfg = ConsumerConfig(opt_start_time=a.since) if a.since else None
-        policy = DeliverPolicy.BY_START_TIME if a.since else DeliverPolicy.NEW
-        try:
-            await js.subscribe(subject, stream=stream, ordered_consumer=True, config=cfg,
-                               deliver_policy=policy, cb=queue.put)
-        except NotFoundError:
-            continue  # that stream does not exist (yet) on this server
 
-
-async def tail(url: str, a: argparse.Namespace, out: TextIO = sys.stdout) -> int:
-    import nats
-
-    stop = asyncio.Event()
-    code = {"rc": 0}
-    loop = asyncio.get_running_loop()
-    def stop_with(rc: int) -> None:
-        code.update(rc=rc)
-        stop.set()
-    for sig, rc in ((signal.SIGINT, 130), (signal.SIGTERM, 143)):
-        loop.add_signal_handler(sig, stop_with, rc)
-    errors: list[str] = []
-
-    async def on_error(e: Exception) -> None:  # quiet: one line at the end, no tracebacks
-        errors.append(str(e) or type(e).__name__)
-
-    async def on_closed() -> None:
-        if not stop.is_set():
-            code.update(rc=1)
-            stop.set()
+def _problem(resp: httpx.Response) -> str:
     try:
-        nc = await nats.connect(url, connect_timeout=3, reconnect_time_wait=1,
-                                max_reconnect_attempts=10, error_cb=on_error, closed_cb=on_closed)
-    except Exception as e:  # noqa: BLE001 - NoServersError, OSError, ...
-        raise ConfigError(f"cannot reach NATS at {url}: {errors[-1] if errors else e}") from None
-    queue: asyncio.Queue[Msg] = asyncio.Queue()
-    try:
-        await _subscribe(nc, a, queue)
-        getter = None
-        while not stop.is_set():
-            getter = asyncio.ensure_future(queue.get())
-            waiter = asyncio.ensure_future(stop.wait())
-            await asyncio.wait({getter, waiter}, return_when=asyncio.FIRST_COMPLETED)
-            waiter.cancel()
-            if not getter.done():
-                getter.cancel()
-                break
-            msg = getter.result()
+        doc = resp.json()
+        what = doc.get("detail") or doc.get("title")
+        return f"{resp.status_code} {what} (op_id {doc.get('op_id')})"
+    except ValueError:
+        return f"HTTP {resp.status_code}"
+
+
+def tail(cfg: Config, q: dict[str, str | list[str]], as_json: bool,
+         out: TextIO = sys.stdout) -> int:
+    last: str | None = q.pop("cursor", None)  # type: ignore[assignment]
+    failures = 0
+    headers = {"Authorization": f"Bearer {cfg.api_key}", "Accept": "text/event-stream"}
+    with httpx.Client(base_url=cfg.api_url, timeout=httpx.Timeout(10, read=60)) as http:
+        while True:
+            params = {**q, **({"cursor": last} if last else {})}
             try:
-                body = json.loads(msg.data)
-            except ValueError:
-                continue
-            if wanted(body, a.type):
-                out.write((json.dumps(body) if a.json else line(body)) + "\n")
-                out.flush()
-    finally:
-        stop.set()
-        await nc.close()
-    if code["rc"] == 1:
-        print(f"corral: lost the NATS connection ({errors[-1] if errors else 'closed'})",
-              file=sys.stderr)
-    return code["rc"]
+                with http.stream("GET", "/v1/events", params=params, headers=headers) as resp:
+                    if resp.status_code != 200:
+                        resp.read()
+                        raise CorralError(f"cannot follow events: {_problem(resp)}")
+                    failures = 0
+                    decoder = SSEDecoder()
+                    for chunk in resp.iter_bytes():
+                        for ev in decoder.feed(chunk):
+                            if ev.event == "error":
+                                raise httpx.ReadError(ev.data)
+                            body = json.loads(ev.data)
+                            last = ev.id or last
+                            out.write((json.dumps(body) if as_json else line(body)) + "\n")
+                            out.flush()
+            except (httpx.TransportError, httpx.RemoteProtocolError) as e:
+                failures += 1
+                if failures > RETRIES:
+                    raise CorralError(f"lost the event stream: {e}") from None
+                time.sleep(min(0.5 * 2 ** failures, 10))  # then resume after `last`
 
 
 def cmd_tail(a: argparse.Namespace) -> int:
-    url = setting("CORRAL_NATS_URL", a.nats_url)
-    if not url:
-        raise ConfigError("CORRAL_NATS_URL not set: pass --nats-url, export it, or run "
-                          "`corral up` so .corral/dev.env exists here or in a parent")
-    return asyncio.run(tail(url, a))
+    key = setting("CORRAL_ADMIN_KEY") if a.admin else None
+    if a.admin and not key:
+        raise ConfigError("--admin needs CORRAL_ADMIN_KEY (export it, or run `corral up`)")
+    return tail(Config.resolve(api_key=key), query(a), a.json)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    ev = sub.add_parser("events", help="platform events")
+    ev = sub.add_parser("events", help="your org's sandbox events")
     s = ev.add_subparsers(dest="events_cmd", required=True)
     t = s.add_parser("tail", help="follow events live (Ctrl-C stops)")
-    t.add_argument("--org")
-    t.add_argument("--sandbox")
-    t.add_argument("--type", action="append", help="event type, repeatable "
-                   "(HostHeartbeat is hidden unless named)")
+    t.add_argument("--sandbox", help="one sandbox's events")
+    t.add_argument("--type", action="append", help="event type, repeatable")
     t.add_argument("--since", type=parse_since, metavar="DURATION_OR_ISO",
                    help="replay from then (10m, 2h, 2024-05-01T12:00Z); default: new only")
+    t.add_argument("--cursor", help="resume after this event id")
+    t.add_argument("--admin", action="store_true",
+                   help="use CORRAL_ADMIN_KEY: every org's events (ops)")
+    t.add_argument("--org", help="with --admin: one org")
     t.add_argument("--json", action="store_true", help="one JSON event per line")
-    t.add_argument("--nats-url")
     t.set_defaults(fn=cmd_tail)

@@ -13,6 +13,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from common.natsconf import BusSecrets, service_login
 from common.natsserver import NatsServer, free_port
 
 REPO = Path(__file__).resolve().parent.parent
@@ -43,10 +44,11 @@ class DevStack:
     http_port: int = 0
     driver: str = "qemu"
     store: str = "sqlite"
-    nats_url: str | None = None
     extra_env: dict[str, str] = field(default_factory=dict)
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
     nats: NatsServer | None = None
+    nats_url: str = ""
+    bus: BusSecrets | None = None  # the bus's credentials (kept in the state dir)
     creds: Credentials | None = None
     log_offsets: dict[str, int] = field(default_factory=dict)
 
@@ -62,19 +64,27 @@ class DevStack:
         env = {k: v for k, v in os.environ.items() if not k.startswith("CORRAL_")}
         env.update({
             "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1",
-            "CORRAL_NATS_URL": self.nats_url or "", "CORRAL_STATE_DIR": str(self.state_dir),
+            "CORRAL_NATS_URL": self.nats_url, "CORRAL_STATE_DIR": str(self.state_dir),
             "CORRAL_STORE": self.store, "CORRAL_INSTANCE": instance,
             "CORRAL_HTTP_PORT": str(self.http_port), "CORRAL_DRIVER": self.driver,
         })
+        if self.bus:
+            env.update(self.bus.env_for(service))
         if self.creds:
             env["CORRAL_HOST_TOKEN"] = self.creds.host_token
         env.update(self.extra_env)
         return env
 
+    def bus_login(self, role: str = "ops") -> dict[str, str]:
+        """nats.connect() keywords for a bus principal (tests and tools: "ops"
+        reads every stream and publishes nothing)."""
+        assert self.bus
+        return service_login(self.bus, role)
+
     def start_nats(self) -> None:
-        if self.nats_url is None:
-            self.nats = NatsServer(self.state_dir / "nats").start()
-            self.nats_url = self.nats.url
+        self.bus = BusSecrets.load_or_create(self.state_dir / "bus-secrets.json")
+        self.nats = NatsServer(self.state_dir / "nats", bus=self.bus).start()
+        self.nats_url = self.nats.url
 
     def provision(self, org: str = "dev") -> Credentials:
         out = subprocess.run(
@@ -103,10 +113,25 @@ class DevStack:
         self.start_nats()
         if self.creds is None:
             self.provision()
-        for s in SERVICES:
+        # auth first: it decides every other bus connection (the callout)
+        self.start_service("auth")
+        self._wait_log("auth", b'"auth serving', timeout_s)
+        for s in SERVICES[1:]:
             self.start_service(s)
         self.wait_ready(timeout_s)
         return self
+
+    def _wait_log(self, name: str, needle: bytes, timeout_s: float) -> None:
+        path = self.state_dir / "logs" / f"{name}.log"
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.procs[name].poll() is not None:
+                raise RuntimeError(f"{name} exited with {self.procs[name].returncode}; see "
+                                   f"{path}")
+            if self._log_has(name, needle):
+                return
+            time.sleep(0.05)
+        raise RuntimeError(f"{name} did not start in time; see {path}")
 
     def wait_ready(self, timeout_s: float = 60) -> None:
         deadline = time.monotonic() + timeout_s
@@ -137,12 +162,16 @@ class DevStack:
 
     def _host_seen(self) -> bool:
         """The scheduler (since its last start) has seen our host heartbeat."""
-        log = self.state_dir / "logs" / "scheduler.log"
-        if not log.exists() or "scheduler" not in self.procs:
+        return "scheduler" in self.procs and self._log_has("scheduler", b'"host ready"')
+
+    def _log_has(self, name: str, needle: bytes) -> bool:
+        """`needle` in what `name` logged since its last start."""
+        path = self.state_dir / "logs" / f"{name}.log"
+        if not path.exists():
             return False
-        with open(log, "rb") as f:
-            f.seek(self.log_offsets.get("scheduler", 0))
-            return b'"host ready"' in f.read()
+        with open(path, "rb") as f:
+            f.seek(self.log_offsets.get(name, 0))
+            return needle in f.read()
 
     def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
         p = self.procs[name]
@@ -175,7 +204,6 @@ class DevStack:
         assert self.creds
         tmp = path.with_suffix(".tmp")
         tmp.write_text(f"CORRAL_API_URL={self.api_url}\nCORRAL_API_KEY={self.creds.api_key}\n"
-                       f"CORRAL_ADMIN_KEY={self.creds.admin_key}\n"
-                       f"CORRAL_NATS_URL={self.nats_url}\n")
+                       f"CORRAL_ADMIN_KEY={self.creds.admin_key}\n")
         os.chmod(tmp, 0o600)
         tmp.replace(path)

@@ -1,6 +1,13 @@
 # Corral control plane on Nomad (docker driver): NATS plus one group per service.
 # PostgreSQL is external: store its URL once as a Nomad variable
 #   nomad var put nomad/jobs/corral store='postgresql://corral:PASS@db.internal:5432/corral'
+# The bus (authenticated, TLS; docs/operations.md): make its credentials once and
+# give each group only its own (job/group variables: the implicit task policy reads them)
+#   python -m corral secrets init ./secrets --nats-host corral-nats.service.consul \
+#     --nats-url tls://corral-nats.service.consul:4222 --nats-tls-dir /secrets --service-ca /secrets/ca.pem
+#   nomad var put nomad/jobs/corral/nats conf=@secrets/nats.conf cert=@secrets/tls/server.pem key=@secrets/tls/server-key.pem
+#   for g in auth scheduler billing; do nomad var put nomad/jobs/corral/$g env=@secrets/$g.env ca=@secrets/tls/ca.pem; done
+#   nomad var put nomad/jobs/corral/api_gateway env=@secrets/gateway.env ca=@secrets/tls/ca.pem
 # Build and push the image from infra/Dockerfile (target `control`) first.
 # Services register in Consul: script checks (health endpoints bind loopback
 # inside each task) need it; Nomad-native discovery supports only http/tcp checks.
@@ -16,12 +23,16 @@ variable "datacenters" {
 }
 
 locals {
-  # Every service finds NATS and the store the same way.
+  # Every service finds the store the same way; its bus credentials (and the
+  # NATS URL and CA path) come from its own group's variable (see above).
   corral_env = <<-EOT
-    {{ range service "corral-nats" }}CORRAL_NATS_URL=nats://{{ .Address }}:{{ .Port }}
-    {{ end }}{{ with nomadVar "nomad/jobs/corral" }}CORRAL_STORE={{ .store }}
+    {{ with nomadVar "nomad/jobs/corral" }}CORRAL_STORE={{ .store }}
     {{ end }}CORRAL_STATE_DIR=/var/lib/corral
     CORRAL_HEALTH_PORT=9090
+    {{ with nomadVar (printf "nomad/jobs/corral/%s" (env "NOMAD_GROUP_NAME")) }}{{ .env }}{{ end }}
+    EOT
+  bus_ca = <<-EOT
+    {{ with nomadVar (printf "nomad/jobs/corral/%s" (env "NOMAD_GROUP_NAME")) }}{{ .ca }}{{ end }}
     EOT
   # Health endpoints bind loopback inside the task: probe from inside it.
   ready_cmd = ["-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:9090/readyz', timeout=3)"]
@@ -63,8 +74,26 @@ job "corral" {
 
       config {
         image = "nats:2.10-alpine"
-        args  = ["-js", "-sd", "/data", "-m", "8222"]
+        args  = ["-c", "/secrets/nats.conf"] # TLS, max_payload, auth callout, store /data
         ports = ["client", "monitor"]
+      }
+
+      template {
+        data        = "{{ with nomadVar \"nomad/jobs/corral/nats\" }}{{ .conf }}{{ end }}"
+        destination = "secrets/nats.conf"
+        change_mode = "signal"
+        change_signal = "SIGHUP" # reload: a rotated issuer or password
+      }
+
+      template {
+        data        = "{{ with nomadVar \"nomad/jobs/corral/nats\" }}{{ .cert }}{{ end }}"
+        destination = "secrets/server.pem"
+      }
+
+      template {
+        data        = "{{ with nomadVar \"nomad/jobs/corral/nats\" }}{{ .key }}{{ end }}"
+        destination = "secrets/server-key.pem"
+        perms       = "0600"
       }
 
       volume_mount {
@@ -111,6 +140,11 @@ job "corral" {
         env         = true
       }
 
+      template {
+        data        = local.bus_ca
+        destination = "secrets/ca.pem"
+      }
+
       resources {
         cpu    = 200
         memory = 256
@@ -150,6 +184,11 @@ job "corral" {
         env         = true
       }
 
+      template {
+        data        = local.bus_ca
+        destination = "secrets/ca.pem"
+      }
+
       resources {
         cpu    = 300
         memory = 256
@@ -187,6 +226,11 @@ job "corral" {
         data        = local.corral_env
         destination = "secrets/corral.env"
         env         = true
+      }
+
+      template {
+        data        = local.bus_ca
+        destination = "secrets/ca.pem"
       }
 
       resources {
@@ -236,6 +280,11 @@ job "corral" {
         data        = local.corral_env
         destination = "secrets/corral.env"
         env         = true
+      }
+
+      template {
+        data        = local.bus_ca
+        destination = "secrets/ca.pem"
       }
 
       resources {

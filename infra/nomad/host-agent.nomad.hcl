@@ -2,6 +2,7 @@
 # Each node needs its own host token (the host id is derived from it):
 #   docker compose exec auth python -m services.auth bootstrap ...  or  POST /v1/hosts/tokens
 #   nomad var put nomad/jobs/corral-host-agent/<node name> token=<host token>
+#   nomad var put nomad/jobs/corral-host-agent ca=@secrets/tls/ca.pem   # the bus's CA (TLS)
 # Client plugin config must allow it: plugin "docker" { config { allow_privileged = true } }
 # The agent talks to NATS by address; state and guest images live on the node.
 
@@ -12,7 +13,7 @@ variable "image" {
 
 variable "nats_url" {
   type    = string
-  default = "nats://nats.service.internal:4222"
+  default = "tls://corral-nats.service.consul:4222"
 }
 
 job "corral-host-agent" {
@@ -54,6 +55,7 @@ job "corral-host-agent" {
 
       env {
         CORRAL_NATS_URL    = var.nats_url
+        CORRAL_NATS_CA_FILE = "/secrets/ca.pem"
         CORRAL_STATE_DIR   = "/var/lib/corral"
         CORRAL_HEALTH_PORT = "9091"
         CORRAL_HOSTNAME    = "${node.unique.name}"
@@ -65,6 +67,11 @@ job "corral-host-agent" {
           EOT
         destination = "secrets/host.env"
         env         = true
+      }
+
+      template {
+        data        = "{{ with nomadVar \"nomad/jobs/corral-host-agent\" }}{{ .ca }}{{ end }}"
+        destination = "secrets/ca.pem"
       }
 
       resources {

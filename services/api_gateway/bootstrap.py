@@ -7,12 +7,16 @@ from dataclasses import dataclass
 from common.bus import Bus
 from common.eventstore import store_env
 from common.relay import OutboxRelay
+from contracts.subjects import consumer
 
 from .adapters.auth_client import AuthClient
 from .adapters.billing_client import BillingClient
+from .adapters.event_stream import JetStreamEvents
 from .adapters.fleet_client import FleetClient
 from .adapters.host_client import HostClient
 from .adapters.read_model import ReadModel
+from .adapters.sealer import Sealer
+from .application.events import EventFeed
 from .application.guest_io import GuestIO
 from .application.ledger import SandboxLedger
 from .application.rate_limit import RateLimiter
@@ -35,6 +39,7 @@ class GatewayContext:
     auth: AuthClient
     fleet: FleetClient
     billing: BillingClient
+    events: EventFeed
 
     async def ready(self) -> tuple[bool, str]:
         if not self.bus.connected:
@@ -53,11 +58,13 @@ class GatewayContext:
 
 
 async def bootstrap(settings: GatewaySettings, stop: asyncio.Event | None = None) -> GatewayContext:
-    bus = Bus(settings.nats_url, f"gateway-{settings.instance}")
+    bus = Bus.of_service(settings, "gateway", f"gateway-{settings.instance}")
     await bus.connect()
-    await bus.ensure_topology()
+    await bus.ensure_topology(consumer("gateway-sandbox-ingest"))
+    sealer = (Sealer.from_text(settings.secrets_key) if settings.secrets_key
+              else Sealer.load_or_create(settings.state_dir / "gateway-secrets.key"))
     ledger = await asyncio.to_thread(
-        SandboxLedger, store_env(settings.store, settings.state_dir, "gateway"))
+        SandboxLedger, store_env(settings.store, settings.state_dir, "gateway"), sealer)
     relay = OutboxRelay(ledger, bus, name="gateway-relay")
     read_model = ReadModel(settings.store,
                            str((settings.state_dir / "gateway-read.sqlite").resolve()))
@@ -73,4 +80,5 @@ async def bootstrap(settings: GatewaySettings, stop: asyncio.Event | None = None
     return GatewayContext(settings, bus, ledger, relay, read_model, waiters, sandboxes,
                           GuestIO(ledger, HostClient(bus.client)), auth,
                           FleetClient(bus.client, timeout_s=5.0),
-                          BillingClient(bus.client, timeout_s=10.0))
+                          BillingClient(bus.client, timeout_s=10.0),
+                          EventFeed(JetStreamEvents(bus.jetstream), sandboxes))

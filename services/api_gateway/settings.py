@@ -17,3 +17,6 @@ class GatewaySettings(CommonSettings):
     quota_max_vcpus: int = Field(default=8, ge=1, le=64)
     quota_max_memory_mib: int = Field(default=16384, ge=64)
     quota_creates_per_minute: int = Field(default=120, ge=1)
+    # Seals sandbox env values (32 bytes, base64url; `corral secrets` makes one).
+    # Empty: one is generated under state_dir (a single-machine stack only).
+    secrets_key: str = Field(default="", repr=False)

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from common.bus import Bus
 from common.eventstore import store_env
 from common.relay import OutboxRelay
+from contracts.subjects import consumer
 
 from .adapters.usage_index import UsageIndex
 from .application.metering import Clock, Metering, utcnow
@@ -36,9 +37,9 @@ async def bootstrap(settings: BillingSettings, stop: asyncio.Event | None = None
     metering = await asyncio.to_thread(
         Metering, env=store_env(settings.store, settings.state_dir, "billing"),
         period_s=settings.billing_period_s, grace_s=settings.billing_grace_s, clock=clock)
-    bus = Bus(settings.nats_url, f"corral-billing-{settings.instance}")
+    bus = Bus.of_service(settings, "billing", f"corral-billing-{settings.instance}")
     await bus.connect()
-    await bus.ensure_topology()
+    await bus.ensure_topology(consumer("billing-metering"))
     relay = OutboxRelay(metering, bus, name="billing-outbox")
     metering.notify_on_save(asyncio.get_running_loop(), relay.wake)
     index = UsageIndex(settings.store, str((settings.state_dir / "billing-usage.sqlite").resolve()))

@@ -3,9 +3,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import urlparse
+
+from nats.errors import TimeoutError as NatsTimeout
+from nats.js.errors import NotFoundError
 
 from common.bus import Bus
 from common.eventstore import store_env
@@ -15,10 +20,11 @@ from contracts import subjects
 from contracts.rpc import HostIdentity, RegisterHost
 from contracts.subjects import host_agent_consumer
 
+from .adapters.env_client import GatewayEnv
 from .application.ports import VmmDriver
 from .application.records import VmRecords
 from .application.service import HostAgentService
-from .settings import HostAgentSettings, pool_targets
+from .settings import HostAgentSettings, cidr_list, pool_targets
 
 if TYPE_CHECKING:
     from .adapters.network import HostNetwork
@@ -55,9 +61,26 @@ async def make_network(settings: HostAgentSettings) -> HostNetwork | None:
         log.warning("host networking unusable; sandboxes get no NIC: %s",
                     "; ".join(f"{k}: {d}" for k, (ok, d) in check.items.items() if not ok))
         return None
-    net = HostNetwork(settings.bridge, settings.subnet)
+    deny = cidr_list(settings.egress_deny) + await asyncio.to_thread(control_plane_addresses,
+                                                                      settings)
+    net = HostNetwork(settings.bridge, settings.subnet, egress_deny=deny,
+                      egress_allow=cidr_list(settings.egress_allow))
     await net.setup()
     return net
+
+
+def control_plane_addresses(settings: HostAgentSettings) -> list[str]:
+    """Where this agent's bus and store live: never a guest's destination."""
+    hosts = [urlparse(u).hostname for u in settings.nats_url.split(",")]
+    if settings.store.startswith("postgresql"):
+        hosts.append(urlparse(settings.store).hostname)
+    out = set()
+    for host in filter(None, hosts):
+        try:
+            out |= {str(info[4][0]).split("%")[0] for info in socket.getaddrinfo(host, None)}
+        except OSError:
+            log.warning("cannot resolve control-plane host %s for the egress deny list", host)
+    return sorted(out)
 
 
 def vm_root(settings: HostAgentSettings, host_id: str) -> Path:
@@ -78,10 +101,23 @@ async def make_driver(settings: HostAgentSettings, state_dir: Path, vms: Path) -
                       warm_pool=pool_targets(settings.warm_pool) or None)
 
 
+async def ensure_command_consumer(bus: Bus, host_id: str, stop: asyncio.Event) -> None:
+    """Our durable consumer of commands; the control plane creates the stream,
+    so wait for it if this agent came up first."""
+    delay = 0.2
+    while not stop.is_set():
+        try:
+            await bus.ensure_consumer(host_agent_consumer(host_id))
+            return
+        except (NotFoundError, NatsTimeout, TimeoutError) as e:
+            log.warning("command stream not ready (%r); retrying", e)
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 5)
+    raise SystemExit(0)
+
+
 async def register(bus: Bus, settings: HostAgentSettings, stop: asyncio.Event) -> str:
     """The host id comes from the auth service, derived from our token."""
-    if not settings.host_token:
-        raise SystemExit("CORRAL_HOST_TOKEN is required (create one: POST /v1/hosts/tokens)")
     delay = 0.2
     while not stop.is_set():
         try:
@@ -99,18 +135,25 @@ async def register(bus: Bus, settings: HostAgentSettings, stop: asyncio.Event) -
 
 
 async def bootstrap(settings: HostAgentSettings, stop: asyncio.Event) -> HostAgentContext:
-    bus = Bus(settings.nats_url, f"host-agent-{settings.hostname}")
+    if not settings.host_token:
+        raise SystemExit("CORRAL_HOST_TOKEN is required (create one: POST /v1/hosts/tokens)")
+    # The bus knows this agent by its token: it may use only its own host's subjects.
+    bus = Bus(settings.nats_url, f"host-agent-{settings.hostname}", subjects.HOST_BUS_USER,
+              settings.host_token, subjects.host_inbox(settings.host_token),
+              settings.nats_tls())
     await bus.connect()
-    await bus.ensure_topology()
     host_id = await register(bus, settings, stop)
-    await bus.ensure_consumer(host_agent_consumer(host_id))
+    bus.publisher_host = host_id  # its sandbox facts go on its own subjects
+    await ensure_command_consumer(bus, host_id, stop)
     state_dir = settings.state_dir / "host" / host_id
     state_dir.mkdir(parents=True, exist_ok=True)
     # The host's records are always local: they describe this machine's kernel objects.
     records = await asyncio.to_thread(VmRecords, store_env("sqlite", state_dir, "host_agent"))
-    relay = OutboxRelay(records, bus, name="host-agent-relay")
+    relay = OutboxRelay(records, bus, name="host-agent-relay",
+                        dead_letters=subjects.host_relay_dead_letters(host_id))
     records.notify_on_save(asyncio.get_running_loop(), relay.wake)
     driver = await make_driver(settings, state_dir, vm_root(settings, host_id))
     service = HostAgentService(host_id, records, driver, bus.publish,
-                               snapshot_root=settings.state_dir.resolve() / f"snaps-{host_id[:8]}")
+                               snapshot_root=settings.state_dir.resolve() / f"snaps-{host_id[:8]}",
+                               env_source=GatewayEnv(bus.client, host_id))
     return HostAgentContext(settings, host_id, bus, records, relay, driver, service)

@@ -1,11 +1,12 @@
 from __future__ import annotations
 
+import ipaddress
 import os
 import socket
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from common.settings import CommonSettings
 
@@ -31,6 +32,22 @@ class HostAgentSettings(CommonSettings):
     network: bool = True
     bridge: str = Field(default="corral0", pattern=r"^[a-z][a-z0-9]{0,11}$")
     subnet: str = "10.88.0.0/16"
+    # Egress: comma-separated CIDRs no guest reaches, on top of the private,
+    # link-local and reserved ranges and the control plane's own addresses...
+    egress_deny: str = ""
+    # ...and, if set, the only destinations egress reaches (may be private).
+    egress_allow: str = ""
+
+    @field_validator("egress_deny", "egress_allow")
+    @classmethod
+    def _cidrs(cls, v: str) -> str:
+        for item in cidr_list(v):
+            ipaddress.ip_network(item, strict=False)  # ValueError names the bad one
+        return v
+
+
+def cidr_list(text: str) -> list[str]:
+    return [c.strip() for c in text.split(",") if c.strip()]
 
 
 def size_classes(text: str) -> list[tuple[str, int, int]]:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from common.bus import Bus
 from common.eventstore import store_env
 from common.relay import OutboxRelay
+from contracts.subjects import consumer
 
 from .application.liveness import Liveness
 from .application.scheduler import Scheduler
@@ -31,9 +32,9 @@ class SchedulerContext:
 
 async def bootstrap(settings: SchedulerSettings,
                     stop: asyncio.Event | None = None) -> SchedulerContext:
-    bus = Bus(settings.nats_url, f"scheduler-{settings.instance}")
+    bus = Bus.of_service(settings, "scheduler", f"scheduler-{settings.instance}")
     await bus.connect()
-    await bus.ensure_topology()
+    await bus.ensure_topology(consumer("scheduler-placement"), consumer("scheduler-hosts"))
     app = await asyncio.to_thread(Scheduler, store_env(settings.store, settings.state_dir,
                                                        "scheduler"))
     relay = OutboxRelay(app, bus, name="scheduler-relay")

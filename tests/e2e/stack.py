@@ -7,6 +7,9 @@ import time
 
 import httpx
 import nats
+from nats.js.api import ConsumerConfig
+
+from corral.devstack import DevStack
 
 
 class Api:
@@ -28,12 +31,14 @@ class Api:
             time.sleep(0.05)
 
 
-def read_stream(nats_url: str, subject: str) -> list[tuple[str, dict, dict]]:
-    """(subject, body, headers) of every message on `subject`, oldest first."""
+def read_stream(stack: DevStack, *subjects: str) -> list[tuple[str, dict, dict]]:
+    """(subject, body, headers) of every message on `subjects` (one stream),
+    oldest first, as the bus's read-only "ops" principal."""
     async def go():
-        nc = await nats.connect(nats_url)
+        nc = await nats.connect(stack.nats_url, **stack.bus_login("ops"))
         js = nc.jetstream()
-        sub = await js.subscribe(subject, ordered_consumer=True)
+        sub = await js.subscribe(subjects[0], ordered_consumer=True,
+                                 config=ConsumerConfig(filter_subjects=list(subjects)))
         out = []
         while True:
             try:

@@ -56,7 +56,7 @@ def test_kill_all_services_mid_flight_then_restart(crash_stack):
         assert api.wait_state(sid, ("running",), 90)["state"] == "running"
     api.wait_state(settled[2], ("destroyed",), 90)
 
-    msgs = read_stream(st.nats_url, "corral.evt.sandbox.>")
+    msgs = read_stream(st, "corral.evt.sandbox.>", "corral.evt.hostfact.>")
     ids = [m[1]["event_id"] for m in msgs]
     assert len(ids) == len(set(ids)), "an event was published twice"
     per = collections.defaultdict(list)
@@ -65,7 +65,7 @@ def test_kill_all_services_mid_flight_then_restart(crash_stack):
     for sid in in_flight:
         c = collections.Counter(per[sid])
         assert c["SandboxRequested"] == c["SandboxScheduled"] == c["SandboxStarted"] == 1, per[sid]
-    cmds = read_stream(st.nats_url, "corral.cmd.host.>")
+    cmds = read_stream(st, "corral.cmd.host.>")
     starts = collections.Counter(b["sandbox_id"] for _, b, _ in cmds if b["type"] == "StartSandbox")
     assert all(starts[sid] == 1 for sid in in_flight)
     # the history endpoint agrees with the bus

@@ -39,7 +39,8 @@ def test_create_run_delete_destroyed_with_history_in_order(stack, api):
     for svc in ("scheduler", "host_agent"):
         assert op_id in (stack.state_dir / "logs" / f"{svc}.log").read_text()
     # the bus carries exactly the stored history, each message once
-    msgs = read_stream(stack.nats_url, f"corral.evt.sandbox.*.{sb['id']}.>")
+    msgs = read_stream(stack, f"corral.evt.sandbox.*.{sb['id']}.>",
+                       f"corral.evt.hostfact.*.*.{sb['id']}.>")
     assert [m[1]["event_id"] for m in msgs] == [e["event_id"] for e in hist]
     assert all(m[2]["Nats-Msg-Id"] == m[1]["event_id"] for m in msgs)
 

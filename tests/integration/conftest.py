@@ -15,6 +15,8 @@ from nats.aio.client import Client
 
 from common.natsserver import NatsServer
 
+from .netns import Env, link_exists
+
 
 @pytest.fixture
 def private_nats(tmp_path: Path) -> Iterator[NatsServer]:
@@ -32,3 +34,15 @@ async def nc(private_nats: NatsServer) -> AsyncIterator[Client]:
         yield client
     finally:
         await client.close()
+
+
+@pytest.fixture
+async def env() -> AsyncIterator[Env]:
+    """Bridge + veth guests + an "outside" namespace (netns.py); torn down after."""
+    e = Env()
+    try:
+        await e.start()
+        yield e
+    finally:
+        await e.stop()
+        assert not await link_exists(e.bridge)

@@ -18,6 +18,7 @@ from common.service import serve
 from contracts import rpc
 from contracts import subjects as s
 from services.auth.bootstrap import bootstrap
+from services.auth.entrypoints.cli import bootstrap_cmd
 from services.auth.entrypoints.jobs import jobs
 from services.auth.settings import AuthSettings
 
@@ -42,19 +43,25 @@ async def auth(private_nats, store: str,
         await stop_service(task, stop)
 
 
-async def _admin_setup(nc: Client) -> tuple[rpc.Org, rpc.ApiKeyCreated]:
-    org = await request(nc, s.RPC_AUTH_CREATE_ORG, rpc.CreateOrg(name="acme", op_id="op-1"),
-                        rpc.Org)
+@pytest.fixture
+async def admin(auth: AuthSettings) -> str:
+    """An admin API key, provisioned offline (as an operator's first step is)."""
+    return (await bootstrap_cmd(auth, "root"))["admin_key"]
+
+
+async def _admin_setup(nc: Client, admin: str) -> tuple[rpc.Org, rpc.ApiKeyCreated]:
+    org = await request(nc, s.RPC_AUTH_CREATE_ORG,
+                        rpc.CreateOrg(name="acme", op_id="op-1", actor_key=admin), rpc.Org)
     key = await request(nc, s.RPC_AUTH_CREATE_KEY,
-                        rpc.CreateApiKey(org_id=org.id, name="ci", op_id="op-2"),
-                        rpc.ApiKeyCreated)
+                        rpc.CreateApiKey(org_id=org.id, name="ci", op_id="op-2",
+                                         actor_key=admin), rpc.ApiKeyCreated)
     return org, key
 
 
-async def test_key_lifecycle_and_revocation_broadcast(auth, nc: Client,
+async def test_key_lifecycle_and_revocation_broadcast(auth, admin: str, nc: Client,
                                                      caplog: pytest.LogCaptureFixture):
     caplog.set_level(logging.DEBUG)
-    org, key = await _admin_setup(nc)
+    org, key = await _admin_setup(nc, admin)
     assert key.key.startswith(key.prefix + "_") and key.org_id == org.id and key.scope == "org"
 
     p = await request(nc, s.RPC_AUTH_VERIFY, rpc.VerifyKey(key=key.key), rpc.Principal)
@@ -63,7 +70,7 @@ async def test_key_lifecycle_and_revocation_broadcast(auth, nc: Client,
     seen: asyncio.Queue = asyncio.Queue()
     sub = await nc.subscribe(s.AUTH_REVOKED, cb=seen.put)
     await nc.flush()
-    r = await request(nc, s.RPC_AUTH_REVOKE_KEY, rpc.RevokeApiKey(id=key.id), rpc.Revoked)
+    r = await request(nc, s.RPC_AUTH_REVOKE_KEY, rpc.RevokeApiKey(id=key.id, actor_key=admin), rpc.Revoked)
     assert r == rpc.Revoked(id=key.id, revoked=True)
     note = await asyncio.wait_for(seen.get(), 5)
     assert rpc.Revoked.model_validate_json(note.data).id == key.id
@@ -76,8 +83,8 @@ async def test_key_lifecycle_and_revocation_broadcast(auth, nc: Client,
     assert key.key not in caplog.text and key.key.split("_")[-1] not in caplog.text
 
 
-async def test_wrong_and_malformed_keys_are_refused(auth, nc: Client):
-    _, key = await _admin_setup(nc)
+async def test_wrong_and_malformed_keys_are_refused(auth, admin: str, nc: Client):
+    _, key = await _admin_setup(nc, admin)
     tampered = key.key[:-2] + ("AA" if not key.key.endswith("AA") else "BB")
     for bad in (tampered, "crl_00000000_" + "a" * 43, "not-a-key", key.prefix):
         with pytest.raises(RpcFailure) as e:
@@ -89,37 +96,65 @@ async def test_wrong_and_malformed_keys_are_refused(auth, nc: Client):
         assert json.loads(reply.data)["error"] == "invalid"
 
 
-async def test_admin_rules(auth, nc: Client):
+async def test_admin_rules(auth, admin: str, nc: Client):
     with pytest.raises(RpcFailure) as e:
         await request(nc, s.RPC_AUTH_CREATE_KEY,
-                      rpc.CreateApiKey(org_id="no-such-org", name="ci"), rpc.ApiKeyCreated)
+                      rpc.CreateApiKey(org_id="no-such-org", name="ci", actor_key=admin),
+                      rpc.ApiKeyCreated)
     assert e.value.code == "not_found"
-    await request(nc, s.RPC_AUTH_CREATE_ORG, rpc.CreateOrg(name="dup"), rpc.Org)
+    await request(nc, s.RPC_AUTH_CREATE_ORG, rpc.CreateOrg(name="dup", actor_key=admin), rpc.Org)
     with pytest.raises(RpcFailure) as e:
-        await request(nc, s.RPC_AUTH_CREATE_ORG, rpc.CreateOrg(name="dup"), rpc.Org)
+        await request(nc, s.RPC_AUTH_CREATE_ORG, rpc.CreateOrg(name="dup", actor_key=admin),
+                      rpc.Org)
     assert e.value.code == "conflict"
     with pytest.raises(RpcFailure) as e:
-        await request(nc, s.RPC_AUTH_CREATE_KEY, rpc.CreateApiKey(name="x", scope="org"),
-                      rpc.ApiKeyCreated)
+        await request(nc, s.RPC_AUTH_CREATE_KEY,
+                      rpc.CreateApiKey(name="x", scope="org", actor_key=admin), rpc.ApiKeyCreated)
     assert e.value.code == "invalid"
-    admin = await request(nc, s.RPC_AUTH_CREATE_KEY,
-                          rpc.CreateApiKey(name="root", scope="admin"), rpc.ApiKeyCreated)
-    p = await request(nc, s.RPC_AUTH_VERIFY, rpc.VerifyKey(key=admin.key), rpc.Principal)
+    second = await request(nc, s.RPC_AUTH_CREATE_KEY,
+                           rpc.CreateApiKey(name="root", scope="admin", actor_key=admin),
+                           rpc.ApiKeyCreated)
+    p = await request(nc, s.RPC_AUTH_VERIFY, rpc.VerifyKey(key=second.key), rpc.Principal)
     assert (p.scope, p.org_id) == ("admin", None)
     with pytest.raises(RpcFailure) as e:
-        await request(nc, s.RPC_AUTH_REVOKE_KEY, rpc.RevokeApiKey(id="nope"), rpc.Revoked)
+        await request(nc, s.RPC_AUTH_REVOKE_KEY, rpc.RevokeApiKey(id="nope", actor_key=admin),
+                      rpc.Revoked)
     assert e.value.code == "not_found"
 
 
-async def test_host_token_registers_with_server_assigned_id(auth, nc: Client):
-    t = await request(nc, s.RPC_AUTH_CREATE_HOST_TOKEN, rpc.CreateHostToken(name="node-a"),
+async def test_admin_calls_check_the_callers_own_key(auth, admin: str, nc: Client):
+    """Reaching the subject is not enough: the actor must hold an active admin key."""
+    _, org_key = await _admin_setup(nc, admin)
+    calls = [(s.RPC_AUTH_CREATE_ORG, rpc.CreateOrg(name="evil", actor_key="{}"), rpc.Org),
+             (s.RPC_AUTH_CREATE_KEY, rpc.CreateApiKey(name="evil", scope="admin",
+                                                       actor_key="{}"), rpc.ApiKeyCreated),
+             (s.RPC_AUTH_REVOKE_KEY, rpc.RevokeApiKey(id=org_key.id, actor_key="{}"),
+              rpc.Revoked),
+             (s.RPC_AUTH_CREATE_HOST_TOKEN, rpc.CreateHostToken(actor_key="{}"),
+              rpc.HostTokenCreated),
+             (s.RPC_AUTH_REVOKE_HOST, rpc.RevokeHost(host_id="h-1", actor_key="{}"),
+              rpc.HostRevokedResult)]
+    for actor in (org_key.key, "crl_00000000_" + "a" * 43, "junk"):
+        for subject, req, reply in calls:
+            forged = req.model_copy(update={"actor_key": actor})
+            with pytest.raises(RpcFailure) as e:
+                await request(nc, subject, forged, reply)
+            assert e.value.code == "unauthorized", subject
+    # nothing happened: the org key still works, no "evil" org exists
+    p = await request(nc, s.RPC_AUTH_VERIFY, rpc.VerifyKey(key=org_key.key), rpc.Principal)
+    assert p.scope == "org"
+    await request(nc, s.RPC_AUTH_CREATE_ORG, rpc.CreateOrg(name="evil", actor_key=admin), rpc.Org)
+
+
+async def test_host_token_registers_with_server_assigned_id(auth, admin: str, nc: Client):
+    t = await request(nc, s.RPC_AUTH_CREATE_HOST_TOKEN, rpc.CreateHostToken(name="node-a", actor_key=admin),
                       rpc.HostTokenCreated)
     assert t.token.startswith("crh_")
     ident = await request(nc, s.RPC_AUTH_REGISTER_HOST,
                           rpc.RegisterHost(token=t.token, hostname="node-a.local"),
                           rpc.HostIdentity)
     assert ident.host_id == t.host_id
-    t2 = await request(nc, s.RPC_AUTH_CREATE_HOST_TOKEN, rpc.CreateHostToken(),
+    t2 = await request(nc, s.RPC_AUTH_CREATE_HOST_TOKEN, rpc.CreateHostToken(actor_key=admin),
                        rpc.HostTokenCreated)
     assert t2.host_id != t.host_id
     for bad in (t.token[:-1] + ("x" if t.token[-1] != "x" else "y"), "crh_nope"):
@@ -132,7 +167,7 @@ async def test_host_token_registers_with_server_assigned_id(auth, nc: Client):
     reply = await nc.request(s.RPC_AUTH_REGISTER_HOST, body, timeout=5)
     assert json.loads(reply.data)["error"] == "invalid"
     # an API key is not a host token
-    _, key = await _admin_setup(nc)
+    _, key = await _admin_setup(nc, admin)
     with pytest.raises(RpcFailure) as e:
         await request(nc, s.RPC_AUTH_REGISTER_HOST,
                       rpc.RegisterHost(token=key.key, hostname="x"), rpc.HostIdentity)

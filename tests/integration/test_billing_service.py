@@ -10,7 +10,9 @@ import pytest
 
 from common.bus import Bus
 from common.service import serve
-from contracts.sandbox import SandboxDestroyed, SandboxStarted, SandboxStopped
+from contracts import Envelope
+from contracts.sandbox import SandboxDestroyed, SandboxScheduled, SandboxStarted, SandboxStopped
+from contracts.subjects import host_fact_subject, subject_for
 from contracts.usage import UsageRecorded
 from services.billing.bootstrap import BillingContext, bootstrap
 from services.billing.entrypoints.jobs import jobs
@@ -76,10 +78,24 @@ async def wait_usage(bus: Bus, n: int) -> list[UsageRecorded]:
     return await usage(bus)
 
 
-def run_facts(sandbox_id: str, t0: datetime, secs: float, vcpus: int = 2, mem: int = 256):
-    start = SandboxStarted(op_id="op-b", org_id=ORG, sandbox_id=sandbox_id, host_id="h1",
+async def place(bus: Bus, sandbox_id: str, host: str = "h1") -> None:
+    """The scheduler's placement (a control-plane fact)."""
+    await bus.publish(SandboxScheduled(op_id="op-b", org_id=ORG, sandbox_id=sandbox_id,
+                                       host_id=host))
+
+
+async def report(bus: Bus, *facts: Envelope, host: str = "h1", msg_id: str = "") -> None:
+    """Facts as host `host` publishes them: on its own subject."""
+    for f in facts:
+        await bus.jetstream.publish(subject_for(f, host), f.to_json(),
+                                    headers={"Nats-Msg-Id": msg_id + f.event_id})
+
+
+def run_facts(sandbox_id: str, t0: datetime, secs: float, vcpus: int = 2, mem: int = 256,
+              host: str = "h1"):
+    start = SandboxStarted(op_id="op-b", org_id=ORG, sandbox_id=sandbox_id, host_id=host,
                            vcpus=vcpus, memory_mib=mem, accel="kvm", occurred_at=t0)
-    stop = SandboxStopped(op_id="op-b", org_id=ORG, sandbox_id=sandbox_id, host_id="h1",
+    stop = SandboxStopped(op_id="op-b", org_id=ORG, sandbox_id=sandbox_id, host_id=host,
                           occurred_at=t0 + timedelta(seconds=secs))
     return start, stop
 
@@ -87,8 +103,8 @@ def run_facts(sandbox_id: str, t0: datetime, secs: float, vcpus: int = 2, mem: i
 async def test_one_run_bills_once_despite_redelivery(billing: Billing):
     t0 = datetime.now(UTC) - timedelta(seconds=300)
     start, stop = run_facts("sb-a", t0, 90)
-    await billing.publish(start)
-    await billing.publish(stop)
+    await place(billing, "sb-a")
+    await report(billing, start, stop)
     [u] = await wait_usage(billing, 1)
     assert (u.sandbox_id, u.org_id, u.vcpu_seconds, u.memory_mib_seconds) == (
         "sb-a", ORG, 180.0, 256 * 90.0)
@@ -96,20 +112,16 @@ async def test_one_run_bills_once_despite_redelivery(billing: Billing):
 
     # the same facts again: deduped by the stream, and (new msg ids, as after a
     # producer retry past the window) by the meter; plus a second end fact
-    await billing.publish(start)
-    await billing.publish(stop)
-    assert billing.js
-    for fact in (start, stop):
-        await billing.js.publish(f"corral.evt.sandbox.{ORG}.sb-a.{fact.type}", fact.to_json(),
-                                 headers={"Nats-Msg-Id": f"redo-{fact.event_id}"})
+    await report(billing, start, stop)
+    await report(billing, start, stop, msg_id="redo-")
     await billing.publish(SandboxDestroyed(op_id="op-b", org_id=ORG, sandbox_id="sb-a",
                                            occurred_at=t0 + timedelta(seconds=95)))
     # a later sandbox is a marker: the consumer handles facts in order
-    for f in run_facts("sb-marker", t0, 10):
-        await billing.publish(f)
+    await place(billing, "sb-marker")
+    await report(billing, *run_facts("sb-marker", t0, 10))
     records = await wait_usage(billing, 2)
     # the redo copies really reached the stream: only the meter dropped them
-    assert len(await stream_messages(billing, "CORRAL_SANDBOX")) == 7
+    assert len(await stream_messages(billing, "CORRAL_SANDBOX")) == 9
     assert sorted(r.sandbox_id for r in records) == ["sb-a", "sb-marker"]
     assert records[0].event_id == u.event_id
     meter = billing.app.metering.meter("sb-a")  # deduped in the meter, not just the stream
@@ -118,8 +130,8 @@ async def test_one_run_bills_once_despite_redelivery(billing: Billing):
 
 async def test_poison_goes_to_dlq_and_next_message_is_processed(billing: Bus):
     assert billing.js
-    await billing.js.publish(f"corral.evt.sandbox.{ORG}.sb-p.SandboxStarted", b"\x00not json",
-                             headers={"Nats-Msg-Id": "poison-1"})
+    await billing.js.publish(host_fact_subject("h1", ORG, "sb-p", "SandboxStarted"),
+                             b"\x00not json", headers={"Nats-Msg-Id": "poison-1"})
 
     async def dead_lettered() -> bool:
         return bool(await stream_messages(billing, "CORRAL_DLQ"))
@@ -130,22 +142,40 @@ async def test_poison_goes_to_dlq_and_next_message_is_processed(billing: Bus):
     assert letter["consumer"] == "billing-metering" and "not JSON" in letter["reason"]
 
     t0 = datetime.now(UTC) - timedelta(seconds=100)
-    for f in run_facts("sb-ok", t0, 30, vcpus=1):
-        await billing.publish(f)
+    await place(billing, "sb-ok")
+    await report(billing, *run_facts("sb-ok", t0, 30, vcpus=1))
     [u] = await wait_usage(billing, 1)
     assert (u.sandbox_id, u.vcpu_seconds) == ("sb-ok", 30.0)
+
+
+async def test_only_the_placement_host_is_billed_for(billing: Billing):
+    """A host's run facts count only once the placement is known, and only from
+    the host it names: another host's report bills nothing and is dead-lettered."""
+    t0 = datetime.now(UTC) - timedelta(seconds=100)
+    await report(billing, *run_facts("sb-x", t0, 40, host="h2"), host="h2")  # waits: unplaced
+    await place(billing, "sb-x", host="h1")  # ...on h1: h2's facts are poison
+
+    async def refused() -> bool:
+        return len([m for m in await stream_messages(billing, "CORRAL_DLQ")
+                    if "placed on h1" in json.loads(m.data)["reason"]]) == 2
+    await until(refused, 15, what="h2's facts dead-lettered")
+    start, stop = run_facts("sb-x", t0, 20)
+    await report(billing, start, stop, host="h1")
+    [u] = await wait_usage(billing, 1)
+    assert (u.sandbox_id, u.vcpu_seconds) == ("sb-x", 40.0)  # h1's 20 s at 2 vCPU
 
 
 async def test_long_run_is_cut_into_periods(billing_minute_periods: Bus):
     bus = billing_minute_periods
     t0 = datetime.now(UTC) - timedelta(seconds=150)
     start, _ = run_facts("sb-long", t0, 0, vcpus=1, mem=100)
-    await bus.publish(start)
+    await place(bus, "sb-long")
+    await report(bus, start)
     first = await wait_usage(bus, 2)  # two full 60 s periods, no end fact yet
     assert [(u.period_start, u.period_end) for u in first[:2]] == [
         (t0, t0 + timedelta(seconds=60)), (t0 + timedelta(seconds=60), t0 + timedelta(seconds=120))]
     assert all(u.vcpu_seconds == 60.0 for u in first[:2])
-    await bus.publish(SandboxStopped(op_id="op", org_id=ORG, sandbox_id="sb-long",
+    await report(bus, SandboxStopped(op_id="op", org_id=ORG, sandbox_id="sb-long", host_id="h1",
                                      occurred_at=t0 + timedelta(seconds=130)))
 
     async def closed() -> bool:

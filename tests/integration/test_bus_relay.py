@@ -10,8 +10,10 @@ from common.eventstore import store_env
 from common.relay import OutboxRelay
 from contracts.sandbox import SandboxScheduled, SandboxSpec
 from contracts.subjects import ConsumerDef
+from services.api_gateway.adapters.sealer import Sealer
 from services.api_gateway.application.ledger import SandboxLedger
 
+KEY = bytes(range(32))
 pytestmark = pytest.mark.integration
 
 
@@ -41,7 +43,7 @@ async def stream_msgs(bus: Bus, subject: str) -> list:
 
 
 async def test_relay_publishes_in_order_resumes_and_dedupes(bus, tmp_path, store):
-    ledger = SandboxLedger(store_env(store, tmp_path, "gateway"))
+    ledger = SandboxLedger(store_env(store, tmp_path, "gateway"), Sealer(KEY))
     org = "org" + uuid.uuid4().hex[:8]
     sids = []
     for _ in range(3):
@@ -117,3 +119,52 @@ async def test_poison_is_dead_lettered_and_stream_not_blocked(bus):
     assert "not JSON" in reasons and "unknown type" in reasons and "invalid SandboxScheduled" in reasons
     assert "poison" in reasons and "gave up after 3" in reasons
     assert all(x["consumer"] == f"t-{tag}" for x in letters)
+
+
+async def test_the_relay_parks_what_the_bus_never_takes_and_flows_on(tmp_path):
+    """On a server with a small max_payload: an event larger than it is parked
+    (dead letter + alarm), and the events behind it are published in order."""
+    from eventsourcing.domain import Aggregate, event
+
+    from common.eventstore import StoreApp
+    from common.natsserver import NatsServer
+    from contracts.host import HostCapacity, HostHeartbeat
+
+    class Outbox(Aggregate):
+        @event("Noted")
+        def note(self, envelope: dict) -> None:
+            pass
+
+    server = NatsServer(tmp_path / "nats", max_payload=256 * 1024).start()
+    bus = Bus(server.url, "park-test")
+    app = StoreApp(store_env("sqlite", tmp_path, "park"))
+    try:
+        await bus.connect()
+        await bus.ensure_topology()
+        cap = HostCapacity(vcpus=1, memory_mib=64, max_sandboxes=1)
+
+        def beat(seq: int, pools: int) -> dict:
+            return json.loads(HostHeartbeat(
+                op_id="op", host_id="h-park", seq=seq, accel="kvm", capacity=cap, running=0,
+                used_vcpus=0, used_memory_mib=0, interval_s=1,
+                pools={f"p{i}": {f"k{j}": j for j in range(pools)} for i in range(8)},
+            ).to_json())
+        box = Outbox()
+        for seq, pools in ((1, 1), (2, 5000), (3, 1)):  # the middle one is ~600 KB
+            box.note(beat(seq, pools))
+        app._save(box)
+        relay = OutboxRelay(app, bus, name="park-relay")
+        while await relay.drain_once():
+            pass
+        assert (relay.published, relay.parked) == (2, 1)
+        seen = [json.loads(m.data)["seq"] for m in
+                await stream_msgs(bus, "corral.evt.host.h-park.HostHeartbeat")]
+        assert seen == [1, 3]
+        [letter] = [json.loads(m.data) for m in await stream_msgs(bus, "corral.dlq.park-relay")]
+        assert "MaxPayload" in letter["reason"] and letter["consumer"] == "park-relay"
+        assert letter["subject"] == "corral.evt.host.h-park.HostHeartbeat"
+        assert len(letter["payload"]) == 65536  # the head of it, for the operator
+    finally:
+        await bus.close()
+        app.close()
+        server.stop()

@@ -7,15 +7,18 @@ import pytest
 from common.eventstore import store_env
 from contracts.sandbox import SandboxScheduled, SandboxSpec, SandboxStarted, SandboxStarting
 from services.api_gateway.adapters.read_model import ReadModel
-from services.api_gateway.application.errors import Conflict, IdempotencyMismatch, NotFound
+from services.api_gateway.application.errors import (Conflict, IdempotencyMismatch, NotFound,
+                                                     OutOfOrder)
+from services.api_gateway.adapters.sealer import Sealer
 from services.api_gateway.application.ledger import SandboxLedger
 
+KEY = bytes(range(32))
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
 def ledger(store, tmp_path):
-    app = SandboxLedger(store_env(store, tmp_path, "gateway"))
+    app = SandboxLedger(store_env(store, tmp_path, "gateway"), Sealer(KEY))
     yield app
     app.close()
 
@@ -41,7 +44,7 @@ def test_state_rebuilt_from_store_and_facts_deduplicated(ledger, store, tmp_path
     assert ledger.ingest(scheduled) is False  # redelivery changes nothing
     ledger.ingest(fact(SandboxStarting, sb, host_id="h1"))
     ledger.ingest(fact(SandboxStarted, sb, host_id="h1", vcpus=1, memory_mib=256, accel="fake"))
-    fresh = SandboxLedger(store_env(store, tmp_path, "gateway"))  # a restarted process
+    fresh = SandboxLedger(store_env(store, tmp_path, "gateway"), Sealer(KEY))  # a restarted process
     try:
         again = fresh.find(str(sb.id), "org1")
         assert again.state == "running" and again.host_id == "h1"
@@ -121,3 +124,54 @@ async def test_read_model_projection_is_rebuildable(ledger, store, tmp_path):
             await rm.list_sandboxes("org1", 5, "garbage!", None, None)
     finally:
         await rm.close()
+
+
+def _from_host(msg, host_id: str):
+    """`msg` as the bus delivers it from `host_id`'s own subject."""
+    from contracts import parse_message
+    from contracts.subjects import subject_for
+    return parse_message(msg.to_json(), subject=subject_for(msg, host_id))
+
+
+def test_env_values_stay_out_of_events_and_go_only_to_the_placement_host(ledger):
+    secret = "hunter2-" + "x" * 20
+    spec = SandboxSpec(env={"DB_PASSWORD": secret}, metadata={"team": "a"})
+    sb, _ = ledger.request("org1", spec, "op", None, "k1")
+    stored = [n.state for n in ledger.recorder.select_notifications(0, 100)]
+    assert stored and not any(secret.encode() in s for s in stored)  # sealed in the store
+    requested = ledger.history(str(sb.id), "org1")[0]
+    assert requested["spec"]["env"] == {} and requested["secret_env"] is True
+    assert requested["spec"]["metadata"] == {"team": "a"}
+    import hashlib
+    import json
+    plain = hashlib.sha256(json.dumps(spec.model_dump(mode="json"), sort_keys=True,
+                                      separators=(",", ":")).encode()).hexdigest()
+    assert requested["request_hash"] != plain  # keyed: guesses cannot be checked
+    again, created = ledger.request("org1", spec, "op2", None, "k1")  # idempotent replay
+    assert again.id == sb.id and not created
+    with pytest.raises(OutOfOrder):  # not placed yet: the host asks again
+        ledger.env_for_host(str(sb.id), "org1", "h1")
+    ledger.ingest(fact(SandboxScheduled, sb, host_id="h1"))
+    assert ledger.env_for_host(str(sb.id), "org1", "h1") == {"DB_PASSWORD": secret}
+    for host, org in (("h2", "org1"), ("h1", "org2")):
+        with pytest.raises(NotFound):
+            ledger.env_for_host(str(sb.id), org, host)
+    other_key = SandboxLedger(ledger.env, Sealer(bytes(32)))  # a gateway with another key
+    try:
+        with pytest.raises(ValueError):
+            other_key.env_for_host(str(sb.id), "org1", "h1")
+    finally:
+        other_key.close()
+
+
+def test_host_facts_count_only_from_the_placement_host(ledger):
+    sb, _ = ledger.request("org1", SandboxSpec(), "op", None, None)
+    starting = fact(SandboxStarting, sb, host_id="h2")
+    with pytest.raises(OutOfOrder):  # before the placement is known
+        ledger.ingest(_from_host(starting, "h2"))
+    ledger.ingest(fact(SandboxScheduled, sb, host_id="h1"))
+    with pytest.raises(ValueError):  # h2 does not hold it
+        ledger.ingest(_from_host(starting, "h2"))
+    assert ledger.find(str(sb.id), "org1").state == "scheduled"
+    assert ledger.ingest(_from_host(fact(SandboxStarting, sb, host_id="h1"), "h1"))
+    assert ledger.find(str(sb.id), "org1").state == "starting"

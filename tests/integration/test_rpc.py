@@ -2,14 +2,18 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 
 import nats
 import pytest
 from nats.aio.client import Client
 
-from common.rpc import Reply, RpcFailure, request, serve
-from contracts.rpc import Done, HostAction, HostActionResult, RpcError
+from pydantic import Field
+
+from common.rpc import Reply, RpcFailure, open_stream, request, serve
+from common.rpc_parts import PARTS, Assembler, PartsError
+from contracts.rpc import Done, HostAction, HostActionResult, RpcError, RpcModel
 
 pytestmark = pytest.mark.integration
 SUBJECT = "corral.rpc.test.action"
@@ -71,7 +75,7 @@ async def test_reply_then_runs_after_the_answer_and_stop_waits_for_it(nc: Client
     events: list[str] = []
     release = asyncio.Event()
 
-    async def follow_up() -> None:
+    async def follow_up(send) -> None:
         events.append("then started")
         await release.wait()
         events.append("then done")
@@ -110,3 +114,82 @@ async def test_a_queue_group_answers_each_request_once(nc: Client):
         for task, stop in servers:
             stop.set()
             await task
+
+
+class Blob(RpcModel):
+    data: str = Field(max_length=8 << 20)
+
+
+BLOB = "corral.rpc.test.blob"
+
+
+async def test_bodies_larger_than_a_bus_message_travel_in_parts(nc: Client):
+    """A 3 MiB request and a 3 MiB answer on a server whose max_payload is 1 MiB."""
+    assert nc.max_payload == 1 << 20
+    got: list[int] = []
+
+    async def echo(req: Blob) -> Blob:
+        got.append(len(req.data))
+        return Blob(data=req.data[::-1])
+
+    stop = asyncio.Event()
+    task = asyncio.ensure_future(serve(nc, {BLOB: (Blob, echo)}, stop, max_bytes=4 << 20))
+    await asyncio.sleep(0.05)
+    try:
+        big = "".join(chr(97 + i % 26) for i in range(3 << 20))
+        out = await request(nc, BLOB, Blob(data=big), Blob, timeout=10, max_bytes=4 << 20)
+        assert out.data == big[::-1] and got == [3 << 20]
+        with pytest.raises(RpcFailure) as e:  # the caller's cap holds for joined parts
+            await request(nc, BLOB, Blob(data=big), Blob, timeout=10, max_bytes=2 << 20)
+        assert e.value.code == "internal"
+        with pytest.raises(RpcFailure) as e:  # and so does the server's
+            await request(nc, BLOB, Blob(data=big + big), Blob, timeout=10, max_bytes=8 << 20)
+        assert e.value.code == "invalid"
+        with pytest.raises(RpcFailure) as e:
+            await request(nc, "corral.rpc.test.nobody", Blob(data=big), Blob, timeout=5)
+        assert e.value.code == "unavailable"
+    finally:
+        stop.set()
+        await task
+
+
+async def test_a_stream_follows_the_answer_on_the_same_inbox(nc: Client):
+    async def call(req: HostAction) -> Reply:
+        async def chunks(send) -> None:
+            for i in range(3):
+                await send(Blob(data=f"{i}" * (600 << 10)))  # ~1.8 MiB in all, in parts
+        return Reply(Done(), then=chunks)
+
+    task, stop = await _server(nc, call)
+    try:
+        stream = await open_stream(nc, SUBJECT, HostAction(host_id="h1"), 5, 1024)
+        assert await stream.answer(Done) == Done()
+        deadline = time.monotonic() + 5
+        seen = [Blob.model_validate_json(await stream.next(deadline, 1 << 20)).data[:1]
+                for _ in range(3)]
+        assert seen == ["0", "1", "2"]
+        with pytest.raises(TimeoutError):
+            await stream.next(time.monotonic() + 0.2)
+        await stream.close()
+    finally:
+        stop.set()
+        await task
+
+
+def test_assembler_bounds_what_it_holds():
+    from nats.aio.msg import Msg
+
+    def part(i: int, n: int, reply: str = "_INBOX.a", data: bytes = b"x" * 10) -> Msg:
+        return Msg(None, subject="s", reply=reply, data=data,  # type: ignore[arg-type]
+                   headers={PARTS: f"{i}/{n}"})
+
+    a = Assembler(max_bytes=25, max_pending=1)
+    assert a.add(part(1, 2)) is None and a.add(part(2, 2)) == b"x" * 20
+    assert a.add(part(1, 3)) is None
+    with pytest.raises(PartsError):  # a second request in parts while one is open
+        a.add(part(1, 2, reply="_INBOX.b"))
+    a.add(part(2, 3))
+    with pytest.raises(PartsError):  # 30 bytes > 25
+        a.add(part(3, 3))
+    with pytest.raises(PartsError):  # a part with no beginning
+        a.add(part(2, 2))

@@ -10,18 +10,20 @@ from contracts.sandbox import (Failure, NetworkSpec, SandboxDestroyed, SandboxFa
                                SandboxScheduled, SandboxSpec, SandboxStarted, SandboxStarting)
 from contracts.snapshot import SnapshotCreated
 from services.api_gateway.application.errors import Conflict, TooMany, Unprocessable
+from services.api_gateway.adapters.sealer import Sealer
 from services.api_gateway.application.ledger import SandboxLedger
 from services.api_gateway.application.rate_limit import RateLimiter
 from services.api_gateway.application.sandboxes import Sandboxes
 from services.api_gateway.application.waiters import Waiters
 from services.api_gateway.domain.quota import Limits
 
+KEY = bytes(range(32))
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
 def ledger(store, tmp_path):
-    app = SandboxLedger(store_env(store, tmp_path, "gateway"))
+    app = SandboxLedger(store_env(store, tmp_path, "gateway"), Sealer(KEY))
     yield app
     app.close()
 

@@ -14,7 +14,7 @@ from contracts import ALL_TYPES, InvalidMessage, parse_message
 from contracts.commands import (DestroySandbox, PauseSandbox, ResumeSandbox, StartSandbox,
                                 StopSandbox)
 from contracts.export import ROOT, DeadLetter, nats_match, rpc_models, stale
-from contracts.host import HostCapacity, HostHeartbeat, HostLost, HostRegistered
+from contracts.host import HostCapacity, HostHeartbeat, HostLost, HostRegistered, HostRevoked
 from contracts.registry import BY_NAME
 from contracts.sandbox import (Failure, SandboxDestroyed, SandboxDestroyRequested, SandboxExpiring,
                                SandboxFailed, SandboxLost, SandboxPaused, SandboxPauseRequested,
@@ -25,9 +25,9 @@ from contracts.sandbox import (Failure, SandboxDestroyed, SandboxDestroyRequeste
 from contracts.snapshot import (DeleteSnapshot, SnapshotCreated, SnapshotDeleted,
                                 SnapshotDeleteRequested, SnapshotFailed, SnapshotRequested,
                                 TakeSnapshot)
-from contracts.subjects import (CONSUMERS, STREAMS, dlq_subject, host_agent_consumer,
-                                host_command_subject, host_subject, sandbox_subject, subject_for,
-                                usage_subject)
+from contracts.subjects import (CONSUMERS, HOST_FACT_TYPES, STREAMS, dlq_subject,
+                                host_agent_consumer, host_command_subject, host_fact_subject,
+                                host_subject, sandbox_subject, subject_for, usage_subject)
 from contracts.usage import UsageRecorded
 
 pytestmark = pytest.mark.unit
@@ -61,6 +61,7 @@ SAMPLES = [
     HostHeartbeat(op_id="op-1", host_id="h-1", seq=3, accel="kvm", capacity=CAP, running=1,
                   used_vcpus=1, used_memory_mib=256, interval_s=2.0),
     HostLost(op_id="op-1", host_id="h-1", last_seen=T0.isoformat(), timeout_s=6.0),
+    HostRevoked(op_id="op-1", host_id="h-1"),
     UsageRecorded(period_start=T0, period_end=T0, vcpu_seconds=1.5, memory_mib_seconds=384.0,
                   host_id="h-1", **IDS),
     StartSandbox(host_id="h-1", spec=SandboxSpec(), **IDS),
@@ -184,10 +185,35 @@ def test_matcher():
 
 @pytest.mark.parametrize("msg", SAMPLES, ids=lambda m: m.type)
 def test_every_type_maps_to_exactly_one_stream(msg):
-    subject = subject_for(msg)
-    assert all(_valid_token(t) for t in subject.split("."))
-    homes = [s.name for s in STREAMS if any(nats_match(p, subject) for p in s.subjects)]
-    assert len(homes) == 1, (subject, homes)
+    for subject in [subject_for(msg)] + ([subject_for(msg, "h-1")]
+                                         if msg.type in HOST_FACT_TYPES else []):
+        assert all(_valid_token(t) for t in subject.split("."))
+        homes = [s.name for s in STREAMS if any(nats_match(p, subject) for p in s.subjects)]
+        assert len(homes) == 1, (subject, homes)
+
+
+@pytest.mark.parametrize("msg", SAMPLES, ids=lambda m: m.type)
+def test_a_message_must_be_what_its_subject_says(msg):
+    """Received with its subject, a message is checked against it: a host's
+    facts only under its own id, of the types a host reports, about the sandbox
+    and org the subject names."""
+    raw = msg.to_json()
+    assert parse_message(raw, subject=subject_for(msg)).via_host is None
+    if msg.type in HOST_FACT_TYPES:
+        if getattr(msg, "host_id", None) is None:  # also a control-plane fact
+            with pytest.raises(InvalidMessage):  # a host's report names the host
+                parse_message(raw, subject=subject_for(msg, "h-1"))
+            msg = msg.model_copy(update={"host_id": "h-1"})
+            raw = msg.to_json()
+        assert parse_message(raw, subject=subject_for(msg, "h-1")).via_host == "h-1"
+        with pytest.raises(InvalidMessage):  # h-2 reporting what h-1 did
+            parse_message(raw, subject=subject_for(msg, "h-2"))
+    elif msg.KIND == "event" and msg.type.startswith(("Sandbox", "Snapshot")):
+        with pytest.raises(InvalidMessage):  # a control-plane fact is never a host's
+            parse_message(raw, subject=host_fact_subject("h-1", "org-1", "sbx-1", msg.type))
+    elsewhere = "corral.evt.sandbox.org-2.sbx-1." + msg.type
+    with pytest.raises(InvalidMessage):  # another org's subject, or another family
+        parse_message(raw, subject=elsewhere)
 
 
 def test_streams_do_not_overlap():
@@ -206,9 +232,16 @@ def test_consumer_filters_inside_its_stream(c):
     assert _valid_token(c.durable) and _valid_token(dlq_subject(c.durable).split(".")[-1])
 
 
+def _all_subjects() -> list[str]:
+    """Where each sample goes, from the control plane and (for what a host may
+    report) from host h-1."""
+    return [subject_for(m) for m in SAMPLES] + [
+        subject_for(m, "h-1") for m in SAMPLES if m.type in HOST_FACT_TYPES]
+
+
 @pytest.mark.parametrize("c", CONSUMERS, ids=lambda c: c.durable)
 def test_consumer_filters_match_some_type(c):
-    subjects = [subject_for(m) for m in SAMPLES]
+    subjects = _all_subjects()
     for f in c.filter_subjects:
         assert any(nats_match(f, s) for s in subjects), f"{c.durable}: {f} matches no type"
 

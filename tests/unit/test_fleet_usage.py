@@ -14,7 +14,7 @@ from common.eventstore import store_env
 from common.rpc import answer
 from common.sqldb import decode_cursor
 from contracts import rpc
-from contracts.host import HostCapacity, HostHeartbeat
+from contracts.host import HostCapacity, HostHeartbeat, HostRegistered
 from contracts.sandbox import SandboxDestroyed, SandboxRequested, SandboxSpec, SandboxStarted
 from services.billing.adapters.usage_index import UsageIndex
 from services.billing.application.metering import Metering
@@ -59,6 +59,11 @@ def test_cordon_survives_loss_and_return_and_loss_still_applies():
 
 # --- scheduler store: placement, persistence, listing ------------------------
 
+def reg(host_id: str) -> HostRegistered:
+    return HostRegistered(op_id="op", host_id=host_id, hostname=host_id, accel="fake",
+                          capacity=HostCapacity(**CAP), agent_version="0")
+
+
 def hb(host_id: str) -> HostHeartbeat:
     return HostHeartbeat(op_id="op", host_id=host_id, seq=0, accel="fake",
                          capacity=HostCapacity(**CAP), running=0, used_vcpus=0,
@@ -86,8 +91,8 @@ def sched(tmp_path):
 def test_placement_skips_cordoned_hosts_until_uncordoned(sched):
     app = sched()
     fleet = Fleet(app)
-    app.register(hb("h1"))
-    app.register(hb("h2"))
+    app.register(reg("h1"))
+    app.register(reg("h2"))
     h, changed = fleet.cordon("h1")
     assert changed and h.scheduling == "cordoned" == app.host("h1").scheduling
     for _ in range(3):
@@ -103,7 +108,7 @@ def test_placement_skips_cordoned_hosts_until_uncordoned(sched):
 
 def test_cordon_is_stored_and_seen_by_another_instance_and_after_restart(sched):
     a, b = sched(), sched()  # two scheduler instances on one store
-    a.register(hb("h1"))
+    a.register(reg("h1"))
     _, changed = Fleet(a).cordon("h1")
     assert changed
     assert b.host("h1").scheduling == "cordoned"
@@ -116,21 +121,21 @@ def test_cordon_is_stored_and_seen_by_another_instance_and_after_restart(sched):
 
 def test_lost_cordoned_host_still_loses_its_sandboxes(sched):
     app = sched()
-    app.register(hb("h1"))
+    app.register(reg("h1"))
     p, _ = app.place(req(), ["h1"])
     Fleet(app).drain("h1")
     assert app.mark_lost("h1", 3.0, "op") == [p.sandbox_id]
     assert app.host("h1").display_status == "lost"
-    app.register(hb("h1"))  # back
+    app.register(hb("h1"))  # a heartbeat: back
     assert app.host("h1").display_status == "draining"
 
 
 def test_fleet_lists_every_recorded_host_from_any_instance(sched):
     a, b = sched(), sched()
-    a.register(hb("h2"))
+    a.register(reg("h2"))
     fleet = Fleet(b)
     assert [h.host_id for h in fleet.hosts()] == ["h2"]
-    a.register(hb("h1"))
+    a.register(reg("h1"))
     a.mark_lost("h2", 3.0, "op")  # lost hosts are listed too
     assert [(h.host_id, h.display_status) for h in fleet.hosts()] == [("h1", "ready"),
                                                                       ("h2", "lost")]
@@ -140,7 +145,7 @@ def test_fleet_lists_every_recorded_host_from_any_instance(sched):
 
 def test_host_info_and_rpc_errors(sched):
     app = sched()
-    app.register(hb("h1"))
+    app.register(reg("h1"))
     app.place(req(), ["h1"])
     now = [100.0]
     live = Liveness(3, clock=lambda: now[0])

@@ -54,11 +54,22 @@ def test_every_devstack_service_has_a_compose_service(compose):
         assert svc["build"]["dockerfile"] == "infra/Dockerfile", name
 
 
+def _secret_env(service: str) -> dict[str, str]:
+    """What `corral secrets init` writes for a compose service (no TLS files)."""
+    from common.deploy import Layout, service_env
+    from common.natsconf import BusSecrets
+    text = service_env(BusSecrets.generate(), {"api_gateway": "gateway"}.get(service, service),
+                       Layout(), secrets_key="k")
+    return dict(line.split("=", 1) for line in text.splitlines())
+
+
 def test_compose_env_vars_are_settings_fields(compose):
     for service in SERVICES:
         name, svc = _service_for(compose, service)
         known = _env_names(_settings(service))
         used = {k for k in (svc.get("environment") or {}) if k.startswith("CORRAL_")}
+        if svc.get("env_file"):
+            used |= set(_secret_env(service))
         assert used, f"{name} sets no CORRAL_* variable"
         assert used <= known, f"{name}: not a field of its settings: {sorted(used - known)}"
 
@@ -66,13 +77,21 @@ def test_compose_env_vars_are_settings_fields(compose):
 def test_compose_wiring(compose):
     svcs = compose["services"]
     assert {"nats", "postgres"} <= set(svcs)
-    assert "-js" in svcs["nats"]["command"] and "/data" in svcs["nats"]["command"]
+    assert svcs["nats"]["command"] == ["-c", "/etc/nats/nats.conf"]
+    assert "./secrets/nats.conf:/etc/nats/nats.conf:ro" in svcs["nats"]["volumes"]
     assert svcs["nats"]["image"].startswith("nats:2.10")
     assert svcs["postgres"]["image"].startswith("postgres:16") and "healthcheck" in svcs["postgres"]
     for service in SERVICES:
-        env = _service_for(compose, service)[1]["environment"]
-        assert env["CORRAL_NATS_URL"] == "nats://nats:4222"
+        name, svc = _service_for(compose, service)
+        env = {**(_secret_env(service) if svc.get("env_file") else {}), **svc["environment"]}
+        assert env["CORRAL_NATS_URL"] == "tls://nats:4222", name  # authenticated, over TLS
+        assert env["CORRAL_NATS_CA_FILE"] == "/etc/corral/tls/ca.pem", name
+        assert any(v.endswith(":/etc/corral/tls/ca.pem:ro") for v in svc["volumes"]), name
         assert env["CORRAL_STORE"].startswith("postgresql://")
+        if service != "host_agent":  # its own credential: the host token
+            file = {"api_gateway": "gateway"}.get(service, service)
+            assert svc["env_file"] == [f"secrets/{file}.env"], name
+            assert env["CORRAL_NATS_USER"] and env["CORRAL_NATS_PASSWORD"], name
     _, gw = _service_for(compose, "api_gateway")
     assert gw["environment"]["CORRAL_HTTP_HOST"] == "0.0.0.0"
     _, agent = _service_for(compose, "host_agent")

@@ -6,10 +6,12 @@ import pytest
 
 from common.eventstore import store_env
 from contracts.commands import StartSandbox
-from contracts.host import HostCapacity, HostHeartbeat, HostRegistered
+from contracts import parse_message
+from contracts.host import HostCapacity, HostHeartbeat, HostRegistered, HostRevoked
 from contracts.sandbox import (SandboxDestroyed, SandboxDestroyRequested, SandboxRequested,
                                SandboxSpec)
-from services.scheduler.application.scheduler import NoCapacity, Scheduler
+from contracts.subjects import host_fact_subject
+from services.scheduler.application.scheduler import NoCapacity, Scheduler, WrongSource
 
 pytestmark = pytest.mark.unit
 
@@ -18,6 +20,12 @@ def hb(host_id: str, vcpus: int = 4, mem: int = 1024, n: int = 10) -> HostHeartb
     return HostHeartbeat(op_id="op", host_id=host_id, seq=0, accel="fake",
                          capacity=HostCapacity(vcpus=vcpus, memory_mib=mem, max_sandboxes=n),
                          running=0, used_vcpus=0, used_memory_mib=0, interval_s=1)
+
+
+def reg(host_id: str, vcpus: int = 4, mem: int = 1024, n: int = 10) -> HostRegistered:
+    return HostRegistered(op_id="op", host_id=host_id, hostname=host_id, accel="fake",
+                          capacity=HostCapacity(vcpus=vcpus, memory_mib=mem, max_sandboxes=n),
+                          agent_version="0")
 
 
 def req(vcpus: int = 1, mem: int = 256) -> SandboxRequested:
@@ -37,15 +45,50 @@ def published(app: Scheduler) -> list[dict]:
             if json.loads(n.state).get("envelope")]
 
 
-def test_register_from_heartbeat_then_no_rewrite(app):
-    assert app.register(hb("h1")) is True
+def test_a_heartbeat_alone_makes_no_host_and_refreshes_a_registered_one(app):
+    assert app.register(hb("h1")) is False and app.host("h1") is None
+    assert not app.accepts_heartbeats("h1")
+    assert app.register(reg("h1")) is True and app.accepts_heartbeats("h1")
     assert app.register(hb("h1")) is False  # unchanged heartbeat stores nothing
     assert app.register(hb("h1", vcpus=8)) is True
     assert app.host("h1").capacity["vcpus"] == 8
 
 
+def test_a_revoked_host_loses_its_sandboxes_and_is_never_placed_on_again(app):
+    app.register(reg("h1"))
+    placed, _ = app.place(req(), ["h1"])
+    revoked = HostRevoked(op_id="op-r", host_id="h1", reason="stolen token")
+    assert app.revoke(revoked) == [placed.sandbox_id]
+    assert app.revoke(revoked) == []  # exactly once
+    lost = [e for e in published(app) if e["type"] == "SandboxLost"]
+    assert [e["sandbox_id"] for e in lost] == [placed.sandbox_id]
+    assert "revoked" in lost[0]["reason"]
+    assert app.host("h1").display_status == "revoked" and not app.accepts_heartbeats("h1")
+    assert app.register(reg("h1")) is False and app.register(hb("h1", vcpus=9)) is False
+    with pytest.raises(NoCapacity):
+        app.place(req(), ["h1"])
+
+
+def test_a_host_report_counts_only_from_the_placement_host(app):
+    app.register(reg("h1"))
+    app.register(reg("h2"))
+    placed, _ = app.place(req(), ["h1"])
+    ids = dict(op_id="op", org_id="org1", sandbox_id=placed.sandbox_id)
+    forged = parse_message(SandboxDestroyed(host_id="h2", **ids).to_json(),
+                           subject=host_fact_subject("h2", "org1", placed.sandbox_id,
+                                                     "SandboxDestroyed"))
+    with pytest.raises(WrongSource):
+        app.host_reported(forged)
+    assert placed.sandbox_id in app.host("h1").allocations
+    real = parse_message(SandboxDestroyed(host_id="h1", **ids).to_json(),
+                         subject=host_fact_subject("h1", "org1", placed.sandbox_id,
+                                                   "SandboxDestroyed"))
+    app.host_reported(real)
+    assert placed.sandbox_id not in app.host("h1").allocations
+
+
 def test_place_emits_scheduled_then_command_once(app):
-    app.register(hb("h1"))
+    app.register(reg("h1"))
     r = req()
     p1, new1 = app.place(r, ["h1"])
     p2, new2 = app.place(r, ["h1"])  # redelivery
@@ -57,8 +100,8 @@ def test_place_emits_scheduled_then_command_once(app):
 
 
 def test_capacity_is_respected_and_least_loaded_wins(app):
-    app.register(hb("h1", vcpus=2, mem=512))
-    app.register(hb("h2", vcpus=2, mem=512))
+    app.register(reg("h1", vcpus=2, mem=512))
+    app.register(reg("h2", vcpus=2, mem=512))
     hosts = [app.place(req(mem=256), ["h1", "h2"])[0].host_id for _ in range(4)]
     assert sorted(hosts) == ["h1", "h1", "h2", "h2"]
     with pytest.raises(NoCapacity):
@@ -66,13 +109,13 @@ def test_capacity_is_respected_and_least_loaded_wins(app):
 
 
 def test_dead_hosts_are_not_candidates(app):
-    app.register(hb("h1"))
+    app.register(reg("h1"))
     with pytest.raises(NoCapacity):
         app.place(req(), [])
 
 
 def test_destroy_before_placement_cancels_and_placement_never_happens(app):
-    app.register(hb("h1"))
+    app.register(reg("h1"))
     r = req()
     app.route_intent(SandboxDestroyRequested(op_id="op", org_id="org1", sandbox_id=r.sandbox_id))
     p, new = app.place(r, ["h1"])
@@ -81,7 +124,7 @@ def test_destroy_before_placement_cancels_and_placement_never_happens(app):
 
 
 def test_destroy_routes_to_host_and_release_frees_capacity(app):
-    app.register(hb("h1", vcpus=1, mem=256, n=1))
+    app.register(reg("h1", vcpus=1, mem=256, n=1))
     r = req()
     app.place(r, ["h1"])
     d = SandboxDestroyRequested(op_id="op", org_id="org1", sandbox_id=r.sandbox_id)
@@ -109,12 +152,12 @@ def test_lost_host_loses_its_sandboxes_exactly_once(app):
     # destroying a lost sandbox needs no host
     app.route_intent(SandboxDestroyRequested(op_id="op", org_id="org1", sandbox_id=a.sandbox_id))
     assert [e["type"] for e in published(app)][-1] == "SandboxDestroyed"
-    assert app.register(hb("h1")) is True and app.host("h1").status == "ready"
+    assert app.register(reg("h1")) is True and app.host("h1").status == "ready"
 
 
 def test_each_intent_routed_once_and_restart_reallocates(app):
     from contracts.sandbox import SandboxStartRequested, SandboxStopped, SandboxStopRequested
-    app.register(hb("h1", vcpus=1, mem=256, n=1))
+    app.register(reg("h1", vcpus=1, mem=256, n=1))
     r = req()
     app.place(r, ["h1"])
     ids = dict(op_id="op", org_id="org1", sandbox_id=r.sandbox_id)
@@ -135,7 +178,7 @@ def test_each_intent_routed_once_and_restart_reallocates(app):
 def test_host_aggregate_loads_from_snapshots(app):
     from contracts.sandbox import SandboxDestroyed
     from services.scheduler.domain.host import host_uuid
-    app.register(hb("h1", vcpus=1, mem=256, n=1))
+    app.register(reg("h1", vcpus=1, mem=256, n=1))
     for _ in range(60):  # allocate + release: 120+ events on one host
         r = req()
         app.place(r, ["h1"])

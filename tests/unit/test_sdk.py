@@ -1,5 +1,6 @@
 """SDK: config precedence, problem -> exception mapping, SSE parsing, retries,
 streaming exec and the sync/async clients, all over httpx.MockTransport."""
+import argparse
 import asyncio
 import json
 from datetime import UTC, datetime
@@ -11,7 +12,7 @@ from corral import (AsyncSandbox, AuthError, ConflictError, CorralConnectionErro
                     ExecResult, NotFoundError, RateLimitError, RetryPolicy, Sandbox,
                     SandboxFailedError, SandboxTimeoutError, ServerError, StreamError,
                     ValidationError)
-from corral.cli_events import parse_since, subscriptions, wanted
+from corral.cli_events import parse_since, query
 from corral.cli_sandbox import _remote, exec_argv, register
 from corral.sdk.config import Config, ConfigError
 from corral.sdk.errors import error_from_problem
@@ -339,10 +340,13 @@ def test_cli_helpers():
     assert parse_since("10m", now) == datetime(2024, 5, 1, 11, 50, tzinfo=UTC)
     assert parse_since("2024-05-01T10:00Z") == datetime(2024, 5, 1, 10, tzinfo=UTC)
     assert parse_since("2024-05-01T10:00").tzinfo is not None
-    assert subscriptions("o", None, ["SandboxStarted"]) == [
-        ("CORRAL_SANDBOX", "corral.evt.sandbox.o.*.SandboxStarted")]
-    assert ("CORRAL_HOST", "corral.evt.host.*.*") in subscriptions(None, None, None)
-    assert not wanted({"type": "HostHeartbeat"}, None) and wanted({"type": "HostHeartbeat"}, ["HostHeartbeat"])
+    a = argparse.Namespace(sandbox="sb1", type=["SandboxStarted", "SandboxFailed"], org=None,
+                           since=now, cursor=None)
+    assert query(a) == {"sandbox_id": "sb1", "type": ["SandboxStarted", "SandboxFailed"],
+                        "since": "2024-05-01T12:00:00+00:00"}
+    a.cursor = "42"  # a cursor wins over --since
+    assert query(a) == {"sandbox_id": "sb1", "type": ["SandboxStarted", "SandboxFailed"],
+                        "cursor": "42"}
     assert _remote("sb1:/root/x") == ("sb1", "/root/x")
     assert _remote("./local:/x") is None and _remote("C:/x") == ("C", "/x") and _remote("file") is None
 

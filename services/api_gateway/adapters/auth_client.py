@@ -15,7 +15,8 @@ from nats.aio.msg import Msg
 from common.rpc import RpcClient, RpcFailure
 from contracts import subjects
 from contracts.rpc import (ApiKeyCreated, CreateApiKey, CreateHostToken, CreateOrg,
-                           HostTokenCreated, Org, Principal, RevokeApiKey, Revoked, VerifyKey)
+                           HostRevokedResult, HostTokenCreated, Org, Principal, Revoked,
+                           RevokeApiKey, RevokeHost, VerifyKey)
 
 
 class Unauthorized(Exception):
@@ -52,20 +53,29 @@ class AuthClient(RpcClient):
         self._cache[digest] = (now + self.ttl_s, principal)
         return principal
 
-    async def create_org(self, name: str, op_id: str) -> Org:
-        return await self.call(subjects.RPC_AUTH_CREATE_ORG, CreateOrg(name=name, op_id=op_id),
-                               Org, timeout=2.0)
-
-    async def create_key(self, org_id: str, name: str, op_id: str) -> ApiKeyCreated:
-        return await self.call(subjects.RPC_AUTH_CREATE_KEY,
-                               CreateApiKey(org_id=org_id, name=name, op_id=op_id),
-                               ApiKeyCreated, timeout=2.0)
-
-    async def revoke_key(self, key_id: str, op_id: str) -> Revoked:
-        return await self.call(subjects.RPC_AUTH_REVOKE_KEY,
-                               RevokeApiKey(id=key_id, op_id=op_id), Revoked, timeout=2.0)
-
-    async def create_host_token(self, name: str, op_id: str) -> HostTokenCreated:
-        return await self.call(subjects.RPC_AUTH_CREATE_HOST_TOKEN,
-                               CreateHostToken(name=name, op_id=op_id), HostTokenCreated,
+    # Administration: `actor` is the caller's admin key, checked again by auth.
+    async def create_org(self, actor: str, name: str, op_id: str) -> Org:
+        return await self.call(subjects.RPC_AUTH_CREATE_ORG,
+                               CreateOrg(actor_key=actor, name=name, op_id=op_id), Org,
                                timeout=2.0)
+
+    async def create_key(self, actor: str, org_id: str, name: str,
+                         op_id: str) -> ApiKeyCreated:
+        return await self.call(subjects.RPC_AUTH_CREATE_KEY,
+                               CreateApiKey(actor_key=actor, org_id=org_id, name=name,
+                                            op_id=op_id), ApiKeyCreated, timeout=2.0)
+
+    async def revoke_key(self, actor: str, key_id: str, op_id: str) -> Revoked:
+        return await self.call(subjects.RPC_AUTH_REVOKE_KEY,
+                               RevokeApiKey(actor_key=actor, id=key_id, op_id=op_id), Revoked,
+                               timeout=2.0)
+
+    async def create_host_token(self, actor: str, name: str, op_id: str) -> HostTokenCreated:
+        return await self.call(subjects.RPC_AUTH_CREATE_HOST_TOKEN,
+                               CreateHostToken(actor_key=actor, name=name, op_id=op_id),
+                               HostTokenCreated, timeout=2.0)
+
+    async def revoke_host(self, actor: str, host_id: str, op_id: str) -> HostRevokedResult:
+        return await self.call(subjects.RPC_AUTH_REVOKE_HOST,
+                               RevokeHost(actor_key=actor, host_id=host_id, op_id=op_id),
+                               HostRevokedResult, timeout=10.0)

@@ -1,20 +1,19 @@
-"""A host agent's exec and file calls over request/reply on its own subject;
-streamed exec output arrives on an inbox of ours."""
+"""A host agent's exec and file calls over request/reply on its own subject.
+Streamed exec output follows the answer on the same reply inbox; bodies
+larger than a bus message (files, big outputs) travel in parts."""
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import AsyncGenerator
 
-from nats.aio.msg import Msg
-
-from common.rpc import RpcClient
+from common.rpc import RpcClient, open_stream
 from contracts.rpc import (Done, HostExec, HostExecChunk, HostExecResult, HostExecStream,
                            HostFileData, HostFileEntries, HostFileGet, HostFileList, HostFilePut)
 from contracts.subjects import host_rpc_subject
 
 MAX_REPLY = 12 << 20
-STREAM_QUEUE = 4096  # chunks held for a slow reader; beyond, dropped (flagged truncated)
+MAX_CHUNK = 1 << 20
+STREAM_PENDING = 16 << 20  # bytes held for a slow reader; beyond, chunks are dropped
 
 
 class StreamTimeout(Exception):
@@ -28,30 +27,23 @@ class HostClient(RpcClient):
 
     async def exec_stream(self, host_id: str, req: HostExecStream
                           ) -> AsyncGenerator[HostExecChunk, None]:
-        """Subscribe first, then ask; raises RpcFailure before any chunk arrives.
-        The iterator ends after an exit or error chunk, or raises StreamTimeout."""
-        queue: asyncio.Queue[bytes] = asyncio.Queue(maxsize=STREAM_QUEUE)
-
-        async def on_chunk(msg: Msg) -> None:
-            try:
-                queue.put_nowait(msg.data)
-            except asyncio.QueueFull:  # a stuck client: drop, the result still flags truncation
-                pass
-
-        sub = await self.nc.subscribe(req.chunks_to, cb=on_chunk)
+        """Raises RpcFailure before any chunk arrives if the host refuses. The
+        iterator ends after an exit or error chunk, or raises StreamTimeout."""
+        stream = await open_stream(self.nc, host_rpc_subject(host_id, "exec.stream"), req,
+                                   timeout=15, max_bytes=64 << 10,
+                                   pending_bytes=STREAM_PENDING)
         try:
-            await self.call(host_rpc_subject(host_id, "exec.stream"), req, Done, timeout=15)
+            await stream.answer(Done)
         except BaseException:
-            await sub.unsubscribe()
+            await stream.close()
             raise
         deadline = time.monotonic() + req.timeout_s + 30
 
         async def chunks() -> AsyncGenerator[HostExecChunk, None]:
             try:
                 while True:
-                    remaining = deadline - time.monotonic()
                     try:
-                        raw = await asyncio.wait_for(queue.get(), max(remaining, 0.01))
+                        raw = await stream.next(deadline, MAX_CHUNK)
                     except TimeoutError:
                         raise StreamTimeout() from None
                     chunk = HostExecChunk.model_validate_json(raw)
@@ -59,11 +51,8 @@ class HostClient(RpcClient):
                     if chunk.stream not in ("stdout", "stderr"):
                         return
             finally:
-                await sub.unsubscribe()
+                await stream.close()
         return chunks()
-
-    def new_inbox(self) -> str:
-        return self.nc.new_inbox()
 
     async def put_file(self, host_id: str, req: HostFilePut) -> None:
         await self.call(host_rpc_subject(host_id, "files.put"), req, Done, timeout=60)

@@ -36,8 +36,7 @@ class GuestIO:
     async def exec_stream(self, org_id: str, sandbox_id: str, op_id: str,
                           command: dict[str, Any]) -> AsyncGenerator[HostExecChunk, None]:
         host = await self._host(sandbox_id, org_id)
-        req = HostExecStream(sandbox_id=sandbox_id, org_id=org_id, op_id=op_id,
-                             chunks_to=self.hosts.new_inbox(), **command)
+        req = HostExecStream(sandbox_id=sandbox_id, org_id=org_id, op_id=op_id, **command)
         return await self.hosts.exec_stream(host, req)
 
     async def put_file(self, org_id: str, sandbox_id: str, op_id: str, path: str,

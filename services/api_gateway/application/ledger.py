@@ -1,7 +1,6 @@
 """Sandbox use cases over the event store (sync: call via asyncio.to_thread)."""
 from __future__ import annotations
 
-import hashlib
 import json
 import uuid
 from collections.abc import Callable
@@ -23,12 +22,13 @@ from ..domain.name_claim import NameClaim, claim_uuid
 from ..domain.quota import Limits, OrgLive, org_live_uuid
 from ..domain.sandbox import ENDED, SANDBOX_FACTS, Sandbox, sandbox_uuid
 from .errors import Conflict, IdempotencyMismatch, NotFound, OutOfOrder, TooMany, Unprocessable
+from .ports import Secrets
 from .snapshots import SNAPSHOT_FACTS, SnapshotCases
 
 
-def request_hash(spec: SandboxSpec) -> str:
-    canon = json.dumps(spec.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(canon.encode()).hexdigest()
+def canonical(spec: SandboxSpec) -> bytes:
+    return json.dumps(spec.model_dump(mode="json"), sort_keys=True,
+                      separators=(",", ":")).encode()
 
 
 DEFAULT_LIMITS = Limits()
@@ -47,6 +47,10 @@ class SandboxLedger(SnapshotCases, StoreApp):
     snapshotting_intervals: ClassVar[dict[type[MutableOrImmutableAggregate[Any]], int]] = {
         OrgLive: 100}
 
+    def __init__(self, env: dict[str, str] | None, secrets: Secrets) -> None:
+        super().__init__(env)
+        self.secrets = secrets
+
     def find(self, sandbox_id: str, org_id: str | None) -> Sandbox:
         """The caller's sandbox; another org's is reported as absent."""
         uid = _uuid(sandbox_id)
@@ -63,8 +67,10 @@ class SandboxLedger(SnapshotCases, StoreApp):
     def request(self, org_id: str, spec: SandboxSpec, op_id: str, traceparent: str | None,
                 idempotency_key: str | None, limits: Limits = DEFAULT_LIMITS
                 ) -> tuple[Sandbox, bool]:
-        """Record a SandboxRequested; returns (sandbox, created)."""
-        digest = request_hash(spec)
+        """Record a SandboxRequested; returns (sandbox, created). The env values
+        are sealed into the gateway's own event and left out of the contract
+        message (the host fetches them, see `env_for_host`)."""
+        digest = self.secrets.digest(canonical(spec))
         sid = sandbox_uuid(org_id, idempotency_key)
         if spec.vcpus > limits.max_vcpus or spec.memory_mib > limits.max_memory_mib:
             raise Unprocessable(f"at most {limits.max_vcpus} vCPUs and {limits.max_memory_mib} "
@@ -80,13 +86,15 @@ class SandboxLedger(SnapshotCases, StoreApp):
                 if existing.request_hash != digest:
                     raise IdempotencyMismatch("Idempotency-Key was used with a different body")
                 return existing, False
-            msg = SandboxRequested(op_id=op_id, org_id=org_id, sandbox_id=str(sid), spec=spec,
+            msg = SandboxRequested(op_id=op_id, org_id=org_id, sandbox_id=str(sid),
+                                   spec=spec.model_copy(update={"env": {}}),
                                    request_hash=digest, traceparent=traceparent,
-                                   pin_host_id=pin)
+                                   pin_host_id=pin, secret_env=bool(spec.env))
             quota = self._get(org_live_uuid(org_id)) or OrgLive(org_id)
             if not quota.has_room(limits):
                 raise TooMany(f"this org already has {limits.max_live} live sandboxes", 5)
-            sb = Sandbox(msg.model_dump(mode="json"))
+            sb = Sandbox(msg.model_dump(mode="json"),
+                         sealed_env=self.secrets.seal(spec.env) if spec.env else None)
             quota.reserve(str(sid))
             pending: list[Aggregate] = [sb, quota]
             if spec.name:
@@ -95,6 +103,16 @@ class SandboxLedger(SnapshotCases, StoreApp):
             return sb, True
         return self.retry_on_conflict(attempt, Conflict(
             "concurrent requests for the same sandbox or name; retry"))
+
+    def env_for_host(self, sandbox_id: str, org_id: str, host_id: str) -> dict[str, str]:
+        """The env of a sandbox, for the host it is placed on and no other.
+        NotFound for anyone else; OutOfOrder before the placement is known."""
+        sb = self.find(sandbox_id, org_id)
+        if sb.host_id is None and sb.live:
+            raise OutOfOrder("not placed yet")
+        if sb.host_id != host_id or sb.state in ("destroyed", "failed", "lost"):
+            raise NotFound("no such sandbox on this host")
+        return self.secrets.open(sb.sealed_env) if sb.sealed_env else {}
 
     def _claim(self, org_id: str, name: str, sandbox_id: str) -> NameClaim:
         claim = self._get(claim_uuid(org_id, name))
@@ -110,12 +128,27 @@ class SandboxLedger(SnapshotCases, StoreApp):
         claim.reclaim(sandbox_id)
         return claim
 
+    def _check_source(self, msg: Envelope) -> None:
+        """A host's fact counts only from the host that holds the placement (of
+        the sandbox, or of the snapshot it reports on). ValueError: never."""
+        if msg.via_host is None:
+            return  # the control plane's own subject
+        sb = self.find(getattr(msg, "sandbox_id", ""), None)
+        holder = sb.host_id
+        if isinstance(msg, SnapshotEvent):
+            holder = self.find_snapshot(msg.snapshot_id, None).host_id or holder
+        if holder is None:
+            raise OutOfOrder(f"{msg.type} from {msg.via_host} before the placement is known")
+        if holder != msg.via_host:
+            raise ValueError(f"{msg.type} from host {msg.via_host}, but {holder} holds it")
+
     def ingest(self, msg: Envelope) -> bool:
         """Fold a fact from another service in; False if already known."""
+        if msg.type not in SANDBOX_FACTS and msg.type not in SNAPSHOT_FACTS:
+            return False
+        self._check_source(msg)
         if isinstance(msg, SnapshotEvent) and msg.type in SNAPSHOT_FACTS:
             return self.ingest_snapshot_fact(msg)
-        if msg.type not in SANDBOX_FACTS:
-            return False
         sandbox_id = getattr(msg, "sandbox_id", "")
 
         def attempt() -> bool:

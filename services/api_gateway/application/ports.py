@@ -1,7 +1,8 @@
 """What the gateway's use cases need from its adapters."""
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, AsyncIterator
+from datetime import datetime
 from typing import Any, Protocol
 
 from contracts.rpc import (HostExec, HostExecChunk, HostExecResult, HostExecStream, HostFileData,
@@ -22,10 +23,26 @@ class Listing(Protocol):
 class Hosts(Protocol):
     """A host agent's exec and file calls."""
 
-    def new_inbox(self) -> str: ...
     async def exec(self, host_id: str, req: HostExec) -> HostExecResult: ...
     async def exec_stream(self, host_id: str, req: HostExecStream
                           ) -> AsyncGenerator[HostExecChunk, None]: ...
     async def put_file(self, host_id: str, req: HostFilePut) -> None: ...
     async def get_file(self, host_id: str, req: HostFileGet) -> HostFileData: ...
     async def list_files(self, host_id: str, req: HostFileList) -> HostFileEntries: ...
+
+
+class Secrets(Protocol):
+    """Seals env values for the gateway's own store; digests create bodies."""
+
+    def seal(self, values: dict[str, str]) -> str: ...
+    def open(self, sealed: str) -> dict[str, str]: ...
+    def digest(self, canonical: bytes) -> str: ...
+
+
+class EventSource(Protocol):
+    """The durable stream of sandbox facts, followed from a position."""
+
+    def follow(self, subjects: list[str], after: int | None, since: datetime | None,
+               idle_s: float) -> AsyncIterator[tuple[int, str, bytes] | None]:
+        """(stream sequence, subject, body) in order; None after `idle_s` idle."""
+        ...

@@ -87,6 +87,9 @@ class Sandboxes:
         nxt = str(start + limit) if start + limit < len(events) else None
         return events[start:start + limit], nxt
 
+    async def env_for_host(self, sandbox_id: str, org_id: str, host_id: str) -> dict[str, str]:
+        return await asyncio.to_thread(self.ledger.env_for_host, sandbox_id, org_id, host_id)
+
     # -- intents ------------------------------------------------------------------
     async def destroy(self, sandbox_id: str, org_id: str, op_id: str) -> Sandbox:
         return await asyncio.to_thread(self.ledger.request_destroy, sandbox_id, org_id, op_id,

@@ -34,7 +34,10 @@ class Sandbox(FactLog, Aggregate):
         return uuid.UUID(envelope["sandbox_id"])
 
     @event("Requested")
-    def __init__(self, envelope: dict[str, Any]):
+    def __init__(self, envelope: dict[str, Any], sealed_env: str | None = None):
+        """`sealed_env`: the env values, sealed with the gateway's key (the
+        envelope, which the bus carries, holds none)."""
+        self.sealed_env = sealed_env
         self.org_id: str = envelope["org_id"]
         self.spec: dict[str, Any] = envelope["spec"]
         self.request_hash: str = envelope["request_hash"]

@@ -6,11 +6,12 @@ from typing import Annotated
 from fastapi import APIRouter, Path
 from pydantic import BaseModel, Field
 
-from contracts.rpc import ApiKeyCreated, HostTokenCreated, Org, Revoked
+from contracts.rpc import ApiKeyCreated, HostRevokedResult, HostTokenCreated, Org, Revoked
 
 from .deps import Admin, Ctx, OpId
 
 admin_router = APIRouter(tags=["admin"])
+HostId = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
 
 
 class OrgIn(BaseModel):
@@ -26,23 +27,31 @@ class HostTokenIn(BaseModel):
 
 
 @admin_router.post("/v1/orgs", status_code=201, response_model=Org)
-async def create_org(ctx: Ctx, oid: OpId, body: OrgIn, _: Admin) -> Org:
-    return await ctx.auth.create_org(body.name, oid)
+async def create_org(ctx: Ctx, oid: OpId, body: OrgIn, admin: Admin) -> Org:
+    return await ctx.auth.create_org(admin.key, body.name, oid)
 
 
 @admin_router.post("/v1/orgs/{org_id}/api-keys", status_code=201, response_model=ApiKeyCreated)
 async def create_key(ctx: Ctx, oid: OpId, org_id: Annotated[str, Path(max_length=64)],
-                     body: KeyIn, _: Admin) -> ApiKeyCreated:
-    return await ctx.auth.create_key(org_id, body.name, oid)
+                     body: KeyIn, admin: Admin) -> ApiKeyCreated:
+    return await ctx.auth.create_key(admin.key, org_id, body.name, oid)
 
 
 @admin_router.delete("/v1/api-keys/{key_id}", response_model=Revoked)
 async def revoke_key(ctx: Ctx, oid: OpId, key_id: Annotated[str, Path(max_length=64)],
-                     _: Admin) -> Revoked:
-    return await ctx.auth.revoke_key(key_id, oid)
+                     admin: Admin) -> Revoked:
+    return await ctx.auth.revoke_key(admin.key, key_id, oid)
 
 
 @admin_router.post("/v1/hosts/tokens", status_code=201, response_model=HostTokenCreated)
 async def create_host_token(ctx: Ctx, oid: OpId, body: HostTokenIn,
-                            _: Admin) -> HostTokenCreated:
-    return await ctx.auth.create_host_token(body.name, oid)
+                            admin: Admin) -> HostTokenCreated:
+    return await ctx.auth.create_host_token(admin.key, body.name, oid)
+
+
+@admin_router.post("/v1/hosts/{host_id}/revoke", response_model=HostRevokedResult)
+async def revoke_host(ctx: Ctx, oid: OpId, host_id: HostId, admin: Admin) -> HostRevokedResult:
+    """Revoke the host's tokens: it can no longer connect to the bus, its live
+    connections are cut, and the scheduler never places on it again; its
+    sandboxes are reported lost."""
+    return await ctx.auth.revoke_host(admin.key, host_id, oid)

@@ -29,11 +29,14 @@ Ctx = Annotated[GatewayContext, Depends(context)]
 OpId = Annotated[str, Depends(op_id)]
 
 
-async def principal(request: Request,
-                    authorization: Annotated[str | None, Header()] = None) -> Principal:
+def bearer_key(authorization: Annotated[str | None, Header()] = None) -> str:
     if not authorization or not authorization.startswith("Bearer ") or len(authorization) > 300:
         raise Unauthorized()
-    return await context(request).auth.verify(authorization[7:].strip(), op_id(request))
+    return authorization[7:].strip()
+
+
+async def principal(request: Request, key: Annotated[str, Depends(bearer_key)]) -> Principal:
+    return await context(request).auth.verify(key, op_id(request))
 
 
 async def org_principal(p: Annotated[Principal, Depends(principal)]) -> Principal:
@@ -57,5 +60,14 @@ class OrgCaller:
         self.principal = p
 
 
+class AdminCaller:
+    """An admin key's principal, and the key itself: the auth service checks it
+    again on every administration call."""
+
+    def __init__(self, p: Annotated[Principal, Depends(admin_principal)],
+                 key: Annotated[str, Depends(bearer_key)]) -> None:
+        self.principal, self.key = p, key
+
+
 Org = Annotated[OrgCaller, Depends(OrgCaller)]
-Admin = Annotated[Principal, Depends(admin_principal)]
+Admin = Annotated[AdminCaller, Depends(AdminCaller)]

@@ -16,6 +16,7 @@ from ..application.errors import TooMany, UseCaseError
 from ..bootstrap import GatewayContext
 from .admin_routes import admin_router
 from .deps import Forbidden, op_id
+from .event_routes import events_router
 from .fleet_routes import fleet_router
 from .io_routes import MAX_FILE, io_router
 from .middleware import EdgeMiddleware
@@ -36,7 +37,7 @@ def create_app(ctx: GatewayContext) -> FastAPI:
                        upload_paths=("/files",), max_upload=MAX_FILE)
     _errors(app)
     for router in (admin_router, io_router, fleet_router, usage_router, snapshot_router,
-                   sandbox_router):
+                   sandbox_router, events_router):
         app.include_router(router)
 
     @app.get("/healthz", tags=["health"])

@@ -11,6 +11,7 @@ from common.service import warn_if_plaintext
 from contracts.subjects import consumer
 
 from ..bootstrap import GatewayContext
+from .env_rpc import serve_env
 from .expiry import expiry_loop
 from .http_app import create_app
 from .subscriber import ingest_handler
@@ -26,4 +27,5 @@ def jobs(ctx: GatewayContext, stop: asyncio.Event) -> list[Awaitable[None]]:
             ctx.relay.run(stop),
             ctx.read_model.run(ctx.ledger, stop),
             ctx.bus.consume(consumer("gateway-sandbox-ingest"), ingest_handler(ctx), stop),
-            expiry_loop(ctx, stop)]
+            expiry_loop(ctx, stop),
+            serve_env(ctx, stop)]

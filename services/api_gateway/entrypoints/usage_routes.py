@@ -11,21 +11,10 @@ from pydantic import ValidationError
 from contracts.rpc import UsagePage, UsageQuery
 
 from .deps import Ctx, OpId, Org
+from .params import ISO, parse_when
 
 usage_router = APIRouter(tags=["usage"])
-# ISO 8601 with an offset, as text: a bare number is not a time here.
-ISO = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?(Z|[+-]\d{2}:\d{2})$"
 DEFAULT_RANGE = timedelta(days=30)
-
-
-def _when(text: str | None, name: str) -> datetime | None:
-    if text is None:
-        return None
-    try:
-        return datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise RequestValidationError([{"loc": ("query", name), "msg": "not a valid time",
-                                       "type": "datetime_parsing"}]) from None
 
 
 @usage_router.get("/v1/usage", response_model=UsagePage)
@@ -43,8 +32,8 @@ async def usage(
     records pushed to the payment provider (`event_id` is their idempotency key). The
     range may span at most 400 days."""
     try:
-        end = _when(to, "to") or datetime.now(UTC)
-        start = _when(from_, "from") or end - DEFAULT_RANGE
+        end = parse_when(to, "to") or datetime.now(UTC)
+        start = parse_when(from_, "from") or end - DEFAULT_RANGE
         q = UsageQuery.model_validate({"org_id": org.org_id, "from": start, "to": end,
                                        "limit": limit, "cursor": cursor, "op_id": oid})
     except ValidationError as e:

@@ -78,6 +78,11 @@ class AuthRepository:
                                        host_tokens.c.revoked_at.is_(None))
         return [HostToken(**r._mapping) for r in await self.conn.execute(q)]
 
+    async def active_host_tokens_of(self, host_id: str) -> list[HostToken]:
+        q = host_tokens.select().where(host_tokens.c.host_id == host_id,
+                                       host_tokens.c.revoked_at.is_(None))
+        return [HostToken(**r._mapping) for r in await self.conn.execute(q)]
+
     async def revoke_host_token(self, token_id: str, at: str) -> None:
         await self.conn.execute(host_tokens.update().where(
             host_tokens.c.id == token_id, host_tokens.c.revoked_at.is_(None))

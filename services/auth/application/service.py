@@ -49,6 +49,35 @@ class AuthService:
         assert isinstance(found, ApiKey)
         return found
 
+    async def require_admin(self, raw: str) -> ApiKey:
+        """The caller of an administration call must hold an active admin key."""
+        key = await self.verify(raw)
+        if key.scope != "admin":
+            raise Unauthorized("an admin key is required")
+        return key
+
+    async def host_token(self, raw: str) -> HostToken:
+        """The active host token `raw` is (no side effects: used per connection)."""
+        prefix = credentials.visible_prefix(raw, credentials.HOST_TOKEN)
+        if prefix is None:
+            raise Unauthorized("invalid or revoked credential")
+        async with self.uow.tx() as repo:
+            found = authenticate(raw, await repo.host_tokens_with_prefix(prefix))
+        assert isinstance(found, HostToken)
+        return found
+
+    async def revoke_host(self, host_id: str, op_id: str) -> tuple[int, int]:
+        """Revoke every token of the host (it can no longer connect), announce it
+        and cut its connections: (tokens revoked, connections cut). Idempotent."""
+        async with self.uow.tx() as repo:
+            tokens = await repo.active_host_tokens_of(host_id)
+            for tok in tokens:
+                await repo.revoke_host_token(tok.id, utc_text(self.clock()))
+        log.info("revoked %d token(s) of host %s", len(tokens), host_id,
+                 extra={"host_id": host_id})
+        cut = await self.notifier.host_revoked(host_id, op_id) if self.notifier else 0
+        return len(tokens), cut
+
     async def create_org(self, name: str) -> Org:
         org = new_org(name, self.clock())
         async with self.uow.tx() as repo:

@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from common.eventstore import StoreApp, StoreConflict
 from contracts import Envelope
 
-from ..domain.meter import METERED, Meter, meter_id
+from ..domain.meter import METERED, Meter, OrgMismatch, meter_id
 
 log = logging.getLogger("corral.billing")
 Clock = Callable[[], datetime]
@@ -38,14 +38,22 @@ class Metering(StoreApp):
     def observe(self, msg: Envelope) -> int:
         """Fold a sandbox fact in and cut what is due; returns usage records made.
 
-        Raises OrgMismatch for a fact that can never apply (poison)."""
-        if msg.type not in METERED:
+        A host's fact counts only from the host it was placed on. Raises
+        OrgMismatch or WrongSource for a fact that can never apply (poison),
+        NotPlacedYet for one that came before its placement (retry)."""
+        if msg.type not in METERED and msg.type != "SandboxScheduled":
             return 0
         fact = msg.model_dump(mode="json")
 
         def attempt() -> int:  # races: another instance, the ticker
             meter = self.meter(fact["sandbox_id"]) or Meter(fact["sandbox_id"], fact["org_id"])
-            meter.observe(fact)
+            if fact["org_id"] != meter.org_id:
+                raise OrgMismatch("fact's org does not own the sandbox")
+            if msg.type == "SandboxScheduled":
+                meter.place(fact["host_id"])
+            else:
+                meter.check_source(msg.via_host)
+                meter.observe(fact)
             usage = meter.cut(self.clock(), self.period_s, self.grace_s)
             if not meter.pending_events:
                 return 0

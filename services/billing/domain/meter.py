@@ -51,6 +51,14 @@ class OrgMismatch(ValueError):
     """A fact names another org than the sandbox's first fact did."""
 
 
+class WrongSource(ValueError):
+    """A host reported on a sandbox placed on another host."""
+
+
+class NotPlacedYet(Exception):
+    """A host's fact arrived before the placement it must match (retry)."""
+
+
 @dataclass(frozen=True)
 class Cut:
     start: datetime
@@ -70,6 +78,7 @@ class Meter(Aggregate):
         self.seen: list[str] = []
         self.op_id = "-"
         self.host_id: str | None = None
+        self.placed_on: str | None = None  # the host the scheduler placed it on
         self.vcpus = 0
         self.memory_mib = 0
         self.run_start: str | None = None  # open run (ISO, UTC)
@@ -84,6 +93,23 @@ class Meter(Aggregate):
         return self.run_start is not None
 
     # -- commands (decide) ---------------------------------------------------
+
+    def place(self, host_id: str) -> bool:
+        """The scheduler's placement: the only host whose facts count."""
+        if self.placed_on == host_id:
+            return False
+        self._placed(host_id=host_id)
+        return True
+
+    def check_source(self, via_host: str | None) -> None:
+        """`via_host`: the host that published the fact on its own subject (None:
+        the control plane). Raises NotPlacedYet or WrongSource."""
+        if via_host is None:
+            return
+        if self.placed_on is None:
+            raise NotPlacedYet(f"fact from {via_host} before the placement")
+        if via_host != self.placed_on:
+            raise WrongSource(f"fact from host {via_host}; placed on {self.placed_on}")
 
     def observe(self, fact: dict[str, Any]) -> bool:
         """Fold one sandbox fact in; False if seen before or not metered."""
@@ -136,6 +162,10 @@ class Meter(Aggregate):
             vcpu_seconds=self.vcpus * secs, memory_mib_seconds=self.memory_mib * secs)
 
     # -- events (apply) ------------------------------------------------------
+
+    @event("Placed")
+    def _placed(self, host_id: str) -> None:
+        self.placed_on = host_id
 
     @event("Observed")
     def _observed(self, event_id: str, kind: str, at: str, op_id: str, host_id: str | None,

@@ -4,11 +4,11 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from common.bus import Handler, Poison
+from common.bus import Handler, Poison, Retry
 from contracts import Envelope
 
 from ..application.metering import Metering
-from ..domain.meter import OrgMismatch
+from ..domain.meter import NotPlacedYet, OrgMismatch, WrongSource
 
 log = logging.getLogger("corral.billing")
 
@@ -17,8 +17,10 @@ def fact_handler(app: Metering) -> Handler:
     async def handle(msg: Envelope) -> None:
         try:
             await asyncio.to_thread(app.observe, msg)
-        except OrgMismatch as e:
+        except (OrgMismatch, WrongSource) as e:
             raise Poison(str(e)) from None
+        except NotPlacedYet as e:
+            raise Retry(str(e), delay_s=0.5) from None
     return handle
 
 

@@ -44,11 +44,19 @@ class Refused(Exception):
         self.code, self.detail = code, detail
 
 
+EnvSource = Callable[[str, str, str], Awaitable[dict[str, str]]]
+
+
+async def _no_env_source(sandbox_id: str, org_id: str, op_id: str) -> dict[str, str]:
+    raise RuntimeError("this host cannot fetch sandbox env values")
+
+
 class HostAgentService:
     def __init__(self, host_id: str, records: VmRecords, driver: VmmDriver,
                  publish: Callable[[Envelope], Awaitable[object]],
-                 snapshot_root: Path | None = None):
+                 snapshot_root: Path | None = None, env_source: EnvSource = _no_env_source):
         self.host_id = host_id
+        self.env_source = env_source  # (sandbox, org, op) -> env, for sealed envs
         self.snapshot_root = snapshot_root
         self.records = records
         self.driver = driver
@@ -82,8 +90,9 @@ class HostAgentService:
 
     async def start(self, cmd: StartSandbox) -> None:
         starting = SandboxStarting(host_id=self.host_id, **_common(cmd))
+        spec_doc = {**cmd.spec.model_dump(mode="json"), "secret_env": cmd.secret_env}
         vm, new = await asyncio.to_thread(self.records.accept, cmd.sandbox_id, cmd.org_id,
-                                          cmd.spec.model_dump(mode="json"), _dump(starting))
+                                          spec_doc, _dump(starting))
         if not new and cmd.restart and vm.state == "stopped":
             await self.restart(cmd, vm)
             return
@@ -160,17 +169,20 @@ class HostAgentService:
 
     async def _boot(self, sandbox_id: str, spec_doc: dict[str, Any],
                     starting: dict[str, Any], reuse_disk: bool = False) -> None:
-        """Boot the VM and report Started or Failed; `starting` gives the ids."""
+        """Boot the VM and report Started or Failed; `starting` gives the ids.
+        A sealed env is fetched now and kept in memory only."""
         snap = spec_doc.get("snapshot_id")
-        spec = VmSpec(sandbox_id, spec_doc.get("name"), spec_doc.get("image", "default"),
-                      spec_doc.get("vcpus", 1), spec_doc.get("memory_mib", 256),
-                      dict(spec_doc.get("env") or {}),
-                      bool((spec_doc.get("network") or {}).get("egress")), reuse_disk,
-                      snapshot_dir=str(self._snapshot_dir(snap)) if snap and not reuse_disk
-                      else None)
         common = {k: starting[k] for k in ("op_id", "org_id", "sandbox_id", "traceparent")}
         self._booting.add(sandbox_id)
         try:
+            env = dict(spec_doc.get("env") or {})
+            if spec_doc.get("secret_env"):
+                env = await self.env_source(sandbox_id, common["org_id"], common["op_id"])
+            spec = VmSpec(sandbox_id, spec_doc.get("name"), spec_doc.get("image", "default"),
+                          spec_doc.get("vcpus", 1), spec_doc.get("memory_mib", 256), env,
+                          bool((spec_doc.get("network") or {}).get("egress")), reuse_disk,
+                          snapshot_dir=str(self._snapshot_dir(snap)) if snap and not reuse_disk
+                          else None)
             info = await self.driver.start(spec, self._record)
         except Exception as e:
             log.warning("start failed: %s", e, exc_info=True)

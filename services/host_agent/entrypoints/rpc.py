@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from common.rpc import Reply, Route, serve
+from common.rpc import Reply, Route, Send, serve
 from contracts.rpc import (Done, HostExec, HostExecChunk, HostExecResult, HostExecStream,
                            HostFileData, HostFileEntries, HostFileEntry, HostFileGet, HostFileList,
                            HostFilePut, RpcError)
@@ -63,7 +64,7 @@ def routes(ctx: HostAgentContext) -> dict[str, Route]:
 
     async def exec_stream(req: HostExecStream) -> Reply:
         await svc.running(req.sandbox_id, req.org_id)  # refused before anything streams
-        return Reply(Done(), then=lambda: _stream(ctx, req))
+        return Reply(Done(), then=functools.partial(_stream, ctx, req))
 
     async def put(req: HostFilePut) -> Done:
         await svc.put_file(req.sandbox_id, req.org_id, req.path,
@@ -87,13 +88,8 @@ def routes(ctx: HostAgentContext) -> dict[str, Route]:
     return {host_rpc_subject(ctx.host_id, op): call for op, call in calls.items()}
 
 
-async def _stream(ctx: HostAgentContext, req: HostExecStream) -> None:
+async def _stream(ctx: HostAgentContext, req: HostExecStream, send: Send) -> None:
     """After the request was accepted: chunks, then one exit or error."""
-    nc = ctx.bus.client
-
-    async def send(chunk: HostExecChunk) -> None:
-        await nc.publish(req.chunks_to, chunk.model_dump_json().encode())
-
     async def on_chunk(c: ExecChunk) -> None:
         await send(HostExecChunk(stream=c.stream, data=c.data.decode("utf-8", "replace")))
     try:

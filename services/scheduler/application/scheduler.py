@@ -14,7 +14,7 @@ from common.timefmt import utc_text
 from contracts import Envelope
 from contracts.commands import (DestroySandbox, HostCommand, PauseSandbox, ResumeSandbox,
                                 StartSandbox, StopSandbox)
-from contracts.host import HostHeartbeat, HostLost, HostRegistered
+from contracts.host import HostHeartbeat, HostLost, HostRegistered, HostRevoked
 from contracts.sandbox import (Failure, SandboxDestroyed, SandboxEvent, SandboxFailed, SandboxLost,
                                SandboxRequested, SandboxScheduled, SandboxSpec)
 from contracts.snapshot import (DeleteSnapshot, SnapshotDeleted, SnapshotEvent, SnapshotFailed,
@@ -38,6 +38,10 @@ def _dump(msg: Envelope) -> dict[str, Any]:
 
 class NoCapacity(Exception):
     pass
+
+
+class WrongSource(ValueError):
+    """A host reported on a sandbox it does not hold (never applies)."""
 
 
 class Scheduler(StoreApp):
@@ -71,8 +75,9 @@ class Scheduler(StoreApp):
                           traceparent=req.traceparent)
             p = Placement(req.sandbox_id, req.org_id, chosen.host_id,
                           _dump(SandboxScheduled(host_id=chosen.host_id, **common)),
-                          req.spec.model_dump(mode="json"))
-            p.command(_dump(StartSandbox(host_id=chosen.host_id, spec=req.spec, **common)))
+                          req.spec.model_dump(mode="json"), req.secret_env)
+            p.command(_dump(StartSandbox(host_id=chosen.host_id, spec=req.spec,
+                                         secret_env=req.secret_env, **common)))
             self._save(p, chosen)
             return p, True
         return self.retry_on_conflict(attempt, NoCapacity("hosts kept changing; will retry"))
@@ -119,6 +124,7 @@ class Scheduler(StoreApp):
                     host.allocate(msg.sandbox_id, msg.org_id, spec.vcpus, spec.memory_mib)
                     to_save.append(host)
                 p.command(_dump(StartSandbox(host_id=p.host_id, spec=spec, restart=True,
+                                             secret_env=p.secret_env,
                                              **common)), msg.event_id)
             else:
                 p.command(_dump(cls(host_id=p.host_id, **common)), msg.event_id)
@@ -153,11 +159,14 @@ class Scheduler(StoreApp):
         self.retry_on_conflict(attempt)
 
     def host_reported(self, msg: SandboxEvent) -> None:
-        """A host stopped, destroyed or failed a sandbox: free its capacity."""
+        """A host stopped, destroyed or failed a sandbox: free its capacity.
+        Raises WrongSource for a report from a host that does not hold it."""
         def attempt() -> None:
             p = self.placement(msg.sandbox_id)
             if p is None or not p.host_id:
                 return
+            if msg.via_host is not None and msg.via_host != p.host_id:
+                raise WrongSource(f"{msg.type} from {msg.via_host}; {p.host_id} holds it")
             host = self.host(p.host_id)
             to_save: list[Aggregate] = []
             if host is not None and host.release(msg.sandbox_id):
@@ -171,14 +180,20 @@ class Scheduler(StoreApp):
 
     # --- hosts ------------------------------------------------------------
     def register(self, msg: HostRegistered | HostHeartbeat) -> bool:
-        """Create or refresh a host from its registration or heartbeat."""
+        """A host's registration creates or refreshes it; a heartbeat refreshes
+        a registered host only. False when the host is unknown or revoked (or
+        nothing changed): a heartbeat alone never makes a host."""
         capacity = msg.capacity.model_dump()
         hostname = getattr(msg, "hostname", None)
 
         def attempt() -> bool:
             h = self.host(msg.host_id)
             if h is None:
+                if not isinstance(msg, HostRegistered):
+                    return False
                 h = Host(msg.host_id, hostname or msg.host_id, capacity, msg.accel)
+            elif h.status == "revoked":
+                return False
             else:
                 changed = h.capacity != capacity or h.accel != msg.accel or bool(
                     hostname and hostname != h.hostname)
@@ -196,6 +211,33 @@ class Scheduler(StoreApp):
             log.warning("host %s kept changing; its next heartbeat registers it", msg.host_id)
             return False
 
+    def accepts_heartbeats(self, host_id: str) -> bool:
+        """Registered and not revoked: its heartbeats count for liveness."""
+        h = self.host(host_id)
+        return h is not None and h.status != "revoked"
+
+    def revoke(self, msg: HostRevoked) -> list[str]:
+        """An administrator revoked the host: never placed on again, its
+        heartbeats ignored, its sandboxes lost (exactly once)."""
+        def attempt() -> list[str]:
+            h = self.host(msg.host_id)
+            if h is None or h.status == "revoked":
+                return []
+            records = self._lost_records(h, msg.op_id, msg.event_id,
+                                         f"host {msg.host_id} was revoked: {msg.reason}")
+            sandboxes = list(h.allocations)
+            h.revoke(msg.reason)
+            self._save(h, *records)
+            return sandboxes
+        return self.retry_on_conflict(attempt)
+
+    def _lost_records(self, h: Host, op_id: str, cause_id: str,
+                      reason: str) -> list[SandboxLostRecord]:
+        return [SandboxLostRecord(_dump(SandboxLost(
+            event_id=str(uuid.uuid5(LOST_NS, f"{cause_id}/{sid}")), op_id=op_id,
+            org_id=a["org_id"], sandbox_id=sid, host_id=h.host_id, reason=reason[:500])))
+            for sid, a in h.allocations.items()]
+
     def mark_lost(self, host_id: str, timeout_s: float, op_id: str) -> list[str]:
         """Record HostLost and a SandboxLost per allocation; exactly once."""
         def attempt() -> list[str]:
@@ -204,11 +246,8 @@ class Scheduler(StoreApp):
                 return []
             lost = HostLost(op_id=op_id, host_id=host_id, last_seen=utc_text(datetime.now(UTC)),
                             timeout_s=timeout_s)
-            records = [SandboxLostRecord(_dump(SandboxLost(
-                event_id=str(uuid.uuid5(LOST_NS, f"{lost.event_id}/{sid}")),
-                op_id=op_id, org_id=a["org_id"], sandbox_id=sid, host_id=host_id,
-                reason=f"host {host_id} missed heartbeats for {timeout_s:g}s")))
-                for sid, a in h.allocations.items()]
+            records = self._lost_records(h, op_id, lost.event_id,
+                                         f"host {host_id} missed heartbeats for {timeout_s:g}s")
             sandboxes = list(h.allocations)
             h.mark_lost(_dump(lost))
             self._save(h, *records)

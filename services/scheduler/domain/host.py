@@ -34,7 +34,7 @@ class Host(Aggregate):
         self.hostname = hostname
         self.capacity = capacity
         self.accel = accel
-        self.status = "ready"  # ready | lost (liveness)
+        self.status = "ready"  # ready | lost (liveness) | revoked (for good)
         self.scheduling = "open"  # open | cordoned | draining (administrator's choice)
         self.allocations: dict[str, dict[str, Any]] = {}
 
@@ -52,9 +52,10 @@ class Host(Aggregate):
 
     @property
     def display_status(self) -> str:
-        """ready | lost | cordoned | draining: lost wins, then the scheduling state."""
-        if self.status == "lost":
-            return "lost"
+        """ready | lost | revoked | cordoned | draining: liveness wins, then the
+        scheduling state."""
+        if self.status in ("lost", "revoked"):
+            return self.status
         return "ready" if self.scheduling == "open" else self.scheduling
 
     def fits(self, vcpus: int, memory_mib: int) -> bool:
@@ -87,6 +88,12 @@ class Host(Aggregate):
     @event("Back")
     def mark_back(self) -> None:
         self.status = "ready"
+
+    @event("Revoked")
+    def revoke(self, reason: str) -> None:
+        """For good: its credentials are gone (`reason` kept for the record)."""
+        self.status = "revoked"
+        self.allocations = {}
 
     # --- administration: idempotent, False when nothing changed -------------
     def cordon(self) -> bool:

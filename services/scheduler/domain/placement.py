@@ -24,12 +24,15 @@ class Placement(Aggregate):
 
     @event("Decided")
     def __init__(self, sandbox_id: str, org_id: str, host_id: str | None,
-                 envelope: dict[str, Any], spec: dict[str, Any] | None = None):
-        """`envelope` is SandboxScheduled, SandboxFailed or SandboxDestroyed."""
+                 envelope: dict[str, Any], spec: dict[str, Any] | None = None,
+                 secret_env: bool = False):
+        """`envelope` is SandboxScheduled, SandboxFailed or SandboxDestroyed.
+        `secret_env`: the host fetches the env from the gateway at each start."""
         self.sandbox_id = sandbox_id
         self.org_id = org_id
         self.host_id = host_id
         self.spec = spec or {}
+        self.secret_env = secret_env
         self.handled: list[str] = []
         self.status = {"SandboxScheduled": "placed", "SandboxFailed": "failed",
                        "SandboxDestroyed": "cancelled"}[envelope["type"]]

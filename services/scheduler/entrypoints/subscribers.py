@@ -8,14 +8,14 @@ from datetime import UTC, datetime
 from nats.aio.msg import Msg
 from nats.js.api import DeliverPolicy
 
-from common.bus import Handler, Retry
+from common.bus import Handler, Poison, Retry
 from common.logging import log_context
 from contracts import Envelope, InvalidMessage, parse_message
-from contracts.host import HostHeartbeat, HostRegistered
+from contracts.host import HostHeartbeat, HostRegistered, HostRevoked
 from contracts.sandbox import SandboxEvent, SandboxRequested
 from contracts.snapshot import SnapshotEvent
 
-from ..application.scheduler import INTENT_COMMANDS, NoCapacity
+from ..application.scheduler import INTENT_COMMANDS, NoCapacity, WrongSource
 from ..bootstrap import SchedulerContext
 
 log = logging.getLogger("corral.scheduler")
@@ -45,7 +45,10 @@ def placement_handler(ctx: SchedulerContext) -> Handler:
             await asyncio.to_thread(app.route_snapshot, msg)
         elif msg.type in ("SandboxDestroyed", "SandboxFailed", "SandboxStopped") and \
                 isinstance(msg, SandboxEvent):
-            await asyncio.to_thread(app.host_reported, msg)
+            try:
+                await asyncio.to_thread(app.host_reported, msg)
+            except WrongSource as e:
+                raise Poison(str(e)) from None
     return handle
 
 
@@ -53,6 +56,10 @@ def host_event_handler(ctx: SchedulerContext) -> Handler:
     async def handle(msg: Envelope) -> None:
         if isinstance(msg, HostRegistered):
             await asyncio.to_thread(ctx.app.register, msg)
+        elif isinstance(msg, HostRevoked):
+            lost = await asyncio.to_thread(ctx.app.revoke, msg)
+            ctx.liveness.forget(msg.host_id)
+            log.warning("host revoked; %d sandboxes lost", len(lost))
     return handle
 
 
@@ -66,9 +73,9 @@ async def watch_heartbeats(ctx: SchedulerContext, stop: asyncio.Event) -> None:
         except asyncio.QueueFull:
             pass
 
-    sub = await ctx.bus.jetstream.subscribe("corral.evt.host.*.HostHeartbeat", cb=on_msg,
-                                     ordered_consumer=True,
-                                     deliver_policy=DeliverPolicy.LAST_PER_SUBJECT)
+    sub = await ctx.bus.jetstream.subscribe(
+        "corral.evt.host.*.HostHeartbeat", stream="CORRAL_HOST", cb=on_msg,
+        ordered_consumer=True, deliver_policy=DeliverPolicy.LAST_PER_SUBJECT)
     try:
         while not stop.is_set():
             try:
@@ -76,7 +83,7 @@ async def watch_heartbeats(ctx: SchedulerContext, stop: asyncio.Event) -> None:
             except TimeoutError:
                 continue
             try:
-                hb = parse_message(m.data)
+                hb = parse_message(m.data, subject=m.subject)
             except InvalidMessage as e:
                 log.warning("ignored invalid heartbeat: %s", e.reason)
                 continue
@@ -85,9 +92,13 @@ async def watch_heartbeats(ctx: SchedulerContext, stop: asyncio.Event) -> None:
             age = (datetime.now(UTC) - hb.occurred_at).total_seconds()
             if age > hb.interval_s * ctx.settings.missed_heartbeats:
                 continue  # a stale one replayed at start-up
-            was_alive = hb.host_id in ctx.liveness.alive()
-            ctx.liveness.beat(hb.host_id, hb.interval_s)
             with log_context(host_id=hb.host_id):
+                was_alive = hb.host_id in ctx.liveness.alive()  # accepted before
+                if not was_alive and not await asyncio.to_thread(ctx.app.accepts_heartbeats,
+                                                                 hb.host_id):
+                    log.debug("heartbeat of an unregistered or revoked host ignored")
+                    continue
+                ctx.liveness.beat(hb.host_id, hb.interval_s)
                 await asyncio.to_thread(ctx.app.register, hb)
                 if not was_alive:
                     log.info("host ready", extra={"accel": hb.accel})

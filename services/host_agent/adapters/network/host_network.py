@@ -8,7 +8,9 @@ Isolation, in layers:
    MAC+IP, and port-to-port forwarding is dropped;
 3. `inet` family nft: nothing from the bridge reaches the host (input),
    guest-to-guest via the router is dropped, egress is forwarded only for
-   IPs in set `egress`, and masqueraded (`ip` nat table).
+   IPs in set `egress`, never to private, link-local or control-plane
+   addresses, and masqueraded (`ip` nat table); turning egress off or
+   releasing the lease also ends the flows conntrack still tracks.
 
 Every kernel object is reported through `record` the moment it exists, and
 a failed `allocate` removes what it created.
@@ -20,7 +22,7 @@ import dataclasses
 import logging
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from pyroute2 import IPRoute
@@ -28,6 +30,7 @@ from pyroute2 import IPRoute
 from ...application.ports import ResourceRecorder
 from . import bridge as br
 from . import tap as tp
+from .conntrack import forget_flows
 from .ipam import IFNAME_RE, Ipam, bridge_mac, guest_mac, tap_name
 from .nft import BridgeRules, GuestKey
 
@@ -59,9 +62,13 @@ class OwnedResource:
 class HostNetwork:
     def __init__(self, bridge: str = "corral0", subnet: str = "10.88.0.0/16", *,
                  uplinks: Iterable[str] | None = None, port_kind: str = "tap",
-                 tap_uid: int | None = None, tap_gid: int | None = None) -> None:
+                 tap_uid: int | None = None, tap_gid: int | None = None,
+                 egress_deny: Sequence[str] = (), egress_allow: Sequence[str] = ()) -> None:
         """`uplinks`: if given, forwarding is enabled only on the bridge and
         these interfaces instead of globally (net.ipv4.ip_forward).
+        `egress_deny`: destinations no guest reaches, on top of the private and
+        reserved ranges (nft.DEFAULT_DENY); `egress_allow`: if given, the only
+        destinations egress reaches.
         `port_kind="veth"` makes a veth pair per sandbox instead of a TAP (the
         guest end is `ipam.veth_peer_name(tap)`): for tests without VMs."""
         if not IFNAME_RE.match(bridge):
@@ -73,7 +80,7 @@ class HostNetwork:
         self.subnet = str(self._ipam.network)
         self.gateway = str(self._ipam.gateway)
         self.prefix_len = self._ipam.prefix_len
-        self.rules = BridgeRules(bridge, self.subnet)
+        self.rules = BridgeRules(bridge, self.subnet, egress_deny, egress_allow)
         self._uplinks = None if uplinks is None else list(uplinks)
         self._port_kind = port_kind
         # TAPs are owned by the agent's uid unless told otherwise (qemu run
@@ -194,6 +201,8 @@ class HostNetwork:
         if on:
             await self._ensure_forwarding()
         await self.rules.set_egress(cur.ip, on)
+        if not on:  # flows it opened while allowed end now, not when they idle out
+            await asyncio.to_thread(forget_flows, cur.ip)
         new = dataclasses.replace(cur, egress=on)
         self._leases[cur.sandbox_id] = new
         log.info("sandbox %s: egress %s", cur.sandbox_id, "on" if on else "off")
@@ -208,11 +217,15 @@ class HostNetwork:
             if lease is not None:
                 key = GuestKey(lease.tap, lease.mac, lease.ip)
                 await self.rules.remove([tap], [key], [lease.ip])
+                ips = [lease.ip]
             else:  # not in memory (e.g. after a restart): look the keys up
                 st = await self.rules.state()
                 guests = [g for g in st.guests if g.tap == tap]
                 await self.rules.remove([tap] if tap in st.ports else [], guests,
                                         [g.ip for g in guests if g.ip in st.egress])
+                ips = [g.ip for g in guests]
+            for ip in ips:  # the address may be leased again: it inherits no flow
+                await asyncio.to_thread(forget_flows, ip)
             self._leases.pop(sandbox_id, None)
             self._ipam.release(sandbox_id)
             await _record(record, sandbox_id, "nft", None)

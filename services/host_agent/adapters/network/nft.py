@@ -11,7 +11,11 @@ runs never touch each other's rules):
   guests send RS/DAD by default) and no port-to-port forwarding
   (defence in depth on top of isolated bridge ports).
 - `inet corral_<br>`: guests may not reach the host (input) nor each other
-  through the router; egress is forwarded only for IPs in set `egress`.
+  through the router; egress is forwarded only for IPs in set `egress`, and
+  never to a destination in `egress_deny`/`egress_deny6` (private, link-local,
+  loopback, multicast and reserved ranges, the control plane's addresses, and
+  the operator's own) unless the operator allowed it (`egress_allow`). With
+  an allow-list, egress reaches nothing else.
 - `ip corral_<br>_nat`: masquerade guest traffic leaving via another device.
 
 Per-sandbox state lives only in set elements, so the base chains are static:
@@ -20,12 +24,19 @@ Per-sandbox state lives only in set elements, so the base chains are static:
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 log = logging.getLogger("corral.host_agent.network")
+
+# Never reachable from a guest, egress on or off (RFC 1918, CGNAT, loopback,
+# link-local incl. cloud metadata, "this network", multicast, reserved).
+DEFAULT_DENY = ("0.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16",
+                "172.16.0.0/12", "192.168.0.0/16", "224.0.0.0/4", "240.0.0.0/4",
+                "::1/128", "fc00::/7", "fe80::/10", "ff00::/8")
 
 NFT = "nft"
 
@@ -69,12 +80,31 @@ async def run_nft(script: str | None = None, *args: str) -> str:
     return out.decode()
 
 
-class BridgeRules:
-    """Renders and applies the rules of one bridge."""
+def _split(cidrs: Sequence[str]) -> tuple[list[str], list[str]]:
+    nets = [ipaddress.ip_network(c, strict=False) for c in cidrs]
+    return ([str(n) for n in nets if n.version == 4], [str(n) for n in nets if n.version == 6])
 
-    def __init__(self, bridge: str, subnet: str) -> None:
+
+def _elements(family: str, table: str, name: str, values: list[str]) -> str:
+    out = f"flush set {family} {table} {name}\n"
+    if values:
+        out += f"add element {family} {table} {name} {{ {', '.join(values)} }}\n"
+    return out
+
+
+class BridgeRules:
+    """Renders and applies the rules of one bridge. `deny`: destinations
+    guests never reach, on top of DEFAULT_DENY; `allow`: if given, the only
+    destinations egress reaches (and they may lie in a denied range)."""
+
+    def __init__(self, bridge: str, subnet: str, deny: Sequence[str] = (),
+                 allow: Sequence[str] = ()) -> None:
         self.bridge = bridge
         self.subnet = subnet
+        self.deny4, self.deny6 = _split([*DEFAULT_DENY, *deny])
+        self.allow4, allow6 = _split(allow)
+        if allow6:
+            raise ValueError("guests have no IPv6: an IPv6 egress allow entry cannot apply")
         self.table = f"corral_{bridge}"          # inet and bridge families
         self.nat_table = f"corral_{bridge}_nat"  # ip family
 
@@ -103,9 +133,15 @@ add rule bridge {t} port_fwd oifname @ports counter name port_to_port drop
 
 add table inet {t}
 add set inet {t} egress {{ type ipv4_addr; comment "guest IPs allowed out"; }}
+add set inet {t} egress_deny {{ type ipv4_addr; flags interval; auto-merge; }}
+add set inet {t} egress_deny6 {{ type ipv6_addr; flags interval; auto-merge; }}
+add set inet {t} egress_allow {{ type ipv4_addr; flags interval; auto-merge; }}
+{_elements("inet", t, "egress_deny", self.deny4)}{_elements("inet", t, "egress_deny6", self.deny6)}\
+{_elements("inet", t, "egress_allow", self.allow4)}\
 add counter inet {t} guest_to_host
 add counter inet {t} guest_to_guest
 add counter inet {t} egress_denied
+add counter inet {t} egress_blocked
 add counter inet {t} inbound_denied
 add chain inet {t} guest_in {{ type filter hook input priority filter - 10; policy accept; }}
 add chain inet {t} guest_fwd {{ type filter hook forward priority filter - 10; policy accept; }}
@@ -115,7 +151,11 @@ add rule inet {t} guest_in iifname "{b}" ct state established,related accept
 add rule inet {t} guest_in iifname "{b}" limit rate 6/minute log prefix "{lp}to-host: " level info
 add rule inet {t} guest_in iifname "{b}" counter name guest_to_host drop
 add rule inet {t} guest_fwd iifname "{b}" oifname "{b}" counter name guest_to_guest drop
-add rule inet {t} guest_fwd iifname "{b}" ip saddr @egress accept
+add rule inet {t} guest_fwd iifname "{b}" ip saddr @egress ip daddr @egress_allow accept
+add rule inet {t} guest_fwd iifname "{b}" ip daddr @egress_deny limit rate 6/minute log prefix "{lp}blocked: " level info
+add rule inet {t} guest_fwd iifname "{b}" ip daddr @egress_deny counter name egress_blocked drop
+add rule inet {t} guest_fwd iifname "{b}" ip6 daddr @egress_deny6 counter name egress_blocked drop
+{"" if self.allow4 else f'add rule inet {t} guest_fwd iifname "{b}" ip saddr @egress accept'}
 add rule inet {t} guest_fwd iifname "{b}" limit rate 6/minute log prefix "{lp}egress-off: " level info
 add rule inet {t} guest_fwd iifname "{b}" counter name egress_denied drop
 add rule inet {t} guest_fwd oifname "{b}" ct state established,related accept
