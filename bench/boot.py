@@ -5,9 +5,12 @@ Columns from one run, same image and accel:
 - fast_start: create -> first exec answered at the driver level, side by side
   for cold boot, restore from a template, and warm-pool assignment (p50/p95
   over --fast-runs), plus --parallel restores at once;
+- jail: template restore -> first exec with and without the VM jail,
+  interleaved (bench/jail.py);
 - platform: the whole stack as processes, REST create?wait=true then the first
   exec answered (includes TAP + nft set-up), plus exec round trips via REST.
-    python bench/boot.py --runs 10 --parallel 10 --fast-runs 20 [--bare-only] [--skip-fast]
+    python bench/boot.py --runs 10 --parallel 10 --fast-runs 20 [--bare-only]
+        [--skip-fast] [--jail-only]
 """
 from __future__ import annotations
 
@@ -27,41 +30,17 @@ from services.host_agent.adapters.guest_image import ensure_image
 from services.host_agent.adapters.qemu import QemuDriver
 from services.host_agent.application.ports import ExecRequest, VmSpec
 
+from measure import create_to_first_exec, dist, noop, pct, rss_mib
+
 if TYPE_CHECKING:
     import httpx
 
     from corral.devstack import DevStack
 
 
-def pct(xs: list[float], p: float) -> float:
-    xs = sorted(xs)
-    return round(xs[min(len(xs) - 1, round(p / 100 * (len(xs) - 1)))], 1)
-
-
-def _proc_kib_as_mib(path: str, field: str) -> float:
-    for line in Path(path).read_text().splitlines():
-        if line.startswith(field):
-            return round(int(line.split()[1]) / 1024, 1)
-    return 0.0
-
-
-def rss_mib(pid: int) -> float:
-    return _proc_kib_as_mib(f"/proc/{pid}/status", "VmRSS:")
-
-
-def pss_mib(pid: int) -> float:
-    """Proportional set size: pages shared with other VMs (a template's RAM
-    file in the page cache) count once across them."""
-    return _proc_kib_as_mib(f"/proc/{pid}/smaps_rollup", "Pss:")
-
-
-async def _noop(*_a: object) -> None:
-    return None
-
-
 async def boot_one(d: QemuDriver, sid: str, mem: int, vcpus: int) -> tuple[float, int]:
     t0 = time.monotonic()
-    info = await d.start(VmSpec(sid, None, vcpus=vcpus, memory_mib=mem), _noop)
+    info = await d.start(VmSpec(sid, None, vcpus=vcpus, memory_mib=mem), noop)
     assert info.pid is not None
     return (time.monotonic() - t0) * 1000, info.pid
 
@@ -109,25 +88,6 @@ async def bare_column(a: argparse.Namespace, root: Path) -> dict:
     return out
 
 
-async def _create_to_first_exec(d: QemuDriver, spec: VmSpec, mem: dict | None = None
-                                ) -> tuple[float, str]:
-    t0 = time.monotonic()
-    info = await d.start(spec, _noop)
-    r = await d.exec(spec.sandbox_id, ExecRequest(["true"]))
-    assert r.exit_code == 0
-    ms = (time.monotonic() - t0) * 1000
-    if mem is not None:
-        assert info.pid is not None
-        mem.setdefault("rss", []).append(rss_mib(info.pid))
-        mem.setdefault("pss", []).append(pss_mib(info.pid))
-    return ms, info.start_mode
-
-
-def _dist(xs: list[float]) -> dict:
-    return {"p50": pct(xs, 50), "p95": pct(xs, 95), "min": round(min(xs), 1),
-            "max": round(max(xs), 1), "n": len(xs)}
-
-
 async def fast_column(a: argparse.Namespace, root: Path) -> dict:
     """Cold boot vs template restore vs warm-pool assignment, create -> first exec."""
     cls = ("default", a.vcpus, a.memory)
@@ -146,14 +106,14 @@ async def fast_column(a: argparse.Namespace, root: Path) -> dict:
         for mode, cold in (("cold", True), ("restore", False)):
             for i in range(a.fast_runs):
                 sid = f"fs-{mode}-{i}"
-                ms, got = await _create_to_first_exec(
+                ms, got = await create_to_first_exec(
                     d, VmSpec(sid, None, vcpus=a.vcpus, memory_mib=a.memory, cold_boot=cold),
                     mem[mode])
                 assert got == mode, (got, mode)
                 modes[mode].append(ms)
                 await d.destroy(sid, {})
-        out["cold_create_to_first_exec_ms"] = _dist(modes["cold"])
-        out["restore_create_to_first_exec_ms"] = _dist(modes["restore"])
+        out["cold_create_to_first_exec_ms"] = dist(modes["cold"])
+        out["restore_create_to_first_exec_ms"] = dist(modes["restore"])
         out["vm_memory_after_first_exec_mib"] = {
             m: {"rss_p50": pct(v["rss"], 50), "pss_p50": pct(v["pss"], 50)}
             for m, v in mem.items()}
@@ -161,14 +121,14 @@ async def fast_column(a: argparse.Namespace, root: Path) -> dict:
             sids = [f"fs-par-{i}" for i in range(a.parallel)]
             t0 = time.monotonic()
             try:
-                res = await asyncio.gather(*(_create_to_first_exec(
+                res = await asyncio.gather(*(create_to_first_exec(
                     d, VmSpec(s, None, vcpus=a.vcpus, memory_mib=a.memory)) for s in sids),
                     return_exceptions=True)
                 ok = [r for r in res if not isinstance(r, BaseException)]
                 out["restore_parallel"] = {
                     "n": a.parallel, "ok": len(ok),
                     "all_first_exec_s": round(time.monotonic() - t0, 2),
-                    "per_vm_ms": _dist([ms for ms, _ in ok]) if ok else None,
+                    "per_vm_ms": dist([ms for ms, _ in ok]) if ok else None,
                     "modes": sorted({m for _, m in ok}),
                     "errors": [repr(r) for r in res if isinstance(r, BaseException)]}
             finally:
@@ -182,12 +142,12 @@ async def fast_column(a: argparse.Namespace, root: Path) -> dict:
         for i in range(a.fast_runs):
             await p.wait_pool_ready(300)
             sid = f"fs-pool-{i}"
-            ms, got = await _create_to_first_exec(
+            ms, got = await create_to_first_exec(
                 p, VmSpec(sid, None, vcpus=a.vcpus, memory_mib=a.memory))
             assert got == "pool", got
             pool_ms.append(ms)
             await p.destroy(sid, {})
-        out["pool_create_to_first_exec_ms"] = _dist(pool_ms)
+        out["pool_create_to_first_exec_ms"] = dist(pool_ms)
         out["pool_stats"] = p.pool_stats()
     finally:
         await p.close()
@@ -345,7 +305,12 @@ async def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--skip-bare", action="store_true", help="skip the bare cold column")
     ap.add_argument("--platform-runs", type=int, default=20)
     ap.add_argument("--platform-modes", default="cold,restore,pool")
+    ap.add_argument("--jail-runs", type=int, default=20,
+                    help="restores per side, jailed vs not (0: skip)")
+    ap.add_argument("--jail-only", action="store_true", help="only the jail column")
     a = ap.parse_args(argv)
+    if a.jail_only:
+        a.skip_bare = a.skip_fast = a.bare_only = True
     t0 = time.monotonic()
     img = await asyncio.to_thread(ensure_image)
     image_ready_s = round(time.monotonic() - t0, 1)
@@ -355,6 +320,9 @@ async def main(argv: list[str] | None = None) -> int:
             result["bare"] = await bare_column(a, Path(tmp) / "bare")
         if not a.skip_fast:
             result["fast_start"] = await fast_column(a, Path(tmp) / "fast")
+        if a.jail_runs:
+            from jail import jail_column
+            result["jail"] = await jail_column(a, Path(tmp) / "jail")
     if not a.bare_only:
         plat = result["platform"] = await platform_column(a)
         p50 = {m: v["create_to_first_exec_ms"]["p50"] for m, v in plat.items()}

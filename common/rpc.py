@@ -205,11 +205,13 @@ def request_subject() -> str:
 
 
 async def serve(nc: Client, routes: dict[str, Route], stop: asyncio.Event, *,
-                max_bytes: int, queue: str = "", refuse: Refuse = _no_refusal) -> None:
+                max_bytes: int, queue: str = "", refuse: Refuse = _no_refusal,
+                limit: int = 0) -> None:
     """Answer every subject in `routes` (wildcards allowed) until `stop`, each
-    request in its own task (`queue`: share the subjects with other instances). Requests and answers
-    larger than one bus message travel in parts. In-flight requests finish
-    before this returns."""
+    request in its own task (`queue`: share the subjects with other instances;
+    `limit`: at most that many in flight, beyond it requests are refused
+    `busy`). Requests and answers larger than one bus message travel in parts.
+    In-flight requests finish before this returns."""
     tasks: set[asyncio.Task[None]] = set()
     assembler = parts.Assembler(max_bytes)
 
@@ -238,6 +240,9 @@ async def serve(nc: Client, routes: dict[str, Route], stop: asyncio.Event, *,
             body = None
             await send_to(msg.reply, RpcError(error="invalid", detail=str(e)))
         if body is None:
+            return
+        if limit and len(tasks) >= limit:
+            await send_to(msg.reply, RpcError(error="busy", detail="too many requests in flight"))
             return
         t = asyncio.ensure_future(reply_to(route, msg, body))
         tasks.add(t)

@@ -1,6 +1,7 @@
 """Request/reply payloads (core NATS, not streamed)."""
 from __future__ import annotations
 
+import base64
 from datetime import datetime, timedelta
 from typing import Literal
 
@@ -131,8 +132,10 @@ class HostExecStream(HostExec):
 
 
 class HostExecChunk(RpcModel):
-    """One message of a streamed exec: a chunk, then exactly one `exit` or `error`."""
+    """One message of a streamed exec: a chunk, then exactly one `exit` or
+    `error`; `seq` counts them from 0 so a reader can tell it lost some."""
     stream: Literal["stdout", "stderr", "exit", "error"]
+    seq: int = Field(default=0, ge=0)
     data: str = ""
     result: HostExecResult | None = None
     error: RpcError | None = None
@@ -147,25 +150,44 @@ class HostExecResult(RpcModel):
     truncated: bool
 
 
-class HostFilePut(HostRequest):
-    path: str = Field(min_length=1, max_length=4096)
+class PathRef(HostRequest):
+    """A path in the sandbox: `path` (UTF-8), or `path_b64` (the exact bytes of
+    a name that is not UTF-8). Exactly one."""
+    path: str | None = Field(default=None, min_length=1, max_length=4096)
+    path_b64: str | None = Field(default=None, min_length=4, max_length=5464,
+                                 pattern=r"^[A-Za-z0-9+/]+={0,2}$")
+
+    @model_validator(mode="after")
+    def _one_path(self) -> PathRef:
+        if (self.path is None) == (self.path_b64 is None):
+            raise ValueError("give exactly one of path and path_b64")
+        return self
+
+    def raw_path(self) -> str | bytes:
+        """`path` as it is, or the bytes `path_b64` stands for."""
+        return self.path if self.path is not None else base64.b64decode(self.path_b64 or "")
+
+
+class HostFilePut(PathRef):
     data_b64: str = Field(max_length=6 << 20)
 
 
-class HostFileGet(HostRequest):
-    path: str = Field(min_length=1, max_length=4096)
+class HostFileGet(PathRef):
+    pass
 
 
 class HostFileData(RpcModel):
     data_b64: str
 
 
-class HostFileList(HostRequest):
-    path: str = Field(min_length=1, max_length=4096)
+class HostFileList(PathRef):
+    pass
 
 
 class HostFileEntry(RpcModel):
-    name: str
+    name: str = Field(description="the name; bytes that are not UTF-8 shown as U+FFFD")
+    name_b64: str | None = Field(default=None, description="the exact bytes of a name that "
+                                 "is not UTF-8 (use it as `path_b64`)")
     size: int
     is_dir: bool
     mode: int
@@ -173,6 +195,8 @@ class HostFileEntry(RpcModel):
 
 class HostFileEntries(RpcModel):
     entries: list[HostFileEntry]
+    truncated: bool = Field(default=False, description="the directory holds more than listed "
+                            "(10,000 entries or 4 MiB of listing at most)")
 
 
 class Done(RpcModel):
@@ -264,6 +288,8 @@ class UsageItem(RpcModel):
     period_end: datetime
     vcpu_seconds: float
     memory_mib_seconds: float
+    snapshot_id: str | None = Field(default=None, description="set on a snapshot's storage")
+    storage_mib_seconds: float = 0.0
 
 
 class UsagePage(RpcModel):

@@ -1,6 +1,7 @@
 """Named, org-owned snapshots of a live sandbox (memory + disk), and forks."""
 from __future__ import annotations
 
+from datetime import datetime
 from typing import ClassVar, Literal
 
 from pydantic import Field
@@ -19,6 +20,7 @@ class SnapshotEvent(Envelope):
 class SnapshotRequested(SnapshotEvent):
     type: Literal["SnapshotRequested"] = "SnapshotRequested"
     name: str = Field(min_length=1, max_length=63, pattern=NAME_RE.pattern)
+    expires_at: datetime | None = None  # deleted then, unless deleted before
 
 
 class SnapshotCreated(SnapshotEvent):

@@ -176,8 +176,9 @@ CONSUMERS: tuple[ConsumerDef, ...] = (
                 _sandbox_types("SandboxScheduled", "SandboxLost", "SandboxDestroyed",
                                "SandboxFailed")
                 + _host_fact_types("SandboxStarted", "SandboxStopped", "SandboxDestroyed",
-                                   "SandboxFailed"),
-                description="billing turns run time into UsageRecorded"),
+                                   "SandboxFailed", "SnapshotCreated", "SnapshotDeleted",
+                                   "SnapshotFailed"),
+                description="billing turns run time and snapshot storage into UsageRecorded"),
 )
 
 

@@ -22,6 +22,7 @@ if TYPE_CHECKING or __package__:
     from . import protocol as P
     from .console import log
     from .entropy import add_entropy
+    from .execs import Execs
     from .netconf import set_net
 else:  # inside the guest: the modules sit side by side
     import files
@@ -29,6 +30,7 @@ else:  # inside the guest: the modules sit side by side
     import protocol as P
     from console import log
     from entropy import add_entropy
+    from execs import Execs
     from netconf import set_net
 
 AGENT = "corral-guest/1"
@@ -39,7 +41,6 @@ BASE_ENV = {
     "LANG": "C.UTF-8",
     "TERM": "dumb",
 }
-DRAIN_GRACE_S = 0.2
 RECONNECT_POLL_S = 0.02
 
 
@@ -59,7 +60,7 @@ def find_port(name: str = P.PORT_NAME) -> str | None:
     return None
 
 
-class Agent:
+class Agent(Execs):
     def __init__(self, port_path: str) -> None:
         self.fd = os.open(port_path, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
         self.sel = selectors.DefaultSelector()
@@ -86,16 +87,24 @@ class Agent:
         heapq.heappush(self.timers, (time.monotonic() + delay, next(self.seq), fn))
 
     def run(self) -> None:
+        """PID 1's loop: nothing a peer sends may end it (the kernel would panic)."""
         while True:
             timeout = None
             if self.timers:
                 timeout = max(0.0, self.timers[0][0] - time.monotonic())
             for key, mask in self.sel.select(timeout):
-                key.data(key.fileobj, mask)
+                self.guarded(functools.partial(key.data, key.fileobj, mask))
             now = time.monotonic()
             while self.timers and self.timers[0][0] <= now:
                 _, _, fn = heapq.heappop(self.timers)
-                fn()
+                self.guarded(fn)
+
+    @staticmethod
+    def guarded(fn: Callable[[], None]) -> None:
+        try:
+            fn()
+        except Exception as e:  # noqa: BLE001 - logged; the agent must live on
+            log(f"internal error: {e.__class__.__name__}: {e}")
 
     # -- port I/O -----------------------------------------------------------
     def on_port(self, _fd: int, mask: int) -> None:
@@ -115,12 +124,18 @@ class Agent:
         if not data:
             self.on_disconnect()
             return
+        self.feed(data)
+
+    def feed(self, data: bytes) -> None:
         try:
             frames = self.dec.feed(data)
         except P.ProtocolError as e:
             log(f"protocol error, resetting: {e}")
             self.dec.reset()
             return
+        for reason in self.dec.skipped:
+            log(f"frame skipped: {reason}")
+        self.dec.skipped.clear()
         for header, payload in frames:
             self.dispatch(header, payload)
 
@@ -148,18 +163,17 @@ class Agent:
         self.connected = True
         self.sel.register(self.fd, selectors.EVENT_READ, self.on_port)
         if data:
-            try:
-                frames = self.dec.feed(data)
-            except P.ProtocolError:
-                self.dec.reset()
-                return
-            for header, payload in frames:
-                self.dispatch(header, payload)
+            self.feed(data)
 
     def send(self, header: dict, payload: bytes = b"") -> None:
         if not self.connected:
             return
-        self.out += P.encode(header, payload)
+        try:
+            frame = P.encode(header, payload)
+        except (P.ProtocolError, TypeError, ValueError) as e:  # never an unanswered request
+            frame = P.encode({"id": header.get("id"), "type": "error", "code": "EIO",
+                              "message": f"reply not encodable: {e}"[:500]})
+        self.out += frame
         self.flush()
 
     def flush(self) -> None:
@@ -192,11 +206,16 @@ class Agent:
         try:
             fn(rid, h, payload)
         except P.GuestError as e:
-            self.send({"id": rid, "type": "error", "code": e.code, "message": e.message})
+            self.error(rid, e.code, e.message)
         except OSError as e:
-            self.send({"id": rid, "type": "error", "code": P.errno_code(e), "message": str(e)})
-        except (TypeError, ValueError, KeyError) as e:
-            self.send({"id": rid, "type": "error", "code": "EINVAL", "message": str(e)})
+            self.error(rid, P.errno_code(e), str(e))
+        except (TypeError, ValueError, KeyError, AttributeError) as e:
+            self.error(rid, "EINVAL", str(e))
+        except Exception as e:  # noqa: BLE001 - every request is answered
+            self.error(rid, "EIO", f"{e.__class__.__name__}: {e}")
+
+    def error(self, rid: int, code: str, message: str) -> None:
+        self.send({"id": rid, "type": "error", "code": code, "message": message[:1000]})
 
     def op_hello(self, rid: int, h: dict[str, Any], _p: bytes) -> None:
         uptime = time.clock_gettime(time.CLOCK_BOOTTIME)  # = /proc/uptime, via the vDSO
@@ -245,130 +264,6 @@ class Agent:
             mark("net")
         self.send({"id": rid, "type": "ok", "applied": applied, "ms": ms})
 
-    # -- exec ---------------------------------------------------------------
-    def op_exec(self, rid: int, h: dict[str, Any], payload: bytes) -> None:
-        try:
-            proc = process.spawn(rid, h, self.env)
-        except process.SpawnFailed as e:
-            self.send({"id": rid, "type": "out", "stream": "stderr"}, e.stderr)
-            self.send({"id": rid, "type": "exit", "code": e.exit_code, "timed_out": False,
-                       "truncated": False, "duration_ms": 0})
-            return
-        popen, timeout = proc.popen, proc.timeout
-        self.procs[popen.pid] = proc
-        self.by_rid[rid] = proc
-        assert popen.stdout is not None and popen.stderr is not None
-        for name, pipe in (("stdout", popen.stdout), ("stderr", popen.stderr)):
-            os.set_blocking(pipe.fileno(), False)
-            self.sel.register(pipe.fileno(), selectors.EVENT_READ,
-                              lambda fd, m, p=proc, s=name: self.on_output(p, s, fd))
-        if popen.stdin is not None:
-            proc.stdin_buf = payload
-            os.set_blocking(popen.stdin.fileno(), False)
-            self.sel.register(popen.stdin.fileno(), selectors.EVENT_WRITE,
-                              lambda fd, m, p=proc: self.on_stdin(p))
-
-        def on_timeout(p: process.Proc = proc) -> None:
-            if p.status is None and not p.finished:
-                p.timed_out = True
-                self.kill(p)
-        self.call_later(timeout, on_timeout)
-
-    def on_stdin(self, proc: process.Proc) -> None:
-        pipe = proc.popen.stdin
-        assert pipe is not None
-        try:
-            n = os.write(pipe.fileno(), proc.stdin_buf[:1 << 16])
-            proc.stdin_buf = proc.stdin_buf[n:]
-            if proc.stdin_buf:
-                return
-        except BlockingIOError:
-            return
-        except OSError:
-            pass  # EPIPE: the process does not read stdin
-        self.sel.unregister(pipe.fileno())
-        pipe.close()
-
-    def on_output(self, proc: process.Proc, stream: str, fd: int) -> None:
-        try:
-            data = os.read(fd, P.CHUNK)
-        except BlockingIOError:
-            return
-        except OSError:
-            data = b""
-        if not data:
-            self.sel.unregister(fd)
-            getattr(proc.popen, stream).close()
-            proc.open_streams -= 1
-            self.maybe_finish(proc)
-            return
-        room = proc.cap - proc.sent[stream]
-        if len(data) > room:
-            proc.truncated = True
-            data = data[:max(room, 0)]
-        if data and not proc.finished:
-            proc.sent[stream] += len(data)
-            self.send({"id": proc.rid, "type": "out", "stream": stream}, data)
-
-    def on_signal(self, fd: int, _mask: int) -> None:
-        try:
-            while os.read(fd, 4096):
-                pass
-        except BlockingIOError:
-            pass
-        while True:
-            try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                break
-            if pid == 0:
-                break
-            proc = self.procs.pop(pid, None)
-            if proc is None:
-                continue  # a reparented orphan
-            proc.status = os.waitstatus_to_exitcode(status)
-            proc.popen.returncode = proc.status
-            if proc.open_streams:
-                self.call_later(DRAIN_GRACE_S, functools.partial(self.force_finish, proc))
-            self.maybe_finish(proc)
-
-    def force_finish(self, proc: process.Proc) -> None:
-        for stream in ("stdout", "stderr"):
-            pipe = getattr(proc.popen, stream)
-            if not pipe.closed:
-                self.sel.unregister(pipe.fileno())
-                pipe.close()
-                proc.open_streams -= 1
-        self.maybe_finish(proc)
-
-    def maybe_finish(self, proc: process.Proc) -> None:
-        if proc.status is None or proc.open_streams:
-            return
-        stdin = proc.popen.stdin
-        if stdin is not None and not stdin.closed:
-            self.sel.unregister(stdin.fileno())
-            stdin.close()
-        self.by_rid.pop(proc.rid, None)
-        if proc.finished:
-            return
-        proc.finished = True
-        self.send({"id": proc.rid, "type": "exit", "code": proc.status,
-                   "timed_out": proc.timed_out, "truncated": proc.truncated,
-                   "duration_ms": int((time.monotonic() - proc.started) * 1000)})
-
-    def kill(self, proc: process.Proc) -> None:
-        try:
-            os.killpg(proc.popen.pid, signal.SIGKILL)
-        except OSError:
-            pass
-
-    def op_cancel(self, rid: int, h: dict[str, Any], _p: bytes) -> None:
-        target = h.get("target")
-        proc = self.by_rid.get(target) if isinstance(target, int) else None
-        if proc is not None:
-            self.kill(proc)
-        self.send({"id": rid, "type": "ok", "found": proc is not None})
-
     # -- files --------------------------------------------------------------
     def op_put(self, rid: int, h: dict[str, Any], payload: bytes) -> None:
         self.send(files.put(rid, h, payload))
@@ -377,7 +272,7 @@ class Agent:
         self.send(*files.get(rid, h))
 
     def op_list(self, rid: int, h: dict[str, Any], _p: bytes) -> None:
-        self.send(files.listing(rid, h))
+        self.send(*files.listing(rid, h))
 
 
 def main() -> None:

@@ -1,6 +1,7 @@
 """File operations of the guest agent: put (atomic), get and list, with limits."""
 from __future__ import annotations
 
+import json
 import os
 import stat
 from typing import TYPE_CHECKING, Any
@@ -12,7 +13,7 @@ else:  # inside the guest: the modules sit side by side
 
 
 def put(rid: int, h: dict[str, Any], payload: bytes) -> dict[str, Any]:
-    path = P.check_path(h.get("path"))
+    path = P.path_arg(h)
     mode = int(h.get("mode", 0o644)) & 0o7777
     if len(payload) > P.MAX_FILE:
         raise P.GuestError("EFBIG", "file too large")
@@ -37,7 +38,7 @@ def put(rid: int, h: dict[str, Any], payload: bytes) -> dict[str, Any]:
 
 
 def get(rid: int, h: dict[str, Any]) -> tuple[dict[str, Any], bytes]:
-    path = P.check_path(h.get("path"))
+    path = P.path_arg(h)
     limit = min(int(h.get("max_bytes", P.MAX_FILE)), P.MAX_FILE)
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
@@ -63,20 +64,32 @@ def get(rid: int, h: dict[str, Any]) -> tuple[dict[str, Any], bytes]:
     return {"id": rid, "type": "data", "size": len(data)}, data
 
 
-def listing(rid: int, h: dict[str, Any]) -> dict[str, Any]:
-    path = P.check_path(h.get("path"))
-    entries: list[dict[str, Any]] = []
+def listing(rid: int, h: dict[str, Any]) -> tuple[dict[str, Any], bytes]:
+    """Entries sorted by name, as JSON in the payload: at most MAX_LIST of them
+    and MAX_LIST_BYTES of JSON, `truncated` when either cut the list."""
+    path = P.path_arg(h)
+    names: list[str] = []
     truncated = False
     with os.scandir(path) as it:
         for e in it:
-            if len(entries) >= P.MAX_LIST:
+            if len(names) >= P.MAX_LIST:
                 truncated = True
                 break
-            try:
-                st = e.stat(follow_symlinks=False)
-            except OSError:
-                continue
-            entries.append({"name": e.name, "size": st.st_size,
-                            "is_dir": stat.S_ISDIR(st.st_mode), "mode": st.st_mode})
-    entries.sort(key=lambda x: x["name"])
-    return {"id": rid, "type": "entries", "entries": entries, "truncated": truncated}
+            names.append(e.name)
+    names.sort()
+    entries: list[dict[str, Any]] = []
+    size = 2
+    for name in names:
+        try:
+            st = os.lstat(os.path.join(path, name))
+        except OSError:
+            continue
+        entry = {**P.name_fields(name), "size": st.st_size,
+                 "is_dir": stat.S_ISDIR(st.st_mode), "mode": st.st_mode}
+        size += len(json.dumps(entry)) + 1
+        if size > P.MAX_LIST_BYTES:
+            truncated = True
+            break
+        entries.append(entry)
+    body = json.dumps(entries, separators=(",", ":")).encode()
+    return {"id": rid, "type": "entries", "count": len(entries), "truncated": truncated}, body

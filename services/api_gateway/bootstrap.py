@@ -19,6 +19,7 @@ from .adapters.sealer import Sealer
 from .application.events import EventFeed
 from .application.guest_io import GuestIO
 from .application.ledger import SandboxLedger
+from .application.op_limits import OpLimits, parse_op_limits
 from .application.rate_limit import RateLimiter
 from .application.sandboxes import Sandboxes
 from .application.waiters import Waiters
@@ -73,12 +74,15 @@ async def bootstrap(settings: GatewaySettings, stop: asyncio.Event | None = None
     auth = AuthClient(bus.client, ttl_s=settings.auth_cache_s)
     await auth.start()
     limits = Limits(settings.quota_max_live, settings.quota_max_vcpus,
-                    settings.quota_max_memory_mib)
+                    settings.quota_max_memory_mib, settings.quota_max_snapshots,
+                    settings.quota_max_snapshot_mib)
+    ops = OpLimits(parse_op_limits(settings.quota_ops))
     waiters = Waiters()
     sandboxes = Sandboxes(ledger, read_model, limits,
-                          RateLimiter(settings.quota_creates_per_minute), waiters)
+                          RateLimiter(settings.quota_creates_per_minute), waiters, ops,
+                          settings.snapshot_ttl_s)
     return GatewayContext(settings, bus, ledger, relay, read_model, waiters, sandboxes,
-                          GuestIO(ledger, HostClient(bus.client)), auth,
+                          GuestIO(ledger, HostClient(bus.client), ops), auth,
                           FleetClient(bus.client, timeout_s=5.0),
                           BillingClient(bus.client, timeout_s=10.0),
                           EventFeed(JetStreamEvents(bus.jetstream), sandboxes))

@@ -3,11 +3,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
-from urllib.parse import urlparse
 
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js.errors import NotFoundError
@@ -20,14 +19,17 @@ from contracts import subjects
 from contracts.rpc import HostIdentity, RegisterHost
 from contracts.subjects import host_agent_consumer
 
+from .adapters.disk import DiskRoom
 from .adapters.env_client import GatewayEnv
+from .adapters.helper.client import HelperClient, HelperNetwork
+from .adapters.network.policy import control_plane_addresses
 from .application.ports import VmmDriver
 from .application.records import VmRecords
 from .application.service import HostAgentService
 from .settings import HostAgentSettings, cidr_list, pool_targets
 
 if TYPE_CHECKING:
-    from .adapters.network import HostNetwork
+    from .adapters.qemu.vm import Network
 
 log = logging.getLogger("corral.host_agent")
 
@@ -51,36 +53,30 @@ class HostAgentContext:
         self.records.close()
 
 
-async def make_network(settings: HostAgentSettings) -> HostNetwork | None:
+async def make_network(settings: HostAgentSettings,
+                       helper: HelperClient | None) -> Network | None:
     if not settings.network:
         log.warning("networking disabled (CORRAL_NETWORK=false): sandboxes get no NIC")
         return None
+    if helper is not None:  # the helper owns the bridge (and its checks)
+        via_helper = HelperNetwork(helper)
+        await via_helper.setup()
+        return via_helper
     from .adapters.network import HostNetwork, check_network
     check = await asyncio.to_thread(check_network)
     if not check.ok:
         log.warning("host networking unusable; sandboxes get no NIC: %s",
                     "; ".join(f"{k}: {d}" for k, (ok, d) in check.items.items() if not ok))
         return None
-    deny = cidr_list(settings.egress_deny) + await asyncio.to_thread(control_plane_addresses,
-                                                                      settings)
-    net = HostNetwork(settings.bridge, settings.subnet, egress_deny=deny,
+    net = HostNetwork(settings.bridge, settings.subnet, egress_deny=await egress_deny(settings),
                       egress_allow=cidr_list(settings.egress_allow))
     await net.setup()
     return net
 
 
-def control_plane_addresses(settings: HostAgentSettings) -> list[str]:
-    """Where this agent's bus and store live: never a guest's destination."""
-    hosts = [urlparse(u).hostname for u in settings.nats_url.split(",")]
-    if settings.store.startswith("postgresql"):
-        hosts.append(urlparse(settings.store).hostname)
-    out = set()
-    for host in filter(None, hosts):
-        try:
-            out |= {str(info[4][0]).split("%")[0] for info in socket.getaddrinfo(host, None)}
-        except OSError:
-            log.warning("cannot resolve control-plane host %s for the egress deny list", host)
-    return sorted(out)
+async def egress_deny(settings: HostAgentSettings) -> list[str]:
+    return cidr_list(settings.egress_deny) + await asyncio.to_thread(
+        control_plane_addresses, settings.nats_url, settings.store)
 
 
 def vm_root(settings: HostAgentSettings, host_id: str) -> Path:
@@ -96,9 +92,13 @@ async def make_driver(settings: HostAgentSettings, state_dir: Path, vms: Path) -
     from .adapters.guest_image import image_root
     from .adapters.qemu import QemuDriver
     templates = settings.template_dir or image_root().parent / "templates"
-    return QemuDriver(vms, network=await make_network(settings), template_root=templates,
-                      templates=settings.templates,
-                      warm_pool=pool_targets(settings.warm_pool) or None)
+    helper = HelperClient(settings.helper_socket) if settings.helper_socket else None
+    if helper is None and os.geteuid() != 0:
+        raise SystemExit("the host agent is not root: give it a privileged helper "
+                         "(CORRAL_HELPER_SOCKET; `python -m services.host_agent helper`)")
+    return QemuDriver(vms, network=await make_network(settings, helper),
+                      template_root=templates, templates=settings.templates,
+                      warm_pool=pool_targets(settings.warm_pool) or None, privileged=helper)
 
 
 async def ensure_command_consumer(bus: Bus, host_id: str, stop: asyncio.Event) -> None:
@@ -153,7 +153,9 @@ async def bootstrap(settings: HostAgentSettings, stop: asyncio.Event) -> HostAge
                         dead_letters=subjects.host_relay_dead_letters(host_id))
     records.notify_on_save(asyncio.get_running_loop(), relay.wake)
     driver = await make_driver(settings, state_dir, vm_root(settings, host_id))
-    service = HostAgentService(host_id, records, driver, bus.publish,
-                               snapshot_root=settings.state_dir.resolve() / f"snaps-{host_id[:8]}",
-                               env_source=GatewayEnv(bus.client, host_id))
+    snapshot_root = settings.state_dir.resolve() / f"snaps-{host_id[:8]}"
+    service = HostAgentService(host_id, records, driver, bus.publish, snapshot_root=snapshot_root,
+                               env_source=GatewayEnv(bus.client, host_id),
+                               disk_lacks=DiskRoom(snapshot_root,
+                                                   settings.min_free_disk_mib).lacks)
     return HostAgentContext(settings, host_id, bus, records, relay, driver, service)

@@ -37,6 +37,13 @@ class HostAgentSettings(CommonSettings):
     egress_deny: str = ""
     # ...and, if set, the only destinations egress reaches (may be private).
     egress_allow: str = ""
+    # Privilege separation: the agent (not root) asks the helper (root) on this
+    # socket for bridge, TAP, nft, cgroup and jail steps; the helper serves
+    # only this uid. Unset: the agent does them itself and must be root.
+    helper_socket: Path | None = None
+    # A VM or snapshot is refused (no_space) unless this much disk stays free.
+    min_free_disk_mib: int = Field(default=2048, ge=0)
+    agent_uid: int | None = Field(default=None, ge=1)
 
     @field_validator("egress_deny", "egress_allow")
     @classmethod

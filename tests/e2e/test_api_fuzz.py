@@ -113,7 +113,10 @@ class Finding:
 @pytest.fixture(scope="module")
 def fstack(tmp_path_factory):
     # the fuzzer creates many sandboxes: quotas and the create rate are tested elsewhere
-    env = {"CORRAL_QUOTA_CREATES_PER_MINUTE": "100000", "CORRAL_QUOTA_MAX_LIVE": "10000"}
+    env = {"CORRAL_QUOTA_CREATES_PER_MINUTE": "100000", "CORRAL_QUOTA_MAX_LIVE": "10000",
+           "CORRAL_QUOTA_OPS": ",".join(f"{k}=1000/100000"
+                                        for k in ("exec", "files", "snapshot", "fork")),
+           "CORRAL_QUOTA_MAX_SNAPSHOTS": "100000", "CORRAL_QUOTA_MAX_SNAPSHOT_MIB": "100000000"}
     with running_stack(tmp_path_factory.mktemp("fuzz"), "fake", env) as st_:
         yield st_
 

@@ -175,3 +175,40 @@ def test_host_facts_count_only_from_the_placement_host(ledger):
     assert ledger.find(str(sb.id), "org1").state == "scheduled"
     assert ledger.ingest(_from_host(fact(SandboxStarting, sb, host_id="h1"), "h1"))
     assert ledger.find(str(sb.id), "org1").state == "starting"
+
+
+async def test_expiry_pass_deletes_snapshots_whose_lifetime_ended(ledger, store, tmp_path):
+    """The gateway's expiry pass finds due snapshots in the read model and
+    asks for their deletion; a snapshot not yet due is left alone."""
+    from datetime import UTC, datetime, timedelta
+    from types import SimpleNamespace
+
+    from contracts.snapshot import SnapshotCreated
+    from services.api_gateway.domain.quota import Limits
+    from services.api_gateway.entrypoints.expiry import expire_once
+    now = datetime.now(UTC)
+    sb, _ = ledger.request("org1", SandboxSpec(), "op", None, None)
+    for cls, kw in ((SandboxScheduled, {}), (SandboxStarting, {}),
+                    (SandboxStarted, dict(vcpus=1, memory_mib=256, accel="tcg"))):
+        ledger.ingest(fact(cls, sb, host_id="h1", **kw))
+    snaps = [ledger.request_snapshot(str(sb.id), "org1", "s", "op", None,
+                                     Limits(max_pending_snapshots=2), ttl, now)
+             for ttl in (60, 3600)]
+    for s in snaps:
+        ledger.ingest(fact(SnapshotCreated, sb, snapshot_id=str(s.id), host_id="h1",
+                           image="default", vcpus=1, memory_mib=256, size_bytes=1, took_ms=1))
+    rm = ReadModel(store, str(Path(tmp_path) / "read.sqlite"))
+    await rm.create()
+    try:
+        await rm.catch_up(ledger)
+        ctx = SimpleNamespace(settings=SimpleNamespace(ttl_warning_s=60), read_model=rm,
+                              ledger=ledger)
+        assert (await expire_once(ctx, now + timedelta(seconds=30)))["snapshot"] == 0
+        done = await expire_once(ctx, now + timedelta(seconds=61))
+        assert done["snapshot"] == 1
+        assert [ledger.find_snapshot(str(s.id), "org1").state for s in snaps] == [
+            "deleting", "ready"]
+        await rm.catch_up(ledger)
+        assert (await expire_once(ctx, now + timedelta(seconds=62)))["snapshot"] == 0
+    finally:
+        await rm.close()

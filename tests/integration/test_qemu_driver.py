@@ -13,8 +13,11 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
+from guest import protocol as P
+
 from services.host_agent.adapters.guest_image import ensure_image
-from services.host_agent.adapters.qemu import GuestError, GuestPathError, QemuDriver, procs
+from services.host_agent.adapters import procs
+from services.host_agent.adapters.qemu import GuestError, GuestPathError, QemuDriver
 from services.host_agent.application.ports import ExecChunk, ExecRequest, VmSpec
 
 from .vm_support import Recorder, require
@@ -121,10 +124,34 @@ async def test_binary_file_round_trip_and_list(driver, vm):
     r = await driver.exec(SID, run(["sha256sum", "/root/data/blob.bin"]))
     assert r.stdout.split()[0].decode() == hashlib.sha256(data).hexdigest()
     await driver.exec(SID, run(["mkdir", "/root/data/sub"]))
-    entries = {e.name: e for e in await driver.list_files(SID, "/root/data")}
-    assert set(entries) == {"blob.bin", "sub"}
+    listing = await driver.list_files(SID, "/root/data")
+    entries = {e.name: e for e in listing.entries}
+    assert set(entries) == {"blob.bin", "sub"} and not listing.truncated
     assert entries["blob.bin"].size == 1 << 20 and not entries["blob.bin"].is_dir
     assert entries["sub"].is_dir
+
+
+async def test_a_huge_directory_lists_and_odd_names_round_trip(driver, vm):
+    """5,000 entries (a header over 64 KiB before) and names that are not UTF-8:
+    the guest answers, stays alive, and the exact bytes come back."""
+    make = ("import os\nos.makedirs('/root/many', exist_ok=True)\nstem = 'n' * 100\n"
+            "for i in range(5000):\n    open('/root/many/%s%d' % (stem, i), 'w').close()\n")
+    r = await driver.exec(SID, run(["python3", "-c", make], timeout_s=120))
+    assert r.exit_code == 0, r.stderr
+    listing = await driver.list_files(SID, "/root/many")
+    assert len(listing.entries) == 5000 and not listing.truncated
+    more = make.replace("range(5000)", "range(5000, 10100)")
+    assert (await driver.exec(SID, run(["python3", "-c", more], timeout_s=120))).exit_code == 0
+    listing = await driver.list_files(SID, "/root/many")  # past MAX_LIST: cut and flagged
+    assert len(listing.entries) == P.MAX_LIST and listing.truncated
+    odd = b"/root/caf\xe9-\xff.txt"
+    await driver.put_file(SID, odd, b"odd")
+    names = {e.name_b64: e.name for e in (await driver.list_files(SID, "/root")).entries}
+    import base64
+    b64 = base64.b64encode(odd.rsplit(b"/", 1)[1]).decode()
+    assert b64 in names and "\ufffd" in names[b64]  # shown with U+FFFD, carried exactly
+    assert await driver.get_file(SID, odd) == b"odd"
+    assert (await driver.exec(SID, run(["true"]))).exit_code == 0  # still alive
 
 
 @pytest.mark.parametrize("path", ["relative/x", "/tmp/../etc/passwd", "/tmp/a\x00b", "/tmp//x"])

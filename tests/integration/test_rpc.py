@@ -13,7 +13,9 @@ from pydantic import Field
 
 from common.rpc import Reply, RpcFailure, open_stream, request, serve
 from common.rpc_parts import PARTS, Assembler, PartsError
-from contracts.rpc import Done, HostAction, HostActionResult, RpcError, RpcModel
+from contracts.rpc import (Done, HostAction, HostActionResult, HostExecChunk, HostExecResult,
+                           HostExecStream, RpcError, RpcModel)
+from contracts.subjects import host_rpc_subject
 
 pytestmark = pytest.mark.integration
 SUBJECT = "corral.rpc.test.action"
@@ -172,6 +174,46 @@ async def test_a_stream_follows_the_answer_on_the_same_inbox(nc: Client):
             await stream.next(time.monotonic() + 0.2)
         await stream.close()
     finally:
+        stop.set()
+        await task
+
+
+async def test_a_reader_too_slow_for_its_stream_is_told_output_was_lost(nc: Client):
+    """The gateway holds at most STREAM_PENDING of a stream; a reader further
+    behind gets OutputLost, never a silent gap, and its memory stays bounded."""
+    from services.api_gateway.adapters.host_client import STREAM_PENDING, HostClient, OutputLost
+    subject = host_rpc_subject("h-slow", "exec.stream")
+    sent = asyncio.Event()
+
+    async def call(req: HostExecStream) -> Reply:
+        async def chunks(send) -> None:
+            n = 2 * STREAM_PENDING // (512 << 10) + 4
+            for i in range(n):
+                await send(HostExecChunk(stream="stdout", seq=i, data="x" * (512 << 10)))
+            await send(HostExecChunk(stream="exit", seq=n, result=HostExecResult(
+                exit_code=0, stdout="", stderr="", duration_ms=1, timed_out=False,
+                truncated=False)))
+            await nc.flush()
+            sent.set()
+        return Reply(Done(), then=chunks)
+
+    stop = asyncio.Event()
+    task = asyncio.ensure_future(serve(nc, {subject: (HostExecStream, call)}, stop,
+                                       max_bytes=1 << 20))
+    await asyncio.sleep(0.05)
+    reader = await nats.connect(nc.connected_url.geturl())
+    try:
+        chunks = await HostClient(reader).exec_stream("h-slow", HostExecStream(
+            sandbox_id="sbx_a", org_id="org_a", op_id="op_1", cmd=["yes"]))
+        await asyncio.wait_for(sent.wait(), 10)  # everything sent before a chunk is read
+        await asyncio.sleep(0.3)
+        got = 0
+        with pytest.raises(OutputLost):
+            async for _ in chunks:
+                got += 1
+        assert got < 2 * STREAM_PENDING // (512 << 10)
+    finally:
+        await reader.close()
         stop.set()
         await task
 

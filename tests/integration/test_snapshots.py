@@ -6,6 +6,8 @@ Real QEMU microVMs on a test bridge (HostNetwork on `crls<hex>`, a random
 from __future__ import annotations
 
 import asyncio
+import fcntl
+import os
 import json
 import logging
 import random
@@ -23,7 +25,8 @@ import pytest
 import pytest_asyncio
 
 from services.host_agent.adapters.guest_image import ensure_image
-from services.host_agent.adapters.qemu import QemuDriver, procs
+from services.host_agent.adapters import procs
+from services.host_agent.adapters.qemu import QemuDriver
 from services.host_agent.application.ports import ExecRequest, VmSpec
 
 from .vm_support import Recorder, require
@@ -166,11 +169,17 @@ async def test_template_restore_gives_each_clone_its_own_identity(env: Env):
         assert env.net.gateway in i["route"]
     assert (a["hostname"], b["hostname"]) == ("clone-a", "clone-b")
     assert (await env.gexec("rs-b", "sh", "-c", "echo $WHO")).strip() == "rs-b"
-    # Clones map the template's RAM copy-on-write: guest writes (64 MiB here)
-    # stay private, the file is never written.
+    # Clones map the template's RAM copy-on-write, from one write-sealed memfd:
+    # guest writes (64 MiB here) stay private, and no QEMU can write it.
+    mapped = set()
     for info in infos:
-        maps = Path(f"/proc/{info.pid}/maps").read_text()
-        assert str(tpl.memory.resolve()) in maps
+        maps = Path(f"/proc/{info.pid}/maps").read_text().splitlines()
+        mapped |= {(m.split()[4], m.split()[5]) for m in maps if "memfd:tpl-" in m}
+    assert len(mapped) == 1, mapped  # one inode, shared by both clones
+    fd = await asyncio.to_thread(d.launcher.memory.sealed, tpl.memory)
+    assert fcntl.fcntl(fd, 1034) & 0x8  # F_GET_SEALS has F_SEAL_WRITE
+    with pytest.raises(PermissionError):
+        os.pwrite(fd, b"x", 0)
     await env.gexec("rs-a", "python3", "-c", "b = bytearray(64 << 20); b[::4096] = b'x' * (16 << 10)")
     assert await asyncio.to_thread(_sha256, tpl.memory) == mem_digest
     # The host side is each clone's own lease (TAP + nft pinned to its MAC/IP).

@@ -1,6 +1,6 @@
 """Leases and quotas in the gateway's store (SQLite and PostgreSQL)."""
 from concurrent.futures import ThreadPoolExecutor
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -8,7 +8,7 @@ from common.eventstore import store_env
 from common.timefmt import parse_time
 from contracts.sandbox import (Failure, NetworkSpec, SandboxDestroyed, SandboxFailed,
                                SandboxScheduled, SandboxSpec, SandboxStarted, SandboxStarting)
-from contracts.snapshot import SnapshotCreated
+from contracts.snapshot import SnapshotCreated, SnapshotDeleted, SnapshotFailed
 from services.api_gateway.application.errors import Conflict, TooMany, Unprocessable
 from services.api_gateway.adapters.sealer import Sealer
 from services.api_gateway.application.ledger import SandboxLedger
@@ -18,6 +18,8 @@ from services.api_gateway.application.waiters import Waiters
 from services.api_gateway.domain.quota import Limits
 
 KEY = bytes(range(32))
+NOW = datetime(2026, 1, 1, tzinfo=UTC)
+MIB = 1 << 20
 pytestmark = pytest.mark.integration
 
 
@@ -132,7 +134,7 @@ def _running_snapshot(ledger: SandboxLedger, org: str) -> str:
     ledger.ingest(SandboxScheduled(host_id="h1", **ids))
     ledger.ingest(SandboxStarting(host_id="h1", **ids))
     ledger.ingest(SandboxStarted(host_id="h1", vcpus=1, memory_mib=256, accel="tcg", **ids))
-    snap = ledger.request_snapshot(str(sb.id), org, "s", "op", None)
+    snap = ledger.request_snapshot(str(sb.id), org, "s", "op", None, Limits(), 3600, NOW)
     ledger.ingest(SnapshotCreated(host_id="h1", image="default", vcpus=1, memory_mib=256,
                                   size_bytes=1, took_ms=1, snapshot_id=str(snap.id), **ids))
     return str(snap.id)
@@ -157,3 +159,80 @@ async def test_forks_are_admitted_like_creates(ledger):
     now[0] = 60.0  # tokens back; the live quota still full
     with pytest.raises(TooMany, match="live sandboxes"):
         await app.fork("o", spec, 1, "op")
+
+
+def _running(ledger: SandboxLedger, org: str, memory_mib: int = 256) -> dict[str, str]:
+    sb, _ = ledger.request(org, SandboxSpec(memory_mib=memory_mib), "op", None, None)
+    ids = dict(op_id="op", org_id=org, sandbox_id=str(sb.id))
+    ledger.ingest(SandboxScheduled(host_id="h1", **ids))
+    ledger.ingest(SandboxStarting(host_id="h1", **ids))
+    ledger.ingest(SandboxStarted(host_id="h1", vcpus=1, memory_mib=memory_mib, accel="tcg",
+                                 **ids))
+    return ids
+
+
+def _created(ledger: SandboxLedger, ids: dict[str, str], snap_id: str, mib: int) -> None:
+    ledger.ingest(SnapshotCreated(host_id="h1", image="default", vcpus=1, memory_mib=256,
+                                  size_bytes=mib * MIB, took_ms=1, snapshot_id=snap_id, **ids))
+
+
+def test_snapshot_quotas_bound_count_bytes_and_in_progress(ledger):
+    ids = _running(ledger, "q")
+    limits = Limits(max_snapshots=3, max_snapshot_mib=700, max_pending_snapshots=1)
+
+    def take():
+        return str(ledger.request_snapshot(ids["sandbox_id"], "q", "s", "op", None, limits,
+                                           3600, NOW).id)
+    first = take()
+    with pytest.raises(TooMany, match="in progress"):  # the first is still pending
+        take()
+    _created(ledger, ids, first, 300)
+    second = take()  # 300 MiB held + 256 MiB estimated
+    ledger.ingest(SnapshotFailed(host_id="h1", snapshot_id=second,
+                                 failure=Failure(code="vmm_error", message="x"), **ids))
+    third = take()  # a failed snapshot holds nothing
+    _created(ledger, ids, third, 350)
+    with pytest.raises(TooMany, match="700 MiB"):  # 650 held + 256 estimated
+        take()
+    ledger.request_snapshot_delete(third, "q", "op", None)
+    assert ledger.find_snapshot(third, "q").state == "deleting"
+    with pytest.raises(TooMany, match="700 MiB"):  # held until the host has deleted it
+        take()
+    ledger.ingest(SnapshotDeleted(host_id="h1", snapshot_id=third, **ids))
+    fourth = take()
+    _created(ledger, ids, fourth, 1)
+    _created(ledger, ids, take(), 1)
+    with pytest.raises(TooMany, match="holds 3 snapshots"):
+        take()
+    # quotas are per org
+    other = _running(ledger, "q2")
+    assert ledger.request_snapshot(other["sandbox_id"], "q2", "s", "op", None, limits, 60, NOW)
+
+
+def test_concurrent_snapshot_requests_never_exceed_the_quota(ledger):
+    ids = _running(ledger, "race")
+    limits = Limits(max_snapshots=3, max_snapshot_mib=1 << 20, max_pending_snapshots=3)
+
+    def take(_):
+        try:
+            return ledger.request_snapshot(ids["sandbox_id"], "race", "s", "op", None, limits,
+                                           3600, NOW)
+        except TooMany:
+            return None
+    with ThreadPoolExecutor(8) as pool:
+        made = [s for s in pool.map(take, range(12)) if s is not None]
+    assert len(made) == 3
+
+
+def test_a_snapshot_is_deleted_when_its_lifetime_ends(ledger):
+    ids = _running(ledger, "t")
+    snap = ledger.request_snapshot(ids["sandbox_id"], "t", "s", "op", None, Limits(), 600, NOW)
+    sid = str(snap.id)
+    assert snap.expires_at == "2026-01-01T00:10:00.000000Z"
+    assert not ledger.expire_snapshot(sid, NOW + timedelta(seconds=599))  # pending, not due
+    _created(ledger, ids, sid, 10)
+    assert not ledger.expire_snapshot(sid, NOW + timedelta(seconds=599))
+    assert ledger.expire_snapshot(sid, NOW + timedelta(seconds=600))
+    snap = ledger.find_snapshot(sid, "t")
+    assert snap.state == "deleting"
+    assert not ledger.expire_snapshot(sid, NOW + timedelta(seconds=601))  # once

@@ -35,7 +35,8 @@ import pytest_asyncio
 from services.host_agent.adapters.network import HostNetwork, NetLease
 from services.host_agent.adapters.network import bridge as brmod
 from services.host_agent.adapters.network.bridge import NetworkConflict
-from services.host_agent.adapters.qemu import QemuDriver, procs
+from services.host_agent.adapters import procs
+from services.host_agent.adapters.qemu import QemuDriver
 from services.host_agent.application.ports import ExecChunk, ExecRequest, VmSpec
 
 from .vm_support import Recorder, require

@@ -154,3 +154,36 @@ def test_metering_app_records_envelopes_once_and_cuts_open_runs():
     assert sum(e["vcpu_seconds"] for e in envs) == 2 * 1300
     clock[0] = at(99999)
     assert app.cut_due() == 0  # the run is closed: no more periods
+
+
+def _via(msg, host_id):
+    from contracts import parse_message
+    from contracts.subjects import subject_for
+    return parse_message(msg.to_json(), subject=subject_for(msg, host_id))
+
+
+def test_a_snapshot_is_metered_for_storage_while_held():
+    from contracts.sandbox import SandboxScheduled
+    from contracts.snapshot import SnapshotCreated, SnapshotDeleted
+    from services.billing.domain.meter import NotPlacedYet, WrongSource
+    app = Metering(env={"PERSISTENCE_MODULE": "eventsourcing.popo"}, period_s=0, grace_s=0,
+                   clock=lambda: at(10_000))
+    ids = dict(op_id="op", org_id=ORG, sandbox_id=SB, snapshot_id="snap-1")
+    created = SnapshotCreated(host_id="h1", image="default", vcpus=2, memory_mib=512,
+                              size_bytes=600 << 20, took_ms=5, occurred_at=at(0), **ids)
+    with pytest.raises(NotPlacedYet):  # the sandbox's placement names the host
+        app.observe(_via(created, "h1"))
+    app.observe(SandboxScheduled(op_id="op", org_id=ORG, sandbox_id=SB, host_id="h1"))
+    with pytest.raises(WrongSource):  # h2 reporting on a snapshot taken on h1
+        app.observe(_via(created.model_copy(update={"host_id": "h2"}), "h2"))
+    assert app.observe(_via(created, "h1")) == 0
+    assert app.observe(_via(created, "h1")) == 0  # redelivered
+    deleted = SnapshotDeleted(host_id="h1", occurred_at=at(100), **ids)
+    assert app.observe(_via(deleted, "h1")) == 1
+    assert app.observe(_via(deleted, "h1")) == 0
+    [env] = [json.loads(n.state)["envelope"] for n in app.recorder.select_notifications(1, 100)
+             if json.loads(n.state).get("envelope")]
+    assert env["storage_mib_seconds"] == 600 * 100
+    assert (env["vcpu_seconds"], env["memory_mib_seconds"]) == (0, 0)  # storage, not compute
+    assert env["snapshot_id"] == "snap-1" and env["sandbox_id"] == SB
+    assert env["event_id"] == usage_event_id("snap/snap-1", at(0)) != usage_event_id(SB, at(0))

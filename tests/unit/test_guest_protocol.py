@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 
 from guest import protocol as P
-from services.host_agent.adapters.qemu.procs import sandbox_of
+from services.host_agent.adapters.procs import sandbox_of
 
 pytestmark = pytest.mark.unit
 
@@ -51,11 +51,55 @@ def test_oversized_lengths_rejected_before_buffering():
         P.Decoder().feed(prefix)
 
 
-@pytest.mark.parametrize("header", [b"[1,2]", b"{not json"])
-def test_header_must_be_a_json_object(header):
+@pytest.mark.parametrize("header", [b"[1,2]", b"{not json", b"[" * 30000 + b"]" * 30000,
+                                    b'"a string"'])
+def test_a_header_that_is_no_json_object_is_skipped_and_the_stream_goes_on(header):
     frame = P.PREFIX.pack(P.MAGIC, P.VERSION, len(header), 0) + header
-    with pytest.raises(P.ProtocolError):
-        P.Decoder().feed(frame)
+    dec = P.Decoder()
+    assert dec.feed(frame + P.encode({"id": 2, "type": "ok"})) == [({"id": 2, "type": "ok"}, b"")]
+    assert len(dec.skipped) == 1
+
+
+def test_paths_that_are_not_utf8_travel_as_bytes():
+    raw = b"/tmp/caf\xe9-\xff"
+    field = P.path_field(raw)
+    assert field == {"path_b64": "L3RtcC9jYWbpLf8="}
+    back = P.path_arg(field)
+    assert back.encode("utf-8", "surrogateescape") == raw
+    assert P.path_field("/tmp/café") == {"path": "/tmp/café"}
+    with pytest.raises(P.GuestPathError):
+        P.path_arg({"path_b64": "not base64!"})
+    with pytest.raises(P.GuestPathError):
+        P.path_arg({"path_b64": "Li4vZXRj"})  # "../etc": not absolute
+    assert P.name_fields("ok") == {"name": "ok"}
+    odd = b"x\xff".decode("utf-8", "surrogateescape")
+    assert P.name_fields(odd) == {"name": "x\ufffd", "name_b64": "eP8="}
+
+
+def test_a_big_directory_is_listed_whole_or_truncated_with_a_flag(tmp_path, monkeypatch):
+    import json
+
+    from guest import files
+    d = tmp_path / "many"
+    d.mkdir()
+    for i in range(5000):
+        (d / f"{'n' * 200}-{i:05d}").touch()
+    header, body = files.listing(1, {"path": str(d)})
+    entries = json.loads(body)  # in the payload: no 64 KiB header limit to hit
+    assert header == {"id": 1, "type": "entries", "count": 5000, "truncated": False}
+    assert [e["name"] for e in entries] == sorted(e["name"] for e in entries)
+    monkeypatch.setattr(P, "MAX_LIST_BYTES", 100_000)  # cut by size
+    header, body = files.listing(2, {"path": str(d)})
+    assert header["truncated"] and 0 < header["count"] < 5000 and len(body) <= 100_000
+    monkeypatch.setattr(P, "MAX_LIST", 1000)  # cut by count
+    header, body = files.listing(3, {"path": str(d)})
+    assert header["truncated"] and header["count"] <= 1000
+    small = tmp_path / "few"
+    small.mkdir()
+    (small / "caf\xe9".encode("latin-1").decode("utf-8", "surrogateescape")).touch()
+    header, body = files.listing(2, {"path": str(small)})
+    [entry] = json.loads(body)
+    assert not header["truncated"] and entry["name_b64"] == "Y2Fm6Q=="
 
 
 def test_encode_refuses_oversized_payload():

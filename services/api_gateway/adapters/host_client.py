@@ -13,11 +13,15 @@ from contracts.subjects import host_rpc_subject
 
 MAX_REPLY = 12 << 20
 MAX_CHUNK = 1 << 20
-STREAM_PENDING = 16 << 20  # bytes held for a slow reader; beyond, chunks are dropped
+STREAM_PENDING = 8 << 20  # bytes held for a slow reader; beyond, chunks are dropped
 
 
 class StreamTimeout(Exception):
     """The host sent no result before the exec's deadline."""
+
+
+class OutputLost(Exception):
+    """Chunks were dropped (the reader fell more than STREAM_PENDING behind)."""
 
 
 class HostClient(RpcClient):
@@ -40,6 +44,7 @@ class HostClient(RpcClient):
         deadline = time.monotonic() + req.timeout_s + 30
 
         async def chunks() -> AsyncGenerator[HostExecChunk, None]:
+            expected = 0
             try:
                 while True:
                     try:
@@ -47,6 +52,9 @@ class HostClient(RpcClient):
                     except TimeoutError:
                         raise StreamTimeout() from None
                     chunk = HostExecChunk.model_validate_json(raw)
+                    if chunk.seq != expected:
+                        raise OutputLost(f"chunk {chunk.seq} came after {expected - 1}")
+                    expected += 1
                     yield chunk
                     if chunk.stream not in ("stdout", "stderr"):
                         return

@@ -25,7 +25,7 @@ from ..domain.view import sandbox_view
 log = logging.getLogger("corral.gateway.read_model")
 meta = MetaData()
 # Bump the version when the table changes: a new table is rebuilt from the events.
-PROJECTION = "sandbox_view_v3"
+PROJECTION = "sandbox_view_v4"
 views = Table(
     PROJECTION, meta,
     Column("id", String(64), primary_key=True),
@@ -37,10 +37,12 @@ views = Table(
     Column("doc", Text, nullable=False),
 )
 snapshots = Table(
-    "snapshot_view_v1", meta,
+    "snapshot_view_v2", meta,
     Column("id", String(64), primary_key=True),
     Column("org_id", String(64), index=True, nullable=False),
+    Column("state", String(16), index=True, nullable=False),
     Column("created_at", String(40), nullable=False),
+    Column("expires_at", String(40), index=True),
     Column("doc", Text, nullable=False),
 )
 cursors = cursor_table(meta, "projection_cursor")
@@ -93,7 +95,8 @@ class ReadModel:
             for doc in snaps:
                 await conn.execute(delete(snapshots).where(snapshots.c.id == doc["id"]))
                 await conn.execute(snapshots.insert().values(
-                    id=doc["id"], org_id=doc["org_id"], created_at=doc["created_at"],
+                    id=doc["id"], org_id=doc["org_id"], state=doc["state"],
+                    created_at=doc["created_at"], expires_at=doc["expires_at"],
                     doc=json.dumps(doc)))
             for doc in docs:
                 await conn.execute(delete(views).where(views.c.id == doc["id"]))
@@ -157,6 +160,14 @@ class ReadModel:
         """Live sandboxes whose lease ends before `before` (ISO UTC), soonest first."""
         q = (select(views.c.id).where(views.c.state.in_(LIVE), views.c.expires_at <= before)
              .order_by(views.c.expires_at).limit(limit))
+        async with self.engine.connect() as conn:
+            return [r.id for r in (await conn.execute(q)).all()]
+
+    async def due_snapshots(self, before: str, limit: int = 200) -> list[str]:
+        """Ready snapshots whose lifetime ends before `before` (ISO UTC)."""
+        q = (select(snapshots.c.id).where(snapshots.c.state == "ready",
+                                          snapshots.c.expires_at <= before)
+             .order_by(snapshots.c.expires_at).limit(limit))
         async with self.engine.connect() as conn:
             return [r.id for r in (await conn.execute(q)).all()]
 

@@ -11,13 +11,20 @@ from contracts.rpc import (HostExec, HostExecChunk, HostExecResult, HostExecStre
 
 from .errors import Conflict
 from .ledger import SandboxLedger
+from .op_limits import OpLimits, holding
 from .ports import Hosts
+
+PathArg = dict[str, str]  # {"path": ...} or {"path_b64": ...}
 
 
 class GuestIO:
-    def __init__(self, ledger: SandboxLedger, hosts: Hosts) -> None:
+    """Each call holds one of the org's exec or files slots (OpLimits) while
+    it runs; a streamed exec holds its slot until the stream ends."""
+
+    def __init__(self, ledger: SandboxLedger, hosts: Hosts, limits: OpLimits) -> None:
         self.ledger = ledger
         self.hosts = hosts
+        self.limits = limits
 
     async def _host(self, sandbox_id: str, org_id: str) -> str:
         """The host of the caller's sandbox, which must be running."""
@@ -29,32 +36,43 @@ class GuestIO:
     async def exec(self, org_id: str, sandbox_id: str, op_id: str,
                    command: dict[str, Any]) -> HostExecResult:
         """`command`: cmd, env, cwd, timeout_s, stdin."""
-        host = await self._host(sandbox_id, org_id)
-        return await self.hosts.exec(host, HostExec(sandbox_id=sandbox_id, org_id=org_id,
-                                                    op_id=op_id, **command))
+        with self.limits.acquire(org_id, "exec"):
+            host = await self._host(sandbox_id, org_id)
+            return await self.hosts.exec(host, HostExec(sandbox_id=sandbox_id, org_id=org_id,
+                                                        op_id=op_id, **command))
 
     async def exec_stream(self, org_id: str, sandbox_id: str, op_id: str,
                           command: dict[str, Any]) -> AsyncGenerator[HostExecChunk, None]:
-        host = await self._host(sandbox_id, org_id)
-        req = HostExecStream(sandbox_id=sandbox_id, org_id=org_id, op_id=op_id, **command)
-        return await self.hosts.exec_stream(host, req)
+        slot = self.limits.acquire(org_id, "exec")
+        try:
+            host = await self._host(sandbox_id, org_id)
+            req = HostExecStream(sandbox_id=sandbox_id, org_id=org_id, op_id=op_id, **command)
+            chunks = await self.hosts.exec_stream(host, req)
+        except BaseException:
+            slot.release()
+            raise
+        return holding(slot, chunks)
 
-    async def put_file(self, org_id: str, sandbox_id: str, op_id: str, path: str,
+    async def put_file(self, org_id: str, sandbox_id: str, op_id: str, path: PathArg,
                        read: Callable[[], Awaitable[bytes]]) -> None:
-        """`read`: the content, read only once the sandbox is known to be running."""
-        host = await self._host(sandbox_id, org_id)
-        await self.hosts.put_file(host, HostFilePut(
-            sandbox_id=sandbox_id, org_id=org_id, op_id=op_id, path=path,
-            data_b64=base64.b64encode(await read()).decode()))
+        """`read`: the content, read only once the sandbox is known to be running.
+        `path`: {"path": ...} or {"path_b64": ...}."""
+        with self.limits.acquire(org_id, "files"):
+            host = await self._host(sandbox_id, org_id)
+            await self.hosts.put_file(host, HostFilePut(
+                sandbox_id=sandbox_id, org_id=org_id, op_id=op_id, **path,
+                data_b64=base64.b64encode(await read()).decode()))
 
-    async def get_file(self, org_id: str, sandbox_id: str, op_id: str, path: str) -> bytes:
-        host = await self._host(sandbox_id, org_id)
-        out = await self.hosts.get_file(host, HostFileGet(sandbox_id=sandbox_id, org_id=org_id,
-                                                          op_id=op_id, path=path))
+    async def get_file(self, org_id: str, sandbox_id: str, op_id: str, path: PathArg) -> bytes:
+        with self.limits.acquire(org_id, "files"):
+            host = await self._host(sandbox_id, org_id)
+            out = await self.hosts.get_file(host, HostFileGet(
+                sandbox_id=sandbox_id, org_id=org_id, op_id=op_id, **path))
         return base64.b64decode(out.data_b64)
 
     async def list_files(self, org_id: str, sandbox_id: str, op_id: str,
-                         path: str) -> HostFileEntries:
-        host = await self._host(sandbox_id, org_id)
-        return await self.hosts.list_files(host, HostFileList(
-            sandbox_id=sandbox_id, org_id=org_id, op_id=op_id, path=path))
+                         path: PathArg) -> HostFileEntries:
+        with self.limits.acquire(org_id, "files"):
+            host = await self._host(sandbox_id, org_id)
+            return await self.hosts.list_files(host, HostFileList(
+                sandbox_id=sandbox_id, org_id=org_id, op_id=op_id, **path))

@@ -19,7 +19,7 @@ from contracts.sandbox import (SandboxDestroyRequested, SandboxExpiring, Sandbox
 from contracts.snapshot import SnapshotEvent
 
 from ..domain.name_claim import NameClaim, claim_uuid
-from ..domain.quota import Limits, OrgLive, org_live_uuid
+from ..domain.quota import Limits, OrgLive, OrgSnapshots, org_live_uuid
 from ..domain.sandbox import ENDED, SANDBOX_FACTS, Sandbox, sandbox_uuid
 from .errors import Conflict, IdempotencyMismatch, NotFound, OutOfOrder, TooMany, Unprocessable
 from .ports import Secrets
@@ -45,7 +45,7 @@ class SandboxLedger(SnapshotCases, StoreApp):
     name = "gateway"
     # an org's quota gains events with every sandbox, for ever: load from a snapshot
     snapshotting_intervals: ClassVar[dict[type[MutableOrImmutableAggregate[Any]], int]] = {
-        OrgLive: 100}
+        OrgLive: 100, OrgSnapshots: 100}
 
     def __init__(self, env: dict[str, str] | None, secrets: Secrets) -> None:
         super().__init__(env)

@@ -4,8 +4,10 @@ and quotas), the listings, and waits for a state."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import time
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 from common.tracing import current_traceparent, tracer
@@ -16,6 +18,7 @@ from ..domain.sandbox import Sandbox
 from ..domain.snapshot import Snapshot
 from .errors import TooMany, UseCaseError
 from .ledger import SandboxLedger
+from .op_limits import DEFAULT_OP_LIMITS, OpLimits
 from .ports import Listing, Page
 from .rate_limit import RateLimiter
 from .waiters import Waiters
@@ -27,12 +30,15 @@ Intent = Literal["stop", "start", "pause", "resume"]
 
 class Sandboxes:
     def __init__(self, ledger: SandboxLedger, listing: Listing, limits: Limits,
-                 limiter: RateLimiter, waiters: Waiters) -> None:
+                 limiter: RateLimiter, waiters: Waiters, ops: OpLimits | None = None,
+                 snapshot_ttl_s: int = 7 * 86400) -> None:
         self.ledger = ledger
         self.listing = listing
         self.limits = limits
         self.limiter = limiter
         self.waiters = waiters
+        self.ops = ops or OpLimits(DEFAULT_OP_LIMITS)
+        self.snapshot_ttl_s = snapshot_ttl_s
 
     # -- creates and forks: one admission path ------------------------------------
     def _admit(self, org_id: str, count: int) -> None:
@@ -66,9 +72,11 @@ class Sandboxes:
 
     async def fork(self, org_id: str, spec: SandboxSpec, count: int,
                    op_id: str) -> list[Sandbox]:
-        """`count` new sandboxes from the snapshot in `spec`, admitted like creates."""
-        self._admit(org_id, count)
-        return [(await self._request(org_id, spec, op_id, None))[0] for _ in range(count)]
+        """`count` new sandboxes from the snapshot in `spec`, admitted like creates
+        and within the org's fork bounds."""
+        with self.ops.acquire(org_id, "fork"):
+            self._admit(org_id, count)
+            return [(await self._request(org_id, spec, op_id, None))[0] for _ in range(count)]
 
     # -- reads ------------------------------------------------------------------
     async def find(self, sandbox_id: str, org_id: str) -> Sandbox:
@@ -130,10 +138,16 @@ class Sandboxes:
             lambda s: s.state != "pending", time.monotonic() + timeout_s)
 
     # -- snapshots ----------------------------------------------------------------
-    async def take_snapshot(self, sandbox_id: str, org_id: str, name: str,
-                            op_id: str) -> Snapshot:
-        return await asyncio.to_thread(self.ledger.request_snapshot, sandbox_id, org_id, name,
-                                       op_id, current_traceparent())
+    async def take_snapshot(self, sandbox_id: str, org_id: str, name: str, op_id: str,
+                            ttl_s: int | None = None) -> Snapshot:
+        """Within the org's snapshot rate here, and its quotas (count, bytes, in
+        progress) in the store."""
+        with self.ops.acquire(org_id, "snapshot"):
+            return await asyncio.to_thread(
+                self.ledger.request_snapshot, sandbox_id, org_id, name, op_id,
+                current_traceparent(), dataclasses.replace(
+                    self.limits, max_pending_snapshots=self.ops.limits["snapshot"].concurrency),
+                ttl_s or self.snapshot_ttl_s, datetime.now(UTC))
 
     async def snapshot(self, snapshot_id: str, org_id: str) -> Snapshot:
         return await asyncio.to_thread(self.ledger.find_snapshot, snapshot_id, org_id)

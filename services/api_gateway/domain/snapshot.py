@@ -3,9 +3,12 @@ held on the host that took it (forks are placed there)."""
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
 from typing import Any
 
 from eventsourcing.domain import Aggregate, event
+
+from common.timefmt import parse_time, utc_text
 
 from .facts import FactLog
 
@@ -26,6 +29,11 @@ class Snapshot(FactLog, Aggregate):
         self.shape: dict[str, Any] = {}
         self.failure: dict[str, str] | None = None
         self.seen: list[str] = [envelope["event_id"]]
+        ttl_end = envelope.get("expires_at")
+        self.expires_at = utc_text(parse_time(ttl_end)) if ttl_end else None
+
+    def expired(self, now: datetime) -> bool:
+        return self.expires_at is not None and parse_time(self.expires_at) <= now
 
     @event("Fact")
     def _fact(self, envelope: dict[str, Any]) -> None:
@@ -45,4 +53,4 @@ class Snapshot(FactLog, Aggregate):
 def snapshot_view(s: Snapshot) -> dict[str, Any]:
     return {"id": str(s.id), "name": s.name, "org_id": s.org_id, "sandbox_id": s.sandbox_id,
             "state": s.state, "host_id": s.host_id, "created_at": s.requested_at,
-            "failure": s.failure, **s.shape}
+            "failure": s.failure, "expires_at": s.expires_at, **s.shape}

@@ -16,7 +16,7 @@ log = logging.getLogger("corral.gateway.expiry")
 
 async def expire_once(ctx: GatewayContext, now: datetime) -> dict[str, int]:
     s = ctx.settings
-    done = {"warn": 0, "destroy": 0}
+    done = {"warn": 0, "destroy": 0, "snapshot": 0}
     for sid in await ctx.read_model.due(utc_text(now + timedelta(seconds=s.ttl_warning_s))):
         with log_context(sandbox_id=sid):
             outcome = await asyncio.to_thread(ctx.ledger.expire, sid, now, s.ttl_warning_s)
@@ -24,6 +24,10 @@ async def expire_once(ctx: GatewayContext, now: datetime) -> dict[str, int]:
             done[outcome] += 1
             log.info("lease %s", "expiring soon" if outcome == "warn" else "expired: destroying",
                      extra={"sandbox_id": sid})
+    for snap_id in await ctx.read_model.due_snapshots(utc_text(now)):
+        if await asyncio.to_thread(ctx.ledger.expire_snapshot, snap_id, now):
+            done["snapshot"] += 1
+            log.info("snapshot %s expired: deleting", snap_id)
     return done
 
 

@@ -34,7 +34,8 @@ def create_app(ctx: GatewayContext) -> FastAPI:
     app.openapi = lambda: problem_openapi(app)  # type: ignore[method-assign]
     app.state.ctx = ctx
     app.add_middleware(EdgeMiddleware, max_body=ctx.settings.max_body_bytes,
-                       upload_paths=("/files",), max_upload=MAX_FILE)
+                       uploads=(("PUT", r"/v1/sandboxes/[^/]+/files"),), max_upload=MAX_FILE,
+                       body_idle_s=ctx.settings.http_body_idle_s)
     _errors(app)
     for router in (admin_router, io_router, fleet_router, usage_router, snapshot_router,
                    sandbox_router, events_router):

@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Path, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -14,7 +15,19 @@ from .sse import exec_events
 
 io_router = APIRouter(tags=["sandboxes"])
 SandboxId = Annotated[str, Path(min_length=1, max_length=64)]
-FilePath = Annotated[str, Query(min_length=1, max_length=4096, pattern=r"^/[^\x00]*$")]
+FilePath = Annotated[str | None, Query(min_length=1, max_length=4096, pattern=r"^/[^\x00]*$",
+                                       description="absolute path (UTF-8)")]
+FilePathB64 = Annotated[str | None, Query(
+    min_length=4, max_length=5464, pattern=r"^[A-Za-z0-9+/]+={0,2}$",
+    description="instead of `path`: the path's exact bytes, base64 (a name that is not "
+                "UTF-8, as `name_b64` in a listing)")]
+
+
+def _path(path: str | None, path_b64: str | None) -> dict[str, str]:
+    if (path is None) == (path_b64 is None):
+        raise RequestValidationError([{"loc": ("query", "path"), "type": "missing",
+                                       "msg": "give exactly one of path and path_b64"}])
+    return {"path": path} if path is not None else {"path_b64": path_b64 or ""}
 MAX_FILE = 4 << 20
 
 
@@ -53,20 +66,20 @@ async def exec_in_sandbox(ctx: Ctx, oid: OpId, org: Org, sandbox_id: SandboxId, 
                openapi_extra={"requestBody": {"content": {"application/octet-stream": {
                    "schema": {"type": "string", "format": "binary"}}}}})
 async def put_file(request: Request, ctx: Ctx, oid: OpId, org: Org, sandbox_id: SandboxId,
-                   path: FilePath) -> Response:
-    await ctx.io.put_file(org.org_id, sandbox_id, oid, path, request.body)
+                   path: FilePath = None, path_b64: FilePathB64 = None) -> Response:
+    await ctx.io.put_file(org.org_id, sandbox_id, oid, _path(path, path_b64), request.body)
     return Response(status_code=204)
 
 
 @io_router.get("/v1/sandboxes/{sandbox_id}/files", response_class=Response,
                responses={200: {"content": {"application/octet-stream": {}}}})
 async def get_file(ctx: Ctx, oid: OpId, org: Org, sandbox_id: SandboxId,
-                   path: FilePath) -> Response:
-    data = await ctx.io.get_file(org.org_id, sandbox_id, oid, path)
+                   path: FilePath = None, path_b64: FilePathB64 = None) -> Response:
+    data = await ctx.io.get_file(org.org_id, sandbox_id, oid, _path(path, path_b64))
     return Response(data, media_type="application/octet-stream")
 
 
 @io_router.get("/v1/sandboxes/{sandbox_id}/files/list", response_model=HostFileEntries)
 async def list_files(ctx: Ctx, oid: OpId, org: Org, sandbox_id: SandboxId,
-                     path: FilePath) -> HostFileEntries:
-    return await ctx.io.list_files(org.org_id, sandbox_id, oid, path)
+                     path: FilePath = None, path_b64: FilePathB64 = None) -> HostFileEntries:
+    return await ctx.io.list_files(org.org_id, sandbox_id, oid, _path(path, path_b64))

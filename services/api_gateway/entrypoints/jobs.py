@@ -23,7 +23,9 @@ def jobs(ctx: GatewayContext, stop: asyncio.Event) -> list[Awaitable[None]]:
     s = ctx.settings
     log.info("gateway listening on http://%s:%d", s.http_host, s.http_port)
     warn_if_plaintext("REST API", s.http_host)
-    return [serve_http(create_app(ctx), s.http_host, s.http_port, stop),
+    return [serve_http(create_app(ctx), s.http_host, s.http_port, stop,
+                       max_concurrency=s.http_max_concurrency,
+                       header_timeout_s=s.http_header_timeout_s),
             ctx.relay.run(stop),
             ctx.read_model.run(ctx.ledger, stop),
             ctx.bus.consume(consumer("gateway-sandbox-ingest"), ingest_handler(ctx), stop),

@@ -1,35 +1,60 @@
-"""ASGI middleware: op id minting, access logs and the request body limit."""
+"""ASGI middleware: op id minting, access logs, and the limits of the edge:
+header count and size (431), the body size by route (413), a body that
+stops arriving (408), and JSON text no UTF-8 can carry (422)."""
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import re
 import secrets
 import time
+from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from common.logging import log_context
 
 log = logging.getLogger("corral.gateway.http")
+MAX_HEADERS = 100
+MAX_HEADER_BYTES = 32 * 1024
+BODY_IDLE_S = 30.0  # a request body that sends nothing for this long is cut (408)
 
 
 def new_op_id() -> str:
     return "op_" + secrets.token_hex(10)
 
 
-class _TooLarge(Exception):
-    pass
+class _Refused(BaseException):  # not an Exception: the app's handlers let it through
+    def __init__(self, status: int, detail: str, **extra: Any) -> None:
+        super().__init__(detail)
+        self.status, self.detail, self.extra = status, detail, extra
+
+
+TITLES = {408: "Request Timeout", 413: "Payload Too Large", 422: "Unprocessable Content",
+          431: "Request Header Fields Too Large"}
+SLUGS = {408: "request-timeout", 413: "payload-too-large", 422: "validation",
+         431: "header-fields-too-large"}
 
 
 class EdgeMiddleware:
-    """Mints `op_id`, adds `X-Op-Id`, enforces the body limit (413) and logs."""
+    """Mints `op_id`, adds `X-Op-Id`, enforces the edge's limits and logs.
+    `uploads`: (method, path regex) of routes with the larger `max_upload`."""
 
-    def __init__(self, app: ASGIApp, max_body: int, upload_paths: tuple[str, ...] = (),
-                 max_upload: int = 0):
+    def __init__(self, app: ASGIApp, max_body: int,
+                 uploads: tuple[tuple[str, str], ...] = (), max_upload: int = 0,
+                 body_idle_s: float = BODY_IDLE_S):
         self.app = app
+        self.body_idle_s = body_idle_s
         self.max_body = max_body
-        self.upload_paths = upload_paths
+        self.uploads = [(m, re.compile(p)) for m, p in uploads]
         self.max_upload = max_upload
+
+    def _limit(self, scope: Scope) -> int:
+        for method, path in self.uploads:
+            if scope["method"] == method and path.fullmatch(scope["path"]):
+                return self.max_upload
+        return self.max_body
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -37,23 +62,8 @@ class EdgeMiddleware:
             return
         op_id = new_op_id()
         scope.setdefault("state", {})["op_id"] = op_id
-        limit = self.max_body
-        if self.max_upload and any(p in scope["path"] for p in self.upload_paths):
-            limit = self.max_upload
         started = time.perf_counter()
         status = {"code": 500, "sent": False}
-        headers = dict(scope.get("headers") or [])
-        declared = headers.get(b"content-length")
-        seen = 0
-
-        async def limited_receive() -> Message:
-            nonlocal seen
-            msg = await receive()
-            if msg["type"] == "http.request":
-                seen += len(msg.get("body", b""))
-                if seen > limit:
-                    raise _TooLarge()
-            return msg
 
         async def send_with_id(msg: Message) -> None:
             if msg["type"] == "http.response.start":
@@ -65,23 +75,107 @@ class EdgeMiddleware:
 
         with log_context(op_id=op_id):
             try:
-                if declared is not None and (not declared.isdigit() or int(declared) > limit):
-                    raise _TooLarge()
-                await self.app(scope, limited_receive, send_with_id)
-            except _TooLarge:
+                _check_headers(scope)
+                inner = await self._body(scope, receive)
+                await self.app(scope, inner, send_with_id)
+            except _Refused as e:
                 if not status["sent"]:
-                    await _send_413(send_with_id, op_id, limit)
+                    await _send_problem(send_with_id, op_id, e)
             finally:
                 log.info("%s %s -> %d", scope["method"], scope["path"], status["code"],
                          extra={"http_status": status["code"],
                                 "duration_ms": round((time.perf_counter() - started) * 1000, 2)})
 
+    async def _body(self, scope: Scope, receive: Receive) -> Receive:
+        """A receive enforcing size and idleness; JSON bodies are read whole
+        first and checked for text that UTF-8 cannot carry (lone surrogates)."""
+        limit = self._limit(scope)
+        headers = dict(scope.get("headers") or [])
+        declared = headers.get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > limit):
+            raise _Refused(413, f"request body exceeds {limit} bytes")
+        seen, done = 0, False
 
-async def _send_413(send: Send, op_id: str, limit: int) -> None:
-    body = json.dumps({"type": "https://corral.dev/problems/payload-too-large",
-                       "title": "Payload Too Large", "status": 413,
-                       "detail": f"request body exceeds {limit} bytes", "op_id": op_id}).encode()
-    await send({"type": "http.response.start", "status": 413,
+        async def limited() -> Message:
+            nonlocal seen, done
+            if done:  # the body is in: later receives wait for a disconnect, unbounded
+                return await receive()
+            try:
+                msg = await asyncio.wait_for(receive(), self.body_idle_s)
+            except TimeoutError:
+                raise _Refused(408, f"the request body stalled for {self.body_idle_s:g}s") from None
+            if msg["type"] == "http.request":
+                seen += len(msg.get("body", b""))
+                done = not msg.get("more_body", False)
+                if seen > limit:
+                    raise _Refused(413, f"request body exceeds {limit} bytes")
+            return msg
+
+        if not headers.get(b"content-type", b"").startswith(b"application/json"):
+            return limited
+        chunks, disconnected = [], None
+        while True:
+            msg = await limited()
+            if msg["type"] != "http.request":
+                disconnected = msg
+                break
+            chunks.append(msg.get("body", b""))
+            if not msg.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        _check_text(body)
+        replay: list[Message] = [disconnected or {"type": "http.request", "body": body,
+                                                  "more_body": False}]
+
+        async def replayed() -> Message:
+            return replay.pop() if replay else await receive()
+        return replayed
+
+
+def _check_headers(scope: Scope) -> None:
+    headers = scope.get("headers") or []
+    size = sum(len(k) + len(v) + 4 for k, v in headers)
+    if len(headers) > MAX_HEADERS or size > MAX_HEADER_BYTES:
+        raise _Refused(431, f"at most {MAX_HEADERS} headers and {MAX_HEADER_BYTES} bytes of them")
+
+
+def _check_text(body: bytes) -> None:
+    """422 for a JSON body holding a string that is not valid Unicode (a lone
+    surrogate, "\\ud800"): nothing downstream could encode it."""
+    try:
+        doc = json.loads(body) if body.strip() else None
+    except (ValueError, RecursionError):
+        return  # not JSON at all: the route's own validation answers
+    where = _unencodable(doc, ("body",))
+    if where is not None:
+        raise _Refused(422, "request validation failed", errors=[
+            {"loc": list(where), "msg": "not valid Unicode (a lone surrogate)",
+             "type": "string_unicode"}])
+
+
+def _unencodable(doc: Any, at: tuple[str, ...]) -> tuple[str, ...] | None:
+    stack = [(doc, at)]
+    while stack:
+        item, path = stack.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return path
+        elif isinstance(item, dict):
+            for k, v in item.items():
+                stack.append((k, (*path, "<key>")))
+                stack.append((v, (*path, str(k)[:64])))
+        elif isinstance(item, list):
+            stack.extend((v, (*path, str(i))) for i, v in enumerate(item))
+    return None
+
+
+async def _send_problem(send: Send, op_id: str, e: _Refused) -> None:
+    body = json.dumps({"type": f"https://corral.dev/problems/{SLUGS[e.status]}",
+                       "title": TITLES[e.status], "status": e.status, "detail": e.detail,
+                       "op_id": op_id, **e.extra}, ensure_ascii=True).encode()
+    await send({"type": "http.response.start", "status": e.status,
                 "headers": [(b"content-type", b"application/problem+json"),
                             (b"content-length", str(len(body)).encode()),
                             (b"connection", b"close")]})

@@ -23,6 +23,8 @@ Id = Annotated[str, Path(min_length=1, max_length=64)]
 class SnapshotIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str = Field(min_length=1, max_length=63, pattern=NAME_RE.pattern)
+    # deleted this long after it is taken (default: the gateway's snapshot_ttl_s)
+    ttl_seconds: int | None = Field(default=None, ge=60, le=365 * 86400)
 
 
 class SnapshotOut(BaseModel):
@@ -34,6 +36,7 @@ class SnapshotOut(BaseModel):
     host_id: str | None
     created_at: str
     failure: dict[str, str] | None
+    expires_at: str | None = None
     image: str | None = None
     vcpus: int | None = None
     memory_mib: int | None = None
@@ -61,7 +64,8 @@ class ForkIn(BaseModel):
 async def take_snapshot(ctx: Ctx, oid: OpId, org: Org, sandbox_id: Id, body: SnapshotIn,
                         wait: bool = False,
                         timeout_s: Annotated[float, Query(gt=0, le=600)] = 120) -> Any:
-    snap = await ctx.sandboxes.take_snapshot(sandbox_id, org.org_id, body.name, oid)
+    snap = await ctx.sandboxes.take_snapshot(sandbox_id, org.org_id, body.name, oid,
+                                             body.ttl_seconds)
     if not wait:
         return JSONResponse(snapshot_view(snap), status_code=202)
     snap = await ctx.sandboxes.wait_snapshot(snap, org.org_id, timeout_s)

@@ -6,7 +6,7 @@ from collections.abc import AsyncGenerator, AsyncIterator
 
 from contracts.rpc import HostExecChunk
 
-from ..adapters.host_client import StreamTimeout
+from ..adapters.host_client import OutputLost, StreamTimeout
 from .problems import RPC_STATUS, TITLES
 
 
@@ -38,5 +38,8 @@ async def exec_events(chunks: AsyncGenerator[HostExecChunk, None],
                                   err.detail if err else "stream failed", op_id)
     except StreamTimeout:
         yield error_event("timeout", "no result from the host in time", op_id)
+    except OutputLost as e:
+        yield error_event("output_lost", f"the client read too slowly and output was "
+                          f"dropped ({e}); read faster or use a non-streamed exec", op_id)
     finally:
         await chunks.aclose()  # unsubscribes from the chunk inbox

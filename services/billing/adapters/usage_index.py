@@ -26,7 +26,7 @@ from ..domain.meter import Meter
 
 log = logging.getLogger("corral.billing.usage")
 CUT_TOPIC = get_topic(Meter.Cut)  # type: ignore[attr-defined]  # made by @event
-PROJECTION = "usage_items_v1"
+PROJECTION = "usage_items_v2"
 meta = MetaData()
 items = Table(
     PROJECTION, meta,
@@ -37,6 +37,8 @@ items = Table(
     Column("end_us", BigInteger, nullable=False),
     Column("vcpu_seconds", Float, nullable=False),
     Column("memory_mib_seconds", Float, nullable=False),
+    Column("snapshot_id", String(64)),
+    Column("storage_mib_seconds", Float, nullable=False, default=0.0),
     Index(f"ix_{PROJECTION}_org_start", "org_id", "start_us", "event_id"),
 )
 cursors = cursor_table(meta, "billing_projection_cursor")
@@ -108,7 +110,8 @@ class UsageIndex:
             rows = conn.execute(q).all()
         out = [{"event_id": r.event_id, "sandbox_id": r.sandbox_id,
                 "period_start": from_us(r.start_us), "period_end": from_us(r.end_us),
-                "vcpu_seconds": r.vcpu_seconds, "memory_mib_seconds": r.memory_mib_seconds}
+                "vcpu_seconds": r.vcpu_seconds, "memory_mib_seconds": r.memory_mib_seconds,
+                "snapshot_id": r.snapshot_id, "storage_mib_seconds": r.storage_mib_seconds}
                for r in rows[:limit]]
         nxt = (encode_cursor(rows[limit - 1].start_us, rows[limit - 1].event_id)
                if len(rows) > limit else None)
@@ -127,4 +130,6 @@ def _row(state: bytes | str) -> dict | None:
     return {"event_id": env["event_id"], "org_id": env["org_id"],
             "sandbox_id": env["sandbox_id"], "start_us": to_us(start), "end_us": to_us(end),
             "vcpu_seconds": float(env["vcpu_seconds"]),
-            "memory_mib_seconds": float(env["memory_mib_seconds"])}
+            "memory_mib_seconds": float(env["memory_mib_seconds"]),
+            "snapshot_id": env.get("snapshot_id"),
+            "storage_mib_seconds": float(env.get("storage_mib_seconds") or 0)}

@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from common.eventstore import StoreApp, StoreConflict
 from contracts import Envelope
 
-from ..domain.meter import METERED, Meter, OrgMismatch, meter_id
+from ..domain.meter import METERED, SNAPSHOT_METERED, Meter, NotPlacedYet, OrgMismatch, meter_id
 
 log = logging.getLogger("corral.billing")
 Clock = Callable[[], datetime]
@@ -41,18 +41,25 @@ class Metering(StoreApp):
         A host's fact counts only from the host it was placed on. Raises
         OrgMismatch or WrongSource for a fact that can never apply (poison),
         NotPlacedYet for one that came before its placement (retry)."""
-        if msg.type not in METERED and msg.type != "SandboxScheduled":
+        if msg.type not in METERED | SNAPSHOT_METERED and msg.type != "SandboxScheduled":
             return 0
         fact = msg.model_dump(mode="json")
+        snap_id = fact["snapshot_id"] if msg.type in SNAPSHOT_METERED else None
 
         def attempt() -> int:  # races: another instance, the ticker
-            meter = self.meter(fact["sandbox_id"]) or Meter(fact["sandbox_id"], fact["org_id"])
+            meter = (self._get(meter_id(fact["sandbox_id"], snap_id))
+                     or Meter(fact["sandbox_id"], fact["org_id"], snap_id))
             if fact["org_id"] != meter.org_id:
                 raise OrgMismatch("fact's org does not own the sandbox")
             if msg.type == "SandboxScheduled":
                 meter.place(fact["host_id"])
             else:
-                meter.check_source(msg.via_host)
+                placement = self.meter(fact["sandbox_id"]) if snap_id else meter
+                if placement is None:  # a snapshot's host is its sandbox's
+                    raise NotPlacedYet(f"{msg.type} before its sandbox's placement")
+                if placement.org_id != meter.org_id:
+                    raise OrgMismatch("fact's org does not own the sandbox")
+                placement.check_source(msg.via_host)
                 meter.observe(fact)
             usage = meter.cut(self.clock(), self.period_s, self.grace_s)
             if not meter.pending_events:

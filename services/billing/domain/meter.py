@@ -1,4 +1,5 @@
-"""The Meter aggregate: one per sandbox, folds run facts into usage periods.
+"""The Meter aggregate: one per sandbox, folds run facts into usage periods;
+one per snapshot too, its "run" being the time it is held (storage).
 
 A run starts with SandboxStarted and ends with the first later end fact
 (Stopped/Destroyed/Lost/Failed). Each run is cut into periods of `period_s`
@@ -26,12 +27,18 @@ NAMESPACE = uuid.UUID("0b6c3f2e-52d4-4c1b-9a7e-4d8f7e1c2a90")
 START = "SandboxStarted"
 ENDS = frozenset({"SandboxStopped", "SandboxDestroyed", "SandboxLost", "SandboxFailed"})
 METERED = ENDS | {START}
+SNAPSHOT_START = "SnapshotCreated"
+SNAPSHOT_ENDS = frozenset({"SnapshotDeleted", "SnapshotFailed"})
+SNAPSHOT_METERED = SNAPSHOT_ENDS | {SNAPSHOT_START}
+STARTS = frozenset({START, SNAPSHOT_START})
+MIB = 1 << 20
 MAX_PENDING = 16
 MAX_CUTS = 1000  # per call: keeps one transaction bounded after a long outage
 
 
-def meter_id(sandbox_id: str) -> uuid.UUID:
-    return uuid.uuid5(NAMESPACE, f"meter/{sandbox_id}")
+def meter_id(sandbox_id: str, snapshot_id: str | None = None) -> uuid.UUID:
+    return uuid.uuid5(NAMESPACE, f"meter/snap/{snapshot_id}" if snapshot_id
+                      else f"meter/{sandbox_id}")
 
 
 def ts(value: str | datetime) -> datetime:
@@ -68,13 +75,15 @@ class Cut:
 
 class Meter(Aggregate):
     @staticmethod
-    def create_id(sandbox_id: str, org_id: str) -> uuid.UUID:
-        return meter_id(sandbox_id)
+    def create_id(sandbox_id: str, org_id: str, snapshot_id: str | None = None) -> uuid.UUID:
+        return meter_id(sandbox_id, snapshot_id)
 
     @event("Opened")
-    def __init__(self, sandbox_id: str, org_id: str):
+    def __init__(self, sandbox_id: str, org_id: str, snapshot_id: str | None = None):
         self.sandbox_id = sandbox_id
         self.org_id = org_id
+        self.snapshot_id = snapshot_id  # a snapshot's meter: storage, not compute
+        self.storage_mib = 0.0
         self.seen: list[str] = []
         self.op_id = "-"
         self.host_id: str | None = None
@@ -112,15 +121,18 @@ class Meter(Aggregate):
             raise WrongSource(f"fact from host {via_host}; placed on {self.placed_on}")
 
     def observe(self, fact: dict[str, Any]) -> bool:
-        """Fold one sandbox fact in; False if seen before or not metered."""
-        if fact["type"] not in METERED or fact["event_id"] in self.seen:
+        """Fold one sandbox (or, on a snapshot's meter, snapshot) fact in; False
+        if seen before or not metered."""
+        kinds = SNAPSHOT_METERED if self.snapshot_id else METERED
+        if fact["type"] not in kinds or fact["event_id"] in self.seen:
             return False
         if fact["org_id"] != self.org_id:
             raise OrgMismatch("fact's org does not own the sandbox")
+        shape = ({"size_bytes": fact.get("size_bytes")} if self.snapshot_id else
+                 {"vcpus": fact.get("vcpus"), "memory_mib": fact.get("memory_mib")})
         self._observed(event_id=fact["event_id"], kind=fact["type"],
                        at=utc_text(ts(fact["occurred_at"])), op_id=fact.get("op_id") or "-",
-                       host_id=fact.get("host_id"), vcpus=fact.get("vcpus"),
-                       memory_mib=fact.get("memory_mib"))
+                       host_id=fact.get("host_id"), **shape)
         return True
 
     def due(self, now: datetime, period_s: int, grace_s: float = 0) -> list[Cut]:
@@ -155,11 +167,14 @@ class Meter(Aggregate):
 
     def usage_for(self, c: Cut) -> UsageRecorded:
         secs = (c.end - c.start).total_seconds()
+        key = f"snap/{self.snapshot_id}" if self.snapshot_id else self.sandbox_id
         return UsageRecorded(
-            event_id=usage_event_id(self.sandbox_id, c.start), op_id=self.op_id[:64] or "-",
+            event_id=usage_event_id(key, c.start), op_id=self.op_id[:64] or "-",
             occurred_at=c.end, org_id=self.org_id, sandbox_id=self.sandbox_id,
-            host_id=self.host_id, period_start=c.start, period_end=c.end,
-            vcpu_seconds=self.vcpus * secs, memory_mib_seconds=self.memory_mib * secs)
+            snapshot_id=self.snapshot_id, host_id=self.host_id, period_start=c.start,
+            period_end=c.end, vcpu_seconds=self.vcpus * secs,
+            memory_mib_seconds=self.memory_mib * secs,
+            storage_mib_seconds=self.storage_mib * secs)
 
     # -- events (apply) ------------------------------------------------------
 
@@ -169,9 +184,12 @@ class Meter(Aggregate):
 
     @event("Observed")
     def _observed(self, event_id: str, kind: str, at: str, op_id: str, host_id: str | None,
-                  vcpus: int | None, memory_mib: int | None) -> None:
+                  vcpus: int | None = None, memory_mib: int | None = None,
+                  size_bytes: int | None = None) -> None:
         self.seen.append(event_id)
-        if kind == START:
+        if kind in STARTS:
+            if self.run_start is None:
+                self.storage_mib = (size_bytes or 0) / MIB
             self._start(at, op_id, host_id, vcpus or 0, memory_mib or 0)
         else:
             self._end(at, op_id, host_id)

@@ -13,9 +13,9 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from ..application.ports import (ExecChunk, ExecRequest, ExecResult, FileEntry, ReconcileReport,
+from ..application.ports import (ExecChunk, ExecRequest, ExecResult, FileListing, ReconcileReport,
                                  ResourceRecorder, SnapshotInfo, VmInfo, VmSpec)
-from .qemu.procs import is_zombie
+from .procs import is_zombie
 
 MARK = "corral-fakevm"
 
@@ -109,13 +109,13 @@ class FakeVmmDriver:
                    ) -> ExecResult:
         raise NotImplementedError("the fake driver has no guest")
 
-    async def put_file(self, sandbox_id: str, path: str, data: bytes) -> None:
+    async def put_file(self, sandbox_id: str, path: str | bytes, data: bytes) -> None:
         raise NotImplementedError("the fake driver has no guest")
 
-    async def get_file(self, sandbox_id: str, path: str) -> bytes:
+    async def get_file(self, sandbox_id: str, path: str | bytes) -> bytes:
         raise NotImplementedError("the fake driver has no guest")
 
-    async def list_files(self, sandbox_id: str, path: str) -> list[FileEntry]:
+    async def list_files(self, sandbox_id: str, path: str | bytes) -> FileListing:
         raise NotImplementedError("the fake driver has no guest")
 
     async def reconcile(self, recorded: dict[str, dict[str, str]], record: ResourceRecorder,

@@ -76,10 +76,17 @@ class ExecResult:
 
 @dataclass(frozen=True)
 class FileEntry:
-    name: str
+    name: str  # for display: bytes that are not UTF-8 replaced
     size: int
     is_dir: bool
     mode: int
+    name_b64: str | None = None  # the exact bytes, when the name is not UTF-8
+
+
+@dataclass(frozen=True)
+class FileListing:
+    entries: list[FileEntry]
+    truncated: bool  # the directory holds more than listed
 
 
 @dataclass(frozen=True)
@@ -92,6 +99,7 @@ class ReconcileReport:
 # record(sandbox_id, kind, value): kind is "pid", "tap", "nft", "overlay", ...;
 # value None means the object was removed. Awaited before the object is used.
 ResourceRecorder = Callable[[str, str, str | None], Awaitable[None]]
+DiskCheck = Callable[[int], str | None]  # MiB about to be written -> why it won't fit
 
 
 class VmmDriver(Protocol):
@@ -110,9 +118,9 @@ class VmmDriver(Protocol):
         self, sandbox_id: str, req: ExecRequest,
         on_chunk: Callable[[ExecChunk], Awaitable[None]] | None = None,
     ) -> ExecResult: ...
-    async def put_file(self, sandbox_id: str, path: str, data: bytes) -> None: ...
-    async def get_file(self, sandbox_id: str, path: str) -> bytes: ...
-    async def list_files(self, sandbox_id: str, path: str) -> list[FileEntry]: ...
+    async def put_file(self, sandbox_id: str, path: str | bytes, data: bytes) -> None: ...
+    async def get_file(self, sandbox_id: str, path: str | bytes) -> bytes: ...
+    async def list_files(self, sandbox_id: str, path: str | bytes) -> FileListing: ...
     async def snapshot(self, sandbox_id: str, dest_dir: str) -> SnapshotInfo:
         """Live snapshot; `start(VmSpec(..., snapshot_dir=dest_dir))` forks it."""
         ...

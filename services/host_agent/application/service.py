@@ -20,10 +20,16 @@ from contracts.snapshot import (DeleteSnapshot, SnapshotCommand, SnapshotCreated
                                 SnapshotDeleted, SnapshotFailed, TakeSnapshot)
 
 from ..domain.vm import Vm
-from .ports import ExecChunk, ExecRequest, ExecResult, FileEntry, VmmDriver, VmSpec
+from .ports import (DiskCheck, ExecChunk, ExecRequest, ExecResult, FileListing, VmmDriver,
+                    VmSpec)
 from .records import VmRecords
 
 log = logging.getLogger("corral.host_agent")
+# Every command ends by its deadline (then it is retried by redelivery), so a
+# stuck VM never holds a command slot that other sandboxes need.
+COMMAND_DEADLINE_S = {"StartSandbox": 300.0, "StopSandbox": 60.0, "DestroySandbox": 60.0,
+                      "PauseSandbox": 30.0, "ResumeSandbox": 30.0, "TakeSnapshot": 300.0,
+                      "DeleteSnapshot": 60.0}
 REPLY_NS = uuid.UUID("7e5d4c3b-2a19-4f8e-8d7c-6b5a49382716")
 
 
@@ -51,11 +57,21 @@ async def _no_env_source(sandbox_id: str, org_id: str, op_id: str) -> dict[str, 
     raise RuntimeError("this host cannot fetch sandbox env values")
 
 
+class NoSpace(Exception):
+    """The host's disk would fall below its reserve."""
+
+
+def _room_enough(need_mib: int) -> str | None:
+    return None
+
+
 class HostAgentService:
     def __init__(self, host_id: str, records: VmRecords, driver: VmmDriver,
                  publish: Callable[[Envelope], Awaitable[object]],
-                 snapshot_root: Path | None = None, env_source: EnvSource = _no_env_source):
+                 snapshot_root: Path | None = None, env_source: EnvSource = _no_env_source,
+                 disk_lacks: DiskCheck = _room_enough):
         self.host_id = host_id
+        self.disk_lacks = disk_lacks  # (MiB about to be written) -> why not, or None
         self.env_source = env_source  # (sandbox, org, op) -> env, for sealed envs
         self.snapshot_root = snapshot_root
         self.records = records
@@ -70,6 +86,14 @@ class HostAgentService:
             raise Poison(f"{cmd.type} is not a host command")
         if cmd.host_id != self.host_id:
             raise Poison("command for another host")
+        try:
+            async with asyncio.timeout(COMMAND_DEADLINE_S.get(cmd.type, 60.0)):
+                await self._dispatch(cmd)
+        except TimeoutError:
+            log.error("%s did not finish by its deadline; it will be retried", cmd.type)
+            raise
+
+    async def _dispatch(self, cmd: HostCommand | SnapshotCommand) -> None:
         if isinstance(cmd, StartSandbox):
             await self.start(cmd)
         elif isinstance(cmd, StopSandbox):
@@ -129,6 +153,7 @@ class HostAgentService:
         try:
             if vm.state != "running":
                 raise RuntimeError(f"sandbox is {vm.state}")
+            await self._need_disk(int(vm.spec.get("memory_mib", 256)))  # RAM image, at least
             info = await self.driver.snapshot(cmd.sandbox_id,
                                               str(self._snapshot_dir(cmd.snapshot_id)))
             fact = SnapshotCreated(host_id=self.host_id, image=info.image, vcpus=info.vcpus,
@@ -139,8 +164,14 @@ class HostAgentService:
             log.warning("snapshot failed: %r", e)
             await asyncio.to_thread(shutil.rmtree, self._snapshot_dir(cmd.snapshot_id), True)
             fact = SnapshotFailed(host_id=self.host_id, failure=Failure(
-                code="snapshot_failed", message=str(e)[:500] or e.__class__.__name__), **ids)
+                code="no_space" if isinstance(e, NoSpace) else "snapshot_failed",
+                message=str(e)[:500] or e.__class__.__name__), **ids)
         await asyncio.to_thread(self.records.note, cmd.sandbox_id, _dump(fact))
+
+    async def _need_disk(self, need_mib: int) -> None:
+        lack = await asyncio.to_thread(self.disk_lacks, need_mib)
+        if lack:
+            raise NoSpace(lack)
 
     async def delete_snapshot(self, cmd: DeleteSnapshot) -> None:
         await asyncio.to_thread(shutil.rmtree, self._snapshot_dir(cmd.snapshot_id), True)
@@ -175,6 +206,7 @@ class HostAgentService:
         common = {k: starting[k] for k in ("op_id", "org_id", "sandbox_id", "traceparent")}
         self._booting.add(sandbox_id)
         try:
+            await self._need_disk(0)  # overlays grow from here: the reserve must be there
             env = dict(spec_doc.get("env") or {})
             if spec_doc.get("secret_env"):
                 env = await self.env_source(sandbox_id, common["org_id"], common["op_id"])
@@ -191,7 +223,8 @@ class HostAgentService:
             except Exception:
                 log.exception("cleanup after a failed start failed")
             failed = SandboxFailed(host_id=self.host_id, failure=Failure(
-                code="boot_failed", message=str(e)[:500] or e.__class__.__name__), **common)
+                code="no_space" if isinstance(e, NoSpace) else "boot_failed",
+                message=str(e)[:500] or e.__class__.__name__), **common)
             await asyncio.to_thread(self.records.transition, sandbox_id, "failed", _dump(failed))
             return
         finally:
@@ -285,14 +318,15 @@ class HostAgentService:
         await self.running(sandbox_id, org_id)
         return await self.driver.exec(sandbox_id, req, on_chunk)
 
-    async def put_file(self, sandbox_id: str, org_id: str, path: str, data: bytes) -> None:
+    async def put_file(self, sandbox_id: str, org_id: str, path: str | bytes,
+                       data: bytes) -> None:
         await self.running(sandbox_id, org_id)
         await self.driver.put_file(sandbox_id, path, data)
 
-    async def get_file(self, sandbox_id: str, org_id: str, path: str) -> bytes:
+    async def get_file(self, sandbox_id: str, org_id: str, path: str | bytes) -> bytes:
         await self.running(sandbox_id, org_id)
         return await self.driver.get_file(sandbox_id, path)
 
-    async def list_files(self, sandbox_id: str, org_id: str, path: str) -> list[FileEntry]:
+    async def list_files(self, sandbox_id: str, org_id: str, path: str | bytes) -> FileListing:
         await self.running(sandbox_id, org_id)
         return await self.driver.list_files(sandbox_id, path)

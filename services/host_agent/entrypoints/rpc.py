@@ -4,6 +4,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import functools
+import itertools
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -20,6 +21,7 @@ from ..bootstrap import HostAgentContext
 
 log = logging.getLogger("corral.host_agent.rpc")
 MAX_REQUEST = 8 << 20
+MAX_IN_FLIGHT = 64  # exec and file calls at once on this host; beyond: `busy`
 
 
 def _code(e: Exception) -> str:
@@ -67,19 +69,21 @@ def routes(ctx: HostAgentContext) -> dict[str, Route]:
         return Reply(Done(), then=functools.partial(_stream, ctx, req))
 
     async def put(req: HostFilePut) -> Done:
-        await svc.put_file(req.sandbox_id, req.org_id, req.path,
+        await svc.put_file(req.sandbox_id, req.org_id, req.raw_path(),
                            base64.b64decode(req.data_b64))
         return Done()
 
     async def get(req: HostFileGet) -> HostFileData:
-        data = await svc.get_file(req.sandbox_id, req.org_id, req.path)
+        data = await svc.get_file(req.sandbox_id, req.org_id, req.raw_path())
         return HostFileData(data_b64=base64.b64encode(data).decode())
 
     async def list_(req: HostFileList) -> HostFileEntries:
-        entries = await svc.list_files(req.sandbox_id, req.org_id, req.path)
-        return HostFileEntries(entries=[HostFileEntry(name=e.name, size=e.size,
-                                                      is_dir=e.is_dir, mode=e.mode)
-                                        for e in entries])
+        listing = await svc.list_files(req.sandbox_id, req.org_id, req.raw_path())
+        return HostFileEntries(entries=[HostFileEntry(name=e.name, name_b64=e.name_b64,
+                                                      size=e.size, is_dir=e.is_dir,
+                                                      mode=e.mode)
+                                        for e in listing.entries],
+                               truncated=listing.truncated)
 
     calls: dict[str, tuple[Any, Callable[[Any], Awaitable[Any]]]] = {
         "exec": (HostExec, exec_), "exec.stream": (HostExecStream, exec_stream),
@@ -89,16 +93,20 @@ def routes(ctx: HostAgentContext) -> dict[str, Route]:
 
 
 async def _stream(ctx: HostAgentContext, req: HostExecStream, send: Send) -> None:
-    """After the request was accepted: chunks, then one exit or error."""
+    """After the request was accepted: chunks, then one exit or error, numbered."""
+    seq = itertools.count()
+
     async def on_chunk(c: ExecChunk) -> None:
-        await send(HostExecChunk(stream=c.stream, data=c.data.decode("utf-8", "replace")))
+        await send(HostExecChunk(stream=c.stream, seq=next(seq),
+                                 data=c.data.decode("utf-8", "replace")))
     try:
         r = await ctx.service.exec(req.sandbox_id, req.org_id, _exec_request(req), on_chunk)
-        await send(HostExecChunk(stream="exit", result=_exec_result(r)))
+        await send(HostExecChunk(stream="exit", seq=next(seq), result=_exec_result(r)))
     except Exception as e:  # noqa: BLE001 - the stream must end with an answer
         err = _refuse(e)
-        await send(HostExecChunk(stream="error", error=err))
+        await send(HostExecChunk(stream="error", seq=next(seq), error=err))
 
 
 async def serve_rpc(ctx: HostAgentContext, stop: asyncio.Event) -> None:
-    await serve(ctx.bus.client, routes(ctx), stop, max_bytes=MAX_REQUEST, refuse=_refuse)
+    await serve(ctx.bus.client, routes(ctx), stop, max_bytes=MAX_REQUEST, refuse=_refuse,
+                limit=MAX_IN_FLIGHT)

@@ -13,7 +13,7 @@ PRUNE = ["usr/share/doc", "usr/share/man", "usr/share/info", "usr/share/locale",
          "var/lib/apt/lists", "var/cache/apt", "var/cache/debconf/templates.dat-old"]
 GUEST_SRC = Path(__file__).resolve().parents[4] / "guest"  # the top-level `guest` package
 GUEST_FILES = ["agent.py", "protocol.py", "console.py", "entropy.py", "netconf.py",
-               "files.py", "process.py"]
+               "files.py", "process.py", "execs.py"]
 AGENT_DIR = "opt/corral/guest"
 
 

@@ -245,9 +245,7 @@ class HostNetwork:
                 + [OwnedResource("egress", ip) for ip in sorted(st.egress)])
 
     def lease_from_record(self, sandbox_id: str, value: str) -> NetLease:
-        """Inverse of the driver's `lease_record`: tap|mac|ip|gw|prefix|egress."""
-        tap, mac, ip, gw, prefix, egress = value.split("|")
-        return NetLease(sandbox_id, tap, mac, ip, gw, int(prefix), egress == "1")
+        return lease_from_record(sandbox_id, value)
 
     async def reconcile(self, known: dict[str, NetLease]) -> dict[str, list[str]]:
         """Make the host match `known` (from durable records); call after setup().
@@ -304,6 +302,12 @@ class HostNetwork:
             if changed:
                 log.warning("enabled IPv4 forwarding for sandbox egress: %s", ", ".join(changed))
             self._fwd_done = True
+
+
+def lease_from_record(sandbox_id: str, value: str) -> NetLease:
+    """Inverse of the driver's `lease_record`: tap|mac|ip|gw|prefix|egress."""
+    tap, mac, ip, gw, prefix, egress = value.split("|")
+    return NetLease(sandbox_id, tap, mac, ip, gw, int(prefix), egress == "1")
 
 
 async def _record(record: ResourceRecorder | None, sandbox_id: str, kind: str,

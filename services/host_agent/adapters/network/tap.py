@@ -1,8 +1,8 @@
 """Guest ports: persistent TAPs (production) or veth pairs (tests).
 
-Sync code; call through asyncio.to_thread. QEMU opens a TAP made here with
-`-netdev tap,id=n0,ifname=<tap>,script=no,downscript=no` and gives the guest
-the lease MAC (`-device virtio-net-device,netdev=n0,mac=<mac>`).
+Sync code; call through asyncio.to_thread. QEMU gets an fd on a TAP made
+here (`open_tap`, `-netdev tap,id=n0,fd=N`) and gives the guest the lease MAC
+(`-device virtio-net-device,netdev=n0,mac=<mac>`).
 """
 from __future__ import annotations
 
@@ -50,6 +50,19 @@ def create_tap(name: str, uid: int | None = None, gid: int | None = None) -> Non
         fcntl.ioctl(fd, TUNSETPERSIST, 1)
     finally:
         os.close(fd)
+
+
+def open_tap(name: str) -> int:
+    """An fd on TAP `name` for QEMU (`-netdev tap,fd=N`): attaches to a
+    persistent TAP, or makes a transient one that lives as long as the fd."""
+    ifr = struct.pack("16sH", name.encode(), IFF_TAP | IFF_NO_PI | IFF_VNET_HDR)
+    fd = os.open("/dev/net/tun", os.O_RDWR | os.O_CLOEXEC)
+    try:
+        fcntl.ioctl(fd, TUNSETIFF, ifr)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def create_veth(name: str, guest_mac: str) -> str:

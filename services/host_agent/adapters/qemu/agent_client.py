@@ -1,29 +1,59 @@
-"""Host side of the guest agent protocol: multiplexed requests over one unix socket."""
+"""Host side of the guest agent protocol: multiplexed requests over one unix socket.
+
+The guest is root in its VM and may be hostile, so this side trusts nothing
+it sends: every request has a byte budget for its answers (what exceeds it
+is dropped and flagged), answers for unknown or finished requests are
+dropped, a frame with an unreadable header is skipped, and a peer that keeps
+overrunning is cut off. Sending has a deadline too (a guest that stops
+reading cannot hold the write lock), and closing never waits for the peer.
+"""
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import itertools
+import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 
 from guest import protocol as P
-from services.host_agent.application.ports import ExecChunk, ExecRequest, ExecResult, FileEntry
+from services.host_agent.application.ports import (ExecChunk, ExecRequest, ExecResult,
+                                                   FileEntry, FileListing)
 
 from .errors import AgentUnavailable, GuestError
 
 log = logging.getLogger("corral.host_agent.qemu")
 EXEC_GRACE_S = 15.0
+STALL_S = 5.0  # a guest that reads none of a frame for this long is gone
+SMALL_ANSWER = 256 * 1024  # budget of a request whose answer is one small frame
+MAX_DROPPED = 256 << 20  # bytes overrunning budgets before the channel is cut
+TERMINAL = frozenset({"ok", "hello", "data", "entries", "exit", "error"})
 _CLOSED = object()
 
 
+@dataclass
+class _Pending:
+    """One request's answers as they arrive, within its byte budget."""
+    budget: int
+    queue: asyncio.Queue = field(default_factory=asyncio.Queue)
+    queued: int = 0  # payload bytes waiting in `queue`
+    overflowed: bool = False
+    done: bool = False  # its terminal frame arrived: later ones are lies
+
+
 class AgentClient:
+    exec_grace_s = EXEC_GRACE_S  # an exec's deadline: its timeout plus this
+
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._r, self._w = reader, writer
         self._ids = itertools.count(1)
-        self._queues: dict[int, asyncio.Queue] = {}
+        self._pending: dict[int, _Pending] = {}
         self._wlock = asyncio.Lock()
         self._closed = False
+        self.dropped = 0  # bytes of answers dropped (over budget, unknown ids)
         self._reader = asyncio.create_task(self._read_loop())
         self.hello: dict | None = None
 
@@ -36,59 +66,107 @@ class AgentClient:
     def closed(self) -> bool:
         return self._closed
 
+    # -- reading ------------------------------------------------------------------
     async def _read_loop(self) -> None:
         dec = P.Decoder()
         try:
-            while True:
+            while not self._closed:
                 data = await self._r.read(1 << 20)
                 if not data:
                     break
                 for header, payload in dec.feed(data):
-                    rid = header.get("id")
-                    q = self._queues.get(rid) if isinstance(rid, int) else None
-                    if q is not None:
-                        q.put_nowait((header, payload))
+                    self._route(header, payload)
+                if dec.skipped:
+                    log.warning("guest agent sent %d unreadable frame(s): %s",
+                                len(dec.skipped), dec.skipped[-1])
+                    if len(dec.skipped) > P.MAX_BAD_FRAMES:
+                        raise P.ProtocolError("too many unreadable frames")
+                if self.dropped > MAX_DROPPED:
+                    raise P.ProtocolError(f"{self.dropped} bytes over budget: cut off")
         except (P.ProtocolError, ConnectionError, OSError) as e:
             log.warning("guest agent channel broken", extra={"error": str(e)})
+        except Exception as e:  # logged with its traceback: nothing a peer sends is quiet
+            log.exception("guest agent channel failed", extra={"error": repr(e)})
         finally:
-            self._closed = True
-            for q in self._queues.values():
-                q.put_nowait(_CLOSED)
+            self._shut()
 
-    async def _send(self, header: dict, payload: bytes = b"") -> asyncio.Queue:
-        if self._closed:
-            raise AgentUnavailable("guest agent channel closed")
-        rid = next(self._ids)
-        q: asyncio.Queue = asyncio.Queue()
-        self._queues[rid] = q
-        frame = P.encode({**header, "id": rid}, payload)
-        async with self._wlock:
-            self._w.write(frame)
-            await self._w.drain()
-        return q
+    def _route(self, header: dict, payload: bytes) -> None:
+        rid = header.get("id")
+        p = self._pending.get(rid) if type(rid) is int else None
+        if p is None or p.done:
+            self.dropped += len(payload) + 64
+            return
+        terminal = header.get("type") in TERMINAL
+        if p.queued + len(payload) > p.budget:
+            p.overflowed = True
+            self.dropped += len(payload)
+            if not terminal:
+                return
+            header, payload = {"id": rid, "type": "error", "code": "EFBIG",
+                               "message": "answer over its size limit"}, b""
+        p.done = terminal
+        p.queued += len(payload)
+        p.queue.put_nowait((header, payload))
 
-    async def _next(self, q: asyncio.Queue) -> tuple[dict, bytes]:
-        item = await q.get()
+    async def _next(self, p: _Pending) -> tuple[dict, bytes]:
+        item = await p.queue.get()
         if item is _CLOSED:
             raise AgentUnavailable("guest agent channel closed")
         header, payload = item
+        p.queued -= len(payload)
         if header.get("type") == "error":
             raise _guest_error(header)
         return header, payload
 
-    def _done(self, q: asyncio.Queue) -> None:
-        for rid, qq in list(self._queues.items()):
-            if qq is q:
-                del self._queues[rid]
-
-    async def request(self, header: dict, payload: bytes = b"",
-                      timeout: float = 30.0) -> tuple[dict, bytes]:
-        q = await self._send(header, payload)
+    # -- writing ------------------------------------------------------------------
+    async def _send(self, header: dict, payload: bytes = b"", budget: int = SMALL_ANSWER,
+                    deadline: float | None = None) -> tuple[int, _Pending]:
+        """Register the request and write its frame before `deadline` (monotonic);
+        a write that cannot finish in time leaves the framing unknown: the
+        channel is cut (AgentUnavailable)."""
+        if self._closed:
+            raise AgentUnavailable("guest agent channel closed")
+        rid = next(self._ids)
+        p = self._pending[rid] = _Pending(budget)
+        frame = P.encode({**header, "id": rid}, payload)
         try:
-            async with asyncio.timeout(timeout):
-                return await self._next(q)
+            async with asyncio.timeout_at(_loop_time(deadline)):
+                async with self._wlock:
+                    if self._closed:
+                        raise AgentUnavailable("guest agent channel closed")
+                    self._w.write(frame)
+                    await self._drain()
+        except TimeoutError:
+            self._pending.pop(rid, None)
+            self._abort()
+            raise AgentUnavailable("guest agent does not read its channel") from None
+        except BaseException:
+            self._pending.pop(rid, None)
+            raise
+        return rid, p
+
+    async def _drain(self) -> None:
+        """Until the frame is out, as long as the guest keeps reading: a guest
+        that reads nothing for STALL_S is taken as gone (TimeoutError)."""
+        transport = self._w.transport
+        while True:
+            before = transport.get_write_buffer_size()
+            try:
+                await asyncio.wait_for(self._w.drain(), STALL_S)
+                return
+            except TimeoutError:
+                if transport.get_write_buffer_size() >= before:
+                    raise
+
+    async def request(self, header: dict, payload: bytes = b"", timeout: float = 30.0,
+                      budget: int = SMALL_ANSWER) -> tuple[dict, bytes]:
+        deadline = time.monotonic() + timeout
+        rid, p = await self._send(header, payload, budget, deadline)
+        try:
+            async with asyncio.timeout_at(_loop_time(deadline)):
+                return await self._next(p)
         finally:
-            self._done(q)
+            self._pending.pop(rid, None)
 
     async def handshake(self, timeout: float) -> dict:
         h, _ = await self.request({"op": "hello", "v": P.VERSION}, timeout=timeout)
@@ -131,23 +209,27 @@ class AgentClient:
         The hello answer is still checked (version) before configure's is used.
         TimeoutError from the hello wait is raised as is; `time_ns` is taken
         at send time either way."""
-        hq = await self._send({"op": "hello", "v": P.VERSION})
-        cq = None
+        deadline = time.monotonic() + timeout
+        hid, hp = await self._send({"op": "hello", "v": P.VERSION}, deadline=deadline)
+        cid = None
         try:
-            cq = await self._send(self._configure_header(env, hostname, time_ns, net), entropy)
-            async with asyncio.timeout(timeout):
-                h, _ = await self._next(hq)
+            cid, cp = await self._send(self._configure_header(env, hostname, time_ns, net),
+                                       entropy, deadline=deadline)
+            async with asyncio.timeout_at(_loop_time(deadline)):
+                h, _ = await self._next(hp)
             self._check_hello(h)
             async with asyncio.timeout(configure_timeout):
-                c, _ = await self._next(cq)
+                c, _ = await self._next(cp)
             return h, c
         finally:
-            self._done(hq)
-            if cq is not None:
-                self._done(cq)
+            self._pending.pop(hid, None)
+            if cid is not None:
+                self._pending.pop(cid, None)
 
     async def exec(self, req: ExecRequest,
                    on_chunk: Callable[[ExecChunk], Awaitable[None]] | None = None) -> ExecResult:
+        """Output beyond `req.output_cap` per stream is dropped here whatever
+        the guest sends (`truncated`); the whole call ends by its deadline."""
         if not req.cmd:
             raise GuestError("EINVAL", "empty command")
         if req.stdin is not None and len(req.stdin) > P.MAX_PAYLOAD:
@@ -158,64 +240,88 @@ class AgentClient:
                "timeout_s": req.timeout_s, "output_cap": req.output_cap,
                "stdin": req.stdin is not None}
         t0 = time.monotonic()
-        q = await self._send(hdr, req.stdin or b"")
+        deadline = t0 + req.timeout_s + self.exec_grace_s
+        rid, p = await self._send(hdr, req.stdin or b"", 2 * req.output_cap + (1 << 20),
+                                  deadline)
         out = {"stdout": bytearray(), "stderr": bytearray()}
+        cut = False
         try:
-            async with asyncio.timeout(req.timeout_s + EXEC_GRACE_S):
+            async with asyncio.timeout_at(_loop_time(deadline)):
                 while True:
-                    h, payload = await self._next(q)
+                    h, payload = await self._next(p)
                     if h.get("type") == "out":
                         stream = h.get("stream")
                         if stream not in ("stdout", "stderr"):
                             raise GuestError("EPROTO", f"output on unknown stream {stream!r}")
-                        out[stream] += payload
-                        if on_chunk is not None:
-                            await on_chunk(ExecChunk(stream, payload))
+                        keep = payload[:max(req.output_cap - len(out[stream]), 0)]
+                        if len(keep) < len(payload):  # an honest guest stops at the cap
+                            cut = True
+                            self.dropped += len(payload) - len(keep)
+                        if keep:
+                            out[stream] += keep
+                            if on_chunk is not None:
+                                await on_chunk(ExecChunk(stream, keep))
                     elif h.get("type") == "exit":
+                        code = h.get("code")
                         return ExecResult(
-                            exit_code=h.get("code"), stdout=bytes(out["stdout"]),
-                            stderr=bytes(out["stderr"]),
+                            exit_code=code if type(code) is int else None,
+                            stdout=bytes(out["stdout"]), stderr=bytes(out["stderr"]),
                             duration_ms=int((time.monotonic() - t0) * 1000),
                             timed_out=bool(h.get("timed_out")),
-                            truncated=bool(h.get("truncated")))
+                            truncated=bool(h.get("truncated")) or cut or p.overflowed)
         except asyncio.CancelledError:
-            await self._cancel(q)
+            await self._cancel(rid)
             raise
         finally:
-            self._done(q)
+            self._pending.pop(rid, None)
 
-    async def _cancel(self, q: asyncio.Queue) -> None:
-        rid = next((r for r, qq in self._queues.items() if qq is q), None)
-        if rid is not None and not self._closed:
+    async def _cancel(self, rid: int) -> None:
+        if not self._closed:
             try:
-                await asyncio.shield(self._send({"op": "cancel", "target": rid}))
+                await asyncio.shield(self._send({"op": "cancel", "target": rid},
+                                                deadline=time.monotonic() + 2))
             except (AgentUnavailable, ConnectionError, asyncio.CancelledError):
                 pass
 
-    async def put_file(self, path: str, data: bytes, mode: int = 0o644) -> None:
-        P.check_path(path)
+    async def put_file(self, path: str | bytes, data: bytes, mode: int = 0o644) -> None:
+        field_ = _path(path)
         if len(data) > P.MAX_FILE:
             raise GuestError("EFBIG", f"file larger than {P.MAX_FILE} bytes")
-        await self.request({"op": "put", "path": path, "mode": mode}, data, timeout=120)
+        await self.request({"op": "put", **field_, "mode": mode}, data, timeout=120)
 
-    async def get_file(self, path: str, max_bytes: int = P.MAX_FILE) -> bytes:
-        P.check_path(path)
-        _, payload = await self.request({"op": "get", "path": path, "max_bytes": max_bytes},
-                                        timeout=120)
+    async def get_file(self, path: str | bytes, max_bytes: int = P.MAX_FILE) -> bytes:
+        field_ = _path(path)
+        _, payload = await self.request({"op": "get", **field_, "max_bytes": max_bytes},
+                                        timeout=120, budget=max_bytes + P.MAX_HEADER)
+        if len(payload) > max_bytes:
+            raise GuestError("EFBIG", "file larger than asked for")
         return payload
 
-    async def list_files(self, path: str) -> list[FileEntry]:
-        P.check_path(path)
-        h, _ = await self.request({"op": "list", "path": path})
-        return [FileEntry(e["name"], int(e["size"]), bool(e["is_dir"]), int(e["mode"]))
-                for e in h.get("entries", [])]
+    async def list_files(self, path: str | bytes) -> FileListing:
+        field_ = _path(path)
+        h, payload = await self.request({"op": "list", **field_},
+                                        budget=P.MAX_LIST_BYTES + P.MAX_HEADER)
+        try:
+            raw = json.loads(payload) if payload else h.get("entries", [])
+            entries = [_entry(e) for e in raw[:P.MAX_LIST]]
+        except (ValueError, TypeError, KeyError, RecursionError) as e:
+            raise GuestError("EPROTO", f"unreadable listing: {e.__class__.__name__}") from None
+        return FileListing(entries, bool(h.get("truncated")) or len(raw) > P.MAX_LIST)
+
+    # -- closing ------------------------------------------------------------------
+    def _shut(self) -> None:
+        self._closed = True
+        for p in self._pending.values():
+            p.queue.put_nowait(_CLOSED)
+
+    def _abort(self) -> None:
+        """Cut the channel now, unsent data or not."""
+        self._shut()
+        self._w.transport.abort()
 
     async def close(self) -> None:
-        self._w.close()
-        try:
-            await self._w.wait_closed()
-        except (ConnectionError, OSError):
-            pass
+        """Never waits for the peer: whatever is unsent is dropped."""
+        self._abort()
         self._reader.cancel()
         try:
             await self._reader
@@ -223,9 +329,35 @@ class AgentClient:
             pass
 
 
+def _loop_time(deadline: float | None) -> float | None:
+    """A time.monotonic() deadline on the event loop's clock (asyncio.timeout_at)."""
+    if deadline is None:
+        return None
+    return asyncio.get_running_loop().time() + (deadline - time.monotonic())
+
+
+def _path(path: str | bytes) -> dict[str, str]:
+    if isinstance(path, bytes):
+        P.check_path(path.decode("utf-8", "surrogateescape"))
+    else:
+        P.check_path(path)
+    return P.path_field(path)
+
+
+def _entry(e: dict) -> FileEntry:
+    name_b64 = e.get("name_b64")
+    if name_b64 is not None:
+        try:
+            base64.b64decode(str(name_b64), validate=True)
+        except (binascii.Error, ValueError):
+            raise GuestError("EPROTO", "bad name_b64 in a listing") from None
+    return FileEntry(str(e["name"])[:4096], int(e["size"]), bool(e["is_dir"]),
+                     int(e["mode"]), name_b64=str(name_b64) if name_b64 is not None else None)
+
+
 def _guest_error(h: dict) -> GuestError:
-    code = str(h.get("code", "EIO"))
-    msg = str(h.get("message", ""))
+    code = str(h.get("code", "EIO"))[:32]
+    msg = str(h.get("message", ""))[:1000]
     if code in ("EINVAL", "ENAMETOOLONG") and "path" in msg:
         return P.GuestPathError(code, msg)
     return GuestError(code, msg)

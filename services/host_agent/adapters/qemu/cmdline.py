@@ -34,17 +34,19 @@ def host_tsc_khz() -> int | None:
 
 @dataclass(frozen=True)
 class VmLayout:
-    """Every path QEMU touches for one VM: all live under `dir`."""
+    """Every file of one VM: all under `dir` (the agent's). QEMU sees only
+    `disk` (its overlay), bound into its jail; its sockets and log are file
+    descriptors the agent hands it."""
     dir: Path
 
     @property
-    def overlay(self) -> Path: return self.dir / "overlay.qcow2"
+    def disk(self) -> Path: return self.dir / "disk"
+    @property
+    def overlay(self) -> Path: return self.disk / "overlay.qcow2"
     @property
     def qmp(self) -> Path: return self.dir / "qmp.sock"
     @property
     def agent(self) -> Path: return self.dir / "agent.sock"
-    @property
-    def console(self) -> Path: return self.dir / "console.log"
     @property
     def qemu_log(self) -> Path: return self.dir / "qemu.log"
 
@@ -65,53 +67,79 @@ def kernel_cmdline(accel: str, ip: str | None = None, gateway: str | None = None
     return " ".join(args)
 
 
+TCG_TB_MIB = 128  # TCG's translation cache: bounded (QEMU's default is 1 GiB)
+# QEMU's own seccomp filter: no obsolete syscalls, no set*id, no fork/exec, no
+# scheduler or affinity changes.
+SANDBOX = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
+CONSOLE_RING = "64K"  # the guest's ttyS0, kept in QEMU's memory (ringbuf-read)
+
+
 def accel_args(accel: str, vcpus: int) -> list[str]:
     if accel == "kvm":
         return ["-accel", "kvm", "-cpu", "host"]
-    return ["-accel", "tcg,thread=multi", "-cpu", "max"]
+    return ["-accel", f"tcg,thread=multi,tb-size={TCG_TB_MIB}", "-cpu", "max"]
 
 
 @dataclass(frozen=True)
 class MemFile:
-    """Guest RAM backed by a file: `share` (MAP_SHARED) for a template being
-    built, private (copy-on-write) for a clone mapping the template's RAM."""
-    path: Path
+    """Guest RAM in a memory file descriptor (a memfd the agent made): `share`
+    (MAP_SHARED) for a template being built, private (copy-on-write) for a
+    clone mapping the template's RAM (write-sealed: no VM can change it)."""
+    fd: int
     share: bool
+
+
+@dataclass(frozen=True)
+class Fds:
+    """The descriptor numbers QEMU inherits (jail.spec.FdPlan assigns them)."""
+    qmp: int
+    agent: int
+    tap: int | None = None
+    mem: int | None = None
+    state: int | None = None  # an incoming migration's stream
+
+    @classmethod
+    def placeholders(cls, net: bool) -> Fds:
+        """Stand-ins for the template key: the numbers are not the device model."""
+        return cls(90, 91, 92 if net else None)
 
 
 MEM_ID = "mem"  # the RAM block id: identical in every VM, so states load anywhere
 
 
-def memory_args(memory_mib: int, mem: MemFile | None) -> list[str]:
-    if mem is None:
+def memory_args(memory_mib: int, mem: MemFile | None, fds: Fds) -> list[str]:
+    if mem is None or fds.mem is None:
         obj = f"memory-backend-ram,id={MEM_ID},size={memory_mib}M"
     else:
         obj = (f"memory-backend-file,id={MEM_ID},size={memory_mib}M,"
-               f"mem-path={mem.path},share={'on' if mem.share else 'off'}")
+               f"mem-path=/proc/self/fd/{fds.mem},share={'on' if mem.share else 'off'}")
     return ["-m", str(memory_mib), "-object", obj]
 
 
 def qemu_argv(*, sandbox_id: str, layout: VmLayout, kernel: Path, initrd: Path,
-              accel: str, vcpus: int, memory_mib: int, append: str,
-              tap: str | None = None, mac: str | None = None,
-              mem: MemFile | None = None) -> list[str]:
+              accel: str, vcpus: int, memory_mib: int, append: str, fds: Fds,
+              mac: str | None = None, mem: MemFile | None = None) -> list[str]:
     argv = [
         QEMU, "-name", f"corral-{sandbox_id}",
         "-M", f"microvm,x-option-roms=off,isa-serial=on,rtc=on,memory-backend={MEM_ID}",
         *accel_args(accel, vcpus),
         "-nodefaults", "-no-user-config", "-nographic", "-no-reboot",
-        "-smp", str(vcpus), *memory_args(memory_mib, mem),
+        "-sandbox", SANDBOX,
+        "-smp", str(vcpus), *memory_args(memory_mib, mem, fds),
         "-kernel", str(kernel), "-initrd", str(initrd), "-append", append,
-        "-serial", f"file:{layout.console}",
-        "-qmp", f"unix:{layout.qmp},server=on,wait=off",
+        "-chardev", f"ringbuf,id=console,size={CONSOLE_RING}", "-serial", "chardev:console",
+        "-chardev", f"socket,id=qmp,fd={fds.qmp},server=on,wait=off",
+        "-mon", "chardev=qmp,mode=control",
         "-drive", f"id=root,file={layout.overlay},format=qcow2,if=none,discard=unmap",
         "-device", "virtio-blk-device,drive=root",
         "-device", "virtio-serial-device",
-        "-chardev", f"socket,id=agent,path={layout.agent},server=on,wait=off",
+        "-chardev", f"socket,id=agent,fd={fds.agent},server=on,wait=off",
         "-device", "virtserialport,chardev=agent,name=corral.agent",
         "-device", "virtio-rng-device",
     ]
-    if tap:
-        argv += ["-netdev", f"tap,id=n0,ifname={tap},script=no,downscript=no",
+    if fds.tap is not None:
+        argv += ["-netdev", f"tap,id=n0,fd={fds.tap}",
                  "-device", f"virtio-net-device,netdev=n0,mac={mac}"]
+    if fds.state is not None:
+        argv += ["-incoming", "defer"]
     return argv

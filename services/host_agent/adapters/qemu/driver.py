@@ -6,20 +6,24 @@ launcher -> vm, migration, cmdline, qmp, agent_client, procs.
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from services.host_agent.adapters.guest_image import ImagePaths, ensure_image
-from services.host_agent.application.ports import (ExecChunk, ExecRequest, ExecResult, FileEntry,
+from services.host_agent.application.ports import (ExecChunk, ExecRequest, ExecResult, FileListing,
                                                    ReconcileReport, ResourceRecorder, SnapshotInfo,
                                                    VmInfo, VmSpec)
 
-from . import procs, start_paths
+from ..jail.cgroups import Cgroups
+from ..jail.privileged import LocalPrivileged, Privileged
+from .. import procs
+from . import start_paths
 from .background import Background
 from .errors import QmpError, VmError
-from .launcher import Launcher
+from .launcher import Launcher, VmAllowance
 from .reconcile import reconcile
 from .snapshots import take_snapshot
 from .template_builder import PoolClass, TemplateBuilder
@@ -28,6 +32,7 @@ from .vm import K_PID, Network
 from .warm_pool import WarmPool
 
 log = logging.getLogger("corral.host_agent.qemu")
+SYNC_BEFORE_STOP_S = 10.0  # a guest's chance to flush its disk before power-off
 
 
 class QemuDriver:
@@ -38,13 +43,17 @@ class QemuDriver:
                  template_root: str | Path | None = None, templates: bool = True,
                  warm_pool: dict[PoolClass, int] | None = None,
                  restore_timeout_s: float | None = None,
-                 build_retry_s: float = 300.0) -> None:
+                 build_retry_s: float = 300.0,
+                 privileged: Privileged | None = None,
+                 allowance: VmAllowance | None = None) -> None:
         """`templates`: restore creates from snapshot templates (built in the
         background after the first cold boot of a class). `warm_pool`:
-        {(image, vcpus, memory_mib): n} restored-but-unassigned VMs kept paused."""
+        {(image, vcpus, memory_mib): n} restored-but-unassigned VMs kept paused.
+        `privileged`: who jails QEMU (default: this process, which must be root)."""
         root = Path(state_root).resolve()
         self.launcher = Launcher(root, network, image_resolver, accel, boot_timeout_s,
-                                 restore_timeout_s)
+                                 restore_timeout_s, privileged or local_privileged(root),
+                                 allowance or VmAllowance())
         self.templates_enabled = templates
         self.background = Background()
         self.store = TemplateStore(Path(template_root).resolve() if template_root
@@ -117,31 +126,34 @@ class QemuDriver:
             return None
 
     async def stop(self, sandbox_id: str) -> None:
-        """Power the VM off (QEMU exits); files stay until destroy."""
-        vm = self.launcher.vms.pop(sandbox_id, None)
+        """Power the VM off (QEMU exits); files stay until destroy. The guest
+        gets a bounded chance to flush its disk; the VM leaves the table only
+        once its QEMU is gone."""
+        vm = self.launcher.vms.get(sandbox_id)
         if vm is None:
             return
-        if vm.agent is not None:
+        if vm.agent is not None and not vm.agent.closed:
             try:  # flush the guest's page cache so a restart finds its writes
-                await vm.agent.exec(ExecRequest(["sync"], timeout_s=10))
+                async with asyncio.timeout(SYNC_BEFORE_STOP_S):
+                    await vm.agent.exec(ExecRequest(["sync"], timeout_s=SYNC_BEFORE_STOP_S))
             except Exception as e:  # noqa: BLE001 - power off all the same
                 log.warning("sync before stop failed: %r", e, extra={"sandbox_id": sandbox_id})
-            await vm.agent.close()
         if vm.qmp is not None:
             await vm.qmp.quit()
-            await vm.qmp.close()
         if not await procs.wait_exit(vm.pid, 5.0):
-            await procs.kill_verified(vm.pid, vm.vm_name, self.state_root)
-        if vm.proc is not None:
-            await vm.proc.wait()
+            await self.launcher.priv.kill_vm(vm.pid, vm.vm_name, self.state_root)
+        await self.launcher.reap(vm)
+        await vm.close_channels()
+        self.launcher.vms.pop(sandbox_id, None)
 
     async def destroy(self, sandbox_id: str, resources: dict[str, str]) -> None:
         layout = self.launcher.layout(sandbox_id)
-        vm = self.launcher.vms.pop(sandbox_id, None)
+        vm = self.launcher.vms.get(sandbox_id)
         res = dict(resources)
         if vm is not None:
             res.setdefault(K_PID, str(vm.pid))
         await self.launcher.teardown(sandbox_id, layout, vm, res, None)
+        self.launcher.vms.pop(sandbox_id, None)
 
     async def pause(self, sandbox_id: str) -> None:
         await self._set_run_state(sandbox_id, "stop", "paused")
@@ -164,13 +176,13 @@ class QemuDriver:
                    ) -> ExecResult:
         return await self.launcher.agent(sandbox_id).exec(req, on_chunk)
 
-    async def put_file(self, sandbox_id: str, path: str, data: bytes) -> None:
+    async def put_file(self, sandbox_id: str, path: str | bytes, data: bytes) -> None:
         await self.launcher.agent(sandbox_id).put_file(path, data)
 
-    async def get_file(self, sandbox_id: str, path: str) -> bytes:
+    async def get_file(self, sandbox_id: str, path: str | bytes) -> bytes:
         return await self.launcher.agent(sandbox_id).get_file(path)
 
-    async def list_files(self, sandbox_id: str, path: str) -> list[FileEntry]:
+    async def list_files(self, sandbox_id: str, path: str | bytes) -> FileListing:
         return await self.launcher.agent(sandbox_id).list_files(path)
 
     # -- snapshots, templates, warm pool ------------------------------------------
@@ -206,3 +218,15 @@ class QemuDriver:
         for vm in list(self.launcher.vms.values()):
             await vm.close_channels()
         self.launcher.vms.clear()
+        self.launcher.memory.close()
+        self.launcher.priv.close()
+
+
+def local_privileged(state_root: Path, agent_uid: int | None = None) -> LocalPrivileged:
+    """Jails set up by this process (root): VM cgroups where the host has them.
+    `agent_uid`: who owns the VMs' files (default: this process)."""
+    cgroups = Cgroups()
+    if not cgroups.available():
+        log.warning("no usable cgroups here: VMs run jailed but without CPU/memory limits")
+    return LocalPrivileged(state_root.parent / "jail", cgroups if cgroups.available() else None,
+                           agent_uid)

@@ -1,9 +1,10 @@
 """VM state in and out of QEMU by migration: save to a file, load into a VM
-started with `-incoming defer` (QEMU 7.2: `exec:` URIs, no `file:`)."""
+started with `-incoming defer`. Always over file descriptors (`fd:`): a
+jailed QEMU may not spawn (`exec:`) and sees no state files."""
 from __future__ import annotations
 
 import asyncio
-import shlex
+import os
 import time
 from pathlib import Path
 
@@ -25,7 +26,12 @@ async def save_state(qmp: QmpClient, path: Path, timeout: float = 120.0,
         pass
     await _ignore_shared(qmp, ignore_shared)
     await qmp.execute("stop")
-    await qmp.execute("migrate", {"uri": "exec:cat > " + shlex.quote(str(path))})
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        await qmp.getfd("state", fd)
+    finally:
+        os.close(fd)  # QEMU holds its own copy
+    await qmp.execute("migrate", {"uri": "fd:state"})
     deadline = time.monotonic() + timeout
     while True:
         r = await qmp.execute("query-migrate")
@@ -44,19 +50,20 @@ async def save_state(qmp: QmpClient, path: Path, timeout: float = 120.0,
     return int((time.monotonic() - t0) * 1000)
 
 
-async def load_state(qmp: QmpClient, state: Path | None, ignore_shared: bool,
+async def load_state(qmp: QmpClient, state_fd: int | None, ignore_shared: bool,
                      resumed: bool, deadline: float) -> None:
-    """Load `state` (if given) into a VM waiting with `-incoming defer`, and wait
-    until it is loaded: the guest stays paused. `resumed`: a restarted agent's
-    adoption, where the load may have begun already."""
+    """Load the state QEMU inherited on fd `state_fd` (if any) into a VM
+    waiting with `-incoming defer`, and wait until it is loaded: the guest
+    stays paused. `resumed`: a restarted agent's adoption, where the load may
+    have begun already."""
     started = False
     if resumed:
         r = await qmp.execute("query-migrate")
         started = bool(isinstance(r, dict) and r.get("status"))
-    if state is not None and not started:
+    if state_fd is not None and not started:
         if ignore_shared:
             await _ignore_shared(qmp, True)
-        await qmp.execute("migrate-incoming", {"uri": "exec:cat " + shlex.quote(str(state))})
+        await qmp.execute("migrate-incoming", {"uri": f"fd:{state_fd}"})
     while True:
         st = await qmp.status()
         if st != "inmigrate":

@@ -5,6 +5,8 @@ import asyncio
 import itertools
 import json
 import logging
+import os
+import socket
 
 from .errors import QmpError
 
@@ -46,16 +48,38 @@ class QmpClient:
                 msg["arguments"] = arguments
             self._w.write(json.dumps(msg).encode() + b"\n")
             await self._w.drain()
-            while True:
-                resp = await self._read()
-                if "event" in resp:
-                    self.events = (self.events + [resp])[-50:]
-                    continue
-                if resp.get("id") != cid:
-                    continue
-                if "error" in resp:
-                    raise QmpError(f"{command}: {resp['error'].get('desc')}")
-                return resp.get("return")
+            return await self._answer(cid, command)
+
+    async def _answer(self, cid: int, command: str) -> object:
+        while True:
+            resp = await self._read()
+            if "event" in resp:
+                self.events = (self.events + [resp])[-50:]
+                continue
+            if resp.get("id") != cid:
+                continue
+            if "error" in resp:
+                raise QmpError(f"{command}: {resp['error'].get('desc')}")
+            return resp.get("return")
+
+    async def getfd(self, name: str, fd: int, timeout: float = 10.0) -> None:
+        """Hand QEMU a file descriptor (SCM_RIGHTS) under `name` (`fd:name` URIs)."""
+        async with self._lock, asyncio.timeout(timeout):
+            cid = next(self._ids)
+            msg = json.dumps({"execute": "getfd", "arguments": {"fdname": name}, "id": cid})
+            sock = self._w.get_extra_info("socket")
+            raw = socket.socket(fileno=os.dup(sock.fileno()))
+            try:
+                socket.send_fds(raw, [msg.encode() + b"\n"], [fd])
+            finally:
+                raw.close()
+            await self._answer(cid, "getfd")
+
+    async def ring(self, device: str = "console", size: int = 16384) -> str:
+        """The last output of a ring-buffer character device (the guest console)."""
+        r = await self.execute("ringbuf-read", {"device": device, "size": size,
+                                                "format": "utf8"}, timeout=3)
+        return r if isinstance(r, str) else ""
 
     async def status(self) -> str:
         r = await self.execute("query-status")
@@ -68,8 +92,5 @@ class QmpClient:
             pass  # QEMU may close the socket before answering
 
     async def close(self) -> None:
-        self._w.close()
-        try:
-            await self._w.wait_closed()
-        except (ConnectionError, OSError):
-            pass
+        """Never waits for the peer."""
+        self._w.transport.abort()

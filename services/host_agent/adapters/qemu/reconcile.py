@@ -6,11 +6,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import shutil
-from pathlib import Path
 
 from services.host_agent.application.ports import ReconcileReport, ResourceRecorder, VmSpec
 
-from . import procs
+from .. import procs
 from .launcher import Launcher
 from .templates import LaunchParams, TemplateStore
 from .vm import (K_NETID, K_PID, K_VMNAME, SANDBOX_ID_RE, NetLeaseLike, SandboxRecorder, Vm,
@@ -41,6 +40,8 @@ async def reconcile(launcher: Launcher, pool: WarmPool, store: TemplateStore,
     cleaned += _remove_stray_dirs(launcher, set(recorded) | set(keep) | set(names.values()),
                                   killed)
     await asyncio.to_thread(store.clean_builds)
+    live = {v.vm_name for v in launcher.vms.values()} | launcher.internal
+    await launcher.priv.forget_others(live)  # cgroups of VMs that are gone
     report = ReconcileReport(adopted, cleaned, killed)
     log.info("reconciled", extra={"adopted": adopted, "cleaned": cleaned,
                                   "killed_unrecorded": killed})
@@ -80,14 +81,16 @@ async def _adopt(launcher: Launcher, sid: str, res: dict[str, str], name: str) -
         await vm.close_channels()
         return False
     launcher.vms[sid] = vm
+    launcher.uids.adopt(name, pid)
     return True
 
 
 async def _finish_restore(launcher: Launcher, vm: Vm, meta: dict, res: dict[str, str]) -> None:
     vm.hostname = meta.get("hostname")
     inc = meta.get("incoming") or {}
+    fd = inc.get("state_fd")
     await launcher.connect(vm, launcher.restore_timeout(), incoming=True,
-                           state=Path(inc["state"]) if inc.get("state") else None,
+                           state_fd=fd if type(fd) is int else None,
                            ignore_shared=bool(inc.get("ignore_shared")), resumed=True)
     lease = None
     if launcher.network is not None and (value := recorded_lease(res)) is not None:
@@ -103,7 +106,7 @@ async def _kill_unrecorded(launcher: Launcher, running: dict[str, int]) -> list[
     for name, pid in running.items():
         if name in launcher.vms or name in launcher.internal or name in live:
             continue
-        await procs.kill_verified(pid, name, launcher.state_root)
+        await launcher.priv.kill_vm(pid, name, launcher.state_root)
         await launcher.teardown(name, launcher.layout(name), None, {}, None)
         killed.append(name)
     return killed

@@ -35,7 +35,7 @@ async def cold_boot(launcher: Launcher, spec: VmSpec, record: ResourceRecorder,
     try:
         launcher.state_root.mkdir(parents=True, exist_ok=True)
         reuse = spec.reuse_disk and layout.overlay.exists()
-        layout.dir.mkdir(mode=0o700, exist_ok=reuse)
+        launcher.make_dirs(layout, reuse)
         await rec(K_DIR, str(layout.dir))
         net_id = await _reuse_disk(layout, rec) if reuse else sid
         if not reuse:
@@ -54,21 +54,22 @@ async def cold_boot(launcher: Launcher, spec: VmSpec, record: ResourceRecorder,
         launch = LaunchParams(spec.image, img.digest, str(img.kernel), str(img.initrd),
                               accel, spec.vcpus, spec.memory_mib, append,
                               lease is not None, lease.mac if lease else None)
-        argv = launcher.argv(sid, layout, launch, lease.tap if lease else None)
         await rec(K_QMP, str(layout.qmp))
         await rec(K_AGENT, str(layout.agent))
         vm = Vm(sid, layout, 0, accel, ip=lease.ip if lease else None,
                 launch=launch, net_id=net_id, mac=lease.mac if lease else None)
         write_meta(vm)
-        proc = await launcher.spawn(argv, layout)
-        vm.pid, vm.proc = proc.pid, proc
+        started = await launcher.start_qemu(sid, layout, launch, lease.tap if lease else None)
+        vm.pid = started.pid
         launcher.vms[sid] = vm
-        await rec(K_PID, str(proc.pid))
+        await rec(K_PID, str(started.pid))
         await launcher.connect(vm, launcher.boot_timeout(accel))
         await vm.control[1].configure(env=dict(spec.env), hostname=hostname)
     except BaseException as e:
         log.error("VM start failed; cleaning up",
-                  extra={"sandbox_id": sid, "error": repr(e), "console_tail": tail(layout.console)})
+                  extra={"sandbox_id": sid, "error": repr(e),
+                         "console_tail": await launcher.console_tail(vm),
+                         "qemu_log": tail(layout.qemu_log, 500)})
         launcher.vms.pop(sid, None)
         await asyncio.shield(launcher.teardown(sid, layout, vm, rec.created, rec))
         raise
@@ -102,26 +103,26 @@ async def restore(launcher: Launcher, spec: VmSpec, record: ResourceRecorder,
         if launch.net != (launcher.network is not None):
             raise VmError("snapshot device model and driver network disagree")
         launcher.state_root.mkdir(parents=True, exist_ok=True)
-        layout.dir.mkdir(mode=0o700)
+        launcher.make_dirs(layout)
         await rec(K_DIR, str(layout.dir))
         await rec(K_OVERLAY, str(layout.overlay))
         lease = await _copy_and_allocate(launcher, spec, overlay, layout.overlay, rec)
-        argv = launcher.argv(sid, layout, launch, lease.tap if lease else None,
-                             MemFile(memory, share=False) if memory else None)
-        argv += ["-incoming", "defer"]
+        mem = (MemFile(await asyncio.to_thread(launcher.memory.sealed, memory), share=False)
+               if memory else None)
         await rec(K_QMP, str(layout.qmp))
         await rec(K_AGENT, str(layout.agent))
         vm = Vm(sid, layout, 0, launch.accel, ip=lease.ip if lease else None,
                 launch=launch, mac=lease.mac if lease else None, pending=True,
-                hostname=guest_hostname(spec),
-                incoming={"state": str(state), "ignore_shared": memory is not None})
+                hostname=guest_hostname(spec))
+        started = await launcher.start_qemu(sid, layout, launch, lease.tap if lease else None,
+                                            mem, state)
+        vm.pid = started.pid
+        vm.incoming = {"state_fd": started.state_fd, "ignore_shared": memory is not None}
         write_meta(vm)  # before the pid is recorded: reconcile needs it
-        proc = await launcher.spawn(argv, layout)
-        vm.pid, vm.proc = proc.pid, proc
         launcher.vms[sid] = vm
-        await rec(K_PID, str(proc.pid))
+        await rec(K_PID, str(started.pid))
         await launcher.connect(vm, launcher.restore_timeout(), incoming=True,
-                               state=state, ignore_shared=memory is not None)
+                               state_fd=started.state_fd, ignore_shared=memory is not None)
         await launcher.activate(vm, spec, lease)
     except BaseException as e:
         log.warning("restore failed; cleaning up",

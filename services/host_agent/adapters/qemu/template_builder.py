@@ -4,6 +4,7 @@ built in the background after the first cold boot of a class."""
 from __future__ import annotations
 
 import asyncio
+import os
 import logging
 import shutil
 import time
@@ -11,8 +12,9 @@ import time
 from services.host_agent.adapters.guest_image import ImagePaths
 from services.host_agent.application.ports import ExecRequest
 
-from . import procs
+from .. import procs
 from .background import Background
+from . import memory
 from .cmdline import MemFile, kernel_cmdline
 from .launcher import Launcher, new_overlay
 from .migration import save_state
@@ -105,28 +107,29 @@ class TemplateBuilder:
         layout = lr.layout(vm_name)
         # Leftovers of a builder that was killed: its QEMU, its VM dir, its temp dirs.
         if (pid := procs.find_ours(lr.state_root).get(vm_name)) is not None:
-            await procs.kill_verified(pid, vm_name, lr.state_root)
+            await lr.priv.kill_vm(pid, vm_name, lr.state_root)
         shutil.rmtree(layout.dir, ignore_errors=True)
         await asyncio.to_thread(self.store.clean_builds, key)
         build = await asyncio.to_thread(self.store.new_build_dir, key)
         lr.internal.add(vm_name)
         vm: Vm | None = None
+        ram = memory.fresh(launch.memory_mib << 20, vm_name)
         try:
             lr.state_root.mkdir(parents=True, exist_ok=True)
-            layout.dir.mkdir(mode=0o700)
+            lr.make_dirs(layout)
             await new_overlay(await lr.image(launch.image), layout.overlay)
-            # The template NIC's TAP is made by QEMU itself (not persistent, on no
-            # bridge): it goes away with the template VM.
-            # RAM lives in the build dir's `memory` file (shared): saving then only
-            # writes device state, and clones map that file copy-on-write.
-            argv = lr.argv(vm_name, layout, launch, f"crt{key[:12]}",
-                           MemFile(build / MEMORY, share=True))
-            proc = await lr.spawn(argv, layout)
-            vm = Vm(vm_name, layout, proc.pid, launch.accel, proc=proc, launch=launch)
+            # The template NIC's TAP is a transient one (on no bridge): it goes
+            # away with the template VM. RAM is a shared memfd: saving then only
+            # writes device state, the RAM is written to the build's `memory`
+            # file, and clones map that (as a sealed memfd) copy-on-write.
+            started = await lr.start_qemu(vm_name, layout, launch, f"crt{key[:12]}",
+                                          MemFile(ram, share=True))
+            vm = Vm(vm_name, layout, started.pid, launch.accel, launch=launch)
             await lr.connect(vm, lr.boot_timeout(launch.accel))
             boot_ms = int((time.monotonic() - t0) * 1000)
             await _warm_guest(vm)
             save_ms = await save_state(vm.control[0], build / STATE, ignore_shared=True)
+            await asyncio.to_thread(memory.save, ram, build / MEMORY, launch.memory_mib << 20)
             await asyncio.to_thread(copy_file, layout.overlay, build / OVERLAY)
             m = await asyncio.to_thread(
                 write_manifest, build, kind="template", key=key, inputs=inputs, launch=launch,
@@ -141,6 +144,7 @@ class TemplateBuilder:
             return Template(key, final, launch, m)
         finally:
             await asyncio.shield(lr.discard(vm, layout))
+            os.close(ram)
             lr.internal.discard(vm_name)
             shutil.rmtree(build, ignore_errors=True)
 

@@ -187,21 +187,20 @@ class WarmPool:
         lease = None
         try:
             lr.state_root.mkdir(parents=True, exist_ok=True)
-            layout.dir.mkdir(mode=0o700)
+            lr.make_dirs(layout)
             await asyncio.to_thread(copy_file, tpl.overlay, layout.overlay)
             if lr.network is not None:
                 lease = await lr.network.allocate(pool_id, False)
-            argv = lr.argv(pool_id, layout, tpl.launch, lease.tap if lease else None,
-                           MemFile(tpl.memory, share=False))
-            argv += ["-incoming", "defer"]
-            proc = await lr.spawn(argv, layout)
-            vm = Vm(pool_id, layout, proc.pid, tpl.launch.accel, proc=proc,
+            mem = MemFile(await asyncio.to_thread(lr.memory.sealed, tpl.memory), share=False)
+            started = await lr.start_qemu(pool_id, layout, tpl.launch,
+                                          lease.tap if lease else None, mem, tpl.state)
+            vm = Vm(pool_id, layout, started.pid, tpl.launch.accel,
                     ip=lease.ip if lease else None, launch=tpl.launch,
                     mac=lease.mac if lease else None, pending=True,
-                    incoming={"state": str(tpl.state), "ignore_shared": True})
+                    incoming={"state_fd": started.state_fd, "ignore_shared": True})
             write_meta(vm)
             await lr.connect(vm, lr.restore_timeout(), incoming=True,
-                             state=tpl.state, ignore_shared=True)
+                             state_fd=started.state_fd, ignore_shared=True)
             await self._prewarm(vm, lease)
             return PoolVm(cls, vm, lease, tpl.key)
         except BaseException:

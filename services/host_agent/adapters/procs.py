@@ -4,6 +4,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+from collections.abc import Callable
 from pathlib import Path
 
 MARKER = "corral-"
@@ -68,12 +69,12 @@ async def wait_exit(pid: int, timeout: float) -> bool:
     except ProcessLookupError:
         return True
     try:
-        return await _wait_fd(fd, timeout)
+        return await wait_fd(fd, timeout)
     finally:
         os.close(fd)
 
 
-async def _wait_fd(fd: int, timeout: float) -> bool:
+async def wait_fd(fd: int, timeout: float) -> bool:
     loop = asyncio.get_running_loop()
     done: asyncio.Future[bool] = loop.create_future()
 
@@ -90,23 +91,29 @@ async def _wait_fd(fd: int, timeout: float) -> bool:
         loop.remove_reader(fd)
 
 
-async def kill_verified(pid: int, sandbox_id: str, state_root: Path,
-                        term_timeout: float = 3.0) -> bool:
-    """SIGTERM then SIGKILL pid, only if it is still our QEMU for sandbox_id."""
+async def kill_if(pid: int, is_target: Callable[[int], bool], term_timeout: float = 3.0) -> bool:
+    """SIGTERM, then SIGKILL, `pid` only while `is_target(pid)` holds (the pidfd
+    pins the process, so a reused pid is never hit). True once it is gone."""
     try:
-        fd = os.pidfd_open(pid)  # pins the identity: signals go to this process only
+        fd = os.pidfd_open(pid)
     except ProcessLookupError:
-        return False
+        return True
     try:
-        if not is_ours(pid, sandbox_id, state_root):
+        if not is_target(pid):
             return False
         for sig, t in ((signal.SIGTERM, term_timeout), (signal.SIGKILL, 10.0)):
             try:
                 signal.pidfd_send_signal(fd, sig)
             except ProcessLookupError:
                 return True
-            if await _wait_fd(fd, t):
+            if await wait_fd(fd, t):
                 return True
-        return True
+        return False
     finally:
         os.close(fd)
+
+
+async def kill_verified(pid: int, sandbox_id: str, state_root: Path,
+                        term_timeout: float = 3.0) -> bool:
+    """SIGTERM then SIGKILL pid, only if it is still our QEMU for sandbox_id."""
+    return await kill_if(pid, lambda p: is_ours(p, sandbox_id, state_root), term_timeout)
