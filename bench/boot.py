@@ -30,6 +30,7 @@ from services.host_agent.adapters.guest_image import ensure_image
 from services.host_agent.adapters.qemu import QemuDriver
 from services.host_agent.application.ports import ExecRequest, VmSpec
 
+import stages
 from measure import create_to_first_exec, dist, noop, pct, rss_mib
 
 if TYPE_CHECKING:
@@ -232,17 +233,20 @@ def _platform_mode(a: argparse.Namespace, mode: str) -> dict:
         spec = {"memory_mib": a.memory, "vcpus": a.vcpus}
         try:
             _wait_warm(st, mode)
-            first, rtt, modes = [], [], []
+            first, rtt, modes, runs = [], [], [], []
             for _ in range(a.platform_runs):
                 if mode == "pool":
                     _wait_warm(st, mode, 30)  # sequential creates: pool refilled
-                t0 = time.monotonic()
+                w0, t0 = time.time(), time.monotonic()
                 r = c.post("/v1/sandboxes?wait=true", json=spec)
                 assert r.status_code == 201, r.text
+                w1 = time.time()
                 sid = r.json()["id"]
                 r = c.post(f"/v1/sandboxes/{sid}/exec", json={"cmd": ["true"]})
                 assert r.json()["exit_code"] == 0
                 first.append((time.monotonic() - t0) * 1000)
+                runs.append(stages.durations(stages.marks(st.state_dir / "logs", sid),
+                                             w0, w1, time.time()))
                 for _ in range(a.execs if mode == "restore" else 0):
                     t = time.monotonic()
                     c.post(f"/v1/sandboxes/{sid}/exec", json={"cmd": ["true"]})
@@ -251,8 +255,10 @@ def _platform_mode(a: argparse.Namespace, mode: str) -> dict:
                 _destroy_and_wait(c, sid)  # run i's teardown never overlaps run i+1
             out = {"runs": len(first), "start_modes": {m: modes.count(m) for m in set(modes)},
                    "create_to_first_exec_ms": {"p50": pct(first, 50), "p95": pct(first, 95),
+                                               "p99": pct(first, 99),
                                                "min": round(min(first), 1)},
-                   "each_ms": [round(x) for x in first]}
+                   "each_ms": [round(x) for x in first],
+                   "stages_ms": stages.summary(runs)}
             if rtt:
                 out["exec_true_rtt_ms"] = {"p50": pct(rtt, 50), "p95": pct(rtt, 95)}
             if a.parallel:

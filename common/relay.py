@@ -55,6 +55,7 @@ class OutboxRelay:
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
+            self._wake.clear()  # before the pass: a save during it wakes the next one
             try:
                 moved = await self.drain_once()
             except Exception:  # bus or store down: retry, never skip
@@ -62,7 +63,6 @@ class OutboxRelay:
                 moved = 0
                 await asyncio.sleep(1)
             if moved == 0:
-                self._wake.clear()
                 try:
                     await asyncio.wait_for(self._wake.wait(), self.poll_s)
                 except TimeoutError:
@@ -77,7 +77,10 @@ class OutboxRelay:
             envelope = json.loads(n.state).get("envelope")
             if envelope is not None:  # events without a contract stay private
                 await self._publish(json.dumps(envelope).encode())
-            await asyncio.to_thread(self._advance, n.id)
+        if notes:  # once per batch: a crash mid-batch republishes, which the
+            # stream's duplicate window (Nats-Msg-Id = event id) and every
+            # consumer's idempotency absorb
+            await asyncio.to_thread(self._advance, notes[-1].id)
         return len(notes)
 
     async def _publish(self, raw: bytes) -> None:
@@ -88,6 +91,9 @@ class OutboxRelay:
             return
         subject = subject_for(msg, self.bus.publisher_host)
         try:
+            log.info("publishing %s", msg.type, extra={
+                "stage": f"published:{msg.type}",
+                "sandbox_id": getattr(msg, "sandbox_id", None)})
             await self.bus.publish(msg)
         except (MaxPayloadError, BadRequestError) as e:
             await self._park(subject, raw, f"{e.__class__.__name__}: {e}"[:500])

@@ -33,7 +33,8 @@ def cmd_up(a: argparse.Namespace) -> int:
     if a.driver == "qemu" and _module("services.host_agent.adapters.guest_image", "build") != 0:
         print("guest image build failed; `corral doctor` says what is missing", file=sys.stderr)
         return 1
-    stack = DevStack(state, http_port=a.port, driver=a.driver, store=a.store)
+    stack = DevStack(state, http_port=a.port, driver=a.driver, store=a.store,
+                     settings=DevStack.settings_from(dict(os.environ)))
     stopping = {"now": False}
 
     def _stop(*_: object) -> None:

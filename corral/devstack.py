@@ -18,6 +18,10 @@ from common.natsserver import NatsServer, free_port
 
 REPO = Path(__file__).resolve().parent.parent
 SERVICES = ("auth", "scheduler", "billing", "api_gateway", "host_agent")
+STACK_OWNED = frozenset({
+    "CORRAL_NATS_URL", "CORRAL_NATS_USER", "CORRAL_NATS_PASSWORD", "CORRAL_NATS_CA_FILE",
+    "CORRAL_HOST_TOKEN", "CORRAL_STATE_DIR", "CORRAL_INSTANCE", "CORRAL_HTTP_PORT",
+    "CORRAL_DRIVER", "CORRAL_STORE", "CORRAL_API_URL", "CORRAL_API_KEY", "CORRAL_ADMIN_KEY"})
 _PR_SET_PDEATHSIG = 1
 
 
@@ -45,6 +49,9 @@ class DevStack:
     driver: str = "qemu"
     store: str = "sqlite"
     extra_env: dict[str, str] = field(default_factory=dict)
+    # The user's CORRAL_* settings (`corral up` passes its environment's): they
+    # reach every service; the stack's own (bus, ports, state dir, ids) win.
+    settings: dict[str, str] = field(default_factory=dict)
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
     nats: NatsServer | None = None
     nats_url: str = ""
@@ -62,6 +69,7 @@ class DevStack:
 
     def env(self, service: str, instance: str = "0") -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("CORRAL_")}
+        env.update(self.settings)
         env.update({
             "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1",
             "CORRAL_NATS_URL": self.nats_url, "CORRAL_STATE_DIR": str(self.state_dir),
@@ -74,6 +82,14 @@ class DevStack:
             env["CORRAL_HOST_TOKEN"] = self.creds.host_token
         env.update(self.extra_env)
         return env
+
+    @staticmethod
+    def settings_from(environ: dict[str, str]) -> dict[str, str]:
+        """The CORRAL_* settings in `environ`, less those the stack owns (its bus,
+        credentials, ports, state dir, driver and store come from `corral up`)."""
+        return {k: v for k, v in environ.items()
+                if k.startswith("CORRAL_") and k not in STACK_OWNED
+                and not k.startswith("CORRAL_BUS_")}
 
     def bus_login(self, role: str = "ops") -> dict[str, str]:
         """nats.connect() keywords for a bus principal (tests and tools: "ops"

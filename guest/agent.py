@@ -239,15 +239,8 @@ class Agent(Execs):
             if not all(isinstance(k, str) and isinstance(v, str) for k, v in env.items()):
                 raise P.GuestError("EINVAL", "env must map str to str")
             self.env = {**BASE_ENV, **env}
-        if h.get("hostname"):
-            name = str(h["hostname"])
-            socket.sethostname(name)
-            fd = os.open("/etc/hostname", os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC,
-                         0o644)
-            try:
-                os.write(fd, (name + "\n").encode())
-            finally:
-                os.close(fd)
+        if h.get("hostname"):  # /etc/hostname links to the kernel's (see the image)
+            socket.sethostname(str(h["hostname"]))
             mark("hostname")
         applied = []
         if payload:  # fresh entropy, e.g. after a snapshot restore

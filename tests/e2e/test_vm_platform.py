@@ -186,5 +186,12 @@ def test_creates_restore_from_template_and_forks_carry_files(vm_stack, vm_api):
         seen.append((rand, host))
         vm_api.delete(fb)
     assert seen[0][0] != seen[1][0]  # no shared randomness between clones
+    hosts = [h for _, h in seen]  # each fork its own identity: a hostname from its id
+    assert hosts[0] != hosts[1] and hosts == [guest_hostname_of(f) for f in forks]
     vm_api.delete(base)
     assert vm_api.delete(f"/v1/snapshots/{snap['id']}").status_code == 202
+
+
+def guest_hostname_of(sb: dict) -> str:
+    """What a sandbox's hostname is: its name, or `sb-` and 12 hex digits of its id."""
+    return sb["name"] or "sb-" + sb["id"].replace("-", "")[:12]

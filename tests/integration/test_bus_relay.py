@@ -48,12 +48,14 @@ async def test_relay_publishes_in_order_resumes_and_dedupes(bus, tmp_path, store
     sids = []
     for _ in range(3):
         sb, _ = ledger.request(org, SandboxSpec(), "op", None, None)
+        # folded in from the scheduler: stored, never published again from here
         ledger.ingest(SandboxScheduled(op_id="op", org_id=org, sandbox_id=str(sb.id), host_id="h"))
+        ledger.request_destroy(str(sb.id), org, "op", None)  # the gateway's own
         sids.append(str(sb.id))
     relay = OutboxRelay(ledger, bus, name="relay-test")
     while await relay.drain_once():
         pass
-    assert relay.published == 6  # quota bookkeeping events are private: not published
+    assert relay.published == 6  # quota bookkeeping and folded facts: not published
     # crash after publishing but before saving the cursor: replay everything
     relay2 = OutboxRelay(ledger, bus, name="relay-test-2")
     while await relay2.drain_once():
@@ -67,7 +69,7 @@ async def test_relay_publishes_in_order_resumes_and_dedupes(bus, tmp_path, store
     assert len(ids) == 6 and len(set(ids)) == 6  # the duplicate window dropped the replay
     for sid in sids:  # per-aggregate order preserved
         types = [json.loads(m.data)["type"] for m in msgs if f".{sid}." in m.subject]
-        assert types == ["SandboxRequested", "SandboxScheduled"]
+        assert types == ["SandboxRequested", "SandboxDestroyRequested"]
     assert all(m.headers["Nats-Msg-Id"] == json.loads(m.data)["event_id"] for m in msgs)
     ledger.close()
 

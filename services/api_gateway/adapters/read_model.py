@@ -70,6 +70,7 @@ class ReadModel:
 
     async def run(self, ledger: SandboxLedger, stop: asyncio.Event, poll_s: float = 0.25) -> None:
         while not stop.is_set():
+            self._wake.clear()  # before the pass: a save during it wakes the next one
             try:
                 moved = await self.catch_up(ledger)
             except Exception:
@@ -77,7 +78,6 @@ class ReadModel:
                 moved = 0
                 await asyncio.sleep(1)
             if not moved:
-                self._wake.clear()
                 try:
                     await asyncio.wait_for(self._wake.wait(), poll_s)
                 except TimeoutError:

@@ -161,7 +161,7 @@ class SandboxLedger(SnapshotCases, StoreApp):
             missing = sb.missing_prerequisite(doc)
             if missing:
                 raise OutOfOrder(f"{msg.type} waits for {missing}")
-            if not sb.record_fact(doc):
+            if not sb.record_fact(doc, own=False):
                 return False
             pending: list[Aggregate] = [sb]
             if sb.state in ENDED and sb.state != "stopped":
@@ -262,5 +262,5 @@ class SandboxLedger(SnapshotCases, StoreApp):
 
     def history(self, sandbox_id: str, org_id: str) -> list[dict]:
         sb = self.find(sandbox_id, org_id)
-        return [e.envelope for e in self.repository.event_store.get(sb.id)
-                if hasattr(e, "envelope")]
+        return [doc for e in self.repository.event_store.get(sb.id)
+                if (doc := getattr(e, "envelope", None) or getattr(e, "fact", None))]

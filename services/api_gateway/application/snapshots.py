@@ -106,7 +106,7 @@ class SnapshotCases(StoreApp):
             snap = self.find_snapshot(msg.snapshot_id, None)
             if snap.org_id != msg.org_id:
                 raise ValueError("fact's org does not own the snapshot")
-            if not snap.record_fact(msg.model_dump(mode="json")):
+            if not snap.record_fact(msg.model_dump(mode="json"), own=False):
                 return False
             pending: list[Aggregate] = [snap]
             quota = self._get(org_snapshots_uuid(snap.org_id))

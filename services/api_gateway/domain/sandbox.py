@@ -101,6 +101,13 @@ class Sandbox(FactLog, Aggregate):
 
     @event("Fact")
     def _fact(self, envelope: dict[str, Any]) -> None:
+        self._apply(envelope)
+
+    @event("Folded")
+    def _folded(self, fact: dict[str, Any]) -> None:
+        self._apply(fact)
+
+    def _apply(self, envelope: dict[str, Any]) -> None:
         self.seen.append(envelope["event_id"])
         self.history_types.append(envelope["type"])
         _TRANSITIONS[envelope["type"]](self, envelope)

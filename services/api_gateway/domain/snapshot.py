@@ -37,6 +37,13 @@ class Snapshot(FactLog, Aggregate):
 
     @event("Fact")
     def _fact(self, envelope: dict[str, Any]) -> None:
+        self._apply(envelope)
+
+    @event("Folded")
+    def _folded(self, fact: dict[str, Any]) -> None:
+        self._apply(fact)
+
+    def _apply(self, envelope: dict[str, Any]) -> None:
         self.seen.append(envelope["event_id"])
         kind = envelope["type"]
         if kind == "SnapshotCreated" and self.state == "pending":

@@ -69,7 +69,8 @@ async def create_sandbox(ctx: Ctx, oid: OpId, org: Org, spec: SandboxSpec | None
     sb, created = await ctx.sandboxes.create(org.org_id, spec or SandboxSpec(), oid,
                                              idempotency_key)
     with log_context(sandbox_id=str(sb.id)):
-        log.info("sandbox requested" if created else "idempotent replay of create")
+        log.info("sandbox requested" if created else "idempotent replay of create",
+                 extra={"stage": "accepted"} if created else {})
     if not wait:
         return JSONResponse(sandbox_view(sb), status_code=202)
     if not created and sb.started_at:  # a replay: the original result was 201

@@ -24,6 +24,7 @@ def ingest_handler(ctx: GatewayContext) -> Handler:
         except NotFound:
             raise  # not yet visible (another instance's write): retried, then dead-lettered
         if changed:
-            log.info("sandbox fact %s folded in", msg.type)
+            log.info("sandbox fact %s folded in", msg.type,
+                     extra={"stage": f"folded:{msg.type}"})
         ctx.waiters.notify(getattr(msg, "sandbox_id", ""))
     return handle

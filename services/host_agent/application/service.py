@@ -86,6 +86,7 @@ class HostAgentService:
             raise Poison(f"{cmd.type} is not a host command")
         if cmd.host_id != self.host_id:
             raise Poison("command for another host")
+        log.info("%s received", cmd.type, extra={"stage": f"received:{cmd.type}"})
         try:
             async with asyncio.timeout(COMMAND_DEADLINE_S.get(cmd.type, 60.0)):
                 await self._dispatch(cmd)

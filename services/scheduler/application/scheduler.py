@@ -20,9 +20,9 @@ from contracts.sandbox import (Failure, SandboxDestroyed, SandboxEvent, SandboxF
 from contracts.snapshot import (DeleteSnapshot, SnapshotDeleted, SnapshotEvent, SnapshotFailed,
                                 TakeSnapshot)
 
-from ..domain.host import Host, SandboxLostRecord, host_uuid
+from ..domain.host import Host, SandboxLostRecord, host_uuid, summary
 from ..domain.placement import Placement, placement_uuid
-from ..domain.policy import choose_host
+from ..domain.policy import HostSummary, choose_host
 
 log = logging.getLogger("corral.scheduler")
 INTENT_COMMANDS: dict[str, type[HostCommand]] = {
@@ -50,8 +50,42 @@ class Scheduler(StoreApp):
     snapshotting_intervals: ClassVar[dict[type[MutableOrImmutableAggregate[Any]], int]] = {
         Host: 100}
 
+    def __init__(self, env: dict[str, str] | None = None) -> None:
+        super().__init__(env)
+        self._summaries: dict[str, HostSummary] = {}  # host id -> as last read here
+
     def host(self, host_id: str) -> Host | None:
-        return self._get(host_uuid(host_id))
+        h = self._get(host_uuid(host_id))
+        if isinstance(h, Host):
+            self._summaries[host_id] = summary(h)
+        return h
+
+    def _summary(self, host_id: str) -> HostSummary | None:
+        s = self._summaries.get(host_id)
+        if s is None and self.host(host_id) is not None:
+            s = self._summaries[host_id]
+        return s
+
+    def _choose(self, alive: list[str], vcpus: int, memory_mib: int) -> Host | None:
+        """The least-loaded host that fits, by the summaries, each pick checked
+        on the host itself (one load, not one per host); when the summaries
+        say nothing fits they are all read afresh once."""
+        tried: set[str] = set()
+        for fresh in (False, True):
+            if fresh:
+                for x in alive:
+                    self.host(x)
+                tried.clear()
+            while True:
+                cands = [s for s in (self._summary(x) for x in alive if x not in tried) if s]
+                pick = choose_host(cands, vcpus, memory_mib)
+                if pick is None:
+                    break
+                h = self.host(pick.host_id)
+                if h is not None and h.fits(vcpus, memory_mib):
+                    return h
+                tried.add(pick.host_id)
+        return None
 
     def placement(self, sandbox_id: str) -> Placement | None:
         return self._get(placement_uuid(sandbox_id))
@@ -66,8 +100,7 @@ class Scheduler(StoreApp):
             existing = self.placement(req.sandbox_id)
             if existing is not None:
                 return existing, False
-            hosts = [h for h in (self.host(x) for x in alive) if h is not None]
-            chosen = choose_host(hosts, req.spec.vcpus, req.spec.memory_mib)
+            chosen = self._choose(alive, req.spec.vcpus, req.spec.memory_mib)
             if chosen is None:
                 raise NoCapacity(f"no host fits {req.spec.vcpus} vCPU / {req.spec.memory_mib} MiB")
             chosen.allocate(req.sandbox_id, req.org_id, req.spec.vcpus, req.spec.memory_mib)
@@ -79,6 +112,7 @@ class Scheduler(StoreApp):
             p.command(_dump(StartSandbox(host_id=chosen.host_id, spec=req.spec,
                                          secret_env=req.secret_env, **common)))
             self._save(p, chosen)
+            self._summaries[chosen.host_id] = summary(chosen)
             return p, True
         return self.retry_on_conflict(attempt, NoCapacity("hosts kept changing; will retry"))
 

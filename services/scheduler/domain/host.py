@@ -16,6 +16,8 @@ from typing import Any
 
 from eventsourcing.domain import Aggregate, event
 
+from .policy import HostSummary
+
 NAMESPACE = uuid.UUID("0b7e9d02-5d7c-4d0e-8f5e-2a1c3b4d5e6f")
 
 
@@ -131,3 +133,8 @@ class SandboxLostRecord(Aggregate):
     @event("Recorded")
     def __init__(self, envelope: dict[str, Any]):
         self.sandbox_id = envelope["sandbox_id"]
+
+
+def summary(h: Host) -> HostSummary:
+    return HostSummary(h.host_id, dict(h.capacity), h.used_vcpus, h.used_memory_mib,
+                       len(h.allocations), h.status == "ready" and h.scheduling == "open")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
 
@@ -28,3 +29,21 @@ def choose_host(hosts: Iterable[C], vcpus: int, memory_mib: int) -> C | None:
     return min(fitting, key=lambda h: (
         (h.used_memory_mib + memory_mib) / h.capacity["memory_mib"],
         (h.used_vcpus + vcpus) / h.capacity["vcpus"], h.host_id))
+
+
+@dataclass(frozen=True)
+class HostSummary:
+    """What placement needs of a host, as last read: cheap to keep for every
+    host, possibly stale (a placement always checks the host itself)."""
+    host_id: str
+    capacity: dict[str, int]
+    used_vcpus: int
+    used_memory_mib: int
+    count: int
+    open: bool  # ready and open for scheduling
+
+    def fits(self, vcpus: int, memory_mib: int) -> bool:
+        c = self.capacity
+        return (self.open and self.count < c["max_sandboxes"]
+                and self.used_vcpus + vcpus <= c["vcpus"]
+                and self.used_memory_mib + memory_mib <= c["memory_mib"])

@@ -35,7 +35,8 @@ def placement_handler(ctx: SchedulerContext) -> Handler:
                 log.warning("placement failed: %s", e)
                 return
             if new:
-                log.info("placed on %s", p.host_id, extra={"host_id": p.host_id})
+                log.info("placed on %s", p.host_id, extra={"host_id": p.host_id,
+                                                           "stage": "placed"})
             else:
                 log.info("already decided (%s); duplicate ignored", p.status)
         elif msg.type in INTENT_COMMANDS and isinstance(msg, SandboxEvent):

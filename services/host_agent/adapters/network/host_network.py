@@ -166,8 +166,10 @@ class HostNetwork:
                 await self._compensate(sandbox_id, tap, key, link_tried, rules_tried, record)
                 raise
             self._leases[sandbox_id] = lease
+            ms = (time.perf_counter() - t0) * 1e3
             log.info("sandbox %s: %s %s %s egress=%s (%.1f ms)", sandbox_id, tap,
-                     lease.mac, addr, egress, (time.perf_counter() - t0) * 1e3)
+                     lease.mac, addr, egress, ms,
+                     extra={"sandbox_id": sandbox_id, "stage": "network", "ms": round(ms, 1)})
             return lease
 
     def _create_port(self, tap: str, mac: str) -> None:

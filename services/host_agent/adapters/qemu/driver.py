@@ -194,8 +194,11 @@ class QemuDriver:
         return await self.templates.ensure(image, vcpus, memory_mib)
 
     async def prepare(self, image: str, vcpus: int, memory_mib: int) -> bool:
+        """The class's template, and its sealed RAM copy made now, so that the
+        first create of the class does not copy the RAM on its own clock."""
         if self.templates_enabled:
-            await self.ensure_template(image, vcpus, memory_mib)
+            tpl = await self.ensure_template(image, vcpus, memory_mib)
+            await asyncio.to_thread(self.launcher.memory.sealed, tpl.memory)
         return self.templates_enabled
 
     def pool_stats(self) -> dict[str, dict[str, int]]:

@@ -273,12 +273,14 @@ class Launcher:
         vm.pending = False
         await asyncio.to_thread(write_meta, vm)
         log.info("identity handed off", extra={
-            "sandbox_id": vm.sandbox_id, "handoff_ms": int((time.monotonic() - t0) * 1000),
+            "sandbox_id": vm.sandbox_id, "stage": "handoff",
+            "handoff_ms": int((time.monotonic() - t0) * 1000),
             "cont_ms": int((t_cont - t0) * 1000), "guest_ms": conf.get("ms")})
 
     def ready(self, vm: Vm, mode: str, t0: float, source: str | None) -> VmInfo:
         boot_ms = int((time.monotonic() - t0) * 1000)
         log.info("VM ready", extra={"sandbox_id": vm.sandbox_id, "pid": vm.pid,
+                                    "stage": "ready",
                                     "accel": vm.accel, "boot_ms": boot_ms,
                                     "start_mode": mode, "source": source})
         return VmInfo(vm.sandbox_id, vm.pid, vm.accel, vm.ip, boot_ms, mode, vm.mac, source)

@@ -75,8 +75,12 @@ def net_identity(lease: NetLeaseLike | None) -> dict[str, object] | None:
             "gateway": lease.gateway}
 
 
-def guest_hostname(spec: VmSpec) -> str | None:
-    return spec.name if spec.name and HOSTNAME_RE.match(spec.name) else None
+def guest_hostname(spec: VmSpec) -> str:
+    """The sandbox's name where it is a valid hostname, else one from its id:
+    every sandbox (a fork, a clone) has its own."""
+    if spec.name and HOSTNAME_RE.match(spec.name):
+        return spec.name
+    return "sb-" + spec.sandbox_id.replace("-", "")[:12].lower()
 
 
 @dataclass
