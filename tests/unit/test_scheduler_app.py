@@ -187,3 +187,32 @@ def test_host_aggregate_loads_from_snapshots(app):
     snap = list(app.snapshots.get(host_uuid("h1"), desc=True, limit=1))
     assert snap and snap[0].originator_version >= 100
     assert app.host("h1").allocations == {} and app.host("h1").fits(1, 256)
+
+
+def test_placement_from_stale_summaries_is_checked_on_the_host_itself(tmp_path):
+    """Two scheduler instances on one store: each keeps host summaries as it
+    last read them. A pick that no longer fits (the other instance filled
+    the host) is checked on the host and the next host is taken; when the
+    summaries say nothing fits but a host was freed meanwhile, they are read
+    afresh and the placement succeeds."""
+    env = store_env("sqlite", tmp_path, "scheduler")
+    a, b = Scheduler(env), Scheduler(env)
+    try:
+        for h in ("h1", "h2"):
+            a.register(reg(h, n=1))
+        alive = ["h1", "h2"]
+        on_h1 = b.place(req(), alive)[0]  # b reads both hosts: empty
+        assert on_h1.host_id == "h1"
+        assert a.place(req(), alive)[0].host_id == "h2"  # a's summaries are fresh: h1 full
+        with pytest.raises(NoCapacity):  # b believes h2 empty: checked, full; re-read: full
+            b.place(req(), alive)
+        done = parse_message(SandboxDestroyed(op_id="op", org_id="org1",
+                                              sandbox_id=on_h1.sandbox_id,
+                                              host_id="h1").to_json(),
+                             subject=host_fact_subject("h1", "org1", on_h1.sandbox_id,
+                                                       "SandboxDestroyed"))
+        a.host_reported(done)  # a frees h1; b's summary of h1 still says full
+        assert b.place(req(), alive)[0].host_id == "h1"  # read afresh, placed
+    finally:
+        a.close()
+        b.close()

@@ -60,6 +60,12 @@ class Scheduler(StoreApp):
             self._summaries[host_id] = summary(h)
         return h
 
+    def _save(self, *aggregates: Any) -> None:
+        super()._save(*aggregates)
+        for a in aggregates:  # what this instance just wrote is the freshest view
+            if isinstance(a, Host):
+                self._summaries[a.host_id] = summary(a)
+
     def _summary(self, host_id: str) -> HostSummary | None:
         s = self._summaries.get(host_id)
         if s is None and self.host(host_id) is not None:
@@ -112,7 +118,6 @@ class Scheduler(StoreApp):
             p.command(_dump(StartSandbox(host_id=chosen.host_id, spec=req.spec,
                                          secret_env=req.secret_env, **common)))
             self._save(p, chosen)
-            self._summaries[chosen.host_id] = summary(chosen)
             return p, True
         return self.retry_on_conflict(attempt, NoCapacity("hosts kept changing; will retry"))
 
