@@ -73,10 +73,11 @@ async def bootstrap(settings: GatewaySettings, stop: asyncio.Event | None = None
     ledger.notify_on_save(asyncio.get_running_loop(), relay.wake, read_model.wake)
     auth = AuthClient(bus.client, ttl_s=settings.auth_cache_s)
     await auth.start()
+    ops = OpLimits(parse_op_limits(settings.quota_ops))
     limits = Limits(settings.quota_max_live, settings.quota_max_vcpus,
                     settings.quota_max_memory_mib, settings.quota_max_snapshots,
-                    settings.quota_max_snapshot_mib)
-    ops = OpLimits(parse_op_limits(settings.quota_ops))
+                    settings.quota_max_snapshot_mib,
+                    max_pending_snapshots=ops.limits["snapshot"].concurrency)
     waiters = Waiters()
     sandboxes = Sandboxes(ledger, read_model, limits,
                           RateLimiter(settings.quota_creates_per_minute), waiters, ops,

@@ -29,7 +29,7 @@ from services.host_agent.adapters import procs
 from services.host_agent.adapters.qemu import QemuDriver
 from services.host_agent.application.ports import ExecRequest, VmSpec
 
-from .vm_support import Recorder, require
+from .vm_support import Recorder, kill_ours, require
 
 pytestmark = [pytest.mark.integration, pytest.mark.vm]
 REPO = Path(__file__).resolve().parents[2]
@@ -93,7 +93,7 @@ class Env:
             await self.driver.close()
             root = self.driver.state_root
             for name, pid in procs.find_ours(root).items():
-                await procs.kill_verified(pid, name, root)
+                await kill_ours(pid, name, root)
         if self.net is not None:
             await self.net.teardown()
         shutil.rmtree(self.tmp, ignore_errors=True)
@@ -286,7 +286,7 @@ async def test_warm_pool_hit_refill_and_reconcile(env: Env):
             await fresh.close()
         left = procs.find_ours(root.resolve())
         for name, pid in left.items():
-            await procs.kill_verified(pid, name, root.resolve())
+            await kill_ours(pid, name, root.resolve())
         assert not left
 
 
@@ -366,5 +366,5 @@ async def test_killed_builder_leaves_nothing_published(plain_root: Path):
             child.kill()
             await child.wait()
         for name, pid in procs.find_ours(root.resolve()).items():
-            await procs.kill_verified(pid, name, root.resolve())
+            await kill_ours(pid, name, root.resolve())
         shutil.rmtree(plain_root, ignore_errors=True)

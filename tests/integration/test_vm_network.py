@@ -39,7 +39,7 @@ from services.host_agent.adapters import procs
 from services.host_agent.adapters.qemu import QemuDriver
 from services.host_agent.application.ports import ExecChunk, ExecRequest, VmSpec
 
-from .vm_support import Recorder, require
+from .vm_support import Recorder, kill_ours, require
 
 pytestmark = [pytest.mark.integration, pytest.mark.vm, pytest.mark.net]
 
@@ -320,7 +320,7 @@ class Env:
             # Belt and braces: any QEMU still running under our state root.
             root = self.driver.state_root
             for sid, pid in procs.find_ours(root).items():
-                await step(f"kill {sid}", procs.kill_verified(pid, sid, root))
+                await step(f"kill {sid}", kill_ours(pid, sid, root))
             await step("driver close", self.driver.close())
         if self.net is not None:
             await step("network teardown", self.net.teardown())

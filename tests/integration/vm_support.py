@@ -3,8 +3,16 @@ from __future__ import annotations
 
 import os
 import shutil
+from pathlib import Path
+
+from services.host_agent.adapters import procs
 
 from ..prereq import unavailable
+
+
+async def kill_ours(pid: int, name: str, state_root: Path) -> bool:
+    """A test's leftover QEMU, only if it still is VM `name` under `state_root`."""
+    return await procs.kill_if(pid, lambda p: procs.is_ours(p, name, state_root))
 
 
 class Recorder:

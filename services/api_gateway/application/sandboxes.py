@@ -4,7 +4,6 @@ and quotas), the listings, and waits for a state."""
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import functools
 import time
 from datetime import UTC, datetime
@@ -145,9 +144,8 @@ class Sandboxes:
         with self.ops.acquire(org_id, "snapshot"):
             return await asyncio.to_thread(
                 self.ledger.request_snapshot, sandbox_id, org_id, name, op_id,
-                current_traceparent(), dataclasses.replace(
-                    self.limits, max_pending_snapshots=self.ops.limits["snapshot"].concurrency),
-                ttl_s or self.snapshot_ttl_s, datetime.now(UTC))
+                current_traceparent(), self.limits, ttl_s or self.snapshot_ttl_s,
+                datetime.now(UTC))
 
     async def snapshot(self, snapshot_id: str, org_id: str) -> Snapshot:
         return await asyncio.to_thread(self.ledger.find_snapshot, snapshot_id, org_id)

@@ -111,9 +111,3 @@ async def kill_if(pid: int, is_target: Callable[[int], bool], term_timeout: floa
         return False
     finally:
         os.close(fd)
-
-
-async def kill_verified(pid: int, sandbox_id: str, state_root: Path,
-                        term_timeout: float = 3.0) -> bool:
-    """SIGTERM then SIGKILL pid, only if it is still our QEMU for sandbox_id."""
-    return await kill_if(pid, lambda p: is_ours(p, sandbox_id, state_root), term_timeout)
