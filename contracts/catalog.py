@@ -3,6 +3,7 @@ not record, kept beside the contracts (and in step with the services) so the
 AsyncAPI document can name every sender and responder."""
 from __future__ import annotations
 
+from . import billing as bc
 from . import rpc
 from . import subjects as s
 
@@ -22,7 +23,7 @@ SENDERS: dict[str, dict[str, tuple[str, ...]]] = {
                          "ResumeSandbox", "TakeSnapshot", "DeleteSnapshot")},
     "host_agent": {"hostFacts": s.HOST_FACT_TYPES,
                    "hostEvents": ("HostRegistered", "HostHeartbeat")},
-    "billing": {"usageEvents": ("UsageRecorded",)},
+    "billing": {"usageEvents": ("UsageRecorded",), "spendEvents": ("SpendThresholdCrossed",)},
     "auth": {"hostEvents": ("HostRevoked",)},
 }
 CONSUMER_OWNERS = {"gateway-": "api_gateway", "scheduler-": "scheduler",
@@ -63,6 +64,18 @@ RPCS = (
     (s.RPC_SCHEDULER_HOSTS_DRAIN, rpc.HostAction, rpc.HostActionResult, "scheduler",
      "scheduler", ("api_gateway",)),
     (s.RPC_BILLING_USAGE, rpc.UsageQuery, rpc.UsagePage, "billing", "billing",
+     ("api_gateway",)),
+    (s.RPC_BILLING_CUSTOMER_GET, bc.CustomerQuery, bc.CustomerLink, "billing", "billing",
+     ("api_gateway",)),
+    (s.RPC_BILLING_CUSTOMER_SET, bc.CustomerSet, bc.CustomerLink, "billing", "billing",
+     ("api_gateway",)),
+    (s.RPC_BILLING_PARKED, bc.ParkedQuery, bc.ParkedPage, "billing", "billing",
+     ("api_gateway",)),
+    (s.RPC_BILLING_RETRY, bc.RetryParked, bc.RetriedParked, "billing", "billing",
+     ("api_gateway",)),
+    (s.RPC_BILLING_SPEND, bc.SpendQuery, bc.SpendStatus, "billing", "billing",
+     ("api_gateway",)),
+    (s.RPC_BILLING_SPEND_CAP, bc.SpendCapSet, bc.SpendStatus, "billing", "billing",
      ("api_gateway",)),
 )
 DLQ_SENDERS = ("api_gateway", "scheduler", "billing", "host_agent")

@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
-from . import rpc
+from . import billing, rpc
 from . import subjects as s
 from .catalog import CONSUMER_OWNERS, DLQ_SENDERS, EXTRA_RECEIVERS, RPCS, SENDERS
 from .registry import ALL_TYPES, COMMAND_TYPES, EVENT_TYPES
@@ -52,7 +52,7 @@ def _dump_json(doc: dict) -> str:
 
 
 def rpc_models() -> list[type[rpc.RpcModel]]:
-    found = {v for v in vars(rpc).values()
+    found = {v for mod in (rpc, billing) for v in vars(mod).values()
              if isinstance(v, type) and issubclass(v, rpc.RpcModel) and v is not rpc.RpcModel}
     return sorted(found, key=lambda t: t.__name__)
 
@@ -73,6 +73,7 @@ def _sample_subject(channel: str, type_name: str) -> str:
     return {"hostCommands": lambda: s.host_command_subject("H", "S", type_name),
             "hostEvents": lambda: s.host_subject("H", type_name),
             "usageEvents": lambda: s.usage_subject("O", "S"),
+            "spendEvents": lambda: s.spend_subject("O"),
             "hostFacts": lambda: s.host_fact_subject("H", "O", "S", type_name),
             "sandboxEvents": lambda: s.sandbox_subject("O", "S", type_name)}[channel]()
 
@@ -119,6 +120,9 @@ FAMILIES = (  # channel key, address (from subjects.py), types, description
      "Host registration, heartbeats, loss."),
     ("usageEvents", s.usage_subject("{org_id}", "{sandbox_id}"),
      [t for t in EVENT_TYPES if _type(t) == "UsageRecorded"], "Immutable usage line items."),
+    ("spendEvents", s.spend_subject("{org_id}"),
+     [t for t in EVENT_TYPES if _type(t) == "SpendThresholdCrossed"],
+     "An org's month-to-date vCPU-seconds reached 80% or 100% of its monthly cap."),
     ("hostCommands", s.host_command_subject("{host_id}", "{sandbox_id}", "{type}"),
      list(COMMAND_TYPES), "Commands to one host agent; it may subscribe only to its own host_id."),
 )

@@ -17,7 +17,7 @@ from .sandbox import (SandboxDestroyed, SandboxDestroyRequested, SandboxExpiring
 from .snapshot import (DeleteSnapshot, SnapshotCreated, SnapshotDeleted, SnapshotDeleteRequested,
                        SnapshotFailed, SnapshotRequested, TakeSnapshot)
 from .subjects import HOST_FACT_PREFIX, HOST_FACT_TYPES, subject_for
-from .usage import UsageRecorded
+from .usage import SpendThresholdCrossed, UsageRecorded
 
 EVENT_TYPES: tuple[type[Envelope], ...] = (
     SandboxRequested, SandboxScheduled, SandboxStarting, SandboxStarted, SandboxFailed,
@@ -26,6 +26,7 @@ EVENT_TYPES: tuple[type[Envelope], ...] = (
     SandboxResumeRequested, SandboxResumed, SandboxStartRequested,
     SnapshotRequested, SnapshotCreated, SnapshotFailed, SnapshotDeleteRequested,
     SnapshotDeleted, HostRegistered, HostHeartbeat, HostLost, HostRevoked, UsageRecorded,
+    SpendThresholdCrossed,
 )
 COMMAND_TYPES: tuple[type[Envelope], ...] = (StartSandbox, StopSandbox, DestroySandbox,
                                               PauseSandbox, ResumeSandbox, TakeSnapshot,

@@ -281,6 +281,16 @@ class UsageQuery(RpcModel):
         return self
 
 
+class StripePushLine(RpcModel):
+    """One meter event a usage line owes Stripe, and where it is."""
+    meter: str = Field(description="the Stripe meter's event_name")
+    identifier: str = Field(description="the meter event's identifier: event_id:meter")
+    value: str = Field(description="decimal text, at most 6 decimals")
+    state: Literal["pending", "sent", "parked"]
+    reason: str | None = Field(default=None, description="last failure, or why parked")
+    attempts: int = 0
+
+
 class UsageItem(RpcModel):
     event_id: str = Field(description="the UsageRecorded event_id (stable, idempotency key)")
     sandbox_id: str
@@ -290,6 +300,8 @@ class UsageItem(RpcModel):
     memory_mib_seconds: float
     snapshot_id: str | None = Field(default=None, description="set on a snapshot's storage")
     storage_mib_seconds: float = 0.0
+    stripe: list[StripePushLine] = Field(default_factory=list,
+                                         description="its Stripe meter events, per meter")
 
 
 class UsagePage(RpcModel):

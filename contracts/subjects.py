@@ -38,6 +38,14 @@ RPC_SCHEDULER_HOSTS_UNCORDON = "corral.rpc.scheduler.hosts.uncordon"
 RPC_SCHEDULER_HOSTS_DRAIN = "corral.rpc.scheduler.hosts.drain"
 # Usage line items of one org, answered by any billing instance (queue group "billing")
 RPC_BILLING_USAGE = "corral.rpc.billing.usage"
+# An org's Stripe customer, and the Stripe push's parked lines (admin, via the gateway)
+RPC_BILLING_CUSTOMER_GET = "corral.rpc.billing.customer.get"
+RPC_BILLING_CUSTOMER_SET = "corral.rpc.billing.customer.set"
+RPC_BILLING_PARKED = "corral.rpc.billing.parked.list"
+RPC_BILLING_RETRY = "corral.rpc.billing.parked.retry"
+# An org's monthly vCPU-seconds cap and how much of it is used (the gateway, on creates)
+RPC_BILLING_SPEND = "corral.rpc.billing.spend.get"
+RPC_BILLING_SPEND_CAP = "corral.rpc.billing.spend.cap"
 
 
 RPC_AUTH_REVOKE_HOST = "corral.rpc.auth.hosts.revoke"
@@ -85,6 +93,10 @@ def usage_subject(org_id: str, sandbox_id: str) -> str:
     return f"corral.evt.usage.{org_id}.{sandbox_id}.UsageRecorded"
 
 
+def spend_subject(org_id: str) -> str:
+    return f"corral.evt.usage.{org_id}.spend.SpendThresholdCrossed"
+
+
 def host_command_subject(host_id: str, sandbox_id: str, type_: str) -> str:
     return f"corral.cmd.host.{host_id}.{sandbox_id}.{type_}"
 
@@ -109,6 +121,8 @@ def subject_for(msg: Any, via_host: str | None = None) -> str:
         return host_subject(msg.host_id, kind)
     if kind == "UsageRecorded":
         return usage_subject(msg.org_id, msg.sandbox_id)
+    if kind == "SpendThresholdCrossed":
+        return spend_subject(msg.org_id)
     if kind in ("StartSandbox", "StopSandbox", "DestroySandbox", "PauseSandbox",
                 "ResumeSandbox", "TakeSnapshot", "DeleteSnapshot"):
         return host_command_subject(msg.host_id, msg.sandbox_id, kind)

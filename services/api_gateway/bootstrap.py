@@ -21,6 +21,7 @@ from .application.guest_io import GuestIO
 from .application.ledger import SandboxLedger
 from .application.op_limits import OpLimits, parse_op_limits
 from .application.rate_limit import RateLimiter
+from .application.spend import SpendGate
 from .application.sandboxes import Sandboxes
 from .application.waiters import Waiters
 from .domain.quota import Limits
@@ -79,11 +80,13 @@ async def bootstrap(settings: GatewaySettings, stop: asyncio.Event | None = None
                     settings.quota_max_snapshot_mib,
                     max_pending_snapshots=ops.limits["snapshot"].concurrency)
     waiters = Waiters()
+    billing = BillingClient(bus.client, timeout_s=10.0)
+    spend = SpendGate(billing.spend_of)
     sandboxes = Sandboxes(ledger, read_model, limits,
                           RateLimiter(settings.quota_creates_per_minute), waiters, ops,
-                          settings.snapshot_ttl_s)
+                          settings.snapshot_ttl_s, spend)
     return GatewayContext(settings, bus, ledger, relay, read_model, waiters, sandboxes,
                           GuestIO(ledger, HostClient(bus.client), ops), auth,
                           FleetClient(bus.client, timeout_s=5.0),
-                          BillingClient(bus.client, timeout_s=10.0),
+                          billing,
                           EventFeed(JetStreamEvents(bus.jetstream), sandboxes))

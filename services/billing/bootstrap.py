@@ -1,4 +1,5 @@
-"""Wires billing's explicit dependencies: event store, bus, outbox relay, usage index."""
+"""Wires billing's explicit dependencies: event store, bus, outbox relay, usage
+index, and (with a Stripe key) the Stripe push."""
 from __future__ import annotations
 
 import asyncio
@@ -9,9 +10,14 @@ from common.eventstore import store_env
 from common.relay import OutboxRelay
 from contracts.subjects import consumer
 
+from .adapters.stripe_api import StripeApi
 from .adapters.usage_index import UsageIndex
+from .application.billing_admin import BillingAdmin
 from .application.metering import Clock, Metering, utcnow
+from .application.spend import Spend
+from .application.stripe_push import Customers, StripePush
 from .application.usage import UsageQueries
+from .domain.stripe_lines import meter_specs
 from .settings import BillingSettings
 
 
@@ -22,6 +28,9 @@ class BillingContext:
     bus: Bus
     relay: OutboxRelay
     usage: UsageQueries
+    admin: BillingAdmin
+    push: StripePush | None
+    spend: Spend
 
     async def ready(self) -> bool:
         return self.bus.connected
@@ -42,6 +51,21 @@ async def bootstrap(settings: BillingSettings, stop: asyncio.Event | None = None
     await bus.ensure_topology(consumer("billing-metering"))
     relay = OutboxRelay(metering, bus, name="billing-outbox")
     metering.notify_on_save(asyncio.get_running_loop(), relay.wake)
-    index = UsageIndex(settings.store, str((settings.state_dir / "billing-usage.sqlite").resolve()))
+    specs = meter_specs(settings.stripe_meter_vcpu, settings.stripe_meter_memory,
+                        settings.stripe_meter_storage)
+    index = UsageIndex(settings.store, str((settings.state_dir / "billing-usage.sqlite").resolve()),
+                       specs)
     await asyncio.to_thread(index.create)
-    return BillingContext(settings, metering, bus, relay, UsageQueries(index, metering))
+    customers = Customers(metering)
+    push = None
+    if settings.stripe_api_key:
+        push = StripePush(index.ledger, index,
+                          StripeApi(settings.stripe_api_key, settings.stripe_api_base,
+                                    settings.stripe_timeout_s),
+                          customers, specs, create_customers=settings.stripe_create_customers,
+                          backoff_max_s=settings.stripe_backoff_max_s,
+                          every_s=settings.stripe_push_every_s,
+                          timeout_s=settings.stripe_timeout_s)
+    spend = Spend(metering, index)
+    return BillingContext(settings, metering, bus, relay, UsageQueries(index, metering, spend),
+                          BillingAdmin(customers, index.ledger, push), push, spend)

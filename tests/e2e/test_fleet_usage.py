@@ -132,8 +132,11 @@ def test_usage_lists_line_items_of_the_callers_org_only(fstack, api, admin):
         item["vcpu_seconds"] * 256)
     assert set(item) == {"event_id", "sandbox_id", "period_start", "period_end",
                          "vcpu_seconds", "memory_mib_seconds", "snapshot_id",
-                         "storage_mib_seconds"}
+                         "storage_mib_seconds", "stripe"}
     assert item["snapshot_id"] is None and item["storage_mib_seconds"] == 0
+    # no Stripe key in this stack: each meter's event waits, pending
+    assert [(p["meter"], p["state"]) for p in item["stripe"]] == [
+        ("corral_memory_gib_seconds", "pending"), ("corral_vcpu_seconds", "pending")]
     assert r.json()["next_cursor"] is None
     default = api.get("/v1/usage").json()  # default range: the last 30 days
     assert item["event_id"] in {i["event_id"] for i in default["items"]}

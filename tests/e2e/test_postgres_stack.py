@@ -22,7 +22,11 @@ def test_lifecycle_and_restart_on_postgres(tmp_path, pg_url):
         st.kill("api_gateway", signal.SIGKILL)
         st.start_service("api_gateway")
         st.wait_ready()
-        assert api.get("/v1/sandboxes").json() == before
+        after = api.get("/v1/sandboxes").json()
+        pairs = zip(before["items"], after["items"], strict=False)
+        diff = [(b["id"][:8], k, b.get(k), a.get(k)) for b, a in pairs
+                for k in set(a) | set(b) if a.get(k) != b.get(k)]
+        assert after == before, (diff, len(before["items"]), len(after["items"]))
         assert api.get(f"/v1/sandboxes/{keep['id']}").json() == keep
         assert [e["type"] for e in api.get(f"/v1/sandboxes/{gone['id']}/events").json()["items"]][-1] \
             == "SandboxDestroyed"

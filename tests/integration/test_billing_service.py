@@ -29,9 +29,10 @@ class Billing(Bus):
     app: BillingContext
 
 
-async def _billing(private_nats, tmp_path: Path, **kw) -> AsyncIterator[Billing]:
+async def _billing(private_nats, tmp_path: Path, store: str = "sqlite",
+                   **kw) -> AsyncIterator[Billing]:
     settings = BillingSettings(nats_url=private_nats.url, state_dir=tmp_path / "state",
-                               store="sqlite", health_port=0, **kw)
+                               store=store, health_port=0, **kw)
     app = await bootstrap(settings)
     task, stop = await start_service(lambda st, ok: serve(app, jobs, st, ok))
     bus = Billing(private_nats.url, "billing-test")

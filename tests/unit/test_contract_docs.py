@@ -28,7 +28,7 @@ from contracts.snapshot import (DeleteSnapshot, SnapshotCreated, SnapshotDeleted
 from contracts.subjects import (CONSUMERS, HOST_FACT_TYPES, STREAMS, dlq_subject,
                                 host_agent_consumer, host_command_subject, host_fact_subject,
                                 host_subject, sandbox_subject, subject_for, usage_subject)
-from contracts.usage import UsageRecorded
+from contracts.usage import SpendThresholdCrossed, UsageRecorded
 
 pytestmark = pytest.mark.unit
 
@@ -64,6 +64,8 @@ SAMPLES = [
     HostRevoked(op_id="op-1", host_id="h-1"),
     UsageRecorded(period_start=T0, period_end=T0, vcpu_seconds=1.5, memory_mib_seconds=384.0,
                   host_id="h-1", **IDS),
+    SpendThresholdCrossed(op_id="op-1", org_id="org-1", month="2026-12", percent=80,
+                          used_vcpu_seconds=80.5, cap_vcpu_seconds=100),
     StartSandbox(host_id="h-1", spec=SandboxSpec(), **IDS),
     StopSandbox(host_id="h-1", **IDS),
     DestroySandbox(host_id="h-1", **IDS),

@@ -18,6 +18,7 @@ from contracts.host import HostCapacity, HostHeartbeat, HostRegistered
 from contracts.sandbox import SandboxDestroyed, SandboxRequested, SandboxSpec, SandboxStarted
 from services.billing.adapters.usage_index import UsageIndex
 from services.billing.application.metering import Metering
+from services.billing.application.spend import Spend
 from services.billing.application.usage import UsageQueries
 from services.billing.entrypoints.rpc import MAX_REQUEST as USAGE_MAX_REQUEST
 from services.billing.entrypoints.rpc import _refuse as usage_refuse
@@ -296,7 +297,7 @@ def test_usage_reply_catches_up_and_validates(billing):
     _run(app, "sb-a", "org1", 0, 300)  # recorded, not projected yet
 
     def ask(**kw) -> rpc.RpcModel:
-        return asyncio.run(usage_reply(UsageQueries(ix, app), json.dumps(q(**kw)).encode()))
+        return asyncio.run(usage_reply(UsageQueries(ix, app, Spend(app, ix)), json.dumps(q(**kw)).encode()))
     page = ask()
     assert isinstance(page, rpc.UsagePage) and page.next_cursor is None
     assert [(i.sandbox_id, i.vcpu_seconds) for i in page.items] == [("sb-a", 600)]
@@ -304,5 +305,5 @@ def test_usage_reply_catches_up_and_validates(billing):
     for bad in ({"to": T0.isoformat()}, {"cursor": "%%%"}):
         err = ask(**bad)
         assert isinstance(err, rpc.RpcError) and err.error == "invalid"
-    big = asyncio.run(usage_reply(UsageQueries(ix, app), b"x" * 10000))
+    big = asyncio.run(usage_reply(UsageQueries(ix, app, Spend(app, ix)), b"x" * 10000))
     assert isinstance(big, rpc.RpcError) and big.error == "invalid"

@@ -20,6 +20,7 @@ from .ledger import SandboxLedger
 from .op_limits import DEFAULT_OP_LIMITS, OpLimits
 from .ports import Listing, Page
 from .rate_limit import RateLimiter
+from .spend import SpendGate
 from .waiters import Waiters
 
 STARTING = ("requested", "scheduled", "starting")
@@ -30,7 +31,7 @@ Intent = Literal["stop", "start", "pause", "resume"]
 class Sandboxes:
     def __init__(self, ledger: SandboxLedger, listing: Listing, limits: Limits,
                  limiter: RateLimiter, waiters: Waiters, ops: OpLimits | None = None,
-                 snapshot_ttl_s: int = 7 * 86400) -> None:
+                 snapshot_ttl_s: int = 7 * 86400, spend: SpendGate | None = None) -> None:
         self.ledger = ledger
         self.listing = listing
         self.limits = limits
@@ -38,12 +39,16 @@ class Sandboxes:
         self.waiters = waiters
         self.ops = ops or OpLimits(DEFAULT_OP_LIMITS)
         self.snapshot_ttl_s = snapshot_ttl_s
+        self.spend = spend
 
     # -- creates and forks: one admission path ------------------------------------
-    def _admit(self, org_id: str, count: int) -> None:
+    async def _admit(self, org_id: str, count: int) -> str | None:
+        """Raises at a limit; returns a warning to pass on (spend near its cap)."""
+        warning = await self.spend.admit(org_id) if self.spend else None
         wait_s = self.limiter.retry_after(org_id, count)
         if wait_s:
             raise TooMany("create rate limit reached for this org", wait_s)
+        return warning
 
     async def _request(self, org_id: str, spec: SandboxSpec, op_id: str,
                        idempotency_key: str | None) -> tuple[Sandbox, bool]:
@@ -52,10 +57,11 @@ class Sandboxes:
                                            current_traceparent(), idempotency_key, self.limits)
 
     async def create(self, org_id: str, spec: SandboxSpec, op_id: str,
-                     idempotency_key: str | None) -> tuple[Sandbox, bool]:
-        """(sandbox, created): False for an idempotent replay."""
-        self._admit(org_id, 1)
-        return await self._request(org_id, spec, op_id, idempotency_key)
+                     idempotency_key: str | None) -> tuple[Sandbox, bool, str | None]:
+        """(sandbox, created: False for an idempotent replay, spend warning)."""
+        warning = await self._admit(org_id, 1)
+        sb, created = await self._request(org_id, spec, op_id, idempotency_key)
+        return sb, created, warning
 
     async def fork_spec(self, snapshot_id: str, org_id: str, ttl_seconds: int,
                         env: dict[str, str], metadata: dict[str, str],
@@ -74,7 +80,7 @@ class Sandboxes:
         """`count` new sandboxes from the snapshot in `spec`, admitted like creates
         and within the org's fork bounds."""
         with self.ops.acquire(org_id, "fork"):
-            self._admit(org_id, count)
+            await self._admit(org_id, count)
             return [(await self._request(org_id, spec, op_id, None))[0] for _ in range(count)]
 
     # -- reads ------------------------------------------------------------------

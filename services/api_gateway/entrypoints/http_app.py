@@ -15,6 +15,7 @@ from ..adapters.auth_client import Unauthorized
 from ..application.errors import TooMany, UseCaseError
 from ..bootstrap import GatewayContext
 from .admin_routes import admin_router
+from .billing_routes import billing_router
 from .deps import Forbidden, op_id
 from .event_routes import events_router
 from .fleet_routes import fleet_router
@@ -37,8 +38,8 @@ def create_app(ctx: GatewayContext) -> FastAPI:
                        uploads=(("PUT", r"/v1/sandboxes/[^/]+/files"),), max_upload=MAX_FILE,
                        body_idle_s=ctx.settings.http_body_idle_s)
     _errors(app)
-    for router in (admin_router, io_router, fleet_router, usage_router, snapshot_router,
-                   sandbox_router, events_router):
+    for router in (admin_router, billing_router, io_router, fleet_router, usage_router,
+                   snapshot_router, sandbox_router, events_router):
         app.include_router(router)
 
     @app.get("/healthz", tags=["health"])

@@ -13,9 +13,13 @@ from common.logging import log_context
 from contracts.sandbox import STATES, SandboxSpec
 
 from ..application.sandboxes import Intent
+from ..domain.sandbox import Sandbox
 from ..domain.view import sandbox_view
 from .deps import Ctx, OpId, Org
 from .problems import problem
+
+# On a create once the org used 80% of its monthly vCPU-seconds cap.
+SPEND_WARNING = "Corral-Spend-Warning"
 
 log = logging.getLogger("corral.gateway")
 sandbox_router = APIRouter(tags=["sandboxes"])
@@ -60,22 +64,32 @@ class EventPage(BaseModel):
                                 202: {"model": SandboxOut, "description":
                                       "accepted; with ?wait=true: still starting when the "
                                       "wait ended"},
+                                402: {"description": "the org's monthly vCPU-seconds cap is "
+                                      "reached (problem+json)"},
                                 502: {"description":
                                       "with ?wait=true: the sandbox failed to start"}})
 async def create_sandbox(ctx: Ctx, oid: OpId, org: Org, spec: SandboxSpec | None = None,
                          wait: bool = False,
                          timeout_s: Annotated[float | None, Query(gt=0, le=600)] = None,
                          idempotency_key: IdempotencyKey = None) -> JSONResponse:
-    sb, created = await ctx.sandboxes.create(org.org_id, spec or SandboxSpec(), oid,
-                                             idempotency_key)
+    sb, created, warning = await ctx.sandboxes.create(org.org_id, spec or SandboxSpec(), oid,
+                                                      idempotency_key)
     with log_context(sandbox_id=str(sb.id)):
         log.info("sandbox requested" if created else "idempotent replay of create",
                  extra={"stage": "accepted"} if created else {})
+    out = await _created(ctx, oid, org.org_id, sb, created, wait, timeout_s)
+    if warning:
+        out.headers[SPEND_WARNING] = warning
+    return out
+
+
+async def _created(ctx: Ctx, oid: str, org_id: str, sb: Sandbox, created: bool, wait: bool,
+                   timeout_s: float | None) -> JSONResponse:
     if not wait:
         return JSONResponse(sandbox_view(sb), status_code=202)
     if not created and sb.started_at:  # a replay: the original result was 201
         return JSONResponse(sandbox_view(sb), status_code=201)
-    sb = await ctx.sandboxes.wait_running(str(sb.id), org.org_id,
+    sb = await ctx.sandboxes.wait_running(str(sb.id), org_id,
                                           timeout_s or ctx.settings.wait_timeout_s)
     if sb.state == "running":
         return JSONResponse(sandbox_view(sb), status_code=201)

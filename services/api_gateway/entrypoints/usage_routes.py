@@ -8,6 +8,7 @@ from fastapi import APIRouter, Query
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
+from contracts.billing import SpendStatus
 from contracts.rpc import UsagePage, UsageQuery
 
 from .deps import Ctx, OpId, Org
@@ -40,3 +41,10 @@ async def usage(
         raise RequestValidationError([{**err, "loc": ("query", *err.get("loc", ()))}
                                       for err in e.errors(include_url=False)]) from None
     return await ctx.billing.usage(q)
+
+
+@usage_router.get("/v1/spend", response_model=SpendStatus)
+async def spend(ctx: Ctx, org: Org) -> SpendStatus:
+    """The caller's org: this month's vCPU-seconds so far (its usage lines), against
+    its monthly cap if an admin set one."""
+    return await ctx.billing.spend_of(org.org_id)

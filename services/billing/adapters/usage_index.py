@@ -16,13 +16,15 @@ from datetime import UTC, datetime, timedelta
 from eventsourcing.persistence import ApplicationRecorder
 from eventsourcing.utils import get_topic
 from sqlalchemy import (BigInteger, Column, Float, Index, MetaData, String, Table, and_,
-                        create_engine, or_, select)
+                        create_engine, func, or_, select)
 from sqlalchemy.engine import Engine
 
 from common.sqldb import (advance, cursor_table, decode_cursor, encode_cursor, read_position,
                           sql_database)
 
 from ..domain.meter import Meter
+from ..domain.stripe_lines import MeterSpec, lines_for
+from .push_ledger import PushLedger, enqueue, pushes
 
 log = logging.getLogger("corral.billing.usage")
 CUT_TOPIC = get_topic(Meter.Cut)  # type: ignore[attr-defined]  # made by @event
@@ -57,16 +59,36 @@ def from_us(us: int) -> datetime:
 
 
 class UsageIndex:
-    def __init__(self, store: str, sqlite_path: str):
-        """Beside the event store `store` (a SQLite file at `sqlite_path`)."""
+    def __init__(self, store: str, sqlite_path: str, meters: tuple[MeterSpec, ...] = ()):
+        """Beside the event store `store` (a SQLite file at `sqlite_path`). Each
+        new line also gets its Stripe push rows, one per meter in `meters`."""
         db = sql_database(store, sqlite_path, "sync")
         self.engine: Engine = create_engine(
             db.url, execution_options=db.execution_options(),
             connect_args={"timeout": 10} if db.sqlite else {})
         self._lock = threading.Lock()  # one catch-up per process at a time
+        self.meters = meters
+        self.ledger = PushLedger(self.engine)
+        self.touched: set[str] = set()  # orgs with new lines since last drained
 
     def create(self) -> None:
         meta.create_all(self.engine)
+        self.ledger.create()
+        self.backfill()
+
+    def backfill(self, batch: int = 1000) -> int:
+        """Push rows for lines projected before the ledger existed (an upgrade)."""
+        made = 0
+        with self._lock:
+            while True:
+                with self.engine.begin() as conn:
+                    rows = conn.execute(select(items).where(
+                        ~items.c.event_id.in_(select(pushes.c.event_id))).limit(batch)
+                    ).mappings().all()
+                    lines = [x for r in rows for x in lines_for(dict(r), self.meters)]
+                    made += enqueue(conn, lines)
+                if len(rows) < batch or not lines:
+                    return made
 
     def position(self) -> int:
         with self.engine.connect() as conn:
@@ -88,13 +110,27 @@ class UsageIndex:
                     new = [r for r in rows if r["event_id"] not in have]
                     if new:
                         conn.execute(items.insert(), new)
+                        enqueue(conn, [x for r in new for x in lines_for(r, self.meters)])
                 advance(conn, cursors, PROJECTION, pos, notes[-1].id)
+            self.touched |= {r["org_id"] for r in rows}
             return len(notes)
 
     def catch_up_all(self, recorder: ApplicationRecorder, max_batches: int = 50) -> None:
         for _ in range(max_batches):
             if not self.catch_up(recorder):
                 return
+
+    def drain_touched(self) -> list[str]:
+        with self._lock:
+            out, self.touched = sorted(self.touched), set()
+        return out
+
+    def vcpu_seconds_since(self, org_id: str, start: datetime) -> float:
+        """The org's vCPU-seconds in lines whose period starts at `start` or later."""
+        q = select(func.coalesce(func.sum(items.c.vcpu_seconds), 0.0)).where(
+            items.c.org_id == org_id, items.c.start_us >= to_us(start))
+        with self.engine.connect() as conn:
+            return float(conn.execute(q).scalar_one())
 
     def page(self, org_id: str, start: datetime, end: datetime, limit: int,
              cursor: str | None) -> tuple[list[dict], str | None]:
@@ -108,10 +144,14 @@ class UsageIndex:
         q = q.order_by(items.c.start_us, items.c.event_id).limit(limit + 1)
         with self.engine.connect() as conn:
             rows = conn.execute(q).all()
+        pushed = self.ledger.for_events([r.event_id for r in rows[:limit]])
         out = [{"event_id": r.event_id, "sandbox_id": r.sandbox_id,
                 "period_start": from_us(r.start_us), "period_end": from_us(r.end_us),
                 "vcpu_seconds": r.vcpu_seconds, "memory_mib_seconds": r.memory_mib_seconds,
-                "snapshot_id": r.snapshot_id, "storage_mib_seconds": r.storage_mib_seconds}
+                "snapshot_id": r.snapshot_id, "storage_mib_seconds": r.storage_mib_seconds,
+                "stripe": [{"meter": p["event_name"], "identifier": p["identifier"],
+                            "value": p["value"], "state": p["state"], "reason": p["reason"],
+                            "attempts": p["attempts"]} for p in pushed.get(r.event_id, [])]}
                for r in rows[:limit]]
         nxt = (encode_cursor(rows[limit - 1].start_us, rows[limit - 1].event_id)
                if len(rows) > limit else None)

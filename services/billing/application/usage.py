@@ -10,14 +10,16 @@ from contracts import rpc
 
 from ..adapters.usage_index import UsageIndex
 from .metering import Metering
+from .spend import Spend
 
 log = logging.getLogger("corral.billing")
 
 
 class UsageQueries:
-    def __init__(self, index: UsageIndex, metering: Metering) -> None:
+    def __init__(self, index: UsageIndex, metering: Metering, spend: Spend) -> None:
         self.index = index
         self.metering = metering
+        self.spend = spend
 
     async def page(self, q: rpc.UsageQuery) -> rpc.UsagePage:
         """Raises ValueError for a cursor that is not ours."""
@@ -30,11 +32,14 @@ class UsageQueries:
         return rpc.UsagePage(items=[rpc.UsageItem(**i) for i in found], next_cursor=nxt)
 
     async def project(self, stop: asyncio.Event, every_s: float = 1.0) -> None:
-        """Keep the projection current between queries (queries catch up too)."""
+        """Keep the projection current between queries (queries catch up too),
+        and note the spend-cap crossings of orgs with new lines."""
         while not stop.is_set():
             try:
                 while await asyncio.to_thread(self.index.catch_up, self.metering.recorder):
                     pass
+                if orgs := self.index.drain_touched():
+                    await asyncio.to_thread(self.spend.note, orgs)
             except Exception as e:  # noqa: BLE001 - store busy or another instance won: retry
                 log.warning("usage projection pass failed: %r", e)
             try:

@@ -1,5 +1,5 @@
 """What runs in billing's process: the metering consumer, the outbox relay,
-the period ticker, the usage projection and RPC, health."""
+the period ticker, the usage projection and RPC, the Stripe push, health."""
 from __future__ import annotations
 
 import asyncio
@@ -26,4 +26,9 @@ def jobs(ctx: BillingContext, stop: asyncio.Event) -> list[Awaitable[None]]:
         serve_usage_rpc(ctx, stop), ctx.usage.project(stop)]
     if s.billing_period_s > 0:
         out.append(tick(ctx.metering, s.billing_tick_s, stop))
+    if ctx.push is not None:
+        out.append(ctx.push.run(stop))
+    else:
+        log.info("Stripe push off (no CORRAL_STRIPE_API_KEY): metering only; "
+                 "usage lines stay pending for Stripe")
     return out
