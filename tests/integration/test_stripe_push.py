@@ -8,6 +8,7 @@ import asyncio
 from collections import Counter
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -97,6 +98,12 @@ async def test_a_500_on_every_first_attempt_still_bills_each_line_once(billing, 
     assert all(n == 2 for n in posts(fake).values()), posts(fake)
     statuses = Counter(s for p, _, s in fake.attempts if p == "/v1/billing/meter_events")
     assert statuses == {500: 12, 200: 12}
+    # the ledger's totals per meter are exactly what Stripe holds
+    totals = (await billing.app.admin.parked(bc.ParkedQuery())).totals
+    assert {(t.meter, t.state, t.lines) for t in totals} == {(m, "sent", 6) for m in METERS}
+    assert {t.meter: Decimal(t.value) for t in totals} == {
+        m: sum(Decimal(e["payload"]["value"]) for e in fake.events.values()
+               if e["event_name"] == m) for m in METERS}
     # the org got one customer, made through the API and linked by an event
     link = await billing.app.admin.customer(bc.CustomerQuery(org_id=ORG))
     assert link.source == "created" and list(fake.customers) == [link.stripe_customer_id]

@@ -28,6 +28,7 @@ pushes = Table(
     Column("org_id", String(64), nullable=False),
     Column("event_name", String(100), nullable=False),
     Column("value", String(40), nullable=False),
+    Column("value_micros", BigInteger, nullable=False),  # the value x 10^6: exact SQL sums
     Column("timestamp", BigInteger, nullable=False),
     Column("state", String(16), nullable=False),  # pending | sent | parked
     Column("reason", String(500)),
@@ -39,6 +40,7 @@ pushes = Table(
     Index("ix_stripe_push_v1_event", "event_id"),
 )
 LEASE_S = 60
+MICROS = 1_000_000
 
 
 def now_us() -> int:
@@ -54,6 +56,7 @@ def enqueue(conn: Connection, lines: Iterable[PushLine]) -> int:
         pushes.c.identifier.in_([x.identifier for x in lines]))).scalars())
     new = [{"identifier": x.identifier, "event_id": x.event_id, "org_id": x.org_id,
             "event_name": x.event_name, "value": x.value, "timestamp": x.timestamp,
+            "value_micros": int(Decimal(x.value) * MICROS),
             "state": "pending", "attempts": 0, "next_us": 0, "claimed_until_us": 0}
            for x in lines if x.identifier not in have]
     if new:
@@ -142,12 +145,9 @@ class PushLedger:
         """Per meter and state: lines and the exact sum of their values (as text)."""
         with self.engine.connect() as conn:
             rows = conn.execute(select(pushes.c.event_name, pushes.c.state, func.count(),
-                                       pushes.c.value).group_by(
-                pushes.c.event_name, pushes.c.state, pushes.c.value)).all()
-        acc: dict[tuple[str, str], list] = {}
-        for name, state, n, value in rows:
-            a = acc.setdefault((name, state), [0, Decimal(0)])
-            a[0] += n
-            a[1] += Decimal(value) * n
-        return [{"event_name": k[0], "state": k[1], "lines": v[0], "value": format(v[1], "f")}
-                for k, v in sorted(acc.items())]
+                                       func.sum(pushes.c.value_micros)).group_by(
+                pushes.c.event_name, pushes.c.state).order_by(
+                pushes.c.event_name, pushes.c.state)).all()
+        return [{"event_name": name, "state": state, "lines": n,
+                 "value": format(Decimal(int(total or 0)) / MICROS, "f")}
+                for name, state, n, total in rows]

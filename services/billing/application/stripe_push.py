@@ -63,6 +63,7 @@ class StripePush:
         self.lease_s = (batch / concurrency + 1) * timeout_s * 2
         self.meters: dict[str, str] | None = None
         self._links: dict[str, tuple[float, str | None]] = {}
+        self._looking: dict[str, asyncio.Lock] = {}  # one customer lookup per org at once
         self._wake = asyncio.Event()
 
     def wake(self) -> None:
@@ -128,6 +129,11 @@ class StripePush:
                                     backoff_s(attempts + 1, self.backoff_max_s))
 
     async def _customer(self, org_id: str) -> str | None:
+        lock = self._looking.setdefault(org_id, asyncio.Lock())
+        async with lock:
+            return await self._lookup(org_id)
+
+    async def _lookup(self, org_id: str) -> str | None:
         hit = self._links.get(org_id)
         if hit and hit[0] > time.monotonic() and hit[1]:
             return hit[1]
