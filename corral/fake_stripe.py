@@ -18,6 +18,7 @@ import contextlib
 import json
 import secrets
 import socket
+import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -66,7 +67,7 @@ class FakeStripe:
 
         class Handler(_Handler):
             state = fake
-        self._httpd = ThreadingHTTPServer((self.host, self.port), Handler)
+        self._httpd = _Server((self.host, self.port), Handler)
         self._httpd.daemon_threads = True
         self.port = self._httpd.server_address[1]
         threading.Thread(target=self._httpd.serve_forever, daemon=True).start()
@@ -181,6 +182,12 @@ class FakeStripe:
         return 200, self.events[ident]
 
 
+class _Server(ThreadingHTTPServer):
+    def handle_error(self, request: object, client_address: object) -> None:
+        if not isinstance(sys.exc_info()[1], ConnectionError):  # a client gone: expected
+            super().handle_error(request, client_address)  # type: ignore[arg-type]
+
+
 def _error(kind: str, code: str | None, message: str) -> dict:
     return {"error": {"type": kind, "code": code, "message": message}}
 
@@ -207,7 +214,13 @@ class _Handler(BaseHTTPRequestHandler):
         if n > MAX_BODY:
             self.send_error(413)
             return
-        raw = self.rfile.read(n).decode() if n else ""
+        try:
+            got = self.rfile.read(n) if n else b""
+        except OSError:
+            return  # the client died mid-request: nothing reached us
+        if len(got) < n:
+            return  # cut short: as a real server, act on no partial request
+        raw = got.decode()
         if split.path.startswith("/_fake/"):
             params = json.loads(raw or "{}")
         else:

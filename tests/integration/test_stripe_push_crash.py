@@ -34,14 +34,16 @@ def start_billing(nats_url: str, state: Path, fake: FakeStripe, log: Path) -> su
                 "CORRAL_STATE_DIR": str(state), "CORRAL_STORE": "sqlite",
                 "CORRAL_HEALTH_PORT": "0", "CORRAL_STRIPE_API_KEY": "sk_test_corral",
                 "CORRAL_STRIPE_API_BASE": fake.url, "CORRAL_STRIPE_PUSH_EVERY_S": "0.2",
-                "CORRAL_STRIPE_BACKOFF_MAX_S": "2", "CORRAL_STRIPE_TIMEOUT_S": "1"})
+                "CORRAL_STRIPE_BACKOFF_MAX_S": "2", "CORRAL_STRIPE_TIMEOUT_S": "3"})
     return subprocess.Popen([sys.executable, "-m", "services.billing"], env=env, cwd=REPO,
                             stdout=log.open("ab"), stderr=subprocess.STDOUT)
 
 
 async def test_kill_9_mid_push_then_restart_bills_each_line_exactly_once(private_nats, tmp_path):
     fake = FakeStripe().serve()
-    fake.faults["delay_s"] = 0.2  # calls are in flight when the kill lands
+    # calls are in flight when the kill lands; far inside the client's 3 s timeout
+    # (a call that times out is sent again, rightly: that would be a resend too)
+    fake.faults["delay_s"] = 0.2
     log = tmp_path / "billing.log"
     proc = start_billing(private_nats.url, tmp_path / "state", fake, log)
     bus = Bus(private_nats.url, "crash-test")
