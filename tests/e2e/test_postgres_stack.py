@@ -19,6 +19,8 @@ def test_lifecycle_and_restart_on_postgres(tmp_path, pg_url):
         api.delete(f"/v1/sandboxes/{gone['id']}")
         api.wait_state(gone["id"], ("destroyed",))
         before = api.get("/v1/sandboxes").json()
+        # the listing reads its writes: what the sandbox's own view said, at once
+        assert {i["id"]: i["state"] for i in before["items"]}[gone["id"]] == "destroyed"
         st.kill("api_gateway", signal.SIGKILL)
         st.start_service("api_gateway")
         st.wait_ready()

@@ -56,6 +56,7 @@ class ReadModel:
         self.engine: AsyncEngine = create_async_engine(
             db.url, execution_options=db.execution_options())
         self._wake = asyncio.Event()
+        self._passing = asyncio.Lock()  # one catch-up at a time in this process
 
     async def create(self) -> None:
         async with self.engine.begin() as conn:
@@ -84,6 +85,10 @@ class ReadModel:
                     pass
 
     async def catch_up(self, ledger: SandboxLedger, batch: int = 200) -> int:
+        async with self._passing:
+            return await self._catch_up(ledger, batch)
+
+    async def _catch_up(self, ledger: SandboxLedger, batch: int) -> int:
         pos = await self.position()
         notes = await asyncio.to_thread(ledger.recorder.select_notifications, pos, batch, None, (),
                                         inclusive_of_start=False)

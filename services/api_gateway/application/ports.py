@@ -14,6 +14,8 @@ Page = tuple[list[dict[str, Any]], str | None]
 class Listing(Protocol):
     """The read model: one org's sandboxes and snapshots, keyset-paginated."""
 
+    async def catch_up(self, ledger: Any, batch: int = 200) -> int: ...
+
     async def list_sandboxes(self, org_id: str, limit: int, cursor: str | None,
                              state: str | None, name: str | None) -> Page: ...
 

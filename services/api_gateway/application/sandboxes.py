@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import time
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -22,6 +23,8 @@ from .ports import Listing, Page
 from .rate_limit import RateLimiter
 from .spend import SpendGate
 from .waiters import Waiters
+
+log = logging.getLogger("corral.gateway")
 
 STARTING = ("requested", "scheduled", "starting")
 ENDED_UNSTARTED = ("failed", "lost", "destroyed", "stopping", "stopped")
@@ -87,8 +90,20 @@ class Sandboxes:
     async def find(self, sandbox_id: str, org_id: str) -> Sandbox:
         return await asyncio.to_thread(self.ledger.find, sandbox_id, org_id)
 
+    async def _current(self, max_passes: int = 5) -> None:
+        """Read your writes: the listing first catches up with the store, so it
+        holds every change saved before the request (bounded; if another
+        instance is projecting at that moment, answer anyway)."""
+        try:
+            for _ in range(max_passes):
+                if not await self.listing.catch_up(self.ledger):
+                    return
+        except Exception as e:  # noqa: BLE001 - the projection loop retries
+            log.warning("listing catch-up failed: %r", e)
+
     async def list_sandboxes(self, org_id: str, limit: int, cursor: str | None,
                              state: str | None, name: str | None) -> Page:
+        await self._current()
         try:
             return await self.listing.list_sandboxes(org_id, limit, cursor, state, name)
         except ValueError as e:
@@ -157,6 +172,7 @@ class Sandboxes:
         return await asyncio.to_thread(self.ledger.find_snapshot, snapshot_id, org_id)
 
     async def list_snapshots(self, org_id: str, limit: int, cursor: str | None) -> Page:
+        await self._current()
         try:
             return await self.listing.list_snapshots(org_id, limit, cursor)
         except ValueError as e:
