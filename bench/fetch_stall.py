@@ -28,7 +28,7 @@ from contracts.subjects import ConsumerDef
 from measure import pct
 
 
-async def _fixed(sub, _c, _stop, batch):  # type: ignore[no-untyped-def]
+async def _fixed(sub, batch: int):  # type: ignore[no-untyped-def]
     try:
         return await sub.fetch(batch, timeout=1)
     except Exception:  # noqa: BLE001 - timeout: nothing this second
@@ -46,7 +46,7 @@ async def _side(js, name: str, gaps: list[float], use_puller: bool) -> dict:  # 
 
     async def consume() -> None:
         while not stop.is_set():
-            msgs = await puller.next() if use_puller else await _fixed(sub, None, stop, 32)
+            msgs = await puller.next() if use_puller else await _fixed(sub, 32)
             for m in msgs:
                 lat.append((time.monotonic() - sent[m.data]) * 1000)
                 await m.ack()

@@ -317,7 +317,7 @@ class Puller:
                 log.warning("fetch from %s failed: %r", self.c.durable, e)
                 await asyncio.sleep(0.5)
             msgs = []
-        self.ask = self.batch if msgs and len(msgs) >= ask else 1
+        self.ask = self.batch if len(msgs) >= ask else 1  # ask >= 1: a full fetch
         return msgs
 
 

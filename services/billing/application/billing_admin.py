@@ -6,6 +6,7 @@ import asyncio
 from contracts import billing as bc
 
 from ..adapters.push_ledger import PushLedger
+from ..domain.customer import CustomerLink
 from .stripe_push import Customers, StripePush
 
 
@@ -14,10 +15,10 @@ class BillingAdmin:
                  push: StripePush | None) -> None:
         self.customers, self.ledger, self.push = customers, ledger, push
 
-    def _view(self, org_id: str, link: object | None) -> bc.CustomerLink:
+    def _view(self, org_id: str, link: CustomerLink | None) -> bc.CustomerLink:
         return bc.CustomerLink(org_id=org_id,
-                               stripe_customer_id=getattr(link, "customer_id", None),
-                               source=getattr(link, "source", None),
+                               stripe_customer_id=link.customer_id if link else None,
+                               source=link.source if link else None,
                                push_enabled=self.push is not None)
 
     async def customer(self, q: bc.CustomerQuery) -> bc.CustomerLink:
