@@ -4,6 +4,7 @@ from __future__ import annotations
 import asyncio
 import random
 import re
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -11,12 +12,15 @@ from typing import Any, TypeVar
 from urllib.parse import unquote, urlparse
 from uuid import UUID
 
-from eventsourcing.application import AggregateNotFoundError, Application
+from eventsourcing.application import AggregateNotFoundError, Application, Repository
 from eventsourcing.persistence import IntegrityError, TrackingRecorder
 
 _SAFE = re.compile(r"^[a-z_][a-z0-9_]{0,40}$")
 T = TypeVar("T")
 CONFLICT_RETRIES = 30
+# Aggregates stay in memory between use cases; each get still reads the events
+# stored since (fast-forward), so a write by another instance is never missed.
+CACHE = {"AGGREGATE_CACHE_MAXSIZE": "4096", "AGGREGATE_CACHE_FASTFORWARD": "y"}
 
 
 class StoreConflict(RuntimeError):
@@ -37,6 +41,7 @@ def store_env(store: str, state_dir: Path, db_name: str) -> dict[str, str]:
     if store == "sqlite":
         state_dir.mkdir(parents=True, exist_ok=True)
         return {
+            **CACHE,
             "PERSISTENCE_MODULE": "eventsourcing.sqlite",
             "SQLITE_DBNAME": str((state_dir / f"{db_name}.sqlite").resolve()),
             "SQLITE_LOCK_TIMEOUT": "10",
@@ -46,6 +51,7 @@ def store_env(store: str, state_dir: Path, db_name: str) -> dict[str, str]:
         raise ValueError("CORRAL_STORE must be 'sqlite' or a postgresql:// URL")
     params = dict(p.split("=", 1) for p in url.query.split("&") if "=" in p)
     env = {
+        **CACHE,
         "PERSISTENCE_MODULE": "eventsourcing.postgres",
         "POSTGRES_DBNAME": (url.path or "/postgres").lstrip("/") or "postgres",
         "POSTGRES_HOST": url.hostname or "127.0.0.1",
@@ -80,8 +86,40 @@ def tracking(app: Application) -> TrackingRecorder:
     return recorder
 
 
+class CachedRepository(Repository):
+    """The library's cached repository with each get made atomic per aggregate.
+
+    eventsourcing 9.5 fast-forwards the cached aggregate in place under a lock,
+    then deep-copies it for the caller outside that lock: a concurrent get can
+    copy an aggregate half-way through an update (seen as "dictionary changed
+    size during iteration" in the scheduler; a torn copy would be silent)."""
+
+    STRIPES = 64
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._stripes = [threading.Lock() for _ in range(self.STRIPES)]
+
+    def get(self, aggregate_id: Any, *, version: int | None = None,
+            **kwargs: Any) -> Any:
+        if self.cache is None or version is not None:
+            return super().get(aggregate_id, version=version, **kwargs)
+        with self._stripes[hash(aggregate_id) % self.STRIPES]:
+            return super().get(aggregate_id, **kwargs)
+
+
 class StoreApp(Application):
     """An eventsourcing Application whose saves wake the outbox relay."""
+
+    def construct_repository(self) -> Repository:
+        plain = super().construct_repository()
+        if plain.cache is None:
+            return plain
+        return CachedRepository(
+            event_store=plain.event_store, snapshot_store=plain.snapshot_store,
+            cache_maxsize=int(self.env.get(self.AGGREGATE_CACHE_MAXSIZE) or 0),
+            fastforward=plain.fastforward, fastforward_skipping=plain.fastforward_skipping,
+            deepcopy_from_cache=plain.deepcopy_from_cache)
 
     conflict_backoff: Callable[[int], None] = staticmethod(jittered_backoff)
 

@@ -23,7 +23,7 @@ from nats.errors import MaxPayloadError
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js.errors import BadRequestError
 
-from contracts import InvalidMessage, parse_message
+from contracts import Envelope, InvalidMessage, parse_message
 from contracts.subjects import subject_for
 
 from .bus import Bus, DeadLetter
@@ -73,37 +73,43 @@ class OutboxRelay:
         notes = await asyncio.to_thread(
             self.app.recorder.select_notifications, pos, self.batch, None, (),
             inclusive_of_start=False)
+        if not notes:
+            return 0
+        batch: list[tuple[int, Envelope, str]] = []  # (notification id, message, subject)
         for n in notes:
             envelope = json.loads(n.state).get("envelope")
-            if envelope is not None:  # events without a contract stay private
-                await self._publish(json.dumps(envelope).encode())
-        if notes:  # once per batch: a crash mid-batch republishes, which the
-            # stream's duplicate window (Nats-Msg-Id = event id) and every
-            # consumer's idempotency absorb
-            await asyncio.to_thread(self._advance, notes[-1].id)
-        return len(notes)
-
-    async def _publish(self, raw: bytes) -> None:
-        try:
-            msg = parse_message(raw)
-        except InvalidMessage as e:
-            await self._park("?", raw, f"invalid: {e.reason}")
-            return
-        subject = subject_for(msg, self.bus.publisher_host)
-        try:
+            if envelope is None:
+                continue  # events without a contract stay private
+            raw = json.dumps(envelope).encode()
+            try:
+                msg = parse_message(raw)
+            except InvalidMessage as e:
+                await self._park("?", raw, f"invalid: {e.reason}")
+                continue
+            batch.append((n.id, msg, subject_for(msg, self.bus.publisher_host)))
+        last_done = notes[-1].id
+        for _, msg, _subject in batch:
             log.info("publishing %s", msg.type, extra={
-                "stage": f"published:{msg.type}",
-                "sandbox_id": getattr(msg, "sandbox_id", None)})
-            await self.bus.publish(msg)
-        except (MaxPayloadError, BadRequestError) as e:
-            await self._park(subject, raw, f"{e.__class__.__name__}: {e}"[:500])
-            return
-        except (TimeoutError, NatsTimeout):
-            if self.bus.denied(subject):
-                await self._park(subject, raw, "publish permission denied")
-                return
-            raise
-        self.published += 1
+                "stage": f"published:{msg.type}", "sandbox_id": getattr(msg, "sandbox_id", None)})
+        results = await self.bus.publish_pipelined([(m, s) for _, m, s in batch])
+        for (note_id, msg, subject), err in zip(batch, results, strict=True):
+            if err is None:
+                self.published += 1
+            elif isinstance(err, MaxPayloadError | BadRequestError):
+                await self._park(subject, msg.to_json(), f"{err.__class__.__name__}: {err}"[:500])
+            elif isinstance(err, TimeoutError | NatsTimeout) and self.bus.denied(subject):
+                await self._park(subject, msg.to_json(), "publish permission denied")
+            else:  # an outage: resume from this message (later ones that got
+                # through are dropped as duplicates by the stream's window)
+                last_done = note_id - 1
+                if last_done > pos:
+                    await asyncio.to_thread(self._advance, last_done)
+                raise err
+        # once per batch: a crash mid-batch republishes, which the stream's
+        # duplicate window (Nats-Msg-Id = event id) and every consumer's
+        # idempotency absorb
+        await asyncio.to_thread(self._advance, last_done)
+        return len(notes)
 
     async def _park(self, subject: str, raw: bytes, reason: str) -> None:
         """Record a message the bus will never take, raise the alarm, move on."""

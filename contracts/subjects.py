@@ -85,6 +85,13 @@ def host_fact_subject(host_id: str, org_id: str, sandbox_id: str, type_: str) ->
     return f"corral.evt.hostfact.{host_id}.{org_id}.{sandbox_id}.{type_}"
 
 
+def sandbox_of_subject(subject: str) -> str:
+    """The sandbox id in a sandbox event or host fact subject (both put it
+    just before the type): the key that orders one sandbox's facts."""
+    parts = subject.split(".")
+    return parts[-2] if len(parts) >= 2 else subject
+
+
 def host_subject(host_id: str, type_: str) -> str:
     return f"corral.evt.host.{host_id}.{type_}"
 

@@ -113,7 +113,10 @@ class DevStack:
                                  doc["host_token"], doc["host_id"])
         return self.creds
 
-    def start_service(self, service: str, instance: str = "0", name: str | None = None) -> None:
+    def start_service(self, service: str, instance: str = "0", name: str | None = None,
+                      env: dict[str, str] | None = None) -> None:
+        """Start one service process; `env` overrides settings for it alone
+        (e.g. a second gateway's CORRAL_HTTP_PORT)."""
         name = name or service
         logs = self.state_dir / "logs"
         logs.mkdir(parents=True, exist_ok=True)
@@ -121,7 +124,8 @@ class DevStack:
         self.log_offsets[name] = path.stat().st_size if path.exists() else 0
         out = open(path, "ab")
         self.procs[name] = subprocess.Popen(
-            [sys.executable, "-m", f"services.{service}"], env=self.env(service, instance),
+            [sys.executable, "-m", f"services.{service}"],
+            env={**self.env(service, instance), **(env or {})},
             cwd=REPO, stdout=out, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
 
     def start(self, timeout_s: float = 60) -> DevStack:

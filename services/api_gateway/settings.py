@@ -17,6 +17,8 @@ class GatewaySettings(CommonSettings):
     http_header_timeout_s: float = Field(default=10.0, gt=0, le=300)
     http_body_idle_s: float = Field(default=30.0, gt=0, le=600)
     http_max_concurrency: int = Field(default=1000, ge=1)
+    # facts folded at once (one sandbox's stay in order)
+    ingest_concurrency: int = Field(default=8, ge=1, le=64)
     auth_cache_s: float = Field(default=5.0, ge=0, le=300)
     wait_timeout_s: float = Field(default=120.0, gt=0, le=600)
     ttl_warning_s: float = Field(default=60.0, ge=0, le=86400)

@@ -170,3 +170,82 @@ async def test_the_relay_parks_what_the_bus_never_takes_and_flows_on(tmp_path):
         await bus.close()
         app.close()
         server.stop()
+
+
+async def test_parallel_consumer_keeps_each_sandboxs_facts_in_order_across_subjects(bus):
+    """The gateway folds facts 8 at a time: a sandbox's control-plane event and
+    its host's facts (different subjects) still arrive in publish order, while
+    different sandboxes overlap."""
+    from contracts.sandbox import SandboxStarted, SandboxStarting
+    from contracts.subjects import sandbox_of_subject
+    tag = uuid.uuid4().hex[:8]
+    c = ConsumerDef("CORRAL_SANDBOX", f"p-{tag}", (f"corral.evt.sandbox.{tag}.>",
+                                                  f"corral.evt.hostfact.h.{tag}.>"),
+                    ack_wait_s=30)
+    await bus.ensure_consumer(c)
+    sids = [f"s{i}" for i in range(12)]
+    for sid in sids:
+        await bus.publish(SandboxScheduled(op_id="1", org_id=tag, sandbox_id=sid, host_id="h"),
+                          subject=f"corral.evt.sandbox.{tag}.{sid}.SandboxScheduled")
+        await bus.publish(SandboxStarting(op_id="2", org_id=tag, sandbox_id=sid, host_id="h"),
+                          subject=f"corral.evt.hostfact.h.{tag}.{sid}.SandboxStarting")
+        await bus.publish(SandboxStarted(op_id="3", org_id=tag, sandbox_id=sid, host_id="h",
+                                         vcpus=1, memory_mib=256, accel="tcg"),
+                          subject=f"corral.evt.hostfact.h.{tag}.{sid}.SandboxStarted")
+    seen: dict[str, list[str]] = {sid: [] for sid in sids}
+    active, peak = 0, 0
+    all_seen = asyncio.Event()
+
+    async def handler(msg):
+        nonlocal active, peak
+        active += 1
+        peak = max(peak, active)
+        await asyncio.sleep(0.02 if msg.op_id == "1" else 0.001)  # the first is slowest
+        seen[msg.sandbox_id].append(msg.op_id)
+        active -= 1
+        if sum(map(len, seen.values())) == 36:
+            all_seen.set()
+    stop = asyncio.Event()
+    task = asyncio.create_task(bus.consume(c, handler, stop, concurrency=8,
+                                           order_key=sandbox_of_subject))
+    try:
+        await asyncio.wait_for(all_seen.wait(), 30)
+    finally:
+        stop.set()
+        await task
+    assert all(ops == ["1", "2", "3"] for ops in seen.values()), seen
+    assert peak > 1
+
+
+async def test_an_outage_mid_batch_resumes_at_the_first_unstored_message(bus, tmp_path):
+    """The relay pipelines a batch (all sent, then all acks awaited). When an ack
+    does not come, the cursor stops just before that message, so the next pass
+    republishes it and what followed (the stream drops the duplicates)."""
+    from nats.errors import TimeoutError as NatsTimeout
+    ledger = SandboxLedger(store_env("sqlite", tmp_path, "gateway"), Sealer(KEY))
+    org = "org" + uuid.uuid4().hex[:8]
+    for _ in range(4):
+        ledger.request(org, SandboxSpec(), "op", None, None)
+    real = bus.publish_pipelined
+    calls: list[int] = []
+
+    async def flaky(items, timeout_s=10):
+        out = await real(items, timeout_s)
+        calls.append(len(items))
+        if len(calls) == 1:  # the third ack is lost the first time
+            out[2] = NatsTimeout()
+        return out
+    bus.publish_pipelined = flaky
+    relay = OutboxRelay(ledger, bus, name="relay-outage")
+    try:
+        with pytest.raises(NatsTimeout):
+            await relay.drain_once()
+        assert relay.published == 2
+        while await relay.drain_once():
+            pass
+    finally:
+        bus.publish_pipelined = real
+        ledger.close()
+    assert calls[:2] == [4, 2]  # resumed at the third message
+    msgs = await stream_msgs(bus, f"corral.evt.sandbox.{org}.>")
+    assert len(msgs) == 4 and len({json.loads(m.data)["event_id"] for m in msgs}) == 4

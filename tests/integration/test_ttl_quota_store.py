@@ -15,7 +15,7 @@ from services.api_gateway.application.ledger import SandboxLedger
 from services.api_gateway.application.rate_limit import RateLimiter
 from services.api_gateway.application.sandboxes import Sandboxes
 from services.api_gateway.application.waiters import Waiters
-from services.api_gateway.domain.quota import Limits
+from services.api_gateway.domain.quota import Limits, org_live_uuid
 
 KEY = bytes(range(32))
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
@@ -86,6 +86,51 @@ def test_live_quota_is_exact_under_concurrency_and_released_on_end(ledger):
         ledger.request("o", SandboxSpec(), "op", None, None, limits)
     with pytest.raises(TooMany):
         ledger.request("o", SandboxSpec(), "op", None, None, limits)
+
+
+def test_concurrent_creates_batch_without_leaking_quota_to_refused_ones(ledger):
+    """Racing creates of one org share transactions: a refused name or a replayed
+    key reserves nothing, and the quota stays exact."""
+    limits = Limits(max_live=4)
+
+    def create(i):
+        spec = SandboxSpec(name="web") if i % 2 else SandboxSpec()
+        try:
+            sb, created = ledger.request("o", spec, "op", None, f"key-{i % 4}", limits)
+            return str(sb.id), created
+        except (Conflict, TooMany) as e:
+            return type(e).__name__, False
+    with ThreadPoolExecutor(8) as pool:
+        out = list(pool.map(create, range(16)))
+    made = {sid for sid, created in out if created}
+    # keys 0 and 2 make unnamed sandboxes; keys 1 and 3 both want "web": one wins
+    assert len(made) == 3, out
+    assert sum(1 for sid, _ in out if sid == "Conflict") >= 1
+    replays = [sid for sid, created in out if not created and sid not in ("Conflict", "TooMany")]
+    assert set(replays) <= made
+    ledger.request("o", SandboxSpec(), "op", None, None, limits)  # the 4th fits
+    with pytest.raises(TooMany):
+        ledger.request("o", SandboxSpec(), "op", None, None, limits)
+
+
+def test_two_gateway_instances_share_one_exact_quota(store, tmp_path):
+    env = store_env(store, tmp_path, "gateway")
+    a, b = SandboxLedger(env, Sealer(KEY)), SandboxLedger(env, Sealer(KEY))
+    limits = Limits(max_live=7)
+
+    def create(i):
+        try:
+            return (a if i % 2 else b).request("o", SandboxSpec(), "op", None, None, limits)[0]
+        except TooMany:
+            return None
+    try:
+        with ThreadPoolExecutor(8) as pool:
+            made = [sb for sb in pool.map(create, range(24)) if sb is not None]
+        assert len(made) == 7
+        assert len(b._get(org_live_uuid("o")).live) == 7
+    finally:
+        a.close()
+        b.close()
 
 
 def test_impossible_sizes_are_unprocessable(ledger):

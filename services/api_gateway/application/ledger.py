@@ -3,13 +3,15 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, ClassVar
 
 from eventsourcing.application import AggregateNotFoundError
 from eventsourcing.domain import Aggregate, MutableOrImmutableAggregate
 
+from common.combine import Combiner
 from common.eventstore import StoreApp
 from common.timefmt import parse_time
 from contracts import Envelope
@@ -21,7 +23,8 @@ from contracts.snapshot import SnapshotEvent
 from ..domain.name_claim import NameClaim, claim_uuid
 from ..domain.quota import Limits, OrgLive, OrgSnapshots, org_live_uuid
 from ..domain.sandbox import ENDED, SANDBOX_FACTS, Sandbox, sandbox_uuid
-from .errors import Conflict, IdempotencyMismatch, NotFound, OutOfOrder, TooMany, Unprocessable
+from .errors import (Conflict, IdempotencyMismatch, NotFound, OutOfOrder, TooMany, Unprocessable,
+                     UseCaseError)
 from .ports import Secrets
 from .snapshots import SNAPSHOT_FACTS, SnapshotCases
 
@@ -32,6 +35,17 @@ def canonical(spec: SandboxSpec) -> bytes:
 
 
 DEFAULT_LIMITS = Limits()
+
+
+@dataclass(frozen=True)
+class _Create:
+    spec: SandboxSpec
+    op_id: str
+    traceparent: str | None
+    digest: str
+    sid: uuid.UUID
+    pin: str | None
+    limits: Limits
 
 
 def _uuid(sandbox_id: str) -> uuid.UUID | None:
@@ -50,6 +64,7 @@ class SandboxLedger(SnapshotCases, StoreApp):
     def __init__(self, env: dict[str, str] | None, secrets: Secrets) -> None:
         super().__init__(env)
         self.secrets = secrets
+        self._creates: Combiner[_Create, tuple[Sandbox, bool]] = Combiner(self._create_batch)
 
     def find(self, sandbox_id: str, org_id: str | None) -> Sandbox:
         """The caller's sandbox; another org's is reported as absent."""
@@ -76,33 +91,58 @@ class SandboxLedger(SnapshotCases, StoreApp):
             raise Unprocessable(f"at most {limits.max_vcpus} vCPUs and {limits.max_memory_mib} "
                                 "MiB per sandbox for this org")
         pin = self.fork_source(spec, org_id)
+        return self._creates.submit(org_id, _Create(spec, op_id, traceparent, digest, sid, pin,
+                                                    limits))
 
-        def attempt() -> tuple[Sandbox, bool]:  # races on the id, the name or the quota
-            try:
-                existing = self.find(str(sid), org_id)
-            except NotFound:
-                existing = None
-            if existing is not None:
-                if existing.request_hash != digest:
-                    raise IdempotencyMismatch("Idempotency-Key was used with a different body")
-                return existing, False
-            msg = SandboxRequested(op_id=op_id, org_id=org_id, sandbox_id=str(sid),
-                                   spec=spec.model_copy(update={"env": {}}),
-                                   request_hash=digest, traceparent=traceparent,
-                                   pin_host_id=pin, secret_env=bool(spec.env))
+    def _create_batch(self, org_id: str, jobs: Sequence[_Create]
+                      ) -> list[tuple[Sandbox, bool] | Exception]:
+        """The org's concurrent creates in one transaction: one quota update for
+        all of them. Retried whole while it races another instance."""
+        def attempt() -> list[tuple[Sandbox, bool] | Exception]:
             quota = self._get(org_live_uuid(org_id)) or OrgLive(org_id)
-            if not quota.has_room(limits):
-                raise TooMany(f"this org already has {limits.max_live} live sandboxes", 5)
-            sb = Sandbox(msg.model_dump(mode="json"),
-                         sealed_env=self.secrets.seal(spec.env) if spec.env else None)
-            quota.reserve(str(sid))
-            pending: list[Aggregate] = [sb, quota]
-            if spec.name:
-                pending.append(self._claim(org_id, spec.name, str(sid)))
-            self._save(*pending)
-            return sb, True
+            made: dict[uuid.UUID, Sandbox] = {}
+            claims: dict[str, NameClaim] = {}
+            out: list[tuple[Sandbox, bool] | Exception] = []
+            for job in jobs:
+                try:
+                    out.append(self._admit(org_id, job, quota, made, claims))
+                except UseCaseError as exc:
+                    out.append(exc)
+            if made:
+                self._save(*made.values(), quota, *claims.values())
+            return out
         return self.retry_on_conflict(attempt, Conflict(
             "concurrent requests for the same sandbox or name; retry"))
+
+    def _admit(self, org_id: str, job: _Create, quota: OrgLive,
+               made: dict[uuid.UUID, Sandbox], claims: dict[str, NameClaim]
+               ) -> tuple[Sandbox, bool]:
+        existing: Sandbox | None = made.get(job.sid)
+        if existing is None:
+            try:
+                existing = self.find(str(job.sid), org_id)
+            except NotFound:
+                pass
+        if existing is not None:
+            if existing.request_hash != job.digest:
+                raise IdempotencyMismatch("Idempotency-Key was used with a different body")
+            return existing, False
+        spec = job.spec
+        if not quota.has_room(job.limits):
+            raise TooMany(f"this org already has {job.limits.max_live} live sandboxes", 5)
+        if spec.name:  # claimed before the quota moves: a refused name reserves nothing
+            if spec.name in claims:
+                raise Conflict(f"a live sandbox named {spec.name!r} already exists")
+            claims[spec.name] = self._claim(org_id, spec.name, str(job.sid))
+        msg = SandboxRequested(op_id=job.op_id, org_id=org_id, sandbox_id=str(job.sid),
+                               spec=spec.model_copy(update={"env": {}}),
+                               request_hash=job.digest, traceparent=job.traceparent,
+                               pin_host_id=job.pin, secret_env=bool(spec.env))
+        sb = Sandbox(msg.model_dump(mode="json"),
+                     sealed_env=self.secrets.seal(spec.env) if spec.env else None)
+        quota.reserve(str(job.sid))
+        made[job.sid] = sb
+        return sb, True
 
     def env_for_host(self, sandbox_id: str, org_id: str, host_id: str) -> dict[str, str]:
         """The env of a sandbox, for the host it is placed on and no other.

@@ -8,7 +8,7 @@ from collections.abc import Awaitable
 
 from common.httpserver import serve_http
 from common.service import warn_if_plaintext
-from contracts.subjects import consumer
+from contracts.subjects import consumer, sandbox_of_subject
 
 from ..bootstrap import GatewayContext
 from .env_rpc import serve_env
@@ -28,6 +28,8 @@ def jobs(ctx: GatewayContext, stop: asyncio.Event) -> list[Awaitable[None]]:
                        header_timeout_s=s.http_header_timeout_s),
             ctx.relay.run(stop),
             ctx.read_model.run(ctx.ledger, stop),
-            ctx.bus.consume(consumer("gateway-sandbox-ingest"), ingest_handler(ctx), stop),
+            # one sandbox's facts in order (its control-plane and host subjects alike)
+            ctx.bus.consume(consumer("gateway-sandbox-ingest"), ingest_handler(ctx), stop,
+                            concurrency=s.ingest_concurrency, order_key=sandbox_of_subject),
             expiry_loop(ctx, stop),
             serve_env(ctx, stop)]
