@@ -26,6 +26,23 @@ def queued(comb) -> int:
     return sum(len(s.queue) for s in list(comb._slots.values()))
 
 
+def behind_a_running_batch(comb, key, first, rest, hold, caught):
+    """Submit `first`, which blocks in its batch until `hold`; queue `rest`
+    behind it; release. Returns every outcome (a caught error as its text)."""
+    def submit(j):
+        try:
+            return comb.submit(key, j)
+        except caught as e:
+            return str(e)
+    with ThreadPoolExecutor(len(rest) + 1) as pool:
+        head = pool.submit(submit, first)
+        until(lambda: running(comb, key))
+        tail = [pool.submit(submit, j) for j in rest]
+        until(lambda: queued(comb) == len(rest))
+        hold.set()
+        return [head.result()] + [f.result() for f in tail]
+
+
 class Runner:
     def __init__(self, hold: threading.Event | None = None) -> None:
         self.batches: list[tuple[str, list[int]]] = []
@@ -42,19 +59,7 @@ def test_jobs_queued_behind_a_running_batch_run_together_with_their_own_outcomes
     hold = threading.Event()
     run = Runner(hold)
     comb: Combiner[int, int] = Combiner(run)
-
-    def submit(j):
-        try:
-            return comb.submit("org", j)
-        except ValueError as e:
-            return str(e)
-    with ThreadPoolExecutor(9) as pool:
-        first = pool.submit(submit, 0)
-        until(lambda: running(comb, "org"))
-        rest = [pool.submit(submit, j) for j in range(1, 9)]
-        until(lambda: queued(comb) == 8)
-        hold.set()
-        results = [first.result()] + [f.result() for f in rest]
+    results = behind_a_running_batch(comb, "org", 0, range(1, 9), hold, ValueError)
     assert results == [0, "odd 1", 20, "odd 3", 40, "odd 5", 60, "odd 7", 80]
     assert [len(jobs) for _, jobs in run.batches] == [1, 8]
     assert comb._slots == {}  # no slot outlives its callers
@@ -81,19 +86,7 @@ def test_a_batch_that_fails_whole_is_rerun_job_by_job():
             raise RuntimeError("poison")
         return list(jobs)
     comb: Combiner[int, int] = Combiner(run)
-
-    def submit(j):
-        try:
-            return comb.submit("k", j)
-        except RuntimeError as e:
-            return str(e)
-    with ThreadPoolExecutor(5) as pool:
-        first = pool.submit(submit, 0)
-        until(lambda: running(comb, "k"))
-        rest = [pool.submit(submit, j) for j in (1, 2, 3, 4)]
-        until(lambda: queued(comb) == 4)
-        hold.set()
-        results = [first.result()] + [f.result() for f in rest]
+    results = behind_a_running_batch(comb, "k", 0, [1, 2, 3, 4], hold, RuntimeError)
     assert results == [0, 1, 2, "poison", 4]
     assert calls[1] == [1, 2, 3, 4] and calls[2:] == [[1], [2], [3], [4]]
 
