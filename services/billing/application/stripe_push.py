@@ -113,7 +113,9 @@ class StripePush:
             except Exception as e:  # noqa: BLE001 - Stripe's answer, or none
                 status, code = getattr(e, "status", None), getattr(e, "code", None)
                 outcome, reason = classify(status, code), str(e) or e.__class__.__name__
-        await asyncio.to_thread(self._record, line, row["attempts"], outcome, reason)
+            # recorded before the slot is freed: at most `concurrency` lines are
+            # ever sent but not yet recorded, so a crash resends at most that many
+            await asyncio.to_thread(self._record, line, row["attempts"], outcome, reason)
 
     def _record(self, line: PushLine, attempts: int, outcome: Outcome, reason: str) -> None:
         if outcome == "sent":
