@@ -113,7 +113,7 @@ def _start_stack(a: argparse.Namespace, tmp: str) -> tuple[DevStack, list[str]]:
         urls.append(f"http://127.0.0.1:{port}")
     for i in range(1, a.schedulers):
         st.start_service("scheduler", instance=str(i), name=f"scheduler-{i}")
-    st.wait_ready(120)
+    st.wait_ready(120, api_urls=urls)
     return st, urls
 
 
@@ -123,8 +123,6 @@ def platform_column(a: argparse.Namespace) -> dict:
     with tempfile.TemporaryDirectory(prefix="cpb-") as tmp:
         st, urls = _start_stack(a, tmp)
         assert st.creds is not None
-        for u in urls[1:]:
-            _wait_http(u)
         headers = {"Authorization": f"Bearer {st.creds.api_key}"}
         limits = httpx.Limits(max_connections=a.concurrency)
         clients = [httpx.Client(base_url=u, headers=headers, timeout=60, limits=limits)
@@ -185,17 +183,6 @@ def _running(c: httpx.Client) -> set[str]:
         cursor = page["next_cursor"]
         if not cursor:
             return running
-
-
-def _wait_http(url: str) -> None:
-    for _ in range(600):
-        try:
-            if httpx.get(url + "/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError(f"{url} never became ready")
 
 
 def main() -> int:

@@ -95,10 +95,15 @@ class CachedRepository(Repository):
     size during iteration" in the scheduler; a torn copy would be silent)."""
 
     STRIPES = 64
+    _stripes: list[threading.Lock]
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._stripes = [threading.Lock() for _ in range(self.STRIPES)]
+    @classmethod
+    def adopting(cls, plain: Repository) -> CachedRepository:
+        """`plain`, configured by the library from the environment, made atomic."""
+        repo = cls.__new__(cls)
+        repo.__dict__.update(plain.__dict__)
+        repo._stripes = [threading.Lock() for _ in range(cls.STRIPES)]
+        return repo
 
     def get(self, aggregate_id: Any, *, version: int | None = None,
             **kwargs: Any) -> Any:
@@ -113,13 +118,7 @@ class StoreApp(Application):
 
     def construct_repository(self) -> Repository:
         plain = super().construct_repository()
-        if plain.cache is None:
-            return plain
-        return CachedRepository(
-            event_store=plain.event_store, snapshot_store=plain.snapshot_store,
-            cache_maxsize=int(self.env.get(self.AGGREGATE_CACHE_MAXSIZE) or 0),
-            fastforward=plain.fastforward, fastforward_skipping=plain.fastforward_skipping,
-            deepcopy_from_cache=plain.deepcopy_from_cache)
+        return plain if plain.cache is None else CachedRepository.adopting(plain)
 
     conflict_backoff: Callable[[int], None] = staticmethod(jittered_backoff)
 

@@ -153,26 +153,29 @@ class DevStack:
             time.sleep(0.05)
         raise RuntimeError(f"{name} did not start in time; see {path}")
 
-    def wait_ready(self, timeout_s: float = 60) -> None:
+    def wait_ready(self, timeout_s: float = 60, api_urls: list[str] | None = None) -> None:
+        """Every service running, each gateway in `api_urls` (default: the
+        stack's own) answering for our key, and the scheduler seeing our host."""
+        urls = api_urls or [self.api_url]
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             for name, p in self.procs.items():
                 if p.poll() is not None:
                     raise RuntimeError(f"{name} exited with {p.returncode}; see "
                                        f"{self.state_dir}/logs/{name}.log")
-            if self._ready() and self._host_seen():
+            if all(self._ready(u) for u in urls) and self._host_seen():
                 return
             time.sleep(0.1)
         raise RuntimeError("stack did not become ready in time")
 
-    def _ready(self) -> bool:
-        """Gateway ready, and the auth service answering for our key."""
+    def _ready(self, api_url: str) -> bool:
+        """A gateway ready, and the auth service answering for our key."""
         try:
-            with urllib.request.urlopen(self.api_url + "/readyz", timeout=1) as r:
+            with urllib.request.urlopen(api_url + "/readyz", timeout=1) as r:
                 if r.status != 200:
                     return False
             if self.creds:
-                req = urllib.request.Request(self.api_url + "/v1/sandboxes?limit=1", headers={
+                req = urllib.request.Request(api_url + "/v1/sandboxes?limit=1", headers={
                     "Authorization": f"Bearer {self.creds.api_key}"})
                 with urllib.request.urlopen(req, timeout=2) as r:
                     return r.status == 200
