@@ -182,14 +182,18 @@ def _last_heartbeat(st: DevStack) -> dict:
     return asyncio.run(go())
 
 
-def _wait_warm(st: DevStack, mode: str, timeout_s: float = 240) -> None:
-    """Restore needs its template, the pool its VMs: measure the steady state."""
+def _wait_warm(st: DevStack, mode: str, timeout_s: float = 240, claims: int = 0) -> None:
+    """Restore needs its template, the pool its VMs: measure the steady state.
+    A heartbeat counts only once it has seen the `claims` pool creates so far
+    (hits + misses): one sent before the last create would show a full pool."""
     deadline = time.monotonic() + timeout_s
     while mode != "cold" and time.monotonic() < deadline:
         if mode == "pool":
             assert st.nats_url is not None
-            pools = _last_heartbeat(st).get("pools", {})
-            if pools and all(p.get("ready", 0) >= p.get("target", 1) for p in pools.values()):
+            pools = _last_heartbeat(st).get("pools", {}).values()
+            seen = sum(p.get("hits", 0) + p.get("misses", 0) for p in pools)
+            if pools and seen >= claims and \
+                    all(p.get("ready", 0) >= p.get("target", 1) for p in pools):
                 return
         elif '"template ready' in (st.state_dir / "logs" / "host_agent.log").read_text():
             return
@@ -234,9 +238,9 @@ def _platform_mode(a: argparse.Namespace, mode: str) -> dict:
         try:
             _wait_warm(st, mode)
             first, rtt, modes, runs = [], [], [], []
-            for _ in range(a.platform_runs):
+            for i in range(a.platform_runs):
                 if mode == "pool":
-                    _wait_warm(st, mode, 30)  # sequential creates: pool refilled
+                    _wait_warm(st, mode, 30, claims=i)  # sequential creates: pool refilled
                 w0, t0 = time.time(), time.monotonic()
                 r = c.post("/v1/sandboxes?wait=true", json=spec)
                 assert r.status_code == 201, r.text

@@ -108,9 +108,10 @@ HEADERS: dict[str, Any] = {
 }
 FAMILIES = (  # channel key, address (from subjects.py), types, description
     ("sandboxEvents", s.sandbox_subject("{org_id}", "{sandbox_id}", "{type}"),
-     [t for t in EVENT_TYPES if _type(t).startswith(("Sandbox", "Snapshot")) and any(
+     [t for t in EVENT_TYPES if _type(t).startswith(("Sandbox", "Snapshot", "Image")) and any(
          _type(t) in by_channel.get("sandboxEvents", ()) for by_channel in SENDERS.values())],
-     "Sandbox lifecycle facts of the control plane, and the snapshots taken of the sandbox."),
+     "Sandbox lifecycle facts of the control plane, and the snapshots taken of the sandbox. "
+     "Image builds travel here too, with the image id in the sandbox id's place."),
     ("hostFacts", s.host_fact_subject("{host_id}", "{org_id}", "{sandbox_id}", "{type}"),
      [t for t in EVENT_TYPES if _type(t) in s.HOST_FACT_TYPES],
      "What a host reports about a sandbox placed on it, under its own host id (only that "

@@ -8,6 +8,9 @@ from pydantic import Field, TypeAdapter, ValidationError
 
 from .commands import DestroySandbox, PauseSandbox, ResumeSandbox, StartSandbox, StopSandbox
 from .envelope import Envelope
+from .image import (BuildImage, DeleteImage, ImageBuildFailed, ImageBuildLogged,
+                    ImageBuildRequested, ImageBuildScheduled, ImageBuilt, ImageDeleted,
+                    ImageDeleteRequested)
 from .host import HostHeartbeat, HostLost, HostRegistered, HostRevoked
 from .sandbox import (SandboxDestroyed, SandboxDestroyRequested, SandboxExpiring, SandboxFailed,
                       SandboxLost, SandboxPaused, SandboxPauseRequested, SandboxRequested,
@@ -26,11 +29,12 @@ EVENT_TYPES: tuple[type[Envelope], ...] = (
     SandboxResumeRequested, SandboxResumed, SandboxStartRequested,
     SnapshotRequested, SnapshotCreated, SnapshotFailed, SnapshotDeleteRequested,
     SnapshotDeleted, HostRegistered, HostHeartbeat, HostLost, HostRevoked, UsageRecorded,
-    SpendThresholdCrossed,
+    SpendThresholdCrossed, ImageBuildRequested, ImageBuildScheduled, ImageBuildLogged,
+    ImageBuilt, ImageBuildFailed, ImageDeleteRequested, ImageDeleted,
 )
 COMMAND_TYPES: tuple[type[Envelope], ...] = (StartSandbox, StopSandbox, DestroySandbox,
                                               PauseSandbox, ResumeSandbox, TakeSnapshot,
-                                              DeleteSnapshot)
+                                              DeleteSnapshot, BuildImage, DeleteImage)
 ALL_TYPES = EVENT_TYPES + COMMAND_TYPES
 BY_NAME: dict[str, type[Envelope]] = {t.model_fields["type"].default: t for t in ALL_TYPES}
 

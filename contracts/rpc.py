@@ -110,6 +110,19 @@ class SandboxEnv(RpcModel):
     env: dict[str, str] = Field(default_factory=dict, max_length=128, repr=False)
 
 
+class BuildContextRequest(RpcModel):
+    """A host building `image_id` asks for its context, one part at a time."""
+    image_id: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
+    org_id: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
+    offset: int = Field(ge=0)
+    op_id: str = Field(default="-", max_length=64)
+
+
+class BuildContextPart(RpcModel):
+    data_b64: str = Field(repr=False)
+    total: int = Field(ge=0)
+
+
 # --- gateway -> host agent (core NATS request/reply on the host's subject) ---
 class HostRequest(RpcModel):
     sandbox_id: str = Field(min_length=1, max_length=64)

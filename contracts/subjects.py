@@ -16,7 +16,8 @@ HOST_FACT_PREFIX = "corral.evt.hostfact."
 # What a host may report about the sandboxes placed on it (nothing else).
 HOST_FACT_TYPES = ("SandboxStarting", "SandboxStarted", "SandboxFailed", "SandboxStopped",
                    "SandboxDestroyed", "SandboxPaused", "SandboxResumed", "SnapshotCreated",
-                   "SnapshotFailed", "SnapshotDeleted")
+                   "SnapshotFailed", "SnapshotDeleted", "ImageBuildLogged", "ImageBuilt",
+                   "ImageBuildFailed", "ImageDeleted")
 HOST_FACTS = HOST_FACT_PREFIX + ">"
 HOST_EVENTS = "corral.evt.host.>"
 USAGE_EVENTS = "corral.evt.usage.>"
@@ -53,8 +54,16 @@ RPC_AUTH_REVOKE_HOST = "corral.rpc.auth.hosts.revoke"
 RPC_GATEWAY_ENV_PREFIX = "corral.rpc.gateway.env"
 
 
+# A host fetches the build context of an image it builds, in parts, the same way.
+RPC_GATEWAY_BUILDCTX_PREFIX = "corral.rpc.gateway.buildctx"
+
+
 def gateway_env_subject(host_id: str) -> str:
     return f"{RPC_GATEWAY_ENV_PREFIX}.{host_id}"
+
+
+def gateway_buildctx_subject(host_id: str) -> str:
+    return f"{RPC_GATEWAY_BUILDCTX_PREFIX}.{host_id}"
 
 
 def service_inbox(service: str) -> str:
@@ -120,6 +129,12 @@ def host_relay_dead_letters(host_id: str) -> str:
 def subject_for(msg: Any, via_host: str | None = None) -> str:
     """`via_host`: the publisher is that host agent: its facts go on its own subject."""
     kind = msg.type
+    if kind.startswith("Image") and msg.KIND == "event":  # the image id in the sandbox slot
+        if via_host is not None:
+            return host_fact_subject(via_host, msg.org_id, msg.image_id, kind)
+        return sandbox_subject(msg.org_id, msg.image_id, kind)
+    if kind in ("BuildImage", "DeleteImage"):
+        return host_command_subject(msg.host_id, msg.image_id, kind)
     if kind.startswith(("Sandbox", "Snapshot")) and msg.KIND == "event":
         if via_host is not None:
             return host_fact_subject(via_host, msg.org_id, msg.sandbox_id, kind)
@@ -186,10 +201,13 @@ CONSUMERS: tuple[ConsumerDef, ...] = (
                 filter_subjects=_sandbox_types(
                     "SandboxRequested", "SandboxStopRequested", "SandboxDestroyRequested",
                     "SandboxPauseRequested", "SandboxResumeRequested", "SandboxStartRequested",
-                    "SnapshotRequested", "SnapshotDeleteRequested")
-                + _host_fact_types("SandboxDestroyed", "SandboxFailed", "SandboxStopped"),
+                    "SnapshotRequested", "SnapshotDeleteRequested", "ImageBuildRequested",
+                    "ImageDeleteRequested")
+                + _host_fact_types("SandboxDestroyed", "SandboxFailed", "SandboxStopped",
+                                   "ImageBuilt", "ImageBuildFailed"),
                 max_deliver=1000,
-                description="scheduler places requests and routes stop/destroy to hosts"),
+                description="scheduler places requests and image builds, and routes "
+                            "stop/destroy to hosts"),
     ConsumerDef("CORRAL_HOST", "scheduler-hosts",
                 ("corral.evt.host.*.HostRegistered", "corral.evt.host.*.HostRevoked"),
                 description="scheduler tracks host liveness and capacity"),

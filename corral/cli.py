@@ -18,6 +18,11 @@ def _module(mod: str, *args: str) -> int:
 
 
 def cmd_image(a: argparse.Namespace) -> int:
+    """With -t: the org's image from a Dockerfile, through the API. Without:
+    this host's built-in guest image (what `make image` builds)."""
+    if a.tag:
+        from .cli_images import build
+        return build(a)
     args = ["build", "--name", a.name] + (["--rebuild"] if a.rebuild else [])
     return _module("services.host_agent.adapters.guest_image", *args)
 
@@ -83,13 +88,22 @@ def main(argv: list[str] | None = None) -> int:
     doc = sub.add_parser("doctor", help="check this host can run microVMs")
     doc.add_argument("--json", action="store_true")
     doc.set_defaults(fn=cmd_doctor)
-    img = sub.add_parser("image", help="guest images")
+    img = sub.add_parser("image", help="sandbox images: yours (built from a Dockerfile) and "
+                                       "the built-in guest image")
     img_sub = img.add_subparsers(dest="image_cmd", required=True)
-    b = img_sub.add_parser("build", help="build (or reuse) a guest image")
-    b.add_argument("--name", default="default")
-    b.add_argument("--rebuild", action="store_true")
+    b = img_sub.add_parser("build", help="with -t NAME DIR: build your image from DIR's "
+                                         "Dockerfile; without: build this host's built-in "
+                                         "guest image")
+    b.add_argument("--name", default="default", help="built-in image to build (no -t)")
+    b.add_argument("--rebuild", action="store_true", help="rebuild the built-in image")
+    b.add_argument("-t", "--tag", help="your image's name (a DNS label)")
+    b.add_argument("-f", "--file", default="Dockerfile", help="the Dockerfile, in DIR")
+    b.add_argument("--build-arg", action="append", default=[], metavar="KEY=VALUE")
+    b.add_argument("--json", action="store_true", help="print the image as JSON")
+    b.add_argument("dir", nargs="?", default=".", help="the build context (with -t)")
     b.set_defaults(fn=cmd_image)
-    from . import cli_events, cli_sandbox, cli_secrets
+    from . import cli_events, cli_images, cli_sandbox, cli_secrets
+    cli_images.register(img_sub)
     cli_sandbox.register(sub)
     cli_events.register(sub)
     cli_secrets.register(sub)

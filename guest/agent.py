@@ -71,6 +71,7 @@ class Agent(Execs):
         self.timers: list[tuple[float, int, Callable[[], None]]] = []
         self.seq = itertools.count()
         self.env = dict(BASE_ENV)
+        self.defaults: dict[str, str] = {}  # the image's cwd and user for execs
         self.connected = True
         rfd, wfd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.sig_r = rfd
@@ -239,6 +240,11 @@ class Agent(Execs):
             if not all(isinstance(k, str) and isinstance(v, str) for k, v in env.items()):
                 raise P.GuestError("EINVAL", "env must map str to str")
             self.env = {**BASE_ENV, **env}
+        for k in ("cwd", "user"):
+            if h.get(k) is not None:
+                if not isinstance(h[k], str) or not h[k] or len(h[k]) > P.MAX_PATH:
+                    raise P.GuestError("EINVAL", f"{k} must be a non-empty string")
+                self.defaults[k] = h[k]
         if h.get("hostname"):  # /etc/hostname links to the kernel's (see the image)
             socket.sethostname(str(h["hostname"]))
             mark("hostname")

@@ -25,13 +25,14 @@ class Execs:
     procs: dict[int, process.Proc]
     by_rid: dict[int, process.Proc]
     env: dict[str, str]
+    defaults: dict[str, str]
 
     def send(self, header: dict, payload: bytes = b"") -> None: ...
     def call_later(self, delay: float, fn: Callable[[], None]) -> None: ...
 
     def op_exec(self, rid: int, h: dict[str, Any], payload: bytes) -> None:
         try:
-            proc = process.spawn(rid, h, self.env)
+            proc = process.spawn(rid, h, self.env, self.defaults)
         except process.SpawnFailed as e:
             self.send({"id": rid, "type": "out", "stream": "stderr"}, e.stderr)
             self.send({"id": rid, "type": "exit", "code": e.exit_code, "timed_out": False,

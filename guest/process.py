@@ -37,13 +37,44 @@ class Proc:
         self.finished = False
 
 
-def spawn(rid: int, h: dict, base_env: dict[str, str]) -> Proc:
-    """Validate an exec request and start its process (own session, pipes)."""
+def identity(user: str) -> tuple[int, int, list[int], str]:
+    """`name`, `uid`, `name:group` or `uid:gid` in this guest's own passwd/group:
+    (uid, gid, supplementary groups, home)."""
+    import grp
+    import pwd
+    name, _, group = user.partition(":")
+    try:
+        pw = pwd.getpwuid(int(name)) if name.isdigit() else pwd.getpwnam(name)
+        uid, gid, home, login = pw.pw_uid, pw.pw_gid, pw.pw_dir, pw.pw_name
+    except KeyError:
+        if not name.isdigit():
+            raise P.GuestError("EINVAL", f"no user {name!r} in this image") from None
+        uid, gid, home, login = int(name), int(name), "/", ""
+    if group:
+        try:
+            gid = int(group) if group.isdigit() else grp.getgrnam(group).gr_gid
+        except KeyError:
+            raise P.GuestError("EINVAL", f"no group {group!r} in this image") from None
+    groups = os.getgrouplist(login, gid) if login else [gid]
+    return uid, gid, groups, home
+
+
+def spawn(rid: int, h: dict, base_env: dict[str, str], defaults: dict | None = None) -> Proc:
+    """Validate an exec request and start its process (own session, pipes), as
+    the request's user or the image's (`defaults`: cwd, user)."""
     argv = h["argv"]
     if not argv or not all(isinstance(a, str) and "\x00" not in a for a in argv):
         raise P.GuestError("EINVAL", "argv must be non-empty strings without NUL")
+    defaults = defaults or {}
     env = {**base_env, **(h.get("env") or {})}
-    cwd = h.get("cwd") or "/root"
+    user = h.get("user") or defaults.get("user")
+    ids: dict = {}
+    if user and user not in ("root", "0", "0:0"):
+        uid, gid, groups, home = identity(str(user))
+        ids = {"user": uid, "group": gid, "extra_groups": groups}
+        if not (h.get("env") or {}).get("HOME"):
+            env["HOME"] = home
+    cwd = h.get("cwd") or defaults.get("cwd") or "/root"
     P.check_path(cwd)
     if not os.path.isdir(cwd):
         raise P.GuestError("ENOENT", f"cwd {cwd} is not a directory")
@@ -56,7 +87,7 @@ def spawn(rid: int, h: dict, base_env: dict[str, str]) -> Proc:
         popen = subprocess.Popen(
             argv, stdin=subprocess.PIPE if has_stdin else subprocess.DEVNULL,
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=cwd, env=env,
-            start_new_session=True, close_fds=True)
+            start_new_session=True, close_fds=True, **ids)
     except OSError as e:
         code = 126 if e.errno in (errno.EACCES, errno.ENOEXEC, errno.EISDIR) else 127
         raise SpawnFailed(code, f"{argv[0]}: {e.strerror}\n".encode()) from None

@@ -11,6 +11,7 @@ from contracts.subjects import consumer
 
 from .adapters.auth_client import AuthClient
 from .adapters.billing_client import BillingClient
+from .adapters.build_contexts import BuildContexts
 from .adapters.event_stream import JetStreamEvents
 from .adapters.fleet_client import FleetClient
 from .adapters.host_client import HostClient
@@ -18,6 +19,8 @@ from .adapters.read_model import ReadModel
 from .adapters.sealer import Sealer
 from .application.events import EventFeed
 from .application.guest_io import GuestIO
+from .application.image_service import Images
+from .application.images import BuildLimits
 from .application.ledger import SandboxLedger
 from .application.op_limits import OpLimits, parse_op_limits
 from .application.rate_limit import RateLimiter
@@ -42,6 +45,7 @@ class GatewayContext:
     fleet: FleetClient
     billing: BillingClient
     events: EventFeed
+    images: Images
 
     async def ready(self) -> tuple[bool, str]:
         if not self.bus.connected:
@@ -85,8 +89,15 @@ async def bootstrap(settings: GatewaySettings, stop: asyncio.Event | None = None
     sandboxes = Sandboxes(ledger, read_model, limits,
                           RateLimiter(settings.quota_creates_per_minute), waiters, ops,
                           settings.snapshot_ttl_s, spend)
+    contexts = BuildContexts(read_model.engine)
+    await contexts.create()
+    stream = JetStreamEvents(bus.jetstream)
+    images = Images(ledger, contexts, stream, waiters,
+                    BuildLimits(settings.build_concurrency, settings.max_images,
+                                settings.build_vcpus, settings.build_memory_mib,
+                                settings.build_timeout_s),
+                    settings.build_context_max_mib << 20)
     return GatewayContext(settings, bus, ledger, relay, read_model, waiters, sandboxes,
                           GuestIO(ledger, HostClient(bus.client), ops), auth,
                           FleetClient(bus.client, timeout_s=5.0),
-                          billing,
-                          EventFeed(JetStreamEvents(bus.jetstream), sandboxes))
+                          billing, EventFeed(stream, sandboxes), images)

@@ -35,6 +35,14 @@ class GatewaySettings(CommonSettings):
     quota_max_snapshots: int = Field(default=20, ge=0)
     quota_max_snapshot_mib: int = Field(default=20480, ge=0)
     snapshot_ttl_s: int = Field(default=7 * 86400, ge=60, le=365 * 86400)
+    # Image builds, per org: at once, images held, each build VM's size and time,
+    # and the largest build context (or OCI archive) accepted.
+    build_concurrency: int = Field(default=2, ge=1, le=64)
+    max_images: int = Field(default=50, ge=1)
+    build_vcpus: int = Field(default=1, ge=1, le=16)
+    build_memory_mib: int = Field(default=1024, ge=256, le=65536)
+    build_timeout_s: int = Field(default=1800, ge=10, le=86400)
+    build_context_max_mib: int = Field(default=64, ge=1, le=4096)
     # Seals sandbox env values (32 bytes, base64url; `corral secrets` makes one).
     # Empty: one is generated under state_dir (a single-machine stack only).
     secrets_key: str = Field(default="", repr=False)

@@ -6,7 +6,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js.errors import NotFoundError
@@ -19,11 +19,13 @@ from contracts import subjects
 from contracts.rpc import HostIdentity, RegisterHost
 from contracts.subjects import host_agent_consumer
 
+from .adapters.buildctx_client import GatewayBuildContext
 from .adapters.disk import DiskRoom
 from .adapters.env_client import GatewayEnv
 from .adapters.helper.client import HelperClient, HelperNetwork
 from .adapters.network.policy import control_plane_addresses
 from .application.ports import VmmDriver
+from .application.image_builds import ImageBuilds
 from .application.records import VmRecords
 from .application.service import HostAgentService
 from .settings import HostAgentSettings, cidr_list, pool_targets
@@ -84,12 +86,14 @@ def vm_root(settings: HostAgentSettings, host_id: str) -> Path:
     return settings.state_dir.resolve() / f"vms-{host_id[:8]}"
 
 
-async def make_driver(settings: HostAgentSettings, state_dir: Path, vms: Path) -> VmmDriver:
+async def make_driver(settings: HostAgentSettings, state_dir: Path, vms: Path,
+                      store: Any = None) -> VmmDriver:
+    """`store`: the custom images (ImageStore) the driver resolves refs in."""
     if settings.driver == "fake":
         from .adapters.fake_vmm import FakeVmmDriver
         log.warning("using the FAKE VMM driver: sandboxes are idle processes, not VMs")
         return FakeVmmDriver(state_dir)
-    from .adapters.guest_image import image_root
+    from .adapters.guest_image import ensure_image, image_root
     from .adapters.qemu import QemuDriver
     templates = settings.template_dir or image_root().parent / "templates"
     helper = HelperClient(settings.helper_socket) if settings.helper_socket else None
@@ -98,7 +102,27 @@ async def make_driver(settings: HostAgentSettings, state_dir: Path, vms: Path) -
                          "(CORRAL_HELPER_SOCKET; `python -m services.host_agent helper`)")
     return QemuDriver(vms, network=await make_network(settings, helper),
                       template_root=templates, templates=settings.templates,
-                      warm_pool=pool_targets(settings.warm_pool) or None, privileged=helper)
+                      warm_pool=pool_targets(settings.warm_pool) or None, privileged=helper,
+                      image_resolver=store.resolve if store is not None else ensure_image)
+
+
+def make_images(settings: HostAgentSettings, driver: VmmDriver, records: VmRecords, bus: Bus,
+                host_id: str, store: Any) -> ImageBuilds:
+    """Builds run in build VMs of the QEMU driver; a fake-driver host fails them."""
+    ctx = GatewayBuildContext(bus.client, host_id)
+    if store is None:
+        return ImageBuilds(host_id, records, ctx)
+    from .adapters.guest_image import ensure_image
+    from .adapters.images import (BuildVmConfig, ImageBuilder, InMemoryRecorder, bases_for,
+                                  import_archive, remover)
+    builder = ImageBuilder(driver, store, InMemoryRecorder(),
+                           BuildVmConfig(resolver=settings.build_resolver),
+                           context_max_bytes=settings.build_context_max_mib << 20)
+    return ImageBuilds(host_id, records, ctx, builder,
+                       importer=lambda path: import_archive(store, ensure_image("default"), path),
+                       bases=bases_for(store), remove=remover(store, driver,
+                                                             settings.layer_cache_mib << 20),
+                       tmp_dir=store.root / "tmp")
 
 
 async def ensure_command_consumer(bus: Bus, host_id: str, stop: asyncio.Event) -> None:
@@ -152,10 +176,16 @@ async def bootstrap(settings: HostAgentSettings, stop: asyncio.Event) -> HostAge
     relay = OutboxRelay(records, bus, name="host-agent-relay",
                         dead_letters=subjects.host_relay_dead_letters(host_id))
     records.notify_on_save(asyncio.get_running_loop(), relay.wake)
-    driver = await make_driver(settings, state_dir, vm_root(settings, host_id))
+    store = None
+    if settings.driver == "qemu":
+        from .adapters.guest_image import ensure_image, image_root
+        from .adapters.images import ImageStore
+        store = ImageStore(settings.images_dir or image_root() / "custom", ensure_image)
+    driver = await make_driver(settings, state_dir, vm_root(settings, host_id), store)
     snapshot_root = settings.state_dir.resolve() / f"snaps-{host_id[:8]}"
     service = HostAgentService(host_id, records, driver, bus.publish, snapshot_root=snapshot_root,
                                env_source=GatewayEnv(bus.client, host_id),
                                disk_lacks=DiskRoom(snapshot_root,
-                                                   settings.min_free_disk_mib).lacks)
+                                                   settings.min_free_disk_mib).lacks,
+                               images=make_images(settings, driver, records, bus, host_id, store))
     return HostAgentContext(settings, host_id, bus, records, relay, driver, service)

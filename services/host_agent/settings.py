@@ -44,6 +44,19 @@ class HostAgentSettings(CommonSettings):
     # A VM or snapshot is refused (no_space) unless this much disk stays free.
     min_free_disk_mib: int = Field(default=2048, ge=0)
     agent_uid: int | None = Field(default=None, ge=1)
+    # Image builds: the nameserver RUN steps use (default: this host's first);
+    # the largest build context; the layer cache's size before old layers go.
+    build_resolver: str | None = Field(default_factory=lambda: host_resolver())
+    build_context_max_mib: int = Field(default=64, ge=1, le=4096)
+    images_dir: Path | None = None  # custom images and layers (default: beside the built-in)
+    layer_cache_mib: int = Field(default=20480, ge=0)
+
+    @field_validator("build_resolver")
+    @classmethod
+    def _resolver(cls, v: str | None) -> str | None:
+        if v:
+            ipaddress.ip_address(v)
+        return v or None
 
     @field_validator("egress_deny", "egress_allow")
     @classmethod
@@ -51,6 +64,17 @@ class HostAgentSettings(CommonSettings):
         for item in cidr_list(v):
             ipaddress.ip_network(item, strict=False)  # ValueError names the bad one
         return v
+
+
+def host_resolver() -> str | None:
+    try:
+        for line in Path("/etc/resolv.conf").read_text().splitlines():
+            parts = line.split()
+            if len(parts) >= 2 and parts[0] == "nameserver":
+                return parts[1]
+    except OSError:
+        pass
+    return None
 
 
 def cidr_list(text: str) -> list[str]:

@@ -49,6 +49,9 @@ REQUEST_TIMEOUT_S = 30  # a hang is a finding (responds_in_time), not a stuck CI
 CONFIG = schemathesis.Config.from_dict({"checks": {"negative_data_rejection": {
     "expected-statuses": ["400", "401", "403", "404", "405", "406", "409", "413", "415", "422",
                           "428", "429", "5xx"]}}})
+# Image build bodies are archives: fuzzed as raw bytes, like file uploads.
+schemathesis.serializer.alias(["application/x-tar", "application/vnd.oci.image.layout.v1+tar"],
+                              "application/octet-stream")
 CHECKS = {f.__name__: f for f in (
     not_a_server_error,
     oas_checks.status_code_conformance,

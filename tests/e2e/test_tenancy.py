@@ -8,6 +8,8 @@ One whole platform with the FAKE VMM driver (the control plane is under test).
 """
 from __future__ import annotations
 
+import io
+import tarfile
 import time
 import uuid
 
@@ -93,15 +95,35 @@ def new_snapshot(api: Api) -> str:
 
 # Tenant resources by path parameter: how to make one, and what shows its state.
 # A new kind of tenant resource in the API needs a line here (the test says so).
-MAKERS = {"sandbox_id": new_sandbox, "snapshot_id": new_snapshot}
+def new_image(api: Api) -> str:
+    """An image of the org's (the FAKE driver's host cannot build: it fails, and
+    a failed image is still the org's resource)."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tf:
+        ti = tarfile.TarInfo("Dockerfile")
+        ti.size = len(b"FROM default\n")
+        tf.addfile(ti, io.BytesIO(b"FROM default\n"))
+    r = api.post("/v1/images", params={"name": f"img-{uuid.uuid4().hex[:8]}"},
+                 content=buf.getvalue(), headers={"Content-Type": "application/x-tar"})
+    assert r.status_code == 202, r.text
+    iid = r.json()["id"]
+    deadline = time.monotonic() + 60
+    while api.get(f"/v1/images/{iid}").json()["state"] == "building":  # settle before use
+        assert time.monotonic() < deadline, "the image build never ended"
+        time.sleep(0.1)
+    return iid
+
+
+MAKERS = {"sandbox_id": new_sandbox, "snapshot_id": new_snapshot, "image_id": new_image}
 READERS = {"sandbox_id": ("/v1/sandboxes/{}", "/v1/sandboxes/{}/events?limit=500"),
-           "snapshot_id": ("/v1/snapshots/{}",)}
+           "snapshot_id": ("/v1/snapshots/{}",), "image_id": ("/v1/images/{}",)}
 
 
 @pytest.fixture(scope="module")
 def owned(org_a, victim) -> dict[str, str]:
     """One resource of org A per kind of tenant resource (path parameter name)."""
-    return {"sandbox_id": victim["id"], "snapshot_id": new_snapshot(org_a)}
+    return {"sandbox_id": victim["id"], "snapshot_id": new_snapshot(org_a),
+            "image_id": new_image(org_a)}
 
 
 def state_of(api: Api, owned: dict[str, str]) -> dict:

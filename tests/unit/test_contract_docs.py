@@ -14,6 +14,9 @@ from contracts import ALL_TYPES, InvalidMessage, parse_message
 from contracts.commands import (DestroySandbox, PauseSandbox, ResumeSandbox, StartSandbox,
                                 StopSandbox)
 from contracts.export import ROOT, DeadLetter, nats_match, rpc_models, stale
+from contracts.image import (BuildImage, DeleteImage, ImageBuildFailed, ImageBuildLogged,
+                             ImageBuildRequested, ImageBuildScheduled, ImageBuilt, ImageDeleted,
+                             ImageDeleteRequested)
 from contracts.host import HostCapacity, HostHeartbeat, HostLost, HostRegistered, HostRevoked
 from contracts.registry import BY_NAME
 from contracts.sandbox import (Failure, SandboxDestroyed, SandboxDestroyRequested, SandboxExpiring,
@@ -35,6 +38,9 @@ pytestmark = pytest.mark.unit
 TP = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 T0 = datetime(2025, 1, 1, tzinfo=UTC)
 IDS = dict(op_id="op-1", org_id="org-1", sandbox_id="sbx-1")
+IMG = dict(op_id="op-1", org_id="org-1", image_id="img-1")
+IMAGE_REQ = ImageBuildRequested(name="node-app", context_bytes=10240, context_sha256="a" * 64,
+                                bases={"base": "c-" + "b" * 40}, **IMG)
 CAP = HostCapacity(vcpus=8, memory_mib=4096, max_sandboxes=4)
 SAMPLES = [
     SandboxRequested(spec=SandboxSpec(name="build-42", env={"K": "V"}), request_hash="h",
@@ -79,6 +85,18 @@ SAMPLES = [
     SnapshotDeleted(snapshot_id="snap-1", host_id="h-1", **IDS),
     TakeSnapshot(host_id="h-1", snapshot_id="snap-1", **IDS),
     DeleteSnapshot(host_id="h-1", snapshot_id="snap-1", **IDS),
+    IMAGE_REQ,
+    ImageBuildScheduled(host_id="h-1", **IMG),
+    ImageBuildLogged(host_id="h-1", seq=0, text="Step 1/2: RUN true\n", **IMG),
+    ImageBuilt(host_id="h-1", digest="d" * 64, ref="c-" + "d" * 40, size_bytes=400 << 20,
+               took_ms=9000, config={"env": {"A": "1"}, "cwd": "/srv"},
+               steps=[{"line": 2, "op": "run", "cached": False, "ms": 8000}], **IMG),
+    ImageBuildFailed(host_id="h-1", failure=Failure(code="build_failed", message="x"), line=3,
+                     **IMG),
+    ImageDeleteRequested(host_id="h-1", digest="d" * 64, **IMG),
+    ImageDeleted(host_id="h-1", **IMG),
+    BuildImage(host_id="h-1", request=IMAGE_REQ, **IMG),
+    DeleteImage(host_id="h-1", digest="d" * 64, **IMG),
 ]
 
 

@@ -5,9 +5,10 @@ class UseCaseError(Exception):
     status = 400
     code = "bad_request"
 
-    def __init__(self, detail: str):
+    def __init__(self, detail: str, **extra: object):
         super().__init__(detail)
         self.detail = detail
+        self.extra = extra  # more problem+json members (e.g. the Dockerfile line)
 
 
 class NotFound(UseCaseError):
@@ -20,6 +21,10 @@ class Conflict(UseCaseError):
 
 class Unprocessable(UseCaseError):
     status, code = 422, "unprocessable"
+
+
+class TooLarge(UseCaseError):
+    status, code = 413, "too_large"
 
 
 class TooMany(UseCaseError):

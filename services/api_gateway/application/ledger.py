@@ -18,6 +18,7 @@ from contracts import Envelope
 from contracts.sandbox import (SandboxDestroyRequested, SandboxExpiring, SandboxPauseRequested,
                                SandboxRequested, SandboxResumeRequested, SandboxSpec,
                                SandboxStartRequested, SandboxStopRequested, SandboxTtlExtended)
+from contracts.image import ImageEvent
 from contracts.snapshot import SnapshotEvent
 
 from ..domain.name_claim import NameClaim, claim_uuid
@@ -26,6 +27,7 @@ from ..domain.sandbox import ENDED, SANDBOX_FACTS, Sandbox, sandbox_uuid
 from .errors import (Conflict, IdempotencyMismatch, NotFound, OutOfOrder, TooMany, Unprocessable,
                      UseCaseError)
 from .ports import Secrets
+from .images import IMAGE_FACTS, ImageCases
 from .snapshots import SNAPSHOT_FACTS, SnapshotCases
 
 
@@ -55,7 +57,7 @@ def _uuid(sandbox_id: str) -> uuid.UUID | None:
         return None
 
 
-class SandboxLedger(SnapshotCases, StoreApp):
+class SandboxLedger(ImageCases, SnapshotCases, StoreApp):
     name = "gateway"
     # an org's quota gains events with every sandbox, for ever: load from a snapshot
     snapshotting_intervals: ClassVar[dict[type[MutableOrImmutableAggregate[Any]], int]] = {
@@ -184,6 +186,8 @@ class SandboxLedger(SnapshotCases, StoreApp):
 
     def ingest(self, msg: Envelope) -> bool:
         """Fold a fact from another service in; False if already known."""
+        if msg.type in IMAGE_FACTS and isinstance(msg, ImageEvent):
+            return self.ingest_image_fact(msg)
         if msg.type not in SANDBOX_FACTS and msg.type not in SNAPSHOT_FACTS:
             return False
         self._check_source(msg)

@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 from common.tracing import current_traceparent, tracer
+from contracts.image import BUILTIN_IMAGES
 from contracts.sandbox import NetworkSpec, SandboxSpec
 
 from ..domain.quota import Limits
@@ -63,6 +64,9 @@ class Sandboxes:
                      idempotency_key: str | None) -> tuple[Sandbox, bool, str | None]:
         """(sandbox, created: False for an idempotent replay, spend warning)."""
         warning = await self._admit(org_id, 1)
+        if spec.image not in BUILTIN_IMAGES:  # the org's own image: what hosts boot (its ref)
+            ref = await asyncio.to_thread(self.ledger.resolve_image, org_id, spec.image)
+            spec = spec.model_copy(update={"image": ref})
         sb, created = await self._request(org_id, spec, op_id, idempotency_key)
         return sb, created, warning
 

@@ -19,6 +19,7 @@ from .billing_routes import billing_router
 from .deps import Forbidden, op_id
 from .event_routes import events_router
 from .fleet_routes import fleet_router
+from .image_routes import image_router
 from .io_routes import MAX_FILE, io_router
 from .middleware import EdgeMiddleware
 from .problems import RPC_STATUS, problem, problem_openapi
@@ -36,10 +37,12 @@ def create_app(ctx: GatewayContext) -> FastAPI:
     app.state.ctx = ctx
     app.add_middleware(EdgeMiddleware, max_body=ctx.settings.max_body_bytes,
                        uploads=(("PUT", r"/v1/sandboxes/[^/]+/files"),), max_upload=MAX_FILE,
+                       big_uploads=(("POST", r"/v1/images"),),
+                       max_big_upload=ctx.settings.build_context_max_mib << 20,
                        body_idle_s=ctx.settings.http_body_idle_s)
     _errors(app)
     for router in (admin_router, billing_router, io_router, fleet_router, usage_router,
-                   snapshot_router, sandbox_router, events_router):
+                   snapshot_router, sandbox_router, events_router, image_router):
         app.include_router(router)
 
     @app.get("/healthz", tags=["health"])
@@ -77,7 +80,7 @@ def _errors(app: FastAPI) -> None:
         assert isinstance(exc, UseCaseError)
         headers = {"Retry-After": str(exc.retry_after_s)} if isinstance(exc, TooMany) else None
         return problem(exc.status, exc.detail, oid(request), code=exc.code.replace("_", "-"),
-                       headers=headers)
+                       headers=headers, **exc.extra)
 
     async def unauthorized(request: Request, exc: Exception) -> JSONResponse:
         return problem(401, "missing or invalid API key", oid(request),

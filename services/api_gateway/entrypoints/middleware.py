@@ -39,21 +39,23 @@ SLUGS = {408: "request-timeout", 413: "payload-too-large", 422: "validation",
 
 class EdgeMiddleware:
     """Mints `op_id`, adds `X-Op-Id`, enforces the edge's limits and logs.
-    `uploads`: (method, path regex) of routes with the larger `max_upload`."""
+    `uploads`: (method, path regex) of routes with the larger `max_upload`;
+    `big_uploads`: those with `max_big_upload` (image build contexts)."""
 
     def __init__(self, app: ASGIApp, max_body: int,
                  uploads: tuple[tuple[str, str], ...] = (), max_upload: int = 0,
-                 body_idle_s: float = BODY_IDLE_S):
+                 body_idle_s: float = BODY_IDLE_S,
+                 big_uploads: tuple[tuple[str, str], ...] = (), max_big_upload: int = 0):
         self.app = app
         self.body_idle_s = body_idle_s
         self.max_body = max_body
-        self.uploads = [(m, re.compile(p)) for m, p in uploads]
-        self.max_upload = max_upload
+        self.uploads = [(m, re.compile(p), max_upload) for m, p in uploads] + \
+            [(m, re.compile(p), max_big_upload) for m, p in big_uploads]
 
     def _limit(self, scope: Scope) -> int:
-        for method, path in self.uploads:
+        for method, path, limit in self.uploads:
             if scope["method"] == method and path.fullmatch(scope["path"]):
-                return self.max_upload
+                return limit
         return self.max_body
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

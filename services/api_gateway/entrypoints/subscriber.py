@@ -6,6 +6,7 @@ import logging
 
 from common.bus import Handler, Poison, Retry
 from contracts import Envelope
+from contracts.image import ImageEvent
 
 from ..application.errors import NotFound, OutOfOrder
 from ..bootstrap import GatewayContext
@@ -26,5 +27,9 @@ def ingest_handler(ctx: GatewayContext) -> Handler:
         if changed:
             log.info("sandbox fact %s folded in", msg.type,
                      extra={"stage": f"folded:{msg.type}"})
+        if isinstance(msg, ImageEvent):
+            if changed:
+                await ctx.images.folded(msg)
+            return
         ctx.waiters.notify(getattr(msg, "sandbox_id", ""))
     return handle

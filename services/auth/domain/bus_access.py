@@ -73,7 +73,8 @@ def service_grant(service: str) -> Grant:
                s.host_rpc_subject("*", ">"), *_consumers("gateway-sandbox-ingest"),
                *_ephemeral("CORRAL_SANDBOX"), *_ephemeral("CORRAL_HOST"),
                *_ephemeral("CORRAL_USAGE"))
-        sub: tuple[str, ...] = (s.AUTH_REVOKED, f"{s.RPC_GATEWAY_ENV_PREFIX}.*")
+        sub: tuple[str, ...] = (s.AUTH_REVOKED, f"{s.RPC_GATEWAY_ENV_PREFIX}.*",
+                                f"{s.RPC_GATEWAY_BUILDCTX_PREFIX}.*")
     elif service == "scheduler":
         pub = (s.SANDBOX_EVENTS, "corral.evt.host.*.HostLost", s.HOST_COMMANDS,
                *_consumers("scheduler-placement", "scheduler-hosts"),
@@ -100,7 +101,8 @@ def host_grant(host_id: str, inbox: str) -> Grant:
     pub = (s.host_subject(host_id, "HostRegistered"), s.host_subject(host_id, "HostHeartbeat"),
            *(s.host_fact_subject(host_id, "*", "*", t) for t in s.HOST_FACT_TYPES),
            s.RPC_AUTH_REGISTER_HOST,
-           s.gateway_env_subject(host_id), s.dlq_subject(durable),
+           s.gateway_env_subject(host_id), s.gateway_buildctx_subject(host_id),
+           s.dlq_subject(durable),
            s.dlq_subject(s.host_relay_dead_letters(host_id)), "$JS.API.INFO",
            "$JS.API.STREAM.INFO.CORRAL_HOSTCMD", *_durable("CORRAL_HOSTCMD", durable))
     sub = (f"{inbox}.>", s.host_rpc_subject(host_id, ">"))

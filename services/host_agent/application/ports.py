@@ -54,6 +54,7 @@ class ExecRequest:
     env: dict[str, str] = field(default_factory=dict)
     cwd: str | None = None
     stdin: bytes | None = None
+    user: str | None = None  # name or uid[:group] in the guest; None: the image's
     timeout_s: float = 60.0
     output_cap: int = 1 << 20
 

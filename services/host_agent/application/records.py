@@ -8,6 +8,7 @@ from eventsourcing.persistence import IntegrityError
 
 from common.eventstore import StoreApp
 
+from ..domain.image_job import ImageJob, job_uuid
 from ..domain.vm import Vm, vm_uuid
 
 
@@ -75,8 +76,39 @@ class VmRecords(StoreApp):
         self._save(vm)
         return vm
 
+    # -- image builds -----------------------------------------------------------
+    def job(self, image_id: str) -> ImageJob | None:
+        job = self._get(job_uuid(image_id))
+        return job if isinstance(job, ImageJob) else None
+
+    def accept_job(self, image_id: str, org_id: str) -> tuple[ImageJob, bool]:
+        existing = self.job(image_id)
+        if existing is not None:
+            return existing, False
+        job = ImageJob(image_id, org_id)
+        try:
+            self._save(job)
+        except IntegrityError:
+            return self.repository.get(job_uuid(image_id)), False
+        return job, True
+
+    def note_job(self, image_id: str, envelope: dict[str, Any]) -> None:
+        job: ImageJob = self.repository.get(job_uuid(image_id))
+        job.note(envelope)
+        self._save(job)
+
+    def all_jobs(self) -> list[ImageJob]:
+        return [self.repository.get(i) for i in self._created("ImageJob.Accepted")]
+
+    def jobs_with_digest(self, digest: str) -> list[ImageJob]:
+        """Images built here to `digest` and not deleted (identical builds share files)."""
+        return [j for j in self.all_jobs() if j.digest == digest and j.state == "built"]
+
     def all_vms(self) -> list[Vm]:
         """Every Vm ever accepted here (the host-local store is small)."""
+        return [self.repository.get(i) for i in self._created("Vm.Accepted")]
+
+    def _created(self, topic_end: str) -> list[Any]:
         ids: list[Any] = []
         start = 0
         while True:
@@ -84,12 +116,14 @@ class VmRecords(StoreApp):
                                                        inclusive_of_start=False)
             if not notes:
                 break
-            ids.extend(n.originator_id for n in notes if n.topic.endswith("Vm.Accepted"))
+            ids.extend(n.originator_id for n in notes if n.topic.endswith(topic_end))
             start = notes[-1].id
-        return [self.repository.get(i) for i in ids]
+        return ids
 
 
-def _track(active: dict[str, tuple[int, int]], vm: Vm) -> None:
+def _track(active: dict[str, tuple[int, int]], vm: Any) -> None:
+    if not isinstance(vm, Vm):
+        return
     if vm.active:
         active[vm.sandbox_id] = (vm.spec.get("vcpus", 1), vm.spec.get("memory_mib", 0))
     else:

@@ -16,12 +16,14 @@ from contracts.commands import (DestroySandbox, HostCommand, PauseSandbox, Resum
                                 StartSandbox, StopSandbox)
 from contracts.sandbox import (Failure, SandboxDestroyed, SandboxFailed, SandboxPaused,
                                SandboxResumed, SandboxStarted, SandboxStarting, SandboxStopped)
+from contracts.image import ImageCommand
 from contracts.snapshot import (DeleteSnapshot, SnapshotCommand, SnapshotCreated,
                                 SnapshotDeleted, SnapshotFailed, TakeSnapshot)
 
 from ..domain.vm import Vm
 from .ports import (DiskCheck, ExecChunk, ExecRequest, ExecResult, FileListing, VmmDriver,
                     VmSpec)
+from .image_builds import ImageBuilds
 from .records import VmRecords
 
 log = logging.getLogger("corral.host_agent")
@@ -69,7 +71,7 @@ class HostAgentService:
     def __init__(self, host_id: str, records: VmRecords, driver: VmmDriver,
                  publish: Callable[[Envelope], Awaitable[object]],
                  snapshot_root: Path | None = None, env_source: EnvSource = _no_env_source,
-                 disk_lacks: DiskCheck = _room_enough):
+                 disk_lacks: DiskCheck = _room_enough, images: ImageBuilds | None = None):
         self.host_id = host_id
         self.disk_lacks = disk_lacks  # (MiB about to be written) -> why not, or None
         self.env_source = env_source  # (sandbox, org, op) -> env, for sealed envs
@@ -77,12 +79,13 @@ class HostAgentService:
         self.records = records
         self.driver = driver
         self.publish = publish  # for replies about VMs this host never had
+        self.images = images
         self._tasks: set[asyncio.Future] = set()  # resumed boots: keep them referenced
         self._booting: set[str] = set()
 
     async def handle(self, cmd: Envelope) -> None:
         """A command from this host's subject (the bus consumer's handler)."""
-        if not isinstance(cmd, (HostCommand, SnapshotCommand)):
+        if not isinstance(cmd, (HostCommand, SnapshotCommand, ImageCommand)):
             raise Poison(f"{cmd.type} is not a host command")
         if cmd.host_id != self.host_id:
             raise Poison("command for another host")
@@ -94,8 +97,12 @@ class HostAgentService:
             log.error("%s did not finish by its deadline; it will be retried", cmd.type)
             raise
 
-    async def _dispatch(self, cmd: HostCommand | SnapshotCommand) -> None:
-        if isinstance(cmd, StartSandbox):
+    async def _dispatch(self, cmd: HostCommand | SnapshotCommand | ImageCommand) -> None:
+        if isinstance(cmd, ImageCommand):
+            if self.images is None:
+                raise Poison("this host agent takes no image commands")
+            await self.images.handle(cmd)
+        elif isinstance(cmd, StartSandbox):
             await self.start(cmd)
         elif isinstance(cmd, StopSandbox):
             await self.stop(cmd)

@@ -25,6 +25,8 @@ async def startup(ctx: HostAgentContext) -> None:
     if ctx.driver.accel == "tcg":
         log.warning("KVM is not usable here: VMs run under TCG software emulation (slow)")
     await ctx.service.reconcile()
+    if ctx.service.images is not None:
+        await ctx.service.images.recover()
     await announce(ctx)
     log.info("host agent ready", extra={"accel": ctx.driver.accel})
 

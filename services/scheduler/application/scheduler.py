@@ -14,6 +14,7 @@ from common.timefmt import utc_text
 from contracts import Envelope
 from contracts.commands import (DestroySandbox, HostCommand, PauseSandbox, ResumeSandbox,
                                 StartSandbox, StopSandbox)
+from contracts.image import ImageBuildFailed
 from contracts.host import HostHeartbeat, HostLost, HostRegistered, HostRevoked
 from contracts.sandbox import (Failure, SandboxDestroyed, SandboxEvent, SandboxFailed, SandboxLost,
                                SandboxRequested, SandboxScheduled, SandboxSpec)
@@ -23,6 +24,8 @@ from contracts.snapshot import (DeleteSnapshot, SnapshotDeleted, SnapshotEvent, 
 from ..domain.host import Host, SandboxLostRecord, host_uuid, summary
 from ..domain.placement import Placement, placement_uuid
 from ..domain.policy import HostSummary, choose_host
+
+from .builds import BuildCases, NoCapacity, WrongSource
 
 log = logging.getLogger("corral.scheduler")
 INTENT_COMMANDS: dict[str, type[HostCommand]] = {
@@ -36,15 +39,7 @@ def _dump(msg: Envelope) -> dict[str, Any]:
     return msg.model_dump(mode="json")
 
 
-class NoCapacity(Exception):
-    pass
-
-
-class WrongSource(ValueError):
-    """A host reported on a sandbox it does not hold (never applies)."""
-
-
-class Scheduler(StoreApp):
+class Scheduler(BuildCases, StoreApp):
     name = "scheduler"
     # a host gains events with every placement, for ever: load from a snapshot
     snapshotting_intervals: ClassVar[dict[type[MutableOrImmutableAggregate[Any]], int]] = {
@@ -272,10 +267,17 @@ class Scheduler(StoreApp):
 
     def _lost_records(self, h: Host, op_id: str, cause_id: str,
                       reason: str) -> list[SandboxLostRecord]:
-        return [SandboxLostRecord(_dump(SandboxLost(
-            event_id=str(uuid.uuid5(LOST_NS, f"{cause_id}/{sid}")), op_id=op_id,
-            org_id=a["org_id"], sandbox_id=sid, host_id=h.host_id, reason=reason[:500])))
-            for sid, a in h.allocations.items()]
+        """A SandboxLost per sandbox; an ImageBuildFailed per build it ran."""
+        out = []
+        for sid, a in h.allocations.items():
+            ids = dict(event_id=str(uuid.uuid5(LOST_NS, f"{cause_id}/{sid}")), op_id=op_id,
+                       org_id=a["org_id"], host_id=h.host_id)
+            out.append(SandboxLostRecord(_dump(
+                ImageBuildFailed(image_id=sid, failure=Failure(code="host_lost",
+                                                               message=reason[:500]), **ids)
+                if a.get("kind") == "build" else
+                SandboxLost(sandbox_id=sid, reason=reason[:500], **ids))))
+        return out
 
     def mark_lost(self, host_id: str, timeout_s: float, op_id: str) -> list[str]:
         """Record HostLost and a SandboxLost per allocation; exactly once."""

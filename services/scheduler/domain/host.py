@@ -68,9 +68,12 @@ class Host(Aggregate):
                 and self.used_memory_mib + memory_mib <= c["memory_mib"])
 
     @event("Allocated")
-    def allocate(self, sandbox_id: str, org_id: str, vcpus: int, memory_mib: int) -> None:
+    def allocate(self, sandbox_id: str, org_id: str, vcpus: int, memory_mib: int,
+                 kind: str = "sandbox") -> None:
+        """`kind` "build": an image build's VM (its id is the image's)."""
         self.allocations[sandbox_id] = {"org_id": org_id, "vcpus": vcpus,
-                                        "memory_mib": memory_mib}
+                                        "memory_mib": memory_mib,
+                                        **({"kind": kind} if kind != "sandbox" else {})}
 
     def release(self, sandbox_id: str) -> bool:
         if sandbox_id not in self.allocations:
@@ -132,7 +135,7 @@ class SandboxLostRecord(Aggregate):
 
     @event("Recorded")
     def __init__(self, envelope: dict[str, Any]):
-        self.sandbox_id = envelope["sandbox_id"]
+        self.sandbox_id = envelope.get("sandbox_id") or envelope.get("image_id")
 
 
 def summary(h: Host) -> HostSummary:

@@ -26,7 +26,9 @@ class Placement(Aggregate):
     def __init__(self, sandbox_id: str, org_id: str, host_id: str | None,
                  envelope: dict[str, Any], spec: dict[str, Any] | None = None,
                  secret_env: bool = False):
-        """`envelope` is SandboxScheduled, SandboxFailed or SandboxDestroyed.
+        """`envelope` is SandboxScheduled, SandboxFailed or SandboxDestroyed (or
+        for an image build, whose id is the image's: ImageBuildScheduled,
+        ImageBuildFailed or ImageDeleted).
         `secret_env`: the host fetches the env from the gateway at each start."""
         self.sandbox_id = sandbox_id
         self.org_id = org_id
@@ -35,7 +37,9 @@ class Placement(Aggregate):
         self.secret_env = secret_env
         self.handled: list[str] = []
         self.status = {"SandboxScheduled": "placed", "SandboxFailed": "failed",
-                       "SandboxDestroyed": "cancelled"}[envelope["type"]]
+                       "SandboxDestroyed": "cancelled", "ImageBuildScheduled": "placed",
+                       "ImageBuildFailed": "failed", "ImageDeleted": "cancelled"
+                       }[envelope["type"]]
 
     @property
     def active(self) -> bool:

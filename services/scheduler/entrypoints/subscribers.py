@@ -11,11 +11,13 @@ from nats.js.api import DeliverPolicy
 from common.bus import Handler, Poison, Retry
 from common.logging import log_context
 from contracts import Envelope, InvalidMessage, parse_message
+from contracts.image import ImageBuildRequested, ImageDeleteRequested, ImageEvent
 from contracts.host import HostHeartbeat, HostRegistered, HostRevoked
 from contracts.sandbox import SandboxEvent, SandboxRequested
 from contracts.snapshot import SnapshotEvent
 
-from ..application.scheduler import INTENT_COMMANDS, NoCapacity, WrongSource
+from ..application.builds import NoCapacity, WrongSource
+from ..application.scheduler import INTENT_COMMANDS
 from ..bootstrap import SchedulerContext
 
 log = logging.getLogger("corral.scheduler")
@@ -50,7 +52,32 @@ def placement_handler(ctx: SchedulerContext) -> Handler:
                 await asyncio.to_thread(app.host_reported, msg)
             except WrongSource as e:
                 raise Poison(str(e)) from None
+        elif isinstance(msg, ImageEvent):
+            await _image(ctx, msg)
     return handle
+
+
+async def _image(ctx: SchedulerContext, msg: ImageEvent) -> None:
+    app = ctx.app
+    if isinstance(msg, ImageBuildRequested):
+        try:
+            p, new = await asyncio.to_thread(app.place_build, msg, ctx.liveness.alive())
+        except NoCapacity as e:
+            age = (datetime.now(UTC) - msg.occurred_at).total_seconds()
+            if age < ctx.settings.placement_timeout_s:
+                raise Retry(str(e), delay_s=1.0) from None
+            await asyncio.to_thread(app.fail_build, msg, "no_capacity", str(e))
+            log.warning("build placement failed: %s", e)
+            return
+        if new:
+            log.info("build placed on %s", p.host_id, extra={"host_id": p.host_id})
+    elif isinstance(msg, ImageDeleteRequested):
+        await asyncio.to_thread(app.route_image_delete, msg)
+    elif msg.type in ("ImageBuilt", "ImageBuildFailed"):
+        try:
+            await asyncio.to_thread(app.build_reported, msg)
+        except WrongSource as e:
+            raise Poison(str(e)) from None
 
 
 def host_event_handler(ctx: SchedulerContext) -> Handler:

@@ -11,7 +11,7 @@ import shutil
 import subprocess
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 
@@ -19,7 +19,7 @@ from . import init_script, initramfs, kernel, rootfs
 
 log = logging.getLogger("corral.host_agent.guest_image")
 NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
-LAYOUT_VERSION = "1"
+LAYOUT_VERSION = "2"  # 2: runtime.tar
 IMAGES = {"default": {"suite": rootfs.SUITE, "packages": rootfs.PACKAGES}}
 
 
@@ -29,6 +29,16 @@ class ImagePaths:
     initrd: Path
     rootfs: Path
     digest: str
+    # the agent and its Python, injected into imported images (built-ins only)
+    runtime: Path | None = field(default=None, compare=False)
+    # a built image's config: env, cwd, user (execs), cmd, entrypoint, labels
+    config: dict = field(default_factory=dict, compare=False)
+
+    def exec_defaults(self, env: dict[str, str]) -> dict:
+        """configure's arguments: the image's env under the sandbox's, cwd, user."""
+        c = self.config
+        return {"env": {**c.get("env", {}), **env},
+                "defaults": {k: c[k] for k in ("cwd", "user") if c.get(k)}}
 
 
 def image_root() -> Path:
@@ -68,7 +78,8 @@ def digest_of(inputs: dict) -> str:
 
 
 def _paths(d: Path, digest: str) -> ImagePaths:
-    return ImagePaths(d / "vmlinux", d / "initrd.cpio", d / "rootfs.ext4", digest)
+    return ImagePaths(d / "vmlinux", d / "initrd.cpio", d / "rootfs.ext4", digest,
+                      runtime=d / "runtime.tar")
 
 
 def _complete(d: Path) -> bool:
@@ -113,15 +124,16 @@ def _build(final: Path, name: str, inputs: dict, digest: str) -> None:
         os.rename(k.vmlinux, out / "vmlinux")
         initramfs.build_initramfs(out / "initrd.cpio", k.modules)
         t_k = time.monotonic()
-        rootfs.build_rootfs(out / "rootfs.ext4", tmp)
-        for f in ("vmlinux", "initrd.cpio", "rootfs.ext4"):
+        rootfs.build_rootfs(out / "rootfs.ext4", tmp, out / "runtime.tar")
+        for f in ("vmlinux", "initrd.cpio", "rootfs.ext4", "runtime.tar"):
             os.chmod(out / f, 0o444)  # shared by running VMs: never written in place
         manifest = {**inputs, "digest": digest,
                     "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                     "build_s": round(time.monotonic() - t0, 1),
                     "kernel_initrd_s": round(t_k - t0, 1),
                     "sizes": {f: (out / f).stat().st_size
-                              for f in ("vmlinux", "initrd.cpio", "rootfs.ext4")}}
+                              for f in ("vmlinux", "initrd.cpio", "rootfs.ext4",
+                                        "runtime.tar")}}
         (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
         if final.exists():  # rebuild: move the old one aside, running VMs keep their fds
             os.rename(final, tmp / "old")

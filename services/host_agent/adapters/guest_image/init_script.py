@@ -42,5 +42,10 @@ mount -t devpts -o gid=5,mode=620,ptmxmode=666 devpts /newroot/dev/pts
 mount -t tmpfs -o mode=1777 shm /newroot/dev/shm
 mount -t tmpfs -o mode=755 run /newroot/run
 echo "corral-init: root mounted" >/newroot/dev/console
+R=/opt/corral/runtime
+if [ -x /newroot$R/bin/python3.11 ]; then  # an imported image: the agent's own Python
+  exec switch_root /newroot $R/lib/ld-linux-x86-64.so.2 --library-path $R/lib \
+    $R/bin/python3.11 -S -E /opt/corral/guest/agent.py
+fi
 exec switch_root /newroot /usr/bin/python3 -S -E /opt/corral/guest/agent.py
 """

@@ -1,8 +1,10 @@
 """Build the Debian bookworm root filesystem (mmdebstrap) as an ext4 file."""
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
+import tarfile
 from pathlib import Path
 
 SUITE = "bookworm"
@@ -15,6 +17,10 @@ GUEST_SRC = Path(__file__).resolve().parents[4] / "guest"  # the top-level `gues
 GUEST_FILES = ["agent.py", "protocol.py", "console.py", "entropy.py", "netconf.py",
                "files.py", "process.py", "execs.py"]
 AGENT_DIR = "opt/corral/guest"
+RUNTIME_DIR = "opt/corral/runtime"  # the agent's own Python, for images that lack one
+PYTHON = "usr/bin/python3.11"
+STDLIB_SKIP = {"test", "idlelib", "tkinter", "turtledemo", "ensurepip", "lib2to3",
+               "pydoc_data", "unittest", "distutils", "config-3.11-x86_64-linux-gnu"}
 
 
 def guest_sources() -> dict[str, bytes]:
@@ -65,8 +71,29 @@ def make_ext4(root: Path, out: Path, headroom_mib: int = 1024) -> None:
                    stdout=subprocess.DEVNULL)
 
 
-def build_rootfs(out: Path, work: Path) -> None:
+def write_runtime(root: Path, out: Path) -> None:
+    """A tar of the agent (opt/corral/guest) and the image's Python with the
+    libraries it links and its standard library (opt/corral/runtime), run
+    through its own loader: injected into imported images."""
+    ldd = subprocess.run(["chroot", str(root), "ldd", f"/{PYTHON}"], capture_output=True,
+                         text=True, check=True).stdout
+    libs = sorted(set(re.findall(r"(/\S+\.so[.\d]*)", ldd)))
+    with tarfile.open(out, "w") as tf:
+        tf.add(root / AGENT_DIR, AGENT_DIR)
+        tf.add(root / PYTHON, f"{RUNTIME_DIR}/bin/python3.11")
+        for lib in libs:  # links resolved inside the image's root, never the host's
+            real = subprocess.run(["chroot", str(root), "readlink", "-f", lib],
+                                  capture_output=True, text=True, check=True).stdout.strip()
+            tf.add(root / real.lstrip("/"), f"{RUNTIME_DIR}/lib/{Path(lib).name}")
+        for p in sorted((root / "usr/lib/python3.11").iterdir()):
+            if p.name not in STDLIB_SKIP:
+                tf.add(p, f"{RUNTIME_DIR}/lib/python3.11/{p.name}")
+
+
+def build_rootfs(out: Path, work: Path, runtime: Path | None = None) -> None:
     root = work / "root"
     debootstrap(root)
     customise(root)
+    if runtime is not None:
+        write_runtime(root, runtime)
     make_ext4(root, out)

@@ -180,8 +180,9 @@ class AgentClient:
 
     @staticmethod
     def _configure_header(env: dict[str, str] | None, hostname: str | None,
-                          time_ns: int | None, net: dict | None) -> dict:
-        hdr: dict = {"op": "configure"}
+                          time_ns: int | None, net: dict | None,
+                          defaults: dict[str, str] | None = None) -> dict:
+        hdr: dict = {"op": "configure", **(defaults or {})}
         if env is not None:
             hdr["env"] = env
         if hostname:
@@ -194,16 +195,19 @@ class AgentClient:
 
     async def configure(self, env: dict[str, str] | None = None, hostname: str | None = None,
                         entropy: bytes = b"", time_ns: int | None = None,
-                        net: dict | None = None) -> dict:
-        """Sandbox-wide state; after a restore also the clone's identity: `entropy`
-        (credited to the kernel pool + CRNG reseed), wall clock, eth0 MAC/IP/route."""
-        h, _ = await self.request(self._configure_header(env, hostname, time_ns, net), entropy)
+                        net: dict | None = None, defaults: dict[str, str] | None = None) -> dict:
+        """Sandbox-wide state (env; `defaults`: the image's cwd and user for execs);
+        after a restore also the clone's identity: `entropy` (credited to the
+        kernel pool + CRNG reseed), wall clock, eth0 MAC/IP/route."""
+        h, _ = await self.request(self._configure_header(env, hostname, time_ns, net, defaults),
+                                  entropy)
         return h
 
     async def handshake_configure(self, timeout: float, env: dict[str, str] | None = None,
                                   hostname: str | None = None, entropy: bytes = b"",
                                   time_ns: int | None = None, net: dict | None = None,
-                                  configure_timeout: float = 30.0) -> tuple[dict, dict]:
+                                  configure_timeout: float = 30.0,
+                                  defaults: dict[str, str] | None = None) -> tuple[dict, dict]:
         """`hello` and `configure` pipelined: both frames go out at once, the guest
         handles them in order, so a restore pays one round trip instead of two.
         The hello answer is still checked (version) before configure's is used.
@@ -213,7 +217,8 @@ class AgentClient:
         hid, hp = await self._send({"op": "hello", "v": P.VERSION}, deadline=deadline)
         cid = None
         try:
-            cid, cp = await self._send(self._configure_header(env, hostname, time_ns, net),
+            cid, cp = await self._send(self._configure_header(env, hostname, time_ns, net,
+                                                              defaults),
                                        entropy, deadline=deadline)
             async with asyncio.timeout_at(_loop_time(deadline)):
                 h, _ = await self._next(hp)
@@ -237,6 +242,7 @@ class AgentClient:
         if req.cwd is not None:
             P.check_path(req.cwd)
         hdr = {"op": "exec", "argv": list(req.cmd), "env": dict(req.env), "cwd": req.cwd,
+               **({"user": req.user} if req.user else {}),
                "timeout_s": req.timeout_s, "output_cap": req.output_cap,
                "stdin": req.stdin is not None}
         t0 = time.monotonic()

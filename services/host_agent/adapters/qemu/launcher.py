@@ -258,14 +258,16 @@ class Launcher:
         it. `lease` None: no NIC, or (warm pool) eth0 got the lease at fill time."""
         t0 = time.monotonic()
         qmp, agent = vm.control
+        image = vm.launch.image if vm.launch is not None else spec.image
+        defaults = (await self.image(image)).exec_defaults(dict(spec.env))
         await qmp.execute("cont")
         t_cont = time.monotonic()
         # hello + configure in one write (one round trip): the guest answers the
         # versioned hello first, then applies the identity.
         try:
             _hello, conf = await agent.handshake_configure(
-                self.restore_timeout(), env=dict(spec.env), hostname=guest_hostname(spec),
-                entropy=os.urandom(256), time_ns=time.time_ns(), net=net_identity(lease))
+                self.restore_timeout(), hostname=guest_hostname(spec), entropy=os.urandom(256),
+                time_ns=time.time_ns(), net=net_identity(lease), **defaults)
         except TimeoutError:
             if agent.hello is None:
                 raise VmBootTimeout("restored guest agent did not answer hello") from None

@@ -64,7 +64,7 @@ async def cold_boot(launcher: Launcher, spec: VmSpec, record: ResourceRecorder,
         launcher.vms[sid] = vm
         await rec(K_PID, str(started.pid))
         await launcher.connect(vm, launcher.boot_timeout(accel))
-        await vm.control[1].configure(env=dict(spec.env), hostname=hostname)
+        await vm.control[1].configure(hostname=hostname, **img.exec_defaults(dict(spec.env)))
     except BaseException as e:
         log.error("VM start failed; cleaning up",
                   extra={"sandbox_id": sid, "error": repr(e),

@@ -1,0 +1,95 @@
+"""`corral image build -t NAME DIR | import | ls | rm`: the org's own images."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from .sdk import Image, ImageBuildError, NotFoundError
+
+
+def _pairs(items: list[str]) -> dict[str, str]:
+    out = {}
+    for it in items:
+        k, sep, v = it.partition("=")
+        if not sep or not k:
+            raise SystemExit(f"corral: --build-arg must be KEY=VALUE, got {it!r}")
+        out[k] = v
+    return out
+
+
+def _log(text: str) -> None:
+    sys.stderr.write(text)
+    sys.stderr.flush()
+
+
+def _done(img: Image, as_json: bool) -> int:
+    if as_json:
+        print(json.dumps(img.info, indent=2, sort_keys=True))
+    else:
+        size = (img.info.get("size_bytes") or 0) >> 20
+        print(f"{img.id} {img.name} {img.state} {size} MiB")
+    return 0
+
+
+def build(a: argparse.Namespace) -> int:
+    """Live build output on stderr, the image on stdout."""
+    try:
+        img = Image.build(a.dir, a.tag, dockerfile=a.file, build_args=_pairs(a.build_arg),
+                          on_log=_log)
+    except ImageBuildError as e:
+        print(f"corral: {e}", file=sys.stderr)
+        return 1
+    return _done(img, a.json)
+
+
+def cmd_import(a: argparse.Namespace) -> int:
+    try:
+        img = Image.import_archive(a.archive, a.tag, on_log=_log)
+    except ImageBuildError as e:
+        print(f"corral: {e}", file=sys.stderr)
+        return 1
+    return _done(img, a.json)
+
+
+def _find(ref: str) -> Image:
+    try:
+        return Image.get(ref)
+    except NotFoundError:
+        hits = [i for i in Image.list() if i.name == ref]
+        if not hits:
+            raise
+        return hits[0]
+
+
+def cmd_ls(a: argparse.Namespace) -> int:
+    images = Image.list()
+    if a.json:
+        print(json.dumps([i.info for i in images], indent=2, sort_keys=True))
+        return 0
+    for i in images:
+        size = (i.info.get("size_bytes") or 0) >> 20
+        print(f"{i.id}  {i.name:<24} {i.state:<9} {size:>6} MiB  {i.info.get('created_at', '')}")
+    return 0
+
+
+def cmd_rm(a: argparse.Namespace) -> int:
+    for ref in a.image:
+        img = _find(ref)
+        img.delete()
+        print(f"{img.id} {img.state}")
+    return 0
+
+
+def register(img_sub: argparse._SubParsersAction) -> None:
+    p = img_sub.add_parser("import", help="import an OCI layout tar or `docker save` archive")
+    p.add_argument("-t", "--tag", required=True, help="the image's name")
+    p.add_argument("archive")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_import)
+    p = img_sub.add_parser("ls", help="your images")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_ls)
+    p = img_sub.add_parser("rm", help="delete images (by id or name)")
+    p.add_argument("image", nargs="+")
+    p.set_defaults(fn=cmd_rm)
