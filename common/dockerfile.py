@@ -166,10 +166,10 @@ def parse(text: str, build_args: dict[str, str] | None = None) -> Plan:
         raise DockerfileError(ins[i].line if i < len(ins) else 1,
                               "the first instruction must be FROM")
     words = substitute(ins[i].args, args).split()
+    if words and words[0].startswith("--"):
+        raise DockerfileError(ins[i].line, "FROM flags (such as --platform) are not supported")
     if len(words) not in (1, 3) or (len(words) == 3 and words[1].upper() != "AS"):
         raise DockerfileError(ins[i].line, "FROM takes an image name (and optionally AS name)")
-    if words[0].startswith("--"):
-        raise DockerfileError(ins[i].line, "FROM flags (such as --platform) are not supported")
     plan = Plan(base=words[0], steps=[], env={}, workdir="/root", user="root", labels={},
                 cmd=None, entrypoint=None, exposed=[])
     args = {}
@@ -245,5 +245,5 @@ def _copy(ins: Instruction, values: dict[str, str], plan: Plan) -> Step:
         if norm == ".." or norm.startswith("../"):
             raise DockerfileError(ins.line, f"{ins.op}: {s} is outside the build context")
     if not dest.startswith("/"):
-        dest = posixpath.join(plan.workdir, dest) + ("/" if dest.endswith("/") else "")
+        dest = posixpath.join(plan.workdir, dest)  # keeps a trailing "/" (a directory)
     return _step(ins, "copy", values, plan, sources=sources, dest=dest, chown=chown)

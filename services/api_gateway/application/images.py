@@ -71,6 +71,17 @@ class ImageCases(StoreApp):
         raise Unprocessable(f"no image {image!r}: built-in ({', '.join(BUILTIN_IMAGES)}) "
                             "or one of this org's ready images")
 
+    def image_host(self, ref: str, org_id: str) -> str | None:
+        """The host holding the org's image `ref` (its sandboxes run there: images
+        are not yet copied between hosts); None for a built-in."""
+        if not REF_RE.match(ref):
+            return None
+        for iid in (self.org_images(org_id) or OrgImages(org_id)).names.values():
+            img = self.find_image(iid, org_id)
+            if img.ref == ref and img.state == "ready":
+                return img.host_id
+        raise Unprocessable(f"no image {ref!r}")
+
     def request_build(self, msg: ImageBuildRequested, limits: BuildLimits) -> Image:
         """A building image under a name no other building or ready image of the
         org holds, within the org's builds in progress and image count."""

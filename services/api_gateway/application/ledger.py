@@ -92,7 +92,7 @@ class SandboxLedger(ImageCases, SnapshotCases, StoreApp):
         if spec.vcpus > limits.max_vcpus or spec.memory_mib > limits.max_memory_mib:
             raise Unprocessable(f"at most {limits.max_vcpus} vCPUs and {limits.max_memory_mib} "
                                 "MiB per sandbox for this org")
-        pin = self.fork_source(spec, org_id)
+        pin = self.fork_source(spec, org_id) or self.image_host(spec.image, org_id)
         return self._creates.submit(org_id, _Create(spec, op_id, traceparent, digest, sid, pin,
                                                     limits))
 

@@ -31,12 +31,12 @@ class Unpacker:
     def close(self) -> None:
         os.close(self.root_fd)
 
-    def _parts(self, name: str) -> list[str]:
+    @staticmethod
+    def _parts(name: str) -> list[str]:
+        """A name cleaned as if it started at the root ("a/../../x" is "x"), as
+        Docker does: ".." never climbs above the root."""
         norm = posixpath.normpath("/" + name).lstrip("/")
-        parts = [p for p in norm.split("/") if p not in ("", ".")]
-        if any(p == ".." for p in parts):
-            raise UnpackError(f"layer entry {name!r} escapes the root")
-        return parts
+        return [p for p in norm.split("/") if p not in ("", ".")]
 
     def _dir(self, parts: list[str], create: bool) -> int:
         """An fd of directory `parts` (made if `create`). Symlinks on the way are
