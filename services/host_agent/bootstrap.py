@@ -119,7 +119,8 @@ def make_images(settings: HostAgentSettings, driver: VmmDriver, records: VmRecor
                            BuildVmConfig(resolver=settings.build_resolver),
                            context_max_bytes=settings.build_context_max_mib << 20)
     return ImageBuilds(host_id, records, ctx, builder,
-                       importer=lambda path: import_archive(store, ensure_image("default"), path),
+                       importer=lambda path, org: import_archive(
+                           store, ensure_image("default"), path, scope=org),
                        bases=bases_for(store), remove=remover(store, driver,
                                                              settings.layer_cache_mib << 20),
                        tmp_dir=store.root / "tmp")

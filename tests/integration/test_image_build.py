@@ -110,12 +110,14 @@ class Env:
         shutil.rmtree(self.tmp, ignore_errors=True)
 
     async def build(self, dockerfile: str, files: dict[str, bytes] | None = None,
-                    bases: dict[str, str] | None = None, log: list[str] | None = None):
+                    bases: dict[str, str] | None = None, log: list[str] | None = None,
+                    scope: str = "org-a"):
         async def out(text: str) -> None:
             if log is not None:
                 log.append(text)
         return await self.builder.build(self.builder.context(context(dockerfile, files)),
-                                        bases_for(self.store)(bases or {}), out=out)
+                                        bases_for(self.store)(bases or {}), out=out,
+                                        scope=scope)
 
     async def run(self, ref: str, *cmd: str, user: str | None = None) -> str:
         sid = f"ib-{secrets.token_hex(4)}"
@@ -184,6 +186,17 @@ async def test_two_concurrent_builds_of_one_dockerfile_do_the_work_once(env: Env
     assert a.digest == b.digest
     ran = [s["cached"] for s in a.steps][-1], [s["cached"] for s in b.steps][-1]
     assert sorted(ran) == [False, True], (a.steps, b.steps)  # one built it, one waited
+
+
+async def test_layers_are_shared_within_an_org_only_and_steps_start_afresh(env: Env):
+    df = ("FROM default\nRUN sh -c 'sleep 600 > /dev/null 2>&1 &'\n"
+          f"RUN ! pgrep -x sleep && echo {secrets.token_hex(4)} > /tag\n")
+    a = await env.build(df, scope="org-a")  # the second RUN fails if the sleep survived
+    again = await env.build(df, scope="org-a")
+    other = await env.build(df, scope="org-b")
+    assert [s["cached"] for s in a.steps] == [False, False]
+    assert [s["cached"] for s in again.steps] == [True, True] and again.digest == a.digest
+    assert [s["cached"] for s in other.steps] == [False, False] and other.digest != a.digest
 
 
 async def test_from_an_own_image_and_user(env: Env, built):

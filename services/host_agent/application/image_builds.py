@@ -87,12 +87,12 @@ class ImageBuilds:
                                       req.context_sha256)
             async with asyncio.timeout(req.timeout_s):
                 if req.source == "oci":
-                    res = await self._import(blob)
+                    res = await self._import(blob, cmd.org_id)
                 else:
                     res = await self.builder.build(
                         self.builder.context(blob), self.bases(req.bases),
                         dockerfile=req.dockerfile, build_args=req.build_args, out=logs.write,
-                        vcpus=req.vcpus, memory_mib=req.memory_mib)
+                        vcpus=req.vcpus, memory_mib=req.memory_mib, scope=cmd.org_id)
             fact = ImageBuilt(digest=res.digest, ref=res.ref, size_bytes=res.size_bytes,
                               took_ms=int((time.monotonic() - t0) * 1000),
                               config={k: v for k, v in res.config.items()
@@ -114,12 +114,12 @@ class ImageBuilds:
         await logs.flush()
         await self._note(cmd.image_id, fact)
 
-    async def _import(self, blob: bytes) -> Any:
+    async def _import(self, blob: bytes, org_id: str) -> Any:
         assert self.importer is not None
         with tempfile.NamedTemporaryFile(dir=self.tmp_dir, suffix=".tar") as f:
             await asyncio.to_thread(f.write, blob)
             await asyncio.to_thread(f.flush)
-            return await self.importer(Path(f.name))
+            return await self.importer(Path(f.name), org_id)
 
     async def _delete(self, cmd: DeleteImage) -> None:
         job = await asyncio.to_thread(self.records.job, cmd.image_id)

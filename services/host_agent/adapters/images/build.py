@@ -64,7 +64,9 @@ class ImageBuilder:
     async def build(self, context: BuildContext, base_of: Callable[[str], Base], *,
                     dockerfile: str = "Dockerfile", build_args: dict[str, str] | None = None,
                     out: Log | None = None, vcpus: int | None = None,
-                    memory_mib: int | None = None) -> BuildResult:
+                    memory_mib: int | None = None, scope: str = "") -> BuildResult:
+        """`scope` (the org): layers are shared only by builds of one scope, so
+        no tenant learns from a cache hit what another built (a build arg, say)."""
         async def say(text: str) -> None:
             if out is not None:
                 await out(text)
@@ -80,7 +82,7 @@ class ImageBuilder:
         cfg = replace(self.cfg, vcpus=vcpus or self.cfg.vcpus,
                       memory_mib=memory_mib or self.cfg.memory_mib)
         vm: BuildVm | None = None
-        key, ref, rootfs = base.key, base.ref, base.rootfs
+        key, ref, rootfs = content_key(LAYOUT, "scope", scope, base.key), base.ref, base.rootfs
         steps: list[dict] = []
         try:
             async with asyncio.timeout(self.build_timeout_s):

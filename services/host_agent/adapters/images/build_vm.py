@@ -77,7 +77,17 @@ class BuildVm:
             await self._run(step, out)
         elif step.op == "copy" and payload is not None:
             await self._copy(step, payload)
+        await self._settle()
         await self._exec(["sync"], step)
+
+    async def _settle(self) -> None:
+        """No process of a step outlives it (each RUN starts afresh, as in Docker,
+        and nothing writes while the disk is cut): all but the agent killed."""
+        try:
+            await self.driver.exec(self.sid, ExecRequest(
+                ["/bin/sh", "-c", "kill -KILL -1 2>/dev/null; exit 0"], timeout_s=30))
+        except Exception as e:  # noqa: BLE001 - an image without a shell runs no daemons
+            log.info("no process sweep in the build VM: %r", e)
 
     async def _run(self, step: Step, out: Log) -> None:
         saved = None

@@ -57,8 +57,9 @@ def _unpack(archive: Path, runtime: Path, root: Path, max_bytes: int) -> tuple[s
 
 
 async def import_archive(store: ImageStore, base: ImagePaths, archive: Path, *,
-                         max_bytes: int = 8 << 30) -> BuildResult:
-    """`base`: the built-in image whose runtime (agent + Python) is injected."""
+                         max_bytes: int = 8 << 30, scope: str = "") -> BuildResult:
+    """`base`: the built-in image whose runtime (agent + Python) is injected;
+    `scope` (the org): imports are shared within it only."""
     if base.runtime is None or not base.runtime.is_file():
         raise BuildError("the built-in image has no runtime to inject; rebuild it")
     work = Path(tempfile.mkdtemp(prefix=".import-", dir=store.root / "tmp"))
@@ -72,7 +73,7 @@ async def import_archive(store: ImageStore, base: ImagePaths, archive: Path, *,
             raise BuildError(f"cannot import the archive: {e}") from None
         config = {**config, "base": f"oci:{oci_digest}"}
         runtime_digest = await asyncio.to_thread(_digest_of, base.runtime)
-        key = content_key(LAYOUT, "oci", oci_digest, runtime_digest)
+        key = content_key(LAYOUT, "oci", scope, oci_digest, runtime_digest)
         digest = content_key(LAYOUT, key, config)
         async with store.lock(key):
             if not store.has_layer(key):
