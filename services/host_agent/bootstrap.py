@@ -107,7 +107,7 @@ async def make_driver(settings: HostAgentSettings, state_dir: Path, vms: Path,
 
 
 def make_images(settings: HostAgentSettings, driver: VmmDriver, records: VmRecords, bus: Bus,
-                host_id: str, store: Any) -> ImageBuilds:
+                host_id: str, store: Any, disk: DiskRoom) -> ImageBuilds:
     """Builds run in build VMs of the QEMU driver; a fake-driver host fails them."""
     ctx = GatewayBuildContext(bus.client, host_id)
     if store is None:
@@ -123,7 +123,7 @@ def make_images(settings: HostAgentSettings, driver: VmmDriver, records: VmRecor
                            store, ensure_image("default"), path, scope=org),
                        bases=bases_for(store), remove=remover(store, driver,
                                                              settings.layer_cache_mib << 20),
-                       tmp_dir=store.root / "tmp")
+                       tmp_dir=store.root / "tmp", disk_lacks=disk.lacks)
 
 
 async def ensure_command_consumer(bus: Bus, host_id: str, stop: asyncio.Event) -> None:
@@ -188,5 +188,7 @@ async def bootstrap(settings: HostAgentSettings, stop: asyncio.Event) -> HostAge
                                env_source=GatewayEnv(bus.client, host_id),
                                disk_lacks=DiskRoom(snapshot_root,
                                                    settings.min_free_disk_mib).lacks,
-                               images=make_images(settings, driver, records, bus, host_id, store))
+                               images=make_images(settings, driver, records, bus, host_id, store,
+                                                  DiskRoom(store.root if store else snapshot_root,
+                                                           settings.min_free_disk_mib)))
     return HostAgentContext(settings, host_id, bus, records, relay, driver, service)

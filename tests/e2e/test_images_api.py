@@ -179,3 +179,28 @@ def test_builds_beyond_the_orgs_concurrency_are_429(api: Api, image):
     again = api.post("/v1/images", params={"name": "slow2", "wait": "true"}, headers=TAR,
                      content=ctx("FROM default\nRUN true\n"))
     assert again.status_code == 201, again.text
+
+
+def test_the_cli_builds_lists_and_removes(istack, api: Api, tmp_path):
+    import os
+    import subprocess
+    import sys
+    ctx_dir = tmp_path / "ctx"
+    ctx_dir.mkdir()
+    (ctx_dir / "Dockerfile.dev").write_text("FROM default\nCOPY note.txt /opt/\n")
+    (ctx_dir / "note.txt").write_text("from the cli\n")
+    env = {**os.environ, "CORRAL_API_URL": istack.api_url,
+           "CORRAL_API_KEY": istack.creds.api_key}
+
+    def corral(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "corral", *args], env=env,
+                              capture_output=True, text=True, timeout=300)
+    r = corral("image", "build", "-t", "clidemo", "-f", "Dockerfile.dev", str(ctx_dir))
+    assert r.returncode == 0, r.stderr
+    assert "Step 1/1 (line 2): COPY note.txt /opt/" in r.stderr
+    assert " clidemo ready " in r.stdout
+    assert "clidemo" in corral("image", "ls").stdout
+    bad = corral("image", "build", "-t", "clibad", str(ctx_dir))  # no ./Dockerfile
+    assert bad.returncode == 1 and "Dockerfile is not a file" in bad.stderr
+    assert corral("image", "rm", "clidemo").returncode == 0
+    assert api.post("/v1/sandboxes", json={"image": "clidemo"}).status_code == 422

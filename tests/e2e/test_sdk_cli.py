@@ -193,7 +193,9 @@ class TestOneMicroVM:
     def test_events_tail_json_sees_the_create(self, vm, box, tmp_path):
         p = subprocess.Popen([sys.executable, "-m", "corral", "events", "tail", "--json",
                               "--since", "30m", "--sandbox", box.id], env=cli_env(vm), cwd=tmp_path,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             # a shell's background job ignores SIGINT, and so would the CLI
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         lines: list[dict] = []
 
         def read():

@@ -54,8 +54,9 @@ class Images:
             raise TooLarge(f"the build context is {len(body)} bytes; the limit is "
                            f"{self.max_context_bytes}")
         oci = content_type in OCI_TYPES
-        bases = await asyncio.to_thread(self.ledger.ready_refs, org_id)
-        await asyncio.to_thread(self._check, body, oci, dockerfile, build_args, bases)
+        refs = await asyncio.to_thread(self.ledger.ready_refs, org_id)
+        base = await asyncio.to_thread(self._check, body, oci, dockerfile, build_args, refs)
+        bases = {base: refs[base]} if base in refs else {}  # the one FROM names
         image_id = str(uuid.uuid4())
         msg = ImageBuildRequested(
             op_id=op_id, org_id=org_id, image_id=image_id, name=name,
@@ -72,7 +73,9 @@ class Images:
             raise
 
     def _check(self, body: bytes, oci: bool, dockerfile: str, build_args: dict[str, str],
-               bases: dict[str, str]) -> None:
+               bases: dict[str, str]) -> str | None:
+        """The image FROM names (None for an archive); Unprocessable if the
+        request cannot build."""
         if oci:
             try:
                 with tarfile.open(fileobj=io.BytesIO(body), mode="r:") as tf:
@@ -82,7 +85,7 @@ class Images:
             if "index.json" not in names and "manifest.json" not in names:
                 raise Unprocessable("neither an OCI layout (index.json) nor a docker save "
                                     "archive (manifest.json)")
-            return
+            return None
         try:
             plan = parse(BuildContext.from_tar(body, self.max_context_bytes).text(dockerfile),
                          build_args)
@@ -94,15 +97,23 @@ class Images:
             raise Unprocessable(f"{dockerfile}: FROM {plan.base}: not a built-in image "
                                 f"({', '.join(BUILTIN_IMAGES)}) nor one of this org's ready "
                                 "images")
+        return plan.base
 
     async def find(self, image_id: str, org_id: str) -> Image:
         return await asyncio.to_thread(self.ledger.find_image, image_id, org_id)
 
     async def list(self, org_id: str) -> list[Image]:
         def load() -> list[Image]:
+            """Newest first, at most 200, deleted ones left out."""
             org = self.ledger.org_images(org_id)
-            found = [self.ledger.find_image(i, org_id) for i in (org.history if org else [])]
-            return [i for i in reversed(found) if i.state != "deleted"][:200]
+            out: list[Image] = []
+            for iid in reversed(org.history if org else []):
+                img = self.ledger.find_image(iid, org_id)
+                if img.state != "deleted":
+                    out.append(img)
+                if len(out) >= 200:
+                    break
+            return out
         return await asyncio.to_thread(load)
 
     async def delete(self, image_id: str, org_id: str, op_id: str) -> Image:

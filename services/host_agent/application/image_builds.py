@@ -21,6 +21,7 @@ from .records import VmRecords
 
 log = logging.getLogger("corral.host_agent.images")
 LOG_FLUSH_S, LOG_PART = 0.5, 8192
+BUILD_DISK_MIB = 4096  # a few layers' worth must stay free under the host's reserve
 ContextSource = Callable[[str, str, str, int, str], Awaitable[bytes]]
 
 
@@ -32,10 +33,12 @@ class ImageBuilds:
                  builder: Any = None, importer: Callable[..., Awaitable[Any]] | None = None,
                  bases: Callable[[dict[str, str]], Callable[[str], Any]] | None = None,
                  remove: Callable[[str], Awaitable[bool]] | None = None,
-                 tmp_dir: Path | None = None) -> None:
+                 tmp_dir: Path | None = None,
+                 disk_lacks: Callable[[int], str | None] = lambda _mib: None) -> None:
         self.host_id, self.records, self.context = host_id, records, context
         self.builder, self.importer, self.bases, self.remove = builder, importer, bases, remove
         self.tmp_dir = tmp_dir
+        self.disk_lacks = disk_lacks  # (MiB about to be written) -> why not, or None
         self._tasks: dict[str, asyncio.Task[None]] = {}
 
     def _ids(self, cmd: ImageCommand) -> dict[str, Any]:
@@ -83,6 +86,9 @@ class ImageBuilds:
         try:
             if self.builder is None or self.bases is None or self.importer is None:
                 raise _Refused("this host cannot build images")
+            lack = await asyncio.to_thread(self.disk_lacks, BUILD_DISK_MIB)
+            if lack:
+                raise _Refused(f"no space for a build on this host: {lack}")
             blob = await self.context(cmd.image_id, cmd.org_id, cmd.op_id, req.context_bytes,
                                       req.context_sha256)
             async with asyncio.timeout(req.timeout_s):
@@ -127,8 +133,13 @@ class ImageBuilds:
             return
         if job is None:
             job, _ = await asyncio.to_thread(self.records.accept_job, cmd.image_id, cmd.org_id)
-        if cmd.image_id in self._tasks:  # deleted while building: stop the build
-            self._tasks[cmd.image_id].cancel()
+        task = self._tasks.get(cmd.image_id)
+        if task is not None:  # deleted while building: stop it, and say it ended
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            await self._note(cmd.image_id, ImageBuildFailed(failure=Failure(
+                code="cancelled", message="the image was deleted during its build"),
+                **self._ids(cmd)))
         digest = cmd.digest or (job.digest if job is not None else None)
         others = await asyncio.to_thread(self.records.jobs_with_digest, digest) if digest else []
         if digest and self.remove is not None and not [j for j in others
