@@ -4,6 +4,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -123,7 +124,21 @@ def make_images(settings: HostAgentSettings, driver: VmmDriver, records: VmRecor
                            store, ensure_image("default"), path, scope=org),
                        bases=bases_for(store), remove=remover(store, driver,
                                                              settings.layer_cache_mib << 20),
-                       tmp_dir=store.root / "tmp", disk_lacks=disk.lacks)
+                       tmp_dir=store.root / "tmp", disk_lacks=disk.lacks,
+                       prepare=templates_for(driver, settings.image_templates))
+
+
+def templates_for(driver: VmmDriver, classes: str) -> Callable[[str], Awaitable[None]] | None:
+    """`CORRAL_IMAGE_TEMPLATES`: a new image's templates, made as soon as it is built."""
+    wanted = [tuple(int(x) for x in c.split("/")) for c in classes.split(",") if c]
+    if not wanted:
+        return None
+
+    async def prepare(ref: str) -> None:
+        for vcpus, mem in wanted:
+            if await driver.prepare(ref, vcpus, mem):
+                log.info("template ready for %s/%d/%d", ref, vcpus, mem)
+    return prepare
 
 
 async def ensure_command_consumer(bus: Bus, host_id: str, stop: asyncio.Event) -> None:

@@ -49,6 +49,9 @@ class HostAgentSettings(CommonSettings):
     build_resolver: str | None = Field(default_factory=lambda: host_resolver())
     build_context_max_mib: int = Field(default=64, ge=1, le=4096)
     images_dir: Path | None = None  # custom images and layers (default: beside the built-in)
+    # size classes "vcpus/memory_mib,..." whose templates a new image gets as soon
+    # as it is built (otherwise on its first create, as any class)
+    image_templates: str = Field(default="", pattern=r"^(\d+/\d+)?(,\d+/\d+)*$")
     layer_cache_mib: int = Field(default=20480, ge=0)
 
     @field_validator("build_resolver")

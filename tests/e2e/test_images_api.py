@@ -43,7 +43,8 @@ def ctx(dockerfile: str, files: dict[str, bytes] | None = None) -> bytes:
 def istack(tmp_path_factory):
     path = tmp_path_factory.mktemp("images")
     with running_stack(path, env={"CORRAL_BUILD_CONCURRENCY": "1",
-                                  "CORRAL_IMAGES_DIR": str(path / "custom-images")}) as st:
+                                  "CORRAL_IMAGES_DIR": str(path / "custom-images"),
+                                  "CORRAL_IMAGE_TEMPLATES": "1/256"}) as st:
         yield st
 
 
@@ -92,6 +93,23 @@ def image(api: Api) -> dict:
     done = api.get(f"/v1/images/{img['id']}").json()
     assert done["state"] == "ready" and done["digest"] == data["digest"]
     return done
+
+
+def test_the_first_create_restores_from_a_template_made_at_image_ready(istack, api: Api,
+                                                                       image: dict):
+    ref = "c-" + image["digest"][:40]
+    log = istack.state_dir / "logs" / "host_agent.log"
+    deadline = time.monotonic() + 240
+    while f"template ready for {ref}/1/256" not in log.read_text():
+        assert time.monotonic() < deadline, "no template made for the new image"
+        time.sleep(0.5)
+    r = api.post("/v1/sandboxes?wait=true", json={"image": "demo"})
+    assert r.status_code == 201, r.text
+    sid = r.json()["id"]
+    events = api.get(f"/v1/sandboxes/{sid}/events", params={"limit": 100}).json()["items"]
+    started = [e for e in events if e["type"] == "SandboxStarted"]
+    assert [e["start_mode"] for e in started] == ["restore"], started
+    assert api.delete(f"/v1/sandboxes/{sid}").status_code == 202
 
 
 def test_a_sandbox_runs_on_the_built_image(api: Api, image: dict):

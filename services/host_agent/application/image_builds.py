@@ -34,11 +34,14 @@ class ImageBuilds:
                  bases: Callable[[dict[str, str]], Callable[[str], Any]] | None = None,
                  remove: Callable[[str], Awaitable[bool]] | None = None,
                  tmp_dir: Path | None = None,
-                 disk_lacks: Callable[[int], str | None] = lambda _mib: None) -> None:
+                 disk_lacks: Callable[[int], str | None] = lambda _mib: None,
+                 prepare: Callable[[str], Awaitable[None]] | None = None) -> None:
         self.host_id, self.records, self.context = host_id, records, context
         self.builder, self.importer, self.bases, self.remove = builder, importer, bases, remove
         self.tmp_dir = tmp_dir
         self.disk_lacks = disk_lacks  # (MiB about to be written) -> why not, or None
+        self.prepare = prepare  # (ref) -> templates made for a new image, if configured
+        self._background: set[asyncio.Task[None]] = set()
         self._tasks: dict[str, asyncio.Task[None]] = {}
 
     def _ids(self, cmd: ImageCommand) -> dict[str, Any]:
@@ -73,9 +76,10 @@ class ImageBuilds:
         return failed
 
     async def close(self) -> None:
-        for t in list(self._tasks.values()):
+        tasks = [*self._tasks.values(), *self._background]
+        for t in tasks:
             t.cancel()
-        await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _build(self, cmd: BuildImage) -> None:
         req: ImageBuildRequested = cmd.request
@@ -119,6 +123,17 @@ class ImageBuilds:
                                     line=line, **ids)
         await logs.flush()
         await self._note(cmd.image_id, fact)
+        if isinstance(fact, ImageBuilt) and self.prepare is not None:
+            t = asyncio.ensure_future(self._prepare(fact.ref))
+            self._background.add(t)
+            t.add_done_callback(self._background.discard)
+
+    async def _prepare(self, ref: str) -> None:
+        assert self.prepare is not None
+        try:
+            await self.prepare(ref)
+        except Exception:
+            log.exception("templates for the new image %s failed", ref)
 
     async def _import(self, blob: bytes, org_id: str) -> Any:
         assert self.importer is not None
