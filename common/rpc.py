@@ -92,6 +92,24 @@ async def request(nc: Client, subject: str, model: RpcModel, reply_type: type[T]
         await stream.close()
 
 
+async def patient_request(nc: Client, subject: str, model: RpcModel, reply_type: type[T],
+                          timeout: float, patience_s: float, first_delay_s: float = 0.02,
+                          max_bytes: int = MAX_REPLY_BYTES) -> T:
+    """`request`, with `conflict` (the responder has not yet seen what the ask
+    depends on) and `unavailable` retried, backing off, for `patience_s`;
+    any other failure is final."""
+    deadline = time.monotonic() + patience_s
+    delay = first_delay_s
+    while True:
+        try:
+            return await request(nc, subject, model, reply_type, timeout, max_bytes)
+        except RpcFailure as e:
+            if e.code not in ("conflict", "unavailable") or time.monotonic() + delay > deadline:
+                raise
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 1.0)
+
+
 class Stream:
     """A request whose answer may come in parts and be followed by more
     messages (a streamed result): read `answer()`, then `next()` until done."""

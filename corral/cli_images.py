@@ -5,17 +5,8 @@ import argparse
 import json
 import sys
 
+from .cli_sandbox import _pairs
 from .sdk import Image, ImageBuildError, NotFoundError
-
-
-def _pairs(items: list[str]) -> dict[str, str]:
-    out = {}
-    for it in items:
-        k, sep, v = it.partition("=")
-        if not sep or not k:
-            raise SystemExit(f"corral: --build-arg must be KEY=VALUE, got {it!r}")
-        out[k] = v
-    return out
 
 
 def _log(text: str) -> None:
@@ -35,7 +26,8 @@ def _done(img: Image, as_json: bool) -> int:
 def build(a: argparse.Namespace) -> int:
     """Live build output on stderr, the image on stdout."""
     try:
-        img = Image.build(a.dir, a.tag, dockerfile=a.file, build_args=_pairs(a.build_arg),
+        img = Image.build(a.dir, a.tag, dockerfile=a.file,
+                          build_args=_pairs(a.build_arg, "--build-arg"),
                           on_log=_log)
     except ImageBuildError as e:
         print(f"corral: {e}", file=sys.stderr)

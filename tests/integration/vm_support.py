@@ -6,6 +6,7 @@ import shutil
 from pathlib import Path
 
 from services.host_agent.adapters import procs
+from services.host_agent.adapters.images import InMemoryRecorder
 
 from ..prereq import unavailable
 
@@ -15,18 +16,8 @@ async def kill_ours(pid: int, name: str, state_root: Path) -> bool:
     return await procs.kill_if(pid, lambda p: procs.is_ours(p, name, state_root))
 
 
-class Recorder:
-    """In-memory stand-in for the host agent's durable resource records."""
-
-    def __init__(self) -> None:
-        self.by_sid: dict[str, dict[str, str]] = {}
-
-    async def __call__(self, sid: str, kind: str, value: str | None) -> None:
-        res = self.by_sid.setdefault(sid, {})
-        if value is None:
-            res.pop(kind, None)
-        else:
-            res[kind] = value
+# In-memory stand-in for the host agent's durable resource records (build VMs use it too)
+Recorder = InMemoryRecorder
 
 
 def require(tools: tuple[str, ...], root: bool = False) -> None:

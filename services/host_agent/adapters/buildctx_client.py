@@ -3,14 +3,12 @@ in parts on the host's own subject, and checked against the size and hash
 the build request named."""
 from __future__ import annotations
 
-import asyncio
 import base64
 import hashlib
-import time
 
 from nats.aio.client import Client
 
-from common.rpc import RpcFailure, request
+from common.rpc import patient_request
 from contracts.rpc import BuildContextPart, BuildContextRequest
 from contracts.subjects import gateway_buildctx_subject
 
@@ -28,27 +26,15 @@ class GatewayBuildContext:
         self.nc, self.subject, self.timeout_s = nc, gateway_buildctx_subject(host_id), timeout_s
         self.patience_s = patience_s
 
-    async def _part(self, ask: BuildContextRequest) -> BuildContextPart:
-        deadline = time.monotonic() + self.patience_s
-        delay = 0.05
-        while True:
-            try:
-                return await request(self.nc, self.subject, ask, BuildContextPart,
-                                     self.timeout_s, max_bytes=1 << 20)
-            except RpcFailure as e:
-                if e.code not in ("conflict", "unavailable") or \
-                        time.monotonic() + delay > deadline:
-                    raise
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 1.0)
-
     async def __call__(self, image_id: str, org_id: str, op_id: str, size: int,
                        sha256: str) -> bytes:
         buf = bytearray()
         while True:
             ask = BuildContextRequest(image_id=image_id, org_id=org_id, offset=len(buf),
                                       op_id=op_id)
-            part = await self._part(ask)
+            part = await patient_request(self.nc, self.subject, ask, BuildContextPart,
+                                         self.timeout_s, self.patience_s, first_delay_s=0.05,
+                                         max_bytes=1 << 20)
             data = base64.b64decode(part.data_b64)
             if part.total != size or len(buf) + len(data) > size:
                 raise ContextMismatch("the build context is not the size the request named")

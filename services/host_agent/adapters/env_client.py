@@ -2,12 +2,10 @@
 host's own subject (the bus carries no env values)."""
 from __future__ import annotations
 
-import asyncio
-import time
 
 from nats.aio.client import Client
 
-from common.rpc import RpcFailure, request
+from common.rpc import patient_request
 from contracts.rpc import SandboxEnv, SandboxEnvRequest
 from contracts.subjects import gateway_env_subject
 
@@ -21,14 +19,5 @@ class GatewayEnv:
 
     async def __call__(self, sandbox_id: str, org_id: str, op_id: str) -> dict[str, str]:
         ask = SandboxEnvRequest(sandbox_id=sandbox_id, org_id=org_id, op_id=op_id)
-        deadline = time.monotonic() + self.patience_s
-        delay = 0.02
-        while True:
-            try:
-                return (await request(self.nc, self.subject, ask, SandboxEnv, 3.0)).env
-            except RpcFailure as e:
-                if e.code not in ("conflict", "unavailable") or \
-                        time.monotonic() + delay > deadline:
-                    raise
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 1.0)
+        return (await patient_request(self.nc, self.subject, ask, SandboxEnv, 3.0,
+                                      self.patience_s)).env

@@ -26,7 +26,7 @@ class WrongSource(ValueError):
     """A host reported on a sandbox (or build) it does not hold (never applies)."""
 
 
-def _dump(msg: Envelope) -> dict[str, Any]:
+def envelope_doc(msg: Envelope) -> dict[str, Any]:
     return msg.model_dump(mode="json")
 
 
@@ -52,8 +52,8 @@ class BuildCases(StoreApp):
                                  f"{req.memory_mib} MiB")
             chosen.allocate(req.image_id, req.org_id, req.vcpus, req.memory_mib, kind="build")
             p = Placement(req.image_id, req.org_id, chosen.host_id,
-                          _dump(ImageBuildScheduled(host_id=chosen.host_id, **_ids(req))))
-            p.command(_dump(BuildImage(host_id=chosen.host_id, request=req, **_ids(req))))
+                          envelope_doc(ImageBuildScheduled(host_id=chosen.host_id, **_ids(req))))
+            p.command(envelope_doc(BuildImage(host_id=chosen.host_id, request=req, **_ids(req))))
             self._save(p, chosen)
             return p, True
         return self.retry_on_conflict(attempt, NoCapacity("hosts kept changing; will retry"))
@@ -61,7 +61,7 @@ class BuildCases(StoreApp):
     def fail_build(self, req: ImageBuildRequested, code: str, message: str) -> None:
         failed = ImageBuildFailed(failure=Failure(code=code, message=message), **_ids(req))
         try:
-            self._save(Placement(req.image_id, req.org_id, None, _dump(failed)))
+            self._save(Placement(req.image_id, req.org_id, None, envelope_doc(failed)))
         except IntegrityError:
             pass  # decided already
 
@@ -92,14 +92,14 @@ class BuildCases(StoreApp):
             if p is not None and msg.event_id in p.handled:
                 return
             host = self.host(msg.host_id) if msg.host_id else None
-            done = _dump(ImageDeleted(host_id=msg.host_id, **_ids(msg)))
+            done = envelope_doc(ImageDeleted(host_id=msg.host_id, **_ids(msg)))
             if p is None:
                 self._save(Placement(msg.image_id, msg.org_id, None, done))
                 return
             if host is None or host.status == "lost":
                 p.command(done, msg.event_id)
             else:
-                p.command(_dump(DeleteImage(host_id=host.host_id, digest=msg.digest,
+                p.command(envelope_doc(DeleteImage(host_id=host.host_id, digest=msg.digest,
                                             **_ids(msg))), msg.event_id)
             self._save(p)
         self.retry_on_conflict(attempt)

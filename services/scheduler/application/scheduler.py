@@ -11,7 +11,6 @@ from eventsourcing.persistence import IntegrityError
 
 from common.eventstore import StoreApp, StoreConflict
 from common.timefmt import utc_text
-from contracts import Envelope
 from contracts.commands import (DestroySandbox, HostCommand, PauseSandbox, ResumeSandbox,
                                 StartSandbox, StopSandbox)
 from contracts.image import ImageBuildFailed
@@ -25,7 +24,7 @@ from ..domain.host import Host, SandboxLostRecord, host_uuid, summary
 from ..domain.placement import Placement, placement_uuid
 from ..domain.policy import HostSummary, choose_host
 
-from .builds import BuildCases, NoCapacity, WrongSource
+from .builds import BuildCases, NoCapacity, WrongSource, envelope_doc
 
 log = logging.getLogger("corral.scheduler")
 INTENT_COMMANDS: dict[str, type[HostCommand]] = {
@@ -33,10 +32,6 @@ INTENT_COMMANDS: dict[str, type[HostCommand]] = {
     "SandboxPauseRequested": PauseSandbox, "SandboxResumeRequested": ResumeSandbox,
     "SandboxStartRequested": StartSandbox}
 LOST_NS = uuid.UUID("4d2c8e6a-1b3f-4a5c-9d7e-0f1a2b3c4d5e")
-
-
-def _dump(msg: Envelope) -> dict[str, Any]:
-    return msg.model_dump(mode="json")
 
 
 class Scheduler(BuildCases, StoreApp):
@@ -108,9 +103,9 @@ class Scheduler(BuildCases, StoreApp):
             common = dict(op_id=req.op_id, org_id=req.org_id, sandbox_id=req.sandbox_id,
                           traceparent=req.traceparent)
             p = Placement(req.sandbox_id, req.org_id, chosen.host_id,
-                          _dump(SandboxScheduled(host_id=chosen.host_id, **common)),
+                          envelope_doc(SandboxScheduled(host_id=chosen.host_id, **common)),
                           req.spec.model_dump(mode="json"), req.secret_env)
-            p.command(_dump(StartSandbox(host_id=chosen.host_id, spec=req.spec,
+            p.command(envelope_doc(StartSandbox(host_id=chosen.host_id, spec=req.spec,
                                          secret_env=req.secret_env, **common)))
             self._save(p, chosen)
             return p, True
@@ -121,7 +116,7 @@ class Scheduler(BuildCases, StoreApp):
                                traceparent=req.traceparent,
                                failure=Failure(code=code, message=message))
         try:
-            self._save(Placement(req.sandbox_id, req.org_id, None, _dump(failed)))
+            self._save(Placement(req.sandbox_id, req.org_id, None, envelope_doc(failed)))
         except IntegrityError:
             pass  # decided already (placed or failed by another instance)
         placement = self.placement(req.sandbox_id)
@@ -140,7 +135,7 @@ class Scheduler(BuildCases, StoreApp):
             if p is None:
                 if cls is DestroySandbox:  # never placed: nothing runs anywhere
                     self._save(Placement(msg.sandbox_id, msg.org_id, None,
-                                         _dump(SandboxDestroyed(**common))))
+                                         envelope_doc(SandboxDestroyed(**common))))
                 return
             if p.status in ("destroyed", "cancelled") or msg.event_id in p.handled:
                 return
@@ -149,7 +144,8 @@ class Scheduler(BuildCases, StoreApp):
             if host is None or host.status == "lost":
                 if cls is not DestroySandbox:
                     return
-                p.end(_dump(SandboxDestroyed(host_id=p.host_id, **common)), status="destroyed")
+                p.end(envelope_doc(SandboxDestroyed(host_id=p.host_id, **common)),
+                      status="destroyed")
                 if host is not None and host.release(msg.sandbox_id):
                     to_save.append(host)
             elif cls is StartSandbox:
@@ -157,11 +153,11 @@ class Scheduler(BuildCases, StoreApp):
                 if msg.sandbox_id not in host.allocations:
                     host.allocate(msg.sandbox_id, msg.org_id, spec.vcpus, spec.memory_mib)
                     to_save.append(host)
-                p.command(_dump(StartSandbox(host_id=p.host_id, spec=spec, restart=True,
+                p.command(envelope_doc(StartSandbox(host_id=p.host_id, spec=spec, restart=True,
                                              secret_env=p.secret_env,
                                              **common)), msg.event_id)
             else:
-                p.command(_dump(cls(host_id=p.host_id, **common)), msg.event_id)
+                p.command(envelope_doc(cls(host_id=p.host_id, **common)), msg.event_id)
             self._save(*to_save)
         self.retry_on_conflict(attempt)
 
@@ -177,18 +173,18 @@ class Scheduler(BuildCases, StoreApp):
             if msg.type == "SnapshotRequested":
                 host = self.host(p.host_id) if p.host_id and p.active else None
                 if host is None or host.status == "lost":
-                    p.command(_dump(SnapshotFailed(host_id=p.host_id, failure=Failure(
+                    p.command(envelope_doc(SnapshotFailed(host_id=p.host_id, failure=Failure(
                         code="not_running", message="the sandbox's host is gone"), **ids)),
                         msg.event_id)
                 else:
-                    p.command(_dump(TakeSnapshot(host_id=p.host_id, **ids)), msg.event_id)
+                    p.command(envelope_doc(TakeSnapshot(host_id=p.host_id, **ids)), msg.event_id)
             else:
                 where = getattr(msg, "host_id", None)
                 host = self.host(where) if where else None
                 if host is None or host.status == "lost":
-                    p.command(_dump(SnapshotDeleted(host_id=where, **ids)), msg.event_id)
+                    p.command(envelope_doc(SnapshotDeleted(host_id=where, **ids)), msg.event_id)
                 else:
-                    p.command(_dump(DeleteSnapshot(host_id=where, **ids)), msg.event_id)
+                    p.command(envelope_doc(DeleteSnapshot(host_id=where, **ids)), msg.event_id)
             self._save(p)
         self.retry_on_conflict(attempt)
 
@@ -272,7 +268,7 @@ class Scheduler(BuildCases, StoreApp):
         for sid, a in h.allocations.items():
             ids = dict(event_id=str(uuid.uuid5(LOST_NS, f"{cause_id}/{sid}")), op_id=op_id,
                        org_id=a["org_id"], host_id=h.host_id)
-            out.append(SandboxLostRecord(_dump(
+            out.append(SandboxLostRecord(envelope_doc(
                 ImageBuildFailed(image_id=sid, failure=Failure(code="host_lost",
                                                                message=reason[:500]), **ids)
                 if a.get("kind") == "build" else
@@ -290,7 +286,7 @@ class Scheduler(BuildCases, StoreApp):
             records = self._lost_records(h, op_id, lost.event_id,
                                          f"host {host_id} missed heartbeats for {timeout_s:g}s")
             sandboxes = list(h.allocations)
-            h.mark_lost(_dump(lost))
+            h.mark_lost(envelope_doc(lost))
             self._save(h, *records)
             return sandboxes
         try:

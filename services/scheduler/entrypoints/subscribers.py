@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import Any
 
 from nats.aio.msg import Msg
 from nats.js.api import DeliverPolicy
@@ -27,15 +29,10 @@ def placement_handler(ctx: SchedulerContext) -> Handler:
     async def handle(msg: Envelope) -> None:
         app = ctx.app
         if isinstance(msg, SandboxRequested):
-            try:
-                p, new = await asyncio.to_thread(app.place, msg, ctx.liveness.alive())
-            except NoCapacity as e:
-                age = (datetime.now(UTC) - msg.occurred_at).total_seconds()
-                if age < ctx.settings.placement_timeout_s:
-                    raise Retry(str(e), delay_s=1.0) from None
-                await asyncio.to_thread(app.fail, msg, "no_capacity", str(e))
-                log.warning("placement failed: %s", e)
+            placed = await _place(ctx, msg, app.place, app.fail)
+            if placed is None:
                 return
+            p, new = placed
             if new:
                 log.info("placed on %s", p.host_id, extra={"host_id": p.host_id,
                                                            "stage": "placed"})
@@ -57,18 +54,28 @@ def placement_handler(ctx: SchedulerContext) -> Handler:
     return handle
 
 
+async def _place(ctx: SchedulerContext, msg: Any, place: Callable[..., Any],
+                 fail: Callable[..., Any]) -> Any:
+    """`place(msg, alive)` (a sandbox or a build): while nothing fits, retried
+    until the request is `placement_timeout_s` old, then `fail`ed (None)."""
+    try:
+        return await asyncio.to_thread(place, msg, ctx.liveness.alive())
+    except NoCapacity as e:
+        age = (datetime.now(UTC) - msg.occurred_at).total_seconds()
+        if age < ctx.settings.placement_timeout_s:
+            raise Retry(str(e), delay_s=1.0) from None
+        await asyncio.to_thread(fail, msg, "no_capacity", str(e))
+        log.warning("placement of %s failed: %s", msg.type, e)
+        return None
+
+
 async def _image(ctx: SchedulerContext, msg: ImageEvent) -> None:
     app = ctx.app
     if isinstance(msg, ImageBuildRequested):
-        try:
-            p, new = await asyncio.to_thread(app.place_build, msg, ctx.liveness.alive())
-        except NoCapacity as e:
-            age = (datetime.now(UTC) - msg.occurred_at).total_seconds()
-            if age < ctx.settings.placement_timeout_s:
-                raise Retry(str(e), delay_s=1.0) from None
-            await asyncio.to_thread(app.fail_build, msg, "no_capacity", str(e))
-            log.warning("build placement failed: %s", e)
+        placed = await _place(ctx, msg, app.place_build, app.fail_build)
+        if placed is None:
             return
+        p, new = placed
         if new:
             log.info("build placed on %s", p.host_id, extra={"host_id": p.host_id})
     elif isinstance(msg, ImageDeleteRequested):
