@@ -17,22 +17,23 @@ SENDERS: dict[str, dict[str, tuple[str, ...]]] = {
         "SnapshotDeleteRequested", "ImageBuildRequested", "ImageDeleteRequested")},
     "scheduler": {
         "sandboxEvents": ("SandboxScheduled", "SandboxFailed", "SandboxDestroyed", "SandboxLost",
-                          "SnapshotFailed", "SnapshotDeleted", "ImageBuildScheduled",
-                          "ImageBuildFailed", "ImageDeleted"),
-        "hostEvents": ("HostLost",),
+                          "SandboxRecovered", "SnapshotFailed", "SnapshotDeleted",
+                          "ImageBuildScheduled", "ImageBuildFailed", "ImageDeleted"),
+        "hostEvents": ("HostLost", "HostReconciled"),
         "hostCommands": ("StartSandbox", "StopSandbox", "DestroySandbox", "PauseSandbox",
                          "ResumeSandbox", "TakeSnapshot", "DeleteSnapshot", "BuildImage",
                          "DeleteImage")},
     "host_agent": {"hostFacts": s.HOST_FACT_TYPES,
-                   "hostEvents": ("HostRegistered", "HostHeartbeat")},
+                   "hostEvents": ("HostRegistered", "HostHeartbeat", "HostInventory")},
     "billing": {"usageEvents": ("UsageRecorded",), "spendEvents": ("SpendThresholdCrossed",)},
     "auth": {"hostEvents": ("HostRevoked",)},
 }
 CONSUMER_OWNERS = {"gateway-": "api_gateway", "scheduler-": "scheduler",
                    "billing-": "billing", "host-": "host_agent"}
 # Non-durable subscriptions that are part of the contract all the same.
-EXTRA_RECEIVERS = (("scheduler", "corral.evt.host.*.HostHeartbeat",
-                    "ordered consumer, deliver last per subject: host liveness"),)
+EXTRA_RECEIVERS = (("scheduler", "corral.evt.host.>",
+                    "ordered consumer, deliver last per subject: host liveness (heartbeats, "
+                    "and its own position in the stream: is the bus flowing)"),)
 # (subject, request, reply, responder, queue group, senders)
 RPCS = (
     (s.RPC_AUTH_VERIFY, rpc.VerifyKey, rpc.Principal, "auth", "auth", ("api_gateway",)),

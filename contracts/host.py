@@ -51,3 +51,38 @@ class HostLost(HostEvent):
     type: Literal["HostLost"] = "HostLost"
     last_seen: str
     timeout_s: float = Field(gt=0)
+
+
+MAX_INVENTORY = 10000
+
+
+class InventoryItem(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    sandbox_id: Id
+    org_id: Id
+    state: Literal["starting", "running", "paused", "stopping"]
+
+
+class HostInventory(HostEvent):
+    """What a host holds resources for, for anti-entropy: published at start-up,
+    after its bus connection comes back and every inventory interval."""
+    type: Literal["HostInventory"] = "HostInventory"
+    sandboxes: list[InventoryItem] = Field(default_factory=list, max_length=MAX_INVENTORY)
+    builds: list[Id] = Field(default_factory=list, max_length=256)  # image builds under way
+    # commands not yet delivered to the host, read just before the snapshot
+    # (None: unknown). Only with 0 may what the inventory lacks be taken as gone:
+    # a start still queued for the host is not in it yet.
+    commands_pending: int | None = Field(default=None, ge=0)
+
+
+class HostReconciled(HostEvent):
+    """The scheduler corrected its view of a host against the host's inventory
+    (each correction is also its own event: SandboxRecovered, SandboxLost, a
+    command). Lists are capped; the counts are exact."""
+    type: Literal["HostReconciled"] = "HostReconciled"
+    inventory_id: str = Field(max_length=64)
+    adopted: list[Id] = Field(default_factory=list, max_length=1000)
+    destroyed: list[Id] = Field(default_factory=list, max_length=1000)
+    lost: list[Id] = Field(default_factory=list, max_length=1000)
+    released: list[Id] = Field(default_factory=list, max_length=1000)
+    counts: dict[str, int] = Field(default_factory=dict, max_length=8)

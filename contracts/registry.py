@@ -11,9 +11,11 @@ from .envelope import Envelope
 from .image import (BuildImage, DeleteImage, ImageBuildFailed, ImageBuildLogged,
                     ImageBuildRequested, ImageBuildScheduled, ImageBuilt, ImageDeleted,
                     ImageDeleteRequested)
-from .host import HostHeartbeat, HostLost, HostRegistered, HostRevoked
+from .host import (HostHeartbeat, HostInventory, HostLost, HostReconciled, HostRegistered,
+                   HostRevoked)
 from .sandbox import (SandboxDestroyed, SandboxDestroyRequested, SandboxExpiring, SandboxFailed,
-                      SandboxLost, SandboxPaused, SandboxPauseRequested, SandboxRequested,
+                      SandboxLost, SandboxPaused, SandboxPauseRequested, SandboxRecovered,
+                      SandboxRequested,
                       SandboxResumed, SandboxResumeRequested, SandboxScheduled, SandboxStarted,
                       SandboxStarting, SandboxStartRequested, SandboxStopped, SandboxStopRequested,
                       SandboxTtlExtended)
@@ -26,9 +28,10 @@ EVENT_TYPES: tuple[type[Envelope], ...] = (
     SandboxRequested, SandboxScheduled, SandboxStarting, SandboxStarted, SandboxFailed,
     SandboxStopRequested, SandboxStopped, SandboxDestroyRequested, SandboxDestroyed,
     SandboxLost, SandboxExpiring, SandboxTtlExtended, SandboxPauseRequested, SandboxPaused,
-    SandboxResumeRequested, SandboxResumed, SandboxStartRequested,
+    SandboxResumeRequested, SandboxResumed, SandboxStartRequested, SandboxRecovered,
     SnapshotRequested, SnapshotCreated, SnapshotFailed, SnapshotDeleteRequested,
-    SnapshotDeleted, HostRegistered, HostHeartbeat, HostLost, HostRevoked, UsageRecorded,
+    SnapshotDeleted, HostRegistered, HostHeartbeat, HostLost, HostRevoked, HostInventory,
+    HostReconciled, UsageRecorded,
     SpendThresholdCrossed, ImageBuildRequested, ImageBuildScheduled, ImageBuildLogged,
     ImageBuilt, ImageBuildFailed, ImageDeleteRequested, ImageDeleted,
 )

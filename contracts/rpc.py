@@ -248,6 +248,9 @@ class HostInfo(RpcModel):
     accel: str
     capacity: HostResources
     used: HostResources
+    unknown: int = Field(default=0, ge=0, description=(
+        "of `used`, sandboxes held since the host was lost: they may still run, so "
+        "their capacity is not handed out until the host reports what it runs"))
     alive: bool = Field(description="heartbeating, as seen by the answering scheduler")
     last_heartbeat_age_s: float | None = Field(
         description="seconds since the last heartbeat the answering scheduler saw; "

@@ -172,3 +172,14 @@ class SandboxLost(SandboxEvent):
     type: Literal["SandboxLost"] = "SandboxLost"
     host_id: Id
     reason: str = Field(max_length=500)
+
+
+class SandboxRecovered(SandboxEvent):
+    """A sandbox recorded lost is running on its host after all: adopted back.
+    `lost_at` is when it was recorded lost (metering counts the gap)."""
+    type: Literal["SandboxRecovered"] = "SandboxRecovered"
+    host_id: Id
+    state: Literal["starting", "running", "paused", "stopping"]
+    lost_at: datetime
+    vcpus: int = Field(ge=1)
+    memory_mib: int = Field(ge=1)

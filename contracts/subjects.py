@@ -209,11 +209,12 @@ CONSUMERS: tuple[ConsumerDef, ...] = (
                 description="scheduler places requests and image builds, and routes "
                             "stop/destroy to hosts"),
     ConsumerDef("CORRAL_HOST", "scheduler-hosts",
-                ("corral.evt.host.*.HostRegistered", "corral.evt.host.*.HostRevoked"),
-                description="scheduler tracks host liveness and capacity"),
+                ("corral.evt.host.*.HostRegistered", "corral.evt.host.*.HostRevoked",
+                 "corral.evt.host.*.HostInventory"),
+                description="scheduler tracks hosts and reconciles what they run"),
     ConsumerDef("CORRAL_SANDBOX", "billing-metering",
                 _sandbox_types("SandboxScheduled", "SandboxLost", "SandboxDestroyed",
-                               "SandboxFailed")
+                               "SandboxFailed", "SandboxRecovered")
                 + _host_fact_types("SandboxStarted", "SandboxStopped", "SandboxDestroyed",
                                    "SandboxFailed", "SnapshotCreated", "SnapshotDeleted",
                                    "SnapshotFailed"),

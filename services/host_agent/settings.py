@@ -22,6 +22,8 @@ class HostAgentSettings(CommonSettings):
     capacity_memory_mib: int = Field(default=16384, ge=64)
     max_sandboxes: int = Field(default=32, ge=1)
     heartbeat_interval_s: float = Field(default=2.0, gt=0, le=60)
+    # what this host runs, for the scheduler's anti-entropy check
+    inventory_interval_s: float = Field(default=10.0, ge=1, le=3600)
     command_concurrency: int = Field(default=8, ge=1, le=256)
     templates: bool = True  # restore creates from snapshot templates
     template_dir: Path | None = None  # default: beside the image cache (shared, content-keyed)

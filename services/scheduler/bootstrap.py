@@ -37,6 +37,11 @@ async def bootstrap(settings: SchedulerSettings,
     await bus.ensure_topology(consumer("scheduler-placement"), consumer("scheduler-hosts"))
     app = await asyncio.to_thread(Scheduler, store_env(settings.store, settings.state_dir,
                                                        "scheduler"))
+    app.lost_policy = settings.lost_sandbox_policy
+    app.confirm_s = settings.reconcile_confirm_s
+    app.missing_grace_s = settings.reconcile_missing_grace_s
     relay = OutboxRelay(app, bus, name="scheduler-relay")
     app.notify_on_save(asyncio.get_running_loop(), relay.wake)
-    return SchedulerContext(settings, bus, app, relay, Liveness(settings.missed_heartbeats))
+    liveness = Liveness(settings.missed_heartbeats,
+                        max_probe_age_s=2 * settings.bus_probe_interval_s + 0.5)
+    return SchedulerContext(settings, bus, app, relay, liveness)

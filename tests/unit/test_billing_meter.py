@@ -6,10 +6,10 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from contracts.sandbox import (Failure, SandboxDestroyed, SandboxFailed, SandboxStarted,
-                               SandboxStopped)
+from contracts.sandbox import (Failure, SandboxDestroyed, SandboxFailed, SandboxLost,
+                               SandboxRecovered, SandboxStarted, SandboxStopped)
 from services.billing.application.metering import Metering
-from services.billing.domain.meter import Meter, OrgMismatch, usage_event_id
+from services.billing.domain.meter import Meter, OrgMismatch, ts, usage_event_id
 
 pytestmark = pytest.mark.unit
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -187,3 +187,37 @@ def test_a_snapshot_is_metered_for_storage_while_held():
     assert (env["vcpu_seconds"], env["memory_mib_seconds"]) == (0, 0)  # storage, not compute
     assert env["snapshot_id"] == "snap-1" and env["sandbox_id"] == SB
     assert env["event_id"] == usage_event_id("snap/snap-1", at(0)) != usage_event_id(SB, at(0))
+
+
+def test_a_sandbox_recovered_after_loss_is_billed_for_the_whole_time():
+    """Lost at 100 s, adopted back at 400 s (it ran all along), destroyed at
+    600 s: 600 s are billed, the gap included, in periods with distinct ids."""
+    m = meter()
+    m.observe(started(0))
+    m.observe(SandboxLost(op_id="op-l", org_id=ORG, sandbox_id=SB, host_id="h1",
+                          reason="host lost", occurred_at=at(100)).model_dump(mode="json"))
+    first = m.cut(at(150), period_s=60)
+    assert sum(u.vcpu_seconds for u in first) == 200.0 and not m.running
+    assert m.observe(SandboxRecovered(
+        op_id="op-r", org_id=ORG, sandbox_id=SB, host_id="h1", state="running",
+        lost_at=at(100), vcpus=2, memory_mib=512, occurred_at=at(400)).model_dump(mode="json"))
+    assert m.running and ts(m.run_start) == at(100)
+    m.observe(destroyed(600))
+    rest = m.cut(at(700), period_s=60)
+    ids = [u.event_id for u in first + rest]
+    assert len(ids) == len(set(ids))
+    assert sum(u.vcpu_seconds for u in first + rest) == 2 * 600.0
+    assert rest[0].period_start == at(100)
+
+
+def test_a_sandbox_recovered_while_still_booting_is_billed_from_its_start():
+    m = meter()
+    m.observe(SandboxLost(op_id="op-l", org_id=ORG, sandbox_id=SB, host_id="h1",
+                          reason="host lost", occurred_at=at(10)).model_dump(mode="json"))
+    assert not m.observe(SandboxRecovered(
+        op_id="op-r", org_id=ORG, sandbox_id=SB, host_id="h1", state="starting",
+        lost_at=at(10), vcpus=2, memory_mib=512, occurred_at=at(20)).model_dump(mode="json"))
+    m.observe(started(30))
+    m.observe(destroyed(90))
+    [u] = m.cut(at(100), period_s=0)
+    assert u.period_start == at(30) and u.vcpu_seconds == 2 * 60.0

@@ -11,6 +11,8 @@ import yaml
 
 from common.bus import DeadLetter as BusDeadLetter
 from contracts import ALL_TYPES, InvalidMessage, parse_message
+from contracts.host import HostInventory, HostReconciled, InventoryItem
+from contracts.sandbox import SandboxRecovered
 from contracts.commands import (DestroySandbox, PauseSandbox, ResumeSandbox, StartSandbox,
                                 StopSandbox)
 from contracts.export import ROOT, DeadLetter, nats_match, rpc_models, stale
@@ -68,6 +70,12 @@ SAMPLES = [
                   used_vcpus=1, used_memory_mib=256, interval_s=2.0),
     HostLost(op_id="op-1", host_id="h-1", last_seen=T0.isoformat(), timeout_s=6.0),
     HostRevoked(op_id="op-1", host_id="h-1"),
+    HostInventory(op_id="op-1", host_id="h-1", builds=["img-1"], sandboxes=[
+        InventoryItem(sandbox_id="sb-1", org_id="org-1", state="running")]),
+    HostReconciled(op_id="op-1", host_id="h-1", inventory_id="ev-1", adopted=["sb-1"],
+                   counts={"adopted": 1, "destroyed": 0, "lost": 0, "released": 0}),
+    SandboxRecovered(host_id="h-1", state="running", lost_at=T0, vcpus=1, memory_mib=256,
+                     **IDS),
     UsageRecorded(period_start=T0, period_end=T0, vcpu_seconds=1.5, memory_mib_seconds=384.0,
                   host_id="h-1", **IDS),
     SpendThresholdCrossed(op_id="op-1", org_id="org-1", month="2026-12", percent=80,

@@ -4,7 +4,8 @@ import uuid
 import pytest
 
 from contracts.sandbox import (Failure, SandboxDestroyed, SandboxDestroyRequested, SandboxFailed,
-                               SandboxLost, SandboxRequested, SandboxScheduled, SandboxSpec,
+                               SandboxLost, SandboxRecovered, SandboxRequested, SandboxScheduled,
+                               SandboxSpec,
                                SandboxStarted, SandboxStarting)
 from services.api_gateway.domain.sandbox import Sandbox
 
@@ -89,4 +90,41 @@ def test_pause_resume_stop_start_cycle():
     sb.record_fact(f(sb, SandboxStartRequested))
     assert sb.state == "starting" and sb.ended_at is None and sb.can_stop()
     sb.record_fact(f(sb, SandboxStarted, host_id="h", vcpus=1, memory_mib=256, accel="tcg"))
+    assert sb.state == "running"
+
+
+def test_recovered_after_lost_is_live_again_and_destroyable_by_its_host():
+    sb = new()
+    sb.record_fact(f(sb, SandboxScheduled, host_id="h"))
+    sb.record_fact(f(sb, SandboxStarting, host_id="h"))
+    sb.record_fact(f(sb, SandboxStarted, host_id="h", vcpus=1, memory_mib=256, accel="tcg"))
+    sb.record_fact(f(sb, SandboxLost, host_id="h", reason="host h missed heartbeats"))
+    assert sb.state == "lost" and sb.failure["code"] == "host_lost" and sb.ended_at
+    rec = f(sb, SandboxRecovered, host_id="h", state="paused", lost_at=sb.ended_at, vcpus=1,
+            memory_mib=256)
+    assert sb.record_fact(rec)
+    assert sb.state == "paused" and sb.failure is None and sb.ended_at is None and sb.live
+    # lost again, then destroyed on its returning host by policy: no destroy request needed
+    sb.record_fact(f(sb, SandboxLost, host_id="h", reason="again"))
+    gone = f(sb, SandboxDestroyed, host_id="h")
+    assert sb.missing_prerequisite(gone) is None
+    sb.record_fact(gone)
+    assert sb.state == "destroyed"
+    # a recovery that arrives after the end changes nothing
+    sb.record_fact(f(sb, SandboxRecovered, host_id="h", state="running", lost_at=sb.ended_at,
+                     vcpus=1, memory_mib=256))
+    assert sb.state == "destroyed"
+
+
+def test_a_boot_finished_while_lost_is_running_when_recovered_as_starting():
+    """The host's inventory saw it starting; its SandboxStarted was folded in
+    before the recovery: running, not stuck starting."""
+    sb = new()
+    sb.record_fact(f(sb, SandboxScheduled, host_id="h"))
+    sb.record_fact(f(sb, SandboxLost, host_id="h", reason="host h missed heartbeats"))
+    sb.record_fact(f(sb, SandboxStarting, host_id="h"))
+    sb.record_fact(f(sb, SandboxStarted, host_id="h", vcpus=1, memory_mib=256, accel="tcg"))
+    assert sb.state == "lost"
+    sb.record_fact(f(sb, SandboxRecovered, host_id="h", state="starting", lost_at=sb.ended_at,
+                     vcpus=1, memory_mib=256))
     assert sb.state == "running"

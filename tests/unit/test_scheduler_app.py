@@ -49,6 +49,8 @@ def test_a_heartbeat_alone_makes_no_host_and_refreshes_a_registered_one(app):
     assert app.register(hb("h1")) is False and app.host("h1") is None
     assert not app.accepts_heartbeats("h1")
     assert app.register(reg("h1")) is True and app.accepts_heartbeats("h1")
+    assert app.register(hb("h1")) is True  # its heartbeat interval, recorded once
+    assert app.host("h1").heartbeat_interval == 1.0
     assert app.register(hb("h1")) is False  # unchanged heartbeat stores nothing
     assert app.register(hb("h1", vcpus=8)) is True
     assert app.host("h1").capacity["vcpus"] == 8

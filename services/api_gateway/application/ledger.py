@@ -9,7 +9,7 @@ from datetime import datetime, timedelta
 from typing import Any, ClassVar
 
 from eventsourcing.application import AggregateNotFoundError
-from eventsourcing.domain import Aggregate, MutableOrImmutableAggregate
+from eventsourcing.domain import MutableOrImmutableAggregate
 
 from common.combine import Combiner
 from common.eventstore import StoreApp
@@ -207,14 +207,22 @@ class SandboxLedger(ImageCases, SnapshotCases, StoreApp):
                 raise OutOfOrder(f"{msg.type} waits for {missing}")
             if not sb.record_fact(doc, own=False):
                 return False
-            pending: list[Aggregate] = [sb]
-            if sb.state in ENDED and sb.state != "stopped":
-                quota = self._get(org_live_uuid(sb.org_id))
-                if quota is not None and quota.release(str(sb.id)):
-                    pending.append(quota)
-            self._save(*pending)
+            self._save(sb, *self._quota_after(sb, msg.type))
             return True
         return self.retry_on_conflict(attempt, Conflict("sandbox kept changing while ingesting"))
+
+    def _quota_after(self, sb: Sandbox, fact: str) -> list[OrgLive]:
+        """The org's live count after `fact`: an ended sandbox leaves it; one
+        recovered counts again (even over the limit: it never stopped)."""
+        quota = self._get(org_live_uuid(sb.org_id))
+        if sb.state in ENDED and sb.state != "stopped":
+            return [quota] if quota is not None and quota.release(str(sb.id)) else []
+        if fact == "SandboxRecovered":
+            quota = quota or OrgLive(sb.org_id)
+            if str(sb.id) not in quota.live:
+                quota.reserve(str(sb.id))
+                return [quota]
+        return []
 
     def _intent(self, sandbox_id: str, org_id: str | None,
                 build: Callable[[Sandbox], Envelope | None]) -> Sandbox:

@@ -58,6 +58,7 @@ class Sandbox(FactLog, Aggregate):
         self.accel: str | None = None
         self.ip: str | None = None
         self.start_mode: str | None = None
+        self.started_while_lost = False  # its boot finished after it was recorded lost
         self.seen: list[str] = [envelope["event_id"]]
         self.history_types: list[str] = ["SandboxRequested"]
 
@@ -84,6 +85,8 @@ class Sandbox(FactLog, Aggregate):
             needs = ("SandboxScheduled",)
         elif kind == "SandboxStarted" or (kind == "SandboxFailed" and from_host):
             needs = ("SandboxStarting",)
+        elif kind == "SandboxDestroyed" and self.state == "lost":
+            needs = ()  # destroyed on its returning host by the scheduler's policy
         elif kind == "SandboxDestroyed":
             needs = ("SandboxDestroyRequested",)
             if from_host and "SandboxScheduled" in seen:
@@ -148,6 +151,8 @@ def _started(sb: Sandbox, e: dict) -> None:
     sb.accel, sb.ip, sb.start_mode = e.get("accel"), e.get("ip"), e.get("start_mode")
     if sb.state in ("requested", "scheduled", "starting"):
         sb.state = "running"
+    elif sb.state == "lost":  # its host finished the boot: a recovery will say it runs
+        sb.started_while_lost = True
 
 
 def _stop_requested(sb: Sandbox, e: dict) -> None:
@@ -222,6 +227,18 @@ def _lost(sb: Sandbox, e: dict) -> None:
         sb.ended_at = sb.ended_at or e["occurred_at"]
 
 
+def _recovered(sb: Sandbox, e: dict) -> None:
+    """Recorded lost, running on its host after all: live again (running if its
+    boot was reported finished after the inventory that found it starting)."""
+    if sb.state == "lost":
+        started = getattr(sb, "started_while_lost", False)
+        sb.state = "running" if e["state"] == "starting" and started else e["state"]
+        sb.started_while_lost = False
+        sb.host_id = e["host_id"]
+        sb.failure = None
+        sb.ended_at = None
+
+
 _TRANSITIONS = {
     "SandboxScheduled": _scheduled,
     "SandboxStarting": _starting,
@@ -232,6 +249,7 @@ _TRANSITIONS = {
     "SandboxDestroyed": _destroyed,
     "SandboxFailed": _failed,
     "SandboxLost": _lost,
+    "SandboxRecovered": _recovered,
     "SandboxExpiring": _expiring,
     "SandboxPauseRequested": _pause_requested,
     "SandboxPaused": _paused,

@@ -76,7 +76,8 @@ def service_grant(service: str) -> Grant:
         sub: tuple[str, ...] = (s.AUTH_REVOKED, f"{s.RPC_GATEWAY_ENV_PREFIX}.*",
                                 f"{s.RPC_GATEWAY_BUILDCTX_PREFIX}.*")
     elif service == "scheduler":
-        pub = (s.SANDBOX_EVENTS, "corral.evt.host.*.HostLost", s.HOST_COMMANDS,
+        pub = (s.SANDBOX_EVENTS, "corral.evt.host.*.HostLost", "corral.evt.host.*.HostReconciled",
+               s.HOST_COMMANDS,
                *_consumers("scheduler-placement", "scheduler-hosts"),
                *_ephemeral("CORRAL_HOST"))
         sub = ("corral.rpc.scheduler.>",)
@@ -99,6 +100,7 @@ def host_grant(host_id: str, inbox: str) -> Grant:
     """A host agent: its own subjects, its own command consumer, nothing else."""
     durable = s.host_agent_consumer(host_id).durable
     pub = (s.host_subject(host_id, "HostRegistered"), s.host_subject(host_id, "HostHeartbeat"),
+           s.host_subject(host_id, "HostInventory"),
            *(s.host_fact_subject(host_id, "*", "*", t) for t in s.HOST_FACT_TYPES),
            s.RPC_AUTH_REGISTER_HOST,
            s.gateway_env_subject(host_id), s.gateway_buildctx_subject(host_id),

@@ -2,7 +2,9 @@
 one per snapshot too, its "run" being the time it is held (storage).
 
 A run starts with SandboxStarted and ends with the first later end fact
-(Stopped/Destroyed/Lost/Failed). Each run is cut into periods of `period_s`
+(Stopped/Destroyed/Lost/Failed). SandboxRecovered (a sandbox recorded lost
+that ran on after all) starts a run again at the moment it was recorded lost,
+so the time it was believed lost is billed too. Each run is cut into periods of `period_s`
 aligned to the run's start, plus a final partial period at its end. Every
 period is one UsageRecorded with a stable id: uuid5(sandbox_id, period_start).
 Facts are deduplicated by event_id, so redelivery changes nothing.
@@ -25,12 +27,14 @@ from contracts.usage import UsageRecorded
 
 NAMESPACE = uuid.UUID("0b6c3f2e-52d4-4c1b-9a7e-4d8f7e1c2a90")
 START = "SandboxStarted"
+# adopted back after it was recorded lost: a run again, from when it was lost
+RECOVERED = "SandboxRecovered"
 ENDS = frozenset({"SandboxStopped", "SandboxDestroyed", "SandboxLost", "SandboxFailed"})
-METERED = ENDS | {START}
+METERED = ENDS | {START, RECOVERED}
 SNAPSHOT_START = "SnapshotCreated"
 SNAPSHOT_ENDS = frozenset({"SnapshotDeleted", "SnapshotFailed"})
 SNAPSHOT_METERED = SNAPSHOT_ENDS | {SNAPSHOT_START}
-STARTS = frozenset({START, SNAPSHOT_START})
+STARTS = frozenset({START, RECOVERED, SNAPSHOT_START})
 MIB = 1 << 20
 MAX_PENDING = 16
 MAX_CUTS = 1000  # per call: keeps one transaction bounded after a long outage
@@ -130,9 +134,11 @@ class Meter(Aggregate):
             raise OrgMismatch("fact's org does not own the sandbox")
         shape = ({"size_bytes": fact.get("size_bytes")} if self.snapshot_id else
                  {"vcpus": fact.get("vcpus"), "memory_mib": fact.get("memory_mib")})
-        self._observed(event_id=fact["event_id"], kind=fact["type"],
-                       at=utc_text(ts(fact["occurred_at"])), op_id=fact.get("op_id") or "-",
-                       host_id=fact.get("host_id"), **shape)
+        if fact["type"] == RECOVERED and fact.get("state") == "starting":
+            return False  # still booting: its SandboxStarted opens the run
+        at = fact["lost_at"] if fact["type"] == RECOVERED else fact["occurred_at"]
+        self._observed(event_id=fact["event_id"], kind=fact["type"], at=utc_text(ts(at)),
+                       op_id=fact.get("op_id") or "-", host_id=fact.get("host_id"), **shape)
         return True
 
     def due(self, now: datetime, period_s: int, grace_s: float = 0) -> list[Cut]:
@@ -187,6 +193,8 @@ class Meter(Aggregate):
                   vcpus: int | None = None, memory_mib: int | None = None,
                   size_bytes: int | None = None) -> None:
         self.seen.append(event_id)
+        if kind == RECOVERED and self.last_end is not None and ts(at) < ts(self.last_end):
+            at = self.last_end  # billed up to here already: the gap starts where that ended
         if kind in STARTS:
             if self.run_start is None:
                 self.storage_mib = (size_bytes or 0) / MIB

@@ -44,6 +44,10 @@ class ImageBuilds:
         self._background: set[asyncio.Task[None]] = set()
         self._tasks: dict[str, asyncio.Task[None]] = {}
 
+    def building(self) -> list[str]:
+        """Images being built here now."""
+        return list(self._tasks)
+
     def _ids(self, cmd: ImageCommand) -> dict[str, Any]:
         return dict(op_id=cmd.op_id, org_id=cmd.org_id, image_id=cmd.image_id,
                     traceparent=cmd.traceparent, host_id=self.host_id)

@@ -18,7 +18,8 @@ class VmRecords(StoreApp):
     def __init__(self, env: dict[str, str] | None = None):
         super().__init__(env=env)
         self._lock = threading.Lock()
-        self._active: dict[str, tuple[int, int]] | None = None  # sandbox -> (vcpus, MiB)
+        # sandbox -> (vcpus, MiB, org, state) of every VM holding resources
+        self._active: dict[str, tuple[int, int, str, str]] | None = None
 
     def _save(self, *aggregates: Any) -> None:
         with self._lock:
@@ -27,16 +28,24 @@ class VmRecords(StoreApp):
                 for vm in aggregates:
                     _track(self._active, vm)
 
-    def usage(self) -> tuple[int, int, int]:
-        """(running VMs, vCPUs, MiB) without reading the store: this agent is its
-        only writer, so the view built once from the log stays exact."""
+    def _held(self) -> list[tuple[str, tuple[int, int, str, str]]]:
+        """Without reading the store: this agent is its only writer, so the
+        view built once from the log stays exact."""
         with self._lock:
             if self._active is None:
                 self._active = {}
                 for vm in self.all_vms():
                     _track(self._active, vm)
-            sizes = list(self._active.values())
-        return len(sizes), sum(v for v, _ in sizes), sum(m for _, m in sizes)
+            return list(self._active.items())
+
+    def usage(self) -> tuple[int, int, int]:
+        """(VMs holding resources, vCPUs, MiB)."""
+        sizes = [v for _, v in self._held()]
+        return len(sizes), sum(v[0] for v in sizes), sum(v[1] for v in sizes)
+
+    def inventory(self) -> list[tuple[str, str, str]]:
+        """(sandbox, org, state) of every VM holding resources here."""
+        return [(sid, v[2], v[3]) for sid, v in self._held()]
 
     def get(self, sandbox_id: str) -> Vm | None:
         vm = self._get(vm_uuid(sandbox_id))
@@ -121,10 +130,11 @@ class VmRecords(StoreApp):
         return ids
 
 
-def _track(active: dict[str, tuple[int, int]], vm: Any) -> None:
+def _track(active: dict[str, tuple[int, int, str, str]], vm: Any) -> None:
     if not isinstance(vm, Vm):
         return
     if vm.active:
-        active[vm.sandbox_id] = (vm.spec.get("vcpus", 1), vm.spec.get("memory_mib", 0))
+        active[vm.sandbox_id] = (vm.spec.get("vcpus", 1), vm.spec.get("memory_mib", 0),
+                                 vm.org_id, vm.state)
     else:
         active.pop(vm.sandbox_id, None)

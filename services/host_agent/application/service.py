@@ -210,9 +210,16 @@ class HostAgentService:
                     starting: dict[str, Any], reuse_disk: bool = False) -> None:
         """Boot the VM and report Started or Failed; `starting` gives the ids.
         A sealed env is fetched now and kept in memory only."""
+        self._booting.add(sandbox_id)
+        try:  # booting until its outcome is recorded: a redelivered start is ignored
+            await self._boot_once(sandbox_id, spec_doc, starting, reuse_disk)
+        finally:
+            self._booting.discard(sandbox_id)
+
+    async def _boot_once(self, sandbox_id: str, spec_doc: dict[str, Any],
+                         starting: dict[str, Any], reuse_disk: bool) -> None:
         snap = spec_doc.get("snapshot_id")
         common = {k: starting[k] for k in ("op_id", "org_id", "sandbox_id", "traceparent")}
-        self._booting.add(sandbox_id)
         try:
             await self._need_disk(0)  # overlays grow from here: the reserve must be there
             env = dict(spec_doc.get("env") or {})
@@ -235,8 +242,6 @@ class HostAgentService:
                 message=str(e)[:500] or e.__class__.__name__), **common)
             await asyncio.to_thread(self.records.transition, sandbox_id, "failed", _dump(failed))
             return
-        finally:
-            self._booting.discard(sandbox_id)
         started = SandboxStarted(host_id=self.host_id, vcpus=spec.vcpus,
                                  memory_mib=spec.memory_mib, accel=info.accel, ip=info.ip,
                                  boot_ms=info.boot_ms, start_mode=getattr(info, "start_mode", None),
@@ -288,6 +293,7 @@ class HostAgentService:
         resumed = [sid for sid, vm in active.items() if vm.state == "starting"]
         for sid in resumed:
             await self._remove_resources(sid)
+            self._booting.add(sid)  # from now: a redelivered start must not clean it up
             self._tasks.add(asyncio.ensure_future(
                 self._boot(sid, active[sid].spec, active[sid].starting)))
         for sid in report.cleaned:

@@ -1,11 +1,13 @@
-"""Registration announcement and periodic heartbeats."""
+"""Registration announcement, periodic heartbeats and inventories."""
 from __future__ import annotations
 
 import asyncio
 import logging
 import secrets
 
-from contracts.host import HostCapacity, HostHeartbeat, HostRegistered
+from contracts.subjects import host_agent_consumer
+from contracts.host import (MAX_INVENTORY, HostCapacity, HostHeartbeat, HostInventory,
+                           HostRegistered, InventoryItem)
 
 from ..application.ports import VmmDriver
 from ..bootstrap import HostAgentContext
@@ -44,9 +46,40 @@ def warnings(ctx: HostAgentContext) -> list[str]:
     return []
 
 
+async def commands_pending(ctx: HostAgentContext) -> int | None:
+    """Commands not yet delivered to this agent (None: cannot tell)."""
+    try:
+        info = await asyncio.wait_for(ctx.bus.jetstream.consumer_info(
+            "CORRAL_HOSTCMD", host_agent_consumer(ctx.host_id).durable), 2.0)
+        return int(info.num_pending or 0)
+    except Exception as e:  # noqa: BLE001 - the inventory says it does not know
+        log.debug("command consumer info failed: %r", e)
+        return None
+
+
+async def publish_inventory(ctx: HostAgentContext) -> None:
+    """What this host holds resources for (raises when the bus is down). The
+    pending count is read first: what it counts as delivered had reached this
+    agent before the snapshot (the scheduler still confirms an absence over
+    two inventories: a delivered start may not be accepted yet)."""
+    pending = await commands_pending(ctx)
+    held = await asyncio.to_thread(ctx.service.records.inventory)
+    if len(held) > MAX_INVENTORY:
+        log.error("%d VMs: the inventory names only %d", len(held), MAX_INVENTORY)
+    builds = ctx.service.images.building() if ctx.service.images is not None else []
+    await ctx.bus.publish(HostInventory(
+        op_id=_op(), host_id=ctx.host_id, builds=builds[:256], commands_pending=pending,
+        sandboxes=[InventoryItem(sandbox_id=sid, org_id=org, state=state)
+                   for sid, org, state in held[:MAX_INVENTORY]]))
+
+
 async def heartbeat_loop(ctx: HostAgentContext, stop: asyncio.Event) -> None:
+    """Heartbeats every interval; the inventory every inventory interval and
+    again as soon as a publish succeeds after one failed (the bus is back)."""
     seq = 0
     interval = ctx.settings.heartbeat_interval_s
+    inventory_due = 0.0  # monotonic time of the next inventory: at once
+    loop = asyncio.get_running_loop()
     while not stop.is_set():
         running, vcpus, mem = await asyncio.to_thread(ctx.service.usage)
         try:
@@ -56,8 +89,12 @@ async def heartbeat_loop(ctx: HostAgentContext, stop: asyncio.Event) -> None:
                 used_memory_mib=mem, warnings=warnings(ctx), interval_s=interval,
                 pools=pool_stats(ctx.driver)))
             seq += 1
+            if loop.time() >= inventory_due:
+                await publish_inventory(ctx)
+                inventory_due = loop.time() + ctx.settings.inventory_interval_s
         except Exception as e:  # noqa: BLE001 - bus down: keep beating when it is back
             log.warning("heartbeat failed: %s", e)
+            inventory_due = 0.0
         try:
             await asyncio.wait_for(stop.wait(), interval)
         except TimeoutError:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 import uuid
 from datetime import UTC, datetime
 from typing import Any, ClassVar
@@ -20,11 +21,12 @@ from contracts.sandbox import (Failure, SandboxDestroyed, SandboxEvent, SandboxF
 from contracts.snapshot import (DeleteSnapshot, SnapshotDeleted, SnapshotEvent, SnapshotFailed,
                                 TakeSnapshot)
 
-from ..domain.host import Host, SandboxLostRecord, host_uuid, summary
+from ..domain.host import FactRecord, Host, host_uuid, summary
 from ..domain.placement import Placement, placement_uuid
 from ..domain.policy import HostSummary, choose_host
 
 from .builds import BuildCases, NoCapacity, WrongSource, envelope_doc
+from .reconcile import ReconcileCases
 
 log = logging.getLogger("corral.scheduler")
 INTENT_COMMANDS: dict[str, type[HostCommand]] = {
@@ -34,7 +36,7 @@ INTENT_COMMANDS: dict[str, type[HostCommand]] = {
 LOST_NS = uuid.UUID("4d2c8e6a-1b3f-4a5c-9d7e-0f1a2b3c4d5e")
 
 
-class Scheduler(BuildCases, StoreApp):
+class Scheduler(BuildCases, ReconcileCases, StoreApp):
     name = "scheduler"
     # a host gains events with every placement, for ever: load from a snapshot
     snapshotting_intervals: ClassVar[dict[type[MutableOrImmutableAggregate[Any]], int]] = {
@@ -43,6 +45,8 @@ class Scheduler(BuildCases, StoreApp):
     def __init__(self, env: dict[str, str] | None = None) -> None:
         super().__init__(env)
         self._summaries: dict[str, HostSummary] = {}  # host id -> as last read here
+        self._suspects = {}
+        self._suspects_lock = threading.Lock()
 
     def host(self, host_id: str) -> Host | None:
         h = self._get(host_uuid(host_id))
@@ -144,10 +148,9 @@ class Scheduler(BuildCases, StoreApp):
             if host is None or host.status == "lost":
                 if cls is not DestroySandbox:
                     return
+                # its allocation stays unknown: the host's inventory settles it
                 p.end(envelope_doc(SandboxDestroyed(host_id=p.host_id, **common)),
                       status="destroyed")
-                if host is not None and host.release(msg.sandbox_id):
-                    to_save.append(host)
             elif cls is StartSandbox:
                 spec = SandboxSpec.model_validate(p.spec)
                 if msg.sandbox_id not in host.allocations:
@@ -225,12 +228,14 @@ class Scheduler(BuildCases, StoreApp):
             elif h.status == "revoked":
                 return False
             else:
+                interval = getattr(msg, "interval_s", None)
                 changed = h.capacity != capacity or h.accel != msg.accel or bool(
-                    hostname and hostname != h.hostname)
+                    hostname and hostname != h.hostname) or bool(
+                    interval and interval != h.heartbeat_interval)
                 if not changed and h.status != "lost":
                     return False
                 if changed:
-                    h.update(hostname or h.hostname, capacity, msg.accel)
+                    h.update(hostname or h.hostname, capacity, msg.accel, interval)
                 if h.status == "lost":
                     h.mark_back()
             self._save(h)
@@ -262,13 +267,17 @@ class Scheduler(BuildCases, StoreApp):
         return self.retry_on_conflict(attempt)
 
     def _lost_records(self, h: Host, op_id: str, cause_id: str,
-                      reason: str) -> list[SandboxLostRecord]:
-        """A SandboxLost per sandbox; an ImageBuildFailed per build it ran."""
+                      reason: str) -> list[FactRecord]:
+        """A SandboxLost per sandbox; an ImageBuildFailed per build it ran
+        (none for those already lost and not yet settled)."""
         out = []
+        already = set(h.unknown_ids)
         for sid, a in h.allocations.items():
+            if sid in already:
+                continue
             ids = dict(event_id=str(uuid.uuid5(LOST_NS, f"{cause_id}/{sid}")), op_id=op_id,
                        org_id=a["org_id"], host_id=h.host_id)
-            out.append(SandboxLostRecord(envelope_doc(
+            out.append(FactRecord(envelope_doc(
                 ImageBuildFailed(image_id=sid, failure=Failure(code="host_lost",
                                                                message=reason[:500]), **ids)
                 if a.get("kind") == "build" else
@@ -285,7 +294,7 @@ class Scheduler(BuildCases, StoreApp):
                             timeout_s=timeout_s)
             records = self._lost_records(h, op_id, lost.event_id,
                                          f"host {host_id} missed heartbeats for {timeout_s:g}s")
-            sandboxes = list(h.allocations)
+            sandboxes = [str(r.sandbox_id) for r in records]
             h.mark_lost(envelope_doc(lost))
             self._save(h, *records)
             return sandboxes

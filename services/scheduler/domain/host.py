@@ -4,7 +4,10 @@ Heartbeats are not stored (they would flood the store); only transitions
 are: registered, lost, back. Allocations change with every placement, so the
 store's version check serialises two schedulers placing on one host.
 
-Liveness (`status`: ready | lost) and the administrator's scheduling state
+A lost host keeps its allocations, as *unknown* (`unknown`): its sandboxes
+may still run, so their capacity is not handed out again until the host
+reports what it runs (or is revoked). Liveness (`status`: ready | lost) and
+the administrator's scheduling state
 (`scheduling`: open | cordoned | draining) are separate: a cordoned host that
 stops heartbeating is still recorded lost, and one that comes back is still
 cordoned. Either keeps new placements off the host (`fits`).
@@ -39,10 +42,23 @@ class Host(Aggregate):
         self.status = "ready"  # ready | lost (liveness) | revoked (for good)
         self.scheduling = "open"  # open | cordoned | draining (administrator's choice)
         self.allocations: dict[str, dict[str, Any]] = {}
+        self.unknown: list[str] = []  # allocations held since the host was lost
+        self.interval_s: float | None = None  # its heartbeat interval, once heard
 
     @event("Updated")
-    def update(self, hostname: str, capacity: dict[str, int], accel: str) -> None:
+    def update(self, hostname: str, capacity: dict[str, int], accel: str,
+               interval_s: float | None = None) -> None:
         self.hostname, self.capacity, self.accel = hostname, capacity, accel
+        if interval_s is not None:
+            self.interval_s = interval_s
+
+    @property
+    def heartbeat_interval(self) -> float | None:
+        return getattr(self, "interval_s", None)  # None in histories from before it
+
+    @property
+    def unknown_ids(self) -> list[str]:
+        return list(getattr(self, "unknown", []))
 
     @property
     def used_vcpus(self) -> int:
@@ -84,21 +100,40 @@ class Host(Aggregate):
     @event("Released")
     def _released(self, sandbox_id: str) -> None:
         self.allocations.pop(sandbox_id, None)
+        if sandbox_id in self.unknown_ids:
+            self.unknown = [x for x in self.unknown if x != sandbox_id]
 
     @event("Lost")
     def mark_lost(self, envelope: dict[str, Any]) -> None:
+        """Its allocations stay, as unknown, until it reports what it runs."""
         self.status = "lost"
-        self.allocations = {}
+        self.unknown = sorted(set(self.unknown_ids) | set(self.allocations))
+        self.lost_at = envelope.get("occurred_at")
 
     @event("Back")
     def mark_back(self) -> None:
         self.status = "ready"
+
+    def settle(self, sandbox_id: str, keep: bool) -> None:
+        """An unknown allocation resolved: still held (`keep`) or released."""
+        self._settled(sandbox_id=sandbox_id, keep=keep)
+
+    @event("Settled")
+    def _settled(self, sandbox_id: str, keep: bool) -> None:
+        self.unknown = [x for x in self.unknown_ids if x != sandbox_id]
+        if not keep:
+            self.allocations.pop(sandbox_id, None)
+
+    @event("Reconciled")
+    def reconciled(self, envelope: dict[str, Any]) -> None:
+        """HostReconciled: the corrections made against one inventory."""
 
     @event("Revoked")
     def revoke(self, reason: str) -> None:
         """For good: its credentials are gone (`reason` kept for the record)."""
         self.status = "revoked"
         self.allocations = {}
+        self.unknown = []
 
     # --- administration: idempotent, False when nothing changed -------------
     def cordon(self) -> bool:
@@ -126,8 +161,9 @@ class Host(Aggregate):
         self.scheduling = state
 
 
-class SandboxLostRecord(Aggregate):
-    """One stored contract event per lost sandbox, so the relay publishes it."""
+class FactRecord(Aggregate):
+    """One stored contract event (a sandbox lost or recovered, a build failed
+    with its host), so the relay publishes it."""
 
     @staticmethod
     def create_id(envelope: dict[str, Any]) -> uuid.UUID:
@@ -136,6 +172,9 @@ class SandboxLostRecord(Aggregate):
     @event("Recorded")
     def __init__(self, envelope: dict[str, Any]):
         self.sandbox_id = envelope.get("sandbox_id") or envelope.get("image_id")
+
+
+SandboxLostRecord = FactRecord  # the name its stored events were recorded under
 
 
 def summary(h: Host) -> HostSummary:

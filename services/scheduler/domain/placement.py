@@ -53,3 +53,19 @@ class Placement(Aggregate):
     @event("Ended")
     def end(self, envelope: dict[str, Any] | None = None, status: str = "ended") -> None:
         self.status = status
+
+    @property
+    def lost_since(self) -> str | None:
+        """When SandboxLost was recorded for it, once it is no longer held as
+        unknown on its host, until it is recovered."""
+        return getattr(self, "lost_at", None)
+
+    @event("Lost")
+    def mark_lost(self, at: str, envelope: dict[str, Any] | None = None) -> None:
+        """Recorded lost at `at`; `envelope`: the SandboxLost to publish, if
+        not published already (with its host's loss)."""
+        self.lost_at: str | None = at
+
+    @event("Recovered")
+    def recovered(self, envelope: dict[str, Any]) -> None:
+        self.lost_at = None

@@ -10,7 +10,8 @@ from contracts.subjects import consumer
 
 from ..bootstrap import SchedulerContext
 from .rpc import serve_fleet_rpc
-from .subscribers import host_event_handler, placement_handler, sweep_lost_hosts, watch_heartbeats
+from .liveness_watch import sweep_lost_hosts, watch_heartbeats
+from .subscribers import host_event_handler, placement_handler
 
 
 def jobs(ctx: SchedulerContext, stop: asyncio.Event) -> list[Awaitable[None]]:

@@ -34,6 +34,7 @@ def host_info(h: Host, alive: set[str], liveness: Liveness) -> rpc.HostInfo:
                                    sandboxes=c["max_sandboxes"]),
         used=rpc.HostResources(vcpus=h.used_vcpus, memory_mib=h.used_memory_mib,
                                sandboxes=len(h.allocations)),
+        unknown=len(h.unknown_ids),
         alive=h.host_id in alive and h.status != "lost",
         last_heartbeat_age_s=None if age is None else round(age, 3))
 

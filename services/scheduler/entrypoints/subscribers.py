@@ -1,4 +1,4 @@
-"""Bus handlers: placement, intents, host reports, heartbeats, loss sweeps."""
+"""Bus handlers: placement, intents, host reports, host events and inventories."""
 from __future__ import annotations
 
 import asyncio
@@ -7,14 +7,12 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from nats.aio.msg import Msg
-from nats.js.api import DeliverPolicy
 
 from common.bus import Handler, Poison, Retry
 from common.logging import log_context
-from contracts import Envelope, InvalidMessage, parse_message
+from contracts import Envelope
 from contracts.image import ImageBuildRequested, ImageDeleteRequested, ImageEvent
-from contracts.host import HostHeartbeat, HostRegistered, HostRevoked
+from contracts.host import HostInventory, HostRegistered, HostRevoked
 from contracts.sandbox import SandboxEvent, SandboxRequested
 from contracts.snapshot import SnapshotEvent
 
@@ -23,6 +21,7 @@ from ..application.scheduler import INTENT_COMMANDS
 from ..bootstrap import SchedulerContext
 
 log = logging.getLogger("corral.scheduler")
+INVENTORY_MAX_AGE_S = 120.0  # an older one (read after an outage) may predate facts since
 
 
 def placement_handler(ctx: SchedulerContext) -> Handler:
@@ -95,63 +94,11 @@ def host_event_handler(ctx: SchedulerContext) -> Handler:
             lost = await asyncio.to_thread(ctx.app.revoke, msg)
             ctx.liveness.forget(msg.host_id)
             log.warning("host revoked; %d sandboxes lost", len(lost))
+        elif isinstance(msg, HostInventory):  # its subject (the host's own) names the host
+            age = (datetime.now(UTC) - msg.occurred_at).total_seconds()
+            if age > INVENTORY_MAX_AGE_S:
+                log.info("stale inventory ignored (%.0fs old)", age)
+                return
+            with log_context(host_id=msg.host_id, op_id=msg.op_id):
+                await asyncio.to_thread(ctx.app.reconcile, msg)
     return handle
-
-
-async def watch_heartbeats(ctx: SchedulerContext, stop: asyncio.Event) -> None:
-    """Every scheduler instance sees every heartbeat (ordered, ephemeral)."""
-    queue: asyncio.Queue[Msg] = asyncio.Queue(maxsize=10000)
-
-    async def on_msg(m: Msg) -> None:
-        try:
-            queue.put_nowait(m)
-        except asyncio.QueueFull:
-            pass
-
-    sub = await ctx.bus.jetstream.subscribe(
-        "corral.evt.host.*.HostHeartbeat", stream="CORRAL_HOST", cb=on_msg,
-        ordered_consumer=True, deliver_policy=DeliverPolicy.LAST_PER_SUBJECT)
-    try:
-        while not stop.is_set():
-            try:
-                m = await asyncio.wait_for(queue.get(), 0.5)
-            except TimeoutError:
-                continue
-            try:
-                hb = parse_message(m.data, subject=m.subject)
-            except InvalidMessage as e:
-                log.warning("ignored invalid heartbeat: %s", e.reason)
-                continue
-            if not isinstance(hb, HostHeartbeat):
-                continue
-            age = (datetime.now(UTC) - hb.occurred_at).total_seconds()
-            if age > hb.interval_s * ctx.settings.missed_heartbeats:
-                continue  # a stale one replayed at start-up
-            with log_context(host_id=hb.host_id):
-                was_alive = hb.host_id in ctx.liveness.alive()  # accepted before
-                if not was_alive and not await asyncio.to_thread(ctx.app.accepts_heartbeats,
-                                                                 hb.host_id):
-                    log.debug("heartbeat of an unregistered or revoked host ignored")
-                    continue
-                ctx.liveness.beat(hb.host_id, hb.interval_s)
-                await asyncio.to_thread(ctx.app.register, hb)
-                if not was_alive:
-                    log.info("host ready", extra={"accel": hb.accel})
-    finally:
-        await sub.unsubscribe()
-
-
-async def sweep_lost_hosts(ctx: SchedulerContext, stop: asyncio.Event) -> None:
-    while not stop.is_set():
-        for host_id in ctx.liveness.expired():
-            timeout = ctx.liveness.timeout_for(host_id)
-            with log_context(host_id=host_id, op_id=f"op_sweep_{host_id}"[:64]):
-                lost = await asyncio.to_thread(ctx.app.mark_lost, host_id, timeout,
-                                               f"op_sweep_{host_id}"[:64])
-                ctx.liveness.forget(host_id)
-                log.warning("host lost after %.1fs without heartbeats; %d sandboxes lost",
-                            timeout, len(lost))
-        try:
-            await asyncio.wait_for(stop.wait(), ctx.settings.sweep_interval_s)
-        except TimeoutError:
-            pass
