@@ -34,6 +34,7 @@ def clock(monkeypatch):
 def app(tmp_path, clock):
     a = Scheduler(store_env("sqlite", tmp_path, "scheduler"))
     a.confirm_s = 0.0  # one sighting confirms, unless a test says otherwise
+    a.min_gap_s = 0.0
     a.register(reg("h1", vcpus=4, n=4))
     a.register(hb("h1", vcpus=4, n=4))
     yield a
@@ -215,3 +216,17 @@ def test_a_lost_sandbox_released_then_started_by_its_host_is_adopted(app):
     assert len(rec) == 1 and rec[0]["lost_at"][:19] == lost_at[:19]
     assert [e["type"] for e in envelopes(app, pos)].count("SandboxLost") == 0
     assert a in app.host("h1").allocations
+
+
+def test_a_host_sending_inventories_faster_than_the_gap_gets_them_skipped(app, clock):
+    app.min_gap_s = 1.0
+    place(app, 1)
+    lose_and_return(app)
+    assert app.reconcile(inv()) is not None  # taken up: its sandbox released
+    place(app, 1)
+    lose_and_return(app)
+    clock.t += 0.5
+    assert app.reconcile(inv()) is None  # too soon after the last one: skipped
+    assert app.host("h1").unknown_ids
+    clock.t += 0.6
+    assert app.reconcile(inv()) is not None

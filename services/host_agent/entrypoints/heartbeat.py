@@ -5,9 +5,9 @@ import asyncio
 import logging
 import secrets
 
-from contracts.subjects import host_agent_consumer
 from contracts.host import (MAX_INVENTORY, HostCapacity, HostHeartbeat, HostInventory,
                            HostRegistered, InventoryItem)
+from contracts.subjects import host_agent_consumer
 
 from ..application.ports import VmmDriver
 from ..bootstrap import HostAgentContext

@@ -46,16 +46,27 @@ class ReconcileCases(StoreApp):
     lost_policy = "adopt"  # what a sandbox recorded lost becomes when its host has it
     confirm_s = 5.0  # a suspected discrepancy must still be there this much later
     missing_grace_s = 60.0  # a placement younger than this may not have reached its host
+    min_gap_s = 1.0  # a host's inventories closer together than this are skipped
     # (host, sandbox, kind) -> when first suspected, in this process only
     _suspects: dict[tuple[str, str, str], float]
     _suspects_lock: threading.Lock
+    _last_inventory: dict[str, float]  # host -> when its last inventory was taken up
 
     def placement(self, sandbox_id: str) -> Placement | None: ...
     def host(self, host_id: str) -> Host | None: ...
 
     def reconcile(self, inv: HostInventory) -> HostReconciled | None:
         """Correct this scheduler's view of `inv.host_id`; None when it agrees
-        (or the host is not ready: lost hosts are settled once back)."""
+        (or the host is not ready: lost hosts are settled once back), or when
+        the host sent another inventory less than `min_gap_s` ago (a host
+        cannot make the scheduler work harder by sending more)."""
+        now = time.monotonic()
+        with self._suspects_lock:
+            last = self._last_inventory.get(inv.host_id)
+            if last is not None and now - last < self.min_gap_s:
+                return None
+            self._last_inventory[inv.host_id] = now
+
         def attempt() -> HostReconciled | None:
             return _Pass(self, inv).run()
         return self.retry_on_conflict(attempt)

@@ -47,6 +47,7 @@ class Scheduler(BuildCases, ReconcileCases, StoreApp):
         self._summaries: dict[str, HostSummary] = {}  # host id -> as last read here
         self._suspects = {}
         self._suspects_lock = threading.Lock()
+        self._last_inventory = {}
 
     def host(self, host_id: str) -> Host | None:
         h = self._get(host_uuid(host_id))

@@ -7,7 +7,6 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-
 from common.bus import Handler, Poison, Retry
 from common.logging import log_context
 from contracts import Envelope
