@@ -10,4 +10,5 @@ import pytest
 def unavailable(what: str) -> None:
     if os.environ.get("CI"):
         pytest.fail(f"{what} is required in CI but unavailable", pytrace=False)
-    pytest.skip(f"{what} unavailable", allow_module_level=True)
+    else:  # a developer machine without it: say so, never pass silently
+        pytest.skip(f"{what} unavailable", allow_module_level=True)

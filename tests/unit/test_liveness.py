@@ -28,6 +28,14 @@ def tick(live: Liveness, clock: Clock, seconds: float, ok: bool = True) -> None:
         live.flowing(ok)
 
 
+def two_hosts_heard(clock: Clock, interval_s: float) -> Liveness:
+    live = Liveness(3, clock)
+    live.flowing(True)
+    live.beat("h1", interval_s)
+    live.beat("h2", interval_s)
+    return live
+
+
 def test_no_verdict_before_the_bus_is_known_to_flow(clock):
     live = Liveness(3, clock)
     live.beat("h1", 2.0)
@@ -40,10 +48,7 @@ def test_no_verdict_before_the_bus_is_known_to_flow(clock):
 
 
 def test_an_outage_gives_every_host_a_fresh_grace_period(clock):
-    live = Liveness(3, clock)
-    live.flowing(True)
-    live.beat("h1", 2.0)
-    live.beat("h2", 2.0)
+    live = two_hosts_heard(clock, 2.0)
     tick(live, clock, 5)
     tick(live, clock, 30, ok=False)  # NATS gone for 30 s: nobody's heartbeat can arrive
     assert live.expired() == []
@@ -57,10 +62,7 @@ def test_an_outage_gives_every_host_a_fresh_grace_period(clock):
 
 
 def test_a_dead_host_is_lost_within_its_timeout_of_a_healthy_bus(clock):
-    live = Liveness(3, clock)
-    live.flowing(True)
-    live.beat("h1", 1.0)
-    live.beat("h2", 1.0)
+    live = two_hosts_heard(clock, 1.0)
     for _ in range(3):  # h1 keeps beating; h2 died
         tick(live, clock, 1.0)
         live.beat("h1", 1.0)

@@ -214,11 +214,11 @@ class SandboxLedger(ImageCases, SnapshotCases, StoreApp):
     def _quota_after(self, sb: Sandbox, fact: str) -> list[OrgLive]:
         """The org's live count after `fact`: an ended sandbox leaves it; one
         recovered counts again (even over the limit: it never stopped)."""
-        quota = self._get(org_live_uuid(sb.org_id))
         if sb.state in ENDED and sb.state != "stopped":
+            quota = self._get(org_live_uuid(sb.org_id))
             return [quota] if quota is not None and quota.release(str(sb.id)) else []
         if fact == "SandboxRecovered":
-            quota = quota or OrgLive(sb.org_id)
+            quota = self._get(org_live_uuid(sb.org_id)) or OrgLive(sb.org_id)
             if str(sb.id) not in quota.live:
                 quota.reserve(str(sb.id))
                 return [quota]

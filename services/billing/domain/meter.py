@@ -4,8 +4,8 @@ one per snapshot too, its "run" being the time it is held (storage).
 A run starts with SandboxStarted and ends with the first later end fact
 (Stopped/Destroyed/Lost/Failed). SandboxRecovered (a sandbox recorded lost
 that ran on after all) starts a run again at the moment it was recorded lost,
-so the time it was believed lost is billed too. Each run is cut into periods of `period_s`
-aligned to the run's start, plus a final partial period at its end. Every
+so the time it was believed lost is billed too. Each run is cut into periods
+of `period_s` aligned to the run's start, plus a final partial period at its end. Every
 period is one UsageRecorded with a stable id: uuid5(sandbox_id, period_start).
 Facts are deduplicated by event_id, so redelivery changes nothing.
 

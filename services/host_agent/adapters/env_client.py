@@ -2,7 +2,6 @@
 host's own subject (the bus carries no env values)."""
 from __future__ import annotations
 
-
 from nats.aio.client import Client
 
 from common.rpc import patient_request

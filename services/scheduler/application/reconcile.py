@@ -6,14 +6,16 @@ scheduler believes runs there. Every correction is an event.
 - In the inventory, ended here (destroyed, failed) or never placed there:
   `DestroySandbox` to the host.
 - In the inventory, placed there but not counted: counted again.
-- Held on a host that was lost and absent from its inventory: released.
+- Held on a host that was lost and absent from its inventory: released (and
+  adopted should it turn up later).
 - Held and absent from the inventory of a host that was not lost:
   `SandboxLost` ("its host does not run it") and released.
 
 A host's inventory and the facts it publishes travel separately, so a
 discrepancy that a fact in flight may explain (every case but adopting a
 sandbox recorded lost) is acted on only when a later inventory, at least
-`confirm_s` after the first, shows it again.
+`confirm_s` after the first, shows it again; and absence only counts in an
+inventory taken with no command pending for the host.
 """
 from __future__ import annotations
 
@@ -38,7 +40,6 @@ from .builds import envelope_doc
 
 log = logging.getLogger("corral.scheduler")
 RECONCILE_NS = uuid.UUID("1c9e5a7b-3d2f-4b6a-8e0c-9f1d2a3b4c5d")
-POLICIES = ("adopt", "destroy")
 CAP = 1000
 
 
@@ -189,6 +190,19 @@ class _Pass:
             self._touch(p)
         self.out["destroyed"].append(sid)
 
+    def _gone(self, sid: str, p: Placement | None) -> None:
+        """An unknown allocation its returning host does not hold: released
+        once confirmed; should the sandbox turn up after all, it is adopted."""
+        if not self._confirmed(sid, "gone"):
+            return
+        h = self.h
+        h.settle(sid, keep=False)
+        self._touch(h)
+        if p is not None and p.active:
+            p.mark_lost(getattr(h, "lost_at", None) or utc_text(datetime.now(UTC)))
+            self._touch(p)
+        self.out["released"].append(sid)
+
     def _absent(self, sid: str, alloc: dict[str, Any], unknown: bool) -> None:
         """Counted on the host, and the host does not run it. Only an inventory
         with no command pending says so (a start may still be queued), and
@@ -197,21 +211,12 @@ class _Pass:
         if self.inv.commands_pending != 0:
             return
         if alloc.get("kind") == "build":
-            if unknown and sid not in self.inv.builds and self._confirmed(sid, "gone"):
-                h.settle(sid, keep=False)
-                self._touch(h)
-                self.out["released"].append(sid)
+            if unknown and sid not in self.inv.builds:
+                self._gone(sid, None)
             return  # a build known here ends with its own fact (or its timeout)
         p = self.app.placement(sid)
         if unknown:  # lost with its host, and really gone: SandboxLost said so
-            if not self._confirmed(sid, "gone"):
-                return
-            h.settle(sid, keep=False)
-            self._touch(h)
-            if p is not None and p.active:  # should it turn up after all, it is adopted
-                p.mark_lost(getattr(h, "lost_at", None) or utc_text(datetime.now(UTC)))
-                self._touch(p)
-            self.out["released"].append(sid)
+            self._gone(sid, p)
             return
         young = p is not None and p.modified_on > datetime.now(UTC) - timedelta(
             seconds=self.app.missing_grace_s)

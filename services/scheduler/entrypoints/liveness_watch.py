@@ -76,7 +76,8 @@ def seed_expected_hosts(ctx: SchedulerContext) -> int:
 
 async def watch_heartbeats(ctx: SchedulerContext, stop: asyncio.Event) -> None:
     reader = HostStreamReader(ctx)
-    await asyncio.to_thread(seed_expected_hosts, ctx)
+    expected = await asyncio.to_thread(seed_expected_hosts, ctx)
+    log.info("expecting %d hosts recorded ready to heartbeat", expected)
     await reader.subscribe()
     probe = asyncio.ensure_future(probe_bus(ctx, reader, stop))
     try:
