@@ -177,12 +177,13 @@ class Bus:
             h["traceparent"] = tp
         return h
 
-    async def publish(self, msg: Envelope, subject: str | None = None) -> int:
+    async def publish(self, msg: Envelope, subject: str | None = None,
+                      timeout_s: float = 10) -> int:
         """Publish to JetStream and wait for the ack; returns the stream sequence."""
         assert self.js
         ack = await self.js.publish(subject or subject_for(msg, self.publisher_host),
                                     msg.to_json(),
-                                    headers=self.headers_for(msg), timeout=10)
+                                    headers=self.headers_for(msg), timeout=timeout_s)
         return ack.seq
 
     async def publish_pipelined(self, items: list[tuple[Envelope, str]],

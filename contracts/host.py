@@ -47,6 +47,14 @@ class HostRevoked(HostEvent):
     reason: str = Field(default="revoked by an administrator", max_length=500)
 
 
+class BusProbe(Envelope):
+    """A scheduler instance's probe of its own reading of the host stream:
+    written there (on one subject, whoever writes it) and read back through
+    the same reader, it shows the stream takes writes and the reader gets them."""
+    type: Literal["BusProbe"] = "BusProbe"
+    instance: str = Field(min_length=1, max_length=64)
+
+
 class HostLost(HostEvent):
     type: Literal["HostLost"] = "HostLost"
     last_seen: str

@@ -11,7 +11,7 @@ from .envelope import Envelope
 from .image import (BuildImage, DeleteImage, ImageBuildFailed, ImageBuildLogged,
                     ImageBuildRequested, ImageBuildScheduled, ImageBuilt, ImageDeleted,
                     ImageDeleteRequested)
-from .host import (HostHeartbeat, HostInventory, HostLost, HostReconciled, HostRegistered,
+from .host import (BusProbe, HostHeartbeat, HostInventory, HostLost, HostReconciled, HostRegistered,
                    HostRevoked)
 from .sandbox import (SandboxDestroyed, SandboxDestroyRequested, SandboxExpiring, SandboxFailed,
                       SandboxLost, SandboxPaused, SandboxPauseRequested, SandboxRecovered,
@@ -31,7 +31,7 @@ EVENT_TYPES: tuple[type[Envelope], ...] = (
     SandboxResumeRequested, SandboxResumed, SandboxStartRequested, SandboxRecovered,
     SnapshotRequested, SnapshotCreated, SnapshotFailed, SnapshotDeleteRequested,
     SnapshotDeleted, HostRegistered, HostHeartbeat, HostLost, HostRevoked, HostInventory,
-    HostReconciled, UsageRecorded,
+    HostReconciled, BusProbe, UsageRecorded,
     SpendThresholdCrossed, ImageBuildRequested, ImageBuildScheduled, ImageBuildLogged,
     ImageBuilt, ImageBuildFailed, ImageDeleteRequested, ImageDeleted,
 )

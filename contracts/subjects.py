@@ -20,6 +20,8 @@ HOST_FACT_TYPES = ("SandboxStarting", "SandboxStarted", "SandboxFailed", "Sandbo
                    "ImageBuildFailed", "ImageDeleted")
 HOST_FACTS = HOST_FACT_PREFIX + ">"
 HOST_EVENTS = "corral.evt.host.>"
+# Schedulers' probes of the host stream (host ids are UUIDs: never "bus-probe")
+BUS_PROBE = "corral.evt.host.bus-probe.BusProbe"
 USAGE_EVENTS = "corral.evt.usage.>"
 HOST_COMMANDS = "corral.cmd.host.>"
 DLQ = "corral.dlq.>"
@@ -141,6 +143,8 @@ def subject_for(msg: Any, via_host: str | None = None) -> str:
         return sandbox_subject(msg.org_id, msg.sandbox_id, kind)
     if kind.startswith("Host"):
         return host_subject(msg.host_id, kind)
+    if kind == "BusProbe":
+        return BUS_PROBE
     if kind == "UsageRecorded":
         return usage_subject(msg.org_id, msg.sandbox_id)
     if kind == "SpendThresholdCrossed":

@@ -7,6 +7,7 @@ Shared by bench/chaos.py and the end-to-end outage tests.
 """
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import os
 import secrets
@@ -17,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+import nats
 
 from services.host_agent.adapters.fake_vmm import MARK
 
@@ -65,6 +67,7 @@ class Outcome:
     unsettled: list[str] = field(default_factory=list)
     settle_s: float = 0.0
     kills: list[dict] = field(default_factory=list)
+    hosts_lost: int = 0  # HostLost events: none is right unless a host agent was down
 
     def as_dict(self) -> dict:
         return {"accepted": self.accepted, "deleted": self.deleted,
@@ -75,7 +78,7 @@ class Outcome:
                 "ghost_processes": self.ghost_processes[:20],
                 "ghost_sandboxes": self.ghost_sandboxes[:20],
                 "unsettled": len(self.unsettled), "settle_s": round(self.settle_s, 2),
-                "kills": self.kills}
+                "hosts_lost": self.hosts_lost, "kills": self.kills}
 
 
 class Chaos:
@@ -194,13 +197,27 @@ class Chaos:
                 stable_since = stable_since or now
                 if now - stable_since >= stable_s:
                     out.settle_s = stable_since - t0
-                    return out
+                    break
             else:
                 stable_since = None
             if now - t0 > timeout_s:
                 out.settle_s = now - t0
-                return out
+                break
             time.sleep(0.5)
+        out.hosts_lost = self.host_losses()
+        return out
+
+    def host_losses(self) -> int:
+        """How many HostLost events the host stream holds."""
+        async def go() -> int:
+            nc = await nats.connect(self.st.nats_url, **self.st.bus_login("ops"))
+            try:
+                info = await nc.jetstream().stream_info(
+                    "CORRAL_HOST", subjects_filter="corral.evt.host.*.HostLost")
+                return sum((info.state.subjects or {}).values())
+            finally:
+                await nc.close()
+        return asyncio.run(go())
 
     def _outcome(self, ids: list[str], deleted: list[str], states: dict[str, str],
                  procs: set[str]) -> Outcome:

@@ -74,7 +74,7 @@ def test_nats_killed_mid_burst_loses_nothing_and_leaves_no_ghosts(outage_stack):
     assert out.unsettled == [] and out.lost == 0, doc
     assert out.ghost_processes == [] and out.ghost_sandboxes == [], doc
     assert doc["running"] == 120 - len(deleted) and doc["destroyed"] == len(deleted), doc
-    assert host_events(st, "HostLost") == []
+    assert out.hosts_lost == 0 and host_events(st, "HostLost") == []
     assert b"host lost" not in (st.state_dir / "logs" / "scheduler.log").read_bytes()
 
 

@@ -77,7 +77,7 @@ def service_grant(service: str) -> Grant:
                                 f"{s.RPC_GATEWAY_BUILDCTX_PREFIX}.*")
     elif service == "scheduler":
         pub = (s.SANDBOX_EVENTS, "corral.evt.host.*.HostLost", "corral.evt.host.*.HostReconciled",
-               s.HOST_COMMANDS,
+               s.BUS_PROBE, s.HOST_COMMANDS,
                *_consumers("scheduler-placement", "scheduler-hosts"),
                *_ephemeral("CORRAL_HOST"))
         sub = ("corral.rpc.scheduler.>",)

@@ -74,28 +74,45 @@ async def publish_inventory(ctx: HostAgentContext) -> None:
 
 
 async def heartbeat_loop(ctx: HostAgentContext, stop: asyncio.Event) -> None:
-    """Heartbeats every interval; the inventory every inventory interval and
-    again as soon as a publish succeeds after one failed (the bus is back)."""
+    """Heartbeats every interval, each given one interval to be stored (a
+    late heartbeat is worthless, and one stuck in a bus outage must not hold
+    back the next); the inventory every inventory interval and again as soon
+    as a heartbeat is stored after one failed (the bus is back), sent beside
+    the heartbeats so that a large or slow one never delays them."""
     seq = 0
     interval = ctx.settings.heartbeat_interval_s
     inventory_due = 0.0  # monotonic time of the next inventory: at once
+    inventory: asyncio.Task[None] | None = None
     loop = asyncio.get_running_loop()
-    while not stop.is_set():
-        running, vcpus, mem = await asyncio.to_thread(ctx.service.usage)
+
+    async def send_inventory() -> None:
+        nonlocal inventory_due
         try:
-            await ctx.bus.publish(HostHeartbeat(
-                op_id=_op(), host_id=ctx.host_id, seq=seq, accel=ctx.driver.accel,
-                capacity=_capacity(ctx.settings), running=running, used_vcpus=vcpus,
-                used_memory_mib=mem, warnings=warnings(ctx), interval_s=interval,
-                pools=pool_stats(ctx.driver)))
-            seq += 1
-            if loop.time() >= inventory_due:
-                await publish_inventory(ctx)
-                inventory_due = loop.time() + ctx.settings.inventory_interval_s
-        except Exception as e:  # noqa: BLE001 - bus down: keep beating when it is back
-            log.warning("heartbeat failed: %s", e)
+            await publish_inventory(ctx)
+        except Exception as e:  # noqa: BLE001 - sent again after the next heartbeat
+            log.warning("inventory failed: %r", e)
             inventory_due = 0.0
-        try:
-            await asyncio.wait_for(stop.wait(), interval)
-        except TimeoutError:
-            pass
+
+    try:
+        while not stop.is_set():
+            running, vcpus, mem = await asyncio.to_thread(ctx.service.usage)
+            try:
+                await ctx.bus.publish(HostHeartbeat(
+                    op_id=_op(), host_id=ctx.host_id, seq=seq, accel=ctx.driver.accel,
+                    capacity=_capacity(ctx.settings), running=running, used_vcpus=vcpus,
+                    used_memory_mib=mem, warnings=warnings(ctx), interval_s=interval,
+                    pools=pool_stats(ctx.driver)), timeout_s=interval)
+                seq += 1
+                if loop.time() >= inventory_due and (inventory is None or inventory.done()):
+                    inventory_due = loop.time() + ctx.settings.inventory_interval_s
+                    inventory = asyncio.ensure_future(send_inventory())
+            except Exception as e:  # noqa: BLE001 - bus down: keep beating when it is back
+                log.warning("heartbeat failed: %r", e)
+                inventory_due = 0.0
+            try:
+                await asyncio.wait_for(stop.wait(), interval)
+            except TimeoutError:
+                pass
+    finally:
+        if inventory is not None:
+            inventory.cancel()

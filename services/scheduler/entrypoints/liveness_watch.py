@@ -2,19 +2,22 @@
 ordered consumer), probes whether that reading keeps up with the stream, and
 records a host lost only while it does.
 
-The probe asks JetStream for the stream's last sequence every
-`bus_probe_interval_s`. The bus is flowing for this judge when the probe is
-answered and everything the stream held at the previous probe has been
-processed here; a failed probe, a disconnect, or a reader that fell behind
-(a stalled consumer, a starved process) stops every verdict, and the next
-flow restarts every host's grace period (see application/liveness.py).
-A reader that stays behind while JetStream answers is subscribed afresh.
+Every `bus_probe_interval_s` the probe writes a BusProbe into the host
+stream and notes its sequence. The bus is flowing for this judge when the
+probe is stored and the reader has processed the previous probe's sequence:
+the stream takes writes and this reader gets them within one interval, even
+when no host writes at all. A failed probe, a disconnect, or a reader that
+fell behind (a stalled or dead consumer, a starved process) stops every
+verdict, and the next flow restarts every host's grace period (see
+application/liveness.py). A reader that stays behind while the stream takes
+writes is subscribed afresh.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
 from datetime import UTC, datetime
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from nats.aio.msg import Msg
@@ -22,7 +25,7 @@ from nats.js.api import DeliverPolicy
 
 from common.logging import log_context
 from contracts import InvalidMessage, parse_message
-from contracts.host import HostHeartbeat
+from contracts.host import BusProbe, HostHeartbeat
 
 from ..application.fleet import Fleet
 from ..bootstrap import SchedulerContext
@@ -58,6 +61,19 @@ class HostStreamReader:
             "corral.evt.host.>", stream=STREAM, cb=on_msg, ordered_consumer=True,
             deliver_policy=DeliverPolicy.LAST_PER_SUBJECT)
 
+    async def run(self, handle: Callable[[Msg], Awaitable[None]], stop: asyncio.Event) -> None:
+        """Handle every message read, in order, noting how far it got."""
+        while not stop.is_set():
+            try:
+                m = await asyncio.wait_for(self.queue.get(), 0.5)
+            except TimeoutError:
+                continue
+            await handle(m)
+            try:
+                self.processed_seq = max(self.processed_seq, m.metadata.sequence.stream)
+            except Exception:  # noqa: BLE001 - not a JetStream message: no position
+                pass
+
     async def close(self) -> None:
         if self.sub is not None:
             await self.sub.unsubscribe()
@@ -81,16 +97,7 @@ async def watch_heartbeats(ctx: SchedulerContext, stop: asyncio.Event) -> None:
     await reader.subscribe()
     probe = asyncio.ensure_future(probe_bus(ctx, reader, stop))
     try:
-        while not stop.is_set():
-            try:
-                m = await asyncio.wait_for(reader.queue.get(), 0.5)
-            except TimeoutError:
-                continue
-            await _handle(ctx, m)
-            try:
-                reader.processed_seq = max(reader.processed_seq, m.metadata.sequence.stream)
-            except Exception:  # noqa: BLE001 - not a JetStream message: no position
-                pass
+        await reader.run(lambda m: _handle(ctx, m), stop)
     finally:
         probe.cancel()
         await reader.close()
@@ -124,21 +131,23 @@ async def _handle(ctx: SchedulerContext, m: Msg) -> None:
 async def probe_bus(ctx: SchedulerContext, reader: HostStreamReader,
                     stop: asyncio.Event) -> None:
     interval = ctx.settings.bus_probe_interval_s
-    target: int | None = None  # the stream's last sequence at the previous probe
+    target: int | None = None  # stream sequence of the previous probe
     behind = 0
     while not stop.is_set():
-        last: int | None = None
+        seq: int | None = None
         if ctx.bus.connected:
             try:
-                info = await asyncio.wait_for(ctx.bus.jetstream.stream_info(STREAM),
-                                              max(0.5, interval))
-                last = int(info.state.last_seq)
+                seq = await ctx.bus.publish(BusProbe(op_id=f"op_probe_{ctx.settings.instance}"[:64],
+                                                     instance=ctx.settings.instance),
+                                            timeout_s=max(0.5, interval))
             except Exception as e:  # noqa: BLE001 - JetStream down, or too slow: not flowing
                 log.debug("bus probe failed: %r", e)
-        caught_up = last is not None and target is not None and reader.processed_seq >= target
+        if seq is not None and (seq <= reader.processed_seq or (target or 0) >= seq):
+            reader.processed_seq, target = 0, None  # the stream was recreated
+        caught_up = seq is not None and target is not None and reader.processed_seq >= target
         if ctx.liveness.flowing(caught_up and ctx.bus.connected):
             log.info("bus flowing: every host's grace period starts now")
-        elif not caught_up and last is not None and target is not None:
+        elif not caught_up and seq is not None and target is not None:
             behind += 1
             if behind == RESUBSCRIBE_AFTER_PROBES:
                 log.warning("host stream reader behind (at %d of %d); subscribing afresh",
@@ -150,9 +159,7 @@ async def probe_bus(ctx: SchedulerContext, reader: HostStreamReader,
                 behind = 0
         if caught_up:
             behind = 0
-        if last is not None and last < reader.processed_seq:
-            reader.processed_seq = 0  # the stream was recreated: positions start again
-        target = last
+        target = seq
         try:
             await asyncio.wait_for(stop.wait(), interval)
         except TimeoutError:
