@@ -10,6 +10,7 @@ import re
 import ssl
 import time
 from collections.abc import Awaitable, Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlparse
@@ -19,17 +20,17 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
-from nats.js.api import (AckPolicy, ConsumerConfig, DeliverPolicy, RetentionPolicy, StorageType,
-                         StreamConfig)
-from nats.js.errors import BadRequestError
+from opentelemetry.trace import SpanKind
 
 from contracts import Envelope, InvalidMessage, parse_message
-from contracts.subjects import STREAMS, ConsumerDef, dlq_subject, service_inbox, subject_for
+from contracts.subjects import ConsumerDef, dlq_subject, service_inbox, subject_for
 
 from .logging import log_context, redact
+from .metrics import DEAD_LETTERS
 from .settings import CommonSettings
 from .service import warn_if_plaintext
-from .tracing import context_from, current_traceparent, tracer
+from .topology import ensure_consumer, ensure_streams
+from .tracing import context_from, current_traceparent, exporting, tracer
 
 log = logging.getLogger("corral.bus")
 # The largest message Corral sends whole (an event: env and metadata are capped
@@ -62,6 +63,11 @@ class DeadLetter:
     headers: dict
 
 
+def servers_of(url: str) -> list[str]:
+    """CORRAL_NATS_URL: one server, or a cluster's as a comma-separated list."""
+    return [u.strip() for u in url.split(",") if u.strip()]
+
+
 class Bus:
     """One principal's connection. `user`/`password`: its bus credentials;
     `inbox`: the reply prefix only it may read. A host agent's bus publishes
@@ -76,12 +82,15 @@ class Bus:
         self.nc: Client | None = None
         self.js: JetStreamContext | None = None
         self._denied: dict[str, float] = {}  # subject -> when the server refused it
+        self.stream_replicas = 1  # copies of each stream ensure_topology asks for
 
     @classmethod
     def of_service(cls, settings: CommonSettings, service: str, name: str) -> Bus:
         """A control-plane service's connection, with its credentials and inbox."""
-        return cls(settings.nats_url, name, settings.nats_user, settings.nats_password,
-                   service_inbox(service), settings.nats_tls())
+        bus = cls(settings.nats_url, name, settings.nats_user, settings.nats_password,
+                  service_inbox(service), settings.nats_tls())
+        bus.stream_replicas = settings.stream_replicas
+        return bus
 
     def denied(self, subject: str, within_s: float = 60) -> bool:
         """Whether the server refused a publish to `subject` lately."""
@@ -101,7 +110,7 @@ class Bus:
         if self.tls is not None:
             creds["tls"] = self.tls
         self.nc = await nats.connect(
-            self.url, name=self.name, connect_timeout=2, max_reconnect_attempts=-1,
+            servers_of(self.url), name=self.name, connect_timeout=2, max_reconnect_attempts=-1,
             reconnect_time_wait=0.5, error_cb=_err, allow_reconnect=True,
             inbox_prefix=self.inbox or "_INBOX", **creds)
         self.js = self.nc.jetstream(timeout=10)
@@ -110,9 +119,9 @@ class Bus:
             raise SystemExit(f"the NATS server's max_payload is {self.nc.max_payload} bytes; "
                              f"Corral needs at least {MIN_MAX_PAYLOAD}")
         log.info("connected to nats %s as %s", redact(self.url), self.user or "(anonymous)")
-        host = urlparse(self.url).hostname or ""
-        warn_if_plaintext("NATS connection", host, tls=self.tls is not None
-                          or self.url.startswith("tls://"))
+        for url in servers_of(self.url):
+            warn_if_plaintext("NATS connection", urlparse(url).hostname or "",
+                              tls=self.tls is not None or url.startswith("tls://"))
 
     async def close(self) -> None:
         if self.nc and not self.nc.is_closed:
@@ -139,51 +148,49 @@ class Bus:
         return bool(self.nc and self.nc.is_connected)
 
     async def ensure_topology(self, *consumers: ConsumerDef) -> None:
-        """Create or update every stream, and this service's durable consumers;
-        safe to repeat."""
+        """Create or update every stream (see topology.py), and this service's
+        durable consumers; safe to repeat."""
         assert self.js
-        for s in STREAMS:
-            cfg = StreamConfig(
-                name=s.name, subjects=list(s.subjects), retention=RetentionPolicy.LIMITS,
-                storage=StorageType.FILE, max_age=s.max_age_s,
-                max_msgs_per_subject=s.max_msgs_per_subject,
-                duplicate_window=s.duplicate_window_s, description=s.description)
-            try:
-                await self.js.add_stream(cfg)
-            except BadRequestError:
-                await self.js.update_stream(cfg)
+        await ensure_streams(self.js, self.stream_replicas)
         for c in consumers:
-            await self.ensure_consumer(c)
+            await ensure_consumer(self.js, c)
 
     async def ensure_consumer(self, c: ConsumerDef) -> None:
         assert self.js
-        cfg = ConsumerConfig(
-            durable_name=c.durable, ack_policy=AckPolicy.EXPLICIT,
-            deliver_policy=DeliverPolicy.ALL, ack_wait=c.ack_wait_s,
-            max_deliver=c.max_deliver + 1, max_ack_pending=c.max_ack_pending,
-            description=c.description,
-            **({"filter_subject": c.filter_subjects[0]} if len(c.filter_subjects) == 1
-               else {"filter_subjects": list(c.filter_subjects)}))
-        try:
-            await self.js.add_consumer(c.stream, cfg)
-        except BadRequestError as e:  # exists with other settings: update in place
-            log.info("updating consumer %s: %s", c.durable, e.description)
-            await self.js.add_consumer(c.stream, cfg)
+        await ensure_consumer(self.js, c)
 
-    def headers_for(self, msg: Envelope) -> dict[str, str]:
+    def headers_for(self, msg: Envelope, in_span: bool = False) -> dict[str, str]:
+        """`in_span`: called inside this message's producer span, whose context
+        (a child of the message's own) is the one to carry."""
         h = {"Nats-Msg-Id": msg.event_id, "Corral-Type": msg.type, "Corral-Op-Id": msg.op_id}
-        tp = msg.traceparent or current_traceparent()
+        tp = (current_traceparent() or msg.traceparent) if in_span \
+            else (msg.traceparent or current_traceparent())
         if tp:
             h["traceparent"] = tp
         return h
+
+    @staticmethod
+    def _send_span(msg: Envelope, subject: str) -> AbstractContextManager[object]:
+        """A producer span (messaging semantic conventions) while spans are
+        exported: a child of the message's own trace context, else of the
+        current one."""
+        if not exporting():
+            return nullcontext()
+        parent = context_from(msg.traceparent)
+        return tracer("corral.bus").start_as_current_span(
+            f"send {msg.type}", context=parent, kind=SpanKind.PRODUCER, attributes={
+                "messaging.system": "nats", "messaging.operation.type": "send",
+                "messaging.operation.name": "publish", "messaging.destination.name": subject,
+                "messaging.message.id": msg.event_id, "corral.op_id": msg.op_id})
 
     async def publish(self, msg: Envelope, subject: str | None = None,
                       timeout_s: float = 10) -> int:
         """Publish to JetStream and wait for the ack; returns the stream sequence."""
         assert self.js
-        ack = await self.js.publish(subject or subject_for(msg, self.publisher_host),
-                                    msg.to_json(),
-                                    headers=self.headers_for(msg), timeout=timeout_s)
+        subject = subject or subject_for(msg, self.publisher_host)
+        with self._send_span(msg, subject):
+            ack = await self.js.publish(subject, msg.to_json(), timeout=timeout_s,
+                                        headers=self.headers_for(msg, in_span=exporting()))
         return ack.seq
 
     async def publish_pipelined(self, items: list[tuple[Envelope, str]],
@@ -195,8 +202,9 @@ class Bus:
         sent: list[asyncio.Future[Any] | Exception] = []
         for msg, subject in items:
             try:
-                sent.append(await self.js.publish_async(subject, msg.to_json(),
-                                                        headers=self.headers_for(msg)))
+                with self._send_span(msg, subject):
+                    sent.append(await self.js.publish_async(
+                        subject, msg.to_json(), headers=self.headers_for(msg, in_span=exporting())))
             except Exception as e:  # noqa: BLE001 - reported per message
                 sent.append(e)
         loop = asyncio.get_running_loop()
@@ -217,6 +225,7 @@ class Bus:
 
     async def dead_letter(self, letter: DeadLetter) -> None:
         assert self.js
+        DEAD_LETTERS.labels(letter.consumer).inc()
         body = json.dumps(letter.__dict__).encode()
         await self.js.publish(dlq_subject(letter.consumer), body, timeout=10)
         log.warning("dead-lettered message from %s: %s", letter.subject, letter.reason,
@@ -289,8 +298,14 @@ class Bus:
                          host_id=getattr(msg, "host_id", None)):
             span_ctx = context_from(headers.get("traceparent") or msg.traceparent)
             with tracer("corral.bus").start_as_current_span(
-                    f"handle {msg.type}", context=span_ctx,
-                    attributes={"messaging.consumer": c.durable}):
+                    f"process {msg.type}", context=span_ctx, kind=SpanKind.CONSUMER, attributes={
+                        "messaging.system": "nats", "messaging.operation.type": "process",
+                        "messaging.operation.name": "process",
+                        "messaging.destination.name": m.subject,
+                        "messaging.consumer.group.name": c.durable,
+                        "messaging.message.id": msg.event_id,
+                        "messaging.message.body.size": len(m.data),
+                        "corral.deliveries": deliveries, "corral.op_id": msg.op_id}):
                 keepalive = asyncio.ensure_future(self._keep_alive(m, c.ack_wait_s))
                 try:
                     await handler(msg)

@@ -1,4 +1,5 @@
-"""JSON-lines logging with op_id / sandbox_id / host_id from context."""
+"""JSON-lines logging with op_id / sandbox_id / host_id from context, and the
+current span's trace_id / span_id."""
 from __future__ import annotations
 
 import contextvars
@@ -9,6 +10,8 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+
+from .tracing import current_ids
 
 op_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("op_id", default=None)
 sandbox_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar(
@@ -39,6 +42,9 @@ class JsonFormatter(logging.Formatter):
             value = getattr(record, key, None) or var.get()
             if value:
                 doc[key] = value
+        ids = current_ids()
+        if ids is not None:
+            doc["trace_id"], doc["span_id"] = ids
         for k, v in record.__dict__.items():
             if k not in _RESERVED and k not in doc and not k.startswith("_"):
                 doc[k] = v if isinstance(v, (int, float, bool, type(None))) else redact(str(v))

@@ -110,14 +110,43 @@ def _q(text: str) -> str:
     return json.dumps(text)
 
 
+@dataclass(frozen=True)
+class ClusterConf:
+    """One node of a NATS cluster: its name, where it listens for routes, and
+    its peers' route URLs (`nats-route://host:port`)."""
+    server_name: str
+    route_port: int
+    routes: tuple[str, ...]
+    name: str = "corral"
+    route_host: str = "127.0.0.1"
+
+
+def cluster_of(n: int, host: str = "127.0.0.1", name: str = "corral",
+               ports: list[int] | None = None) -> list[ClusterConf]:
+    """`n` nodes routed to each other on `host` (route ports given or picked)."""
+    if ports is None:
+        from .natsserver import free_port
+        ports = [free_port() for _ in range(n)]
+    urls = [f"nats-route://{host}:{p}" for p in ports]
+    return [ClusterConf(f"{name}-{i + 1}", p, tuple(u for u in urls if u != urls[i]), name,
+                        host) for i, p in enumerate(ports)]
+
+
 def server_config(secrets_: BusSecrets | None, *, host: str, port: int, store_dir: Path | str,
                   max_payload: int = DEFAULT_MAX_PAYLOAD, tls: tuple[str, str] | None = None,
-                  monitor_port: int | None = None) -> str:
+                  monitor_port: int | None = None, cluster: ClusterConf | None = None) -> str:
     """nats-server configuration. `secrets_` None: no authentication at all
     (only for tests of bus mechanics, never a deployment). `tls`: the server's
-    (certificate, key) files; `monitor_port`: the HTTP monitoring endpoint."""
+    (certificate, key) files; `monitor_port`: the HTTP monitoring endpoint;
+    `cluster`: this node's place in a cluster (JetStream then replicates)."""
     head = (f"listen: {_q(f'{host}:{port}')}\nmax_payload: {max_payload}\n"
             f"jetstream {{ store_dir: {_q(str(store_dir))} }}\n")
+    if cluster is not None:
+        routes = ", ".join(_q(r) for r in cluster.routes)
+        head += (f"server_name: {_q(cluster.server_name)}\n"
+                 f"cluster {{ name: {_q(cluster.name)}, "
+                 f"listen: {_q(f'{cluster.route_host}:{cluster.route_port}')}, "
+                 f"routes: [ {routes} ] }}\n")
     if tls is not None:
         head += (f"tls {{ cert_file: {_q(tls[0])}, key_file: {_q(tls[1])}, "
                  f"timeout: 5 }}\n")

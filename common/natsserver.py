@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from .natsconf import DEFAULT_MAX_PAYLOAD, BusSecrets, server_config
+from .natsconf import DEFAULT_MAX_PAYLOAD, BusSecrets, ClusterConf, server_config
 
 
 def nats_server_binary() -> str:
@@ -34,10 +34,12 @@ class NatsServer:
 
     def __init__(self, store_dir: Path, port: int | None = None, host: str = "127.0.0.1",
                  bus: BusSecrets | None = None, max_payload: int = DEFAULT_MAX_PAYLOAD,
-                 config: Path | None = None):
+                 config: Path | None = None, cluster: ClusterConf | None = None):
         """`config`: run this configuration file as it is (its listen address
-        must be host:port) instead of rendering one."""
+        must be host:port) instead of rendering one; `cluster`: this server's
+        place in a cluster."""
         self.config = config
+        self.cluster = cluster
         self.store_dir = Path(store_dir)
         self.port = port or free_port()
         self.host = host
@@ -57,7 +59,7 @@ class NatsServer:
             conf.touch(mode=0o600)  # it holds the auth service's passwords
             conf.write_text(server_config(self.bus, host=self.host, port=self.port,
                                           store_dir=self.store_dir,
-                                          max_payload=self.max_payload))
+                                          max_payload=self.max_payload, cluster=self.cluster))
         self.proc = subprocess.Popen(
             [nats_server_binary(), "-c", str(conf)],
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)

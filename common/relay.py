@@ -53,6 +53,11 @@ class OutboxRelay:
     def position(self) -> int:
         return self._tracker.max_tracking_id(self.name) or 0
 
+    def backlog(self) -> int:
+        """Events stored and not yet published (or passed over)."""
+        top = self.app.recorder.max_notification_id() or 0
+        return max(0, top - self.position())
+
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
             self._wake.clear()  # before the pass: a save during it wakes the next one

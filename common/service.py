@@ -8,8 +8,9 @@ from collections.abc import Awaitable, Callable
 from typing import Protocol, TypeVar
 
 from .logging import configure_logging
+from .metrics import CONTENT_TYPE, exposition
 from .settings import CommonSettings
-from .tracing import setup_tracing
+from .tracing import instrument_clients, setup_tracing
 
 log = logging.getLogger("corral.service")
 
@@ -73,20 +74,23 @@ async def run_until_stopped(stop: asyncio.Event, *jobs: Awaitable[None],
 
 async def serve_health(port: int, ready: Callable[[], Awaitable[bool]],
                        stop: asyncio.Event, host: str = "127.0.0.1") -> None:
-    """Minimal /healthz and /readyz for services without an HTTP app."""
+    """/healthz, /readyz and the Prometheus /metrics, on their own port."""
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             line = (await asyncio.wait_for(reader.readline(), 5)).decode("latin-1")
             path = line.split(" ")[1] if line.count(" ") >= 2 else "/"
+            ctype = "application/json"
             if path == "/healthz":
                 code, body = 200, b'{"status":"ok"}'
+            elif path == "/metrics":
+                code, body, ctype = 200, exposition(), CONTENT_TYPE
             elif path == "/readyz":
                 ok = await ready()
                 code, body = ((200, b'{"status":"ready"}') if ok
                               else (503, b'{"status":"not ready"}'))
             else:
                 code, body = 404, b'{"status":"not found"}'
-            writer.write(f"HTTP/1.1 {code} X\r\ncontent-type: application/json\r\n"
+            writer.write(f"HTTP/1.1 {code} X\r\ncontent-type: {ctype}\r\n"
                          f"content-length: {len(body)}\r\nconnection: close\r\n\r\n".encode()
                          + body)
             await writer.drain()
@@ -119,6 +123,7 @@ async def run(service: str, settings: S,
     (before any job runs), then the jobs until SIGTERM/SIGINT."""
     configure_logging(service, settings.log_level)
     setup_tracing(service)
+    instrument_clients()
     stop = asyncio.Event()
     install_stop_handlers(stop)
     ctx = await bootstrap(settings, stop)

@@ -27,4 +27,7 @@ class CommonSettings(BaseSettings):
     log_level: str = "INFO"
     health_port: int = Field(default=0, ge=0, le=65535)
     health_host: str = "127.0.0.1"
+    metrics_interval_s: float = Field(default=5.0, gt=0, le=300)  # gauges needing I/O
+    # copies of each JetStream stream (3 on a 3-node cluster); never lowered at start
+    stream_replicas: int = Field(default=1, ge=1, le=5)
     instance: str = "0"

@@ -20,6 +20,7 @@ SENDERS: dict[str, dict[str, tuple[str, ...]]] = {
                           "SandboxRecovered", "SnapshotFailed", "SnapshotDeleted",
                           "ImageBuildScheduled", "ImageBuildFailed", "ImageDeleted"),
         "hostEvents": ("HostLost", "HostReconciled"),
+        "busProbe": ("BusProbe",),
         "hostCommands": ("StartSandbox", "StopSandbox", "DestroySandbox", "PauseSandbox",
                          "ResumeSandbox", "TakeSnapshot", "DeleteSnapshot", "BuildImage",
                          "DeleteImage")},
@@ -33,7 +34,7 @@ CONSUMER_OWNERS = {"gateway-": "api_gateway", "scheduler-": "scheduler",
 # Non-durable subscriptions that are part of the contract all the same.
 EXTRA_RECEIVERS = (("scheduler", "corral.evt.host.>",
                     "ordered consumer, deliver last per subject: host liveness (heartbeats, "
-                    "and its own position in the stream: is the bus flowing)"),)
+                    "and its own probes read back: is the bus flowing)"),)
 # (subject, request, reply, responder, queue group, senders)
 RPCS = (
     (s.RPC_AUTH_VERIFY, rpc.VerifyKey, rpc.Principal, "auth", "auth", ("api_gateway",)),

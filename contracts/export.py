@@ -72,6 +72,7 @@ def _sample_subject(channel: str, type_name: str) -> str:
     """A concrete subject of a type on a channel, ids as placeholders (to match filters)."""
     return {"hostCommands": lambda: s.host_command_subject("H", "S", type_name),
             "hostEvents": lambda: s.host_subject("H", type_name),
+            "busProbe": lambda: s.BUS_PROBE,
             "usageEvents": lambda: s.usage_subject("O", "S"),
             "spendEvents": lambda: s.spend_subject("O"),
             "hostFacts": lambda: s.host_fact_subject("H", "O", "S", type_name),
@@ -119,6 +120,9 @@ FAMILIES = (  # channel key, address (from subjects.py), types, description
     ("hostEvents", s.host_subject("{host_id}", "{type}"),
      [t for t in EVENT_TYPES if _type(t).startswith("Host")],
      "Host registration, heartbeats, loss."),
+    ("busProbe", s.BUS_PROBE, [t for t in EVENT_TYPES if _type(t) == "BusProbe"],
+     "Each scheduler instance's probe of the host stream, read back through its own "
+     "reader: the bus flows for it (docs/reliability.md). One subject for every instance."),
     ("usageEvents", s.usage_subject("{org_id}", "{sandbox_id}"),
      [t for t in EVENT_TYPES if _type(t) == "UsageRecorded"], "Immutable usage line items."),
     ("spendEvents", s.spend_subject("{org_id}"),

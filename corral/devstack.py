@@ -21,7 +21,8 @@ SERVICES = ("auth", "scheduler", "billing", "api_gateway", "host_agent")
 STACK_OWNED = frozenset({
     "CORRAL_NATS_URL", "CORRAL_NATS_USER", "CORRAL_NATS_PASSWORD", "CORRAL_NATS_CA_FILE",
     "CORRAL_HOST_TOKEN", "CORRAL_STATE_DIR", "CORRAL_INSTANCE", "CORRAL_HTTP_PORT",
-    "CORRAL_DRIVER", "CORRAL_STORE", "CORRAL_API_URL", "CORRAL_API_KEY", "CORRAL_ADMIN_KEY"})
+    "CORRAL_DRIVER", "CORRAL_STORE", "CORRAL_API_URL", "CORRAL_API_KEY", "CORRAL_ADMIN_KEY",
+    "CORRAL_HEALTH_PORT"})
 _PR_SET_PDEATHSIG = 1
 
 
@@ -58,6 +59,8 @@ class DevStack:
     bus: BusSecrets | None = None  # the bus's credentials (kept in the state dir)
     creds: Credentials | None = None
     log_offsets: dict[str, int] = field(default_factory=dict)
+    # each process's health port (/healthz, /readyz, /metrics on 127.0.0.1), by name
+    health_ports: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.state_dir = Path(self.state_dir).resolve()
@@ -123,9 +126,10 @@ class DevStack:
         path = logs / f"{name}.log"
         self.log_offsets[name] = path.stat().st_size if path.exists() else 0
         out = open(path, "ab")
+        port = self.health_ports.setdefault(name, free_port())
         self.procs[name] = subprocess.Popen(
             [sys.executable, "-m", f"services.{service}"],
-            env={**self.env(service, instance), **(env or {})},
+            env={**self.env(service, instance), "CORRAL_HEALTH_PORT": str(port), **(env or {})},
             cwd=REPO, stdout=out, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
 
     def start(self, timeout_s: float = 60) -> DevStack:

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from common.bus import Bus
 from common.eventstore import store_env
+from common.metrics import CREATE_SECONDS
 from common.relay import OutboxRelay
 from contracts.subjects import consumer
 
@@ -63,6 +64,10 @@ class GatewayContext:
         self.ledger.close()
 
 
+def observe_create(start_mode: str | None, seconds: float) -> None:
+    CREATE_SECONDS.labels(start_mode or "unknown").observe(seconds)
+
+
 async def bootstrap(settings: GatewaySettings, stop: asyncio.Event | None = None) -> GatewayContext:
     bus = Bus.of_service(settings, "gateway", f"gateway-{settings.instance}")
     await bus.connect()
@@ -71,6 +76,7 @@ async def bootstrap(settings: GatewaySettings, stop: asyncio.Event | None = None
               else Sealer.load_or_create(settings.state_dir / "gateway-secrets.key"))
     ledger = await asyncio.to_thread(
         SandboxLedger, store_env(settings.store, settings.state_dir, "gateway"), sealer)
+    ledger.on_first_start = observe_create
     relay = OutboxRelay(ledger, bus, name="gateway-relay")
     read_model = ReadModel(settings.store,
                            str((settings.state_dir / "gateway-read.sqlite").resolve()))

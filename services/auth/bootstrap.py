@@ -9,6 +9,7 @@ from faststream.nats import NatsBroker
 from faststream.nats.security import NatsUserPassword
 from nats.aio.client import Client
 
+from common.bus import servers_of
 from common.logging import redact
 from contracts.subjects import service_inbox
 
@@ -50,7 +51,7 @@ def offline(settings: AuthSettings) -> tuple[SqlStore, AuthService]:
 async def bootstrap(settings: AuthSettings, stop: asyncio.Event | None = None) -> AuthContext:
     store = SqlStore.from_settings(settings.store, settings.state_dir)
     tls = settings.nats_tls()
-    broker = NatsBroker(settings.nats_url, name=f"corral-auth-{settings.instance}",
+    broker = NatsBroker(servers_of(settings.nats_url), name=f"corral-auth-{settings.instance}",
                         max_reconnect_attempts=-1, reconnect_time_wait=1,
                         inbox_prefix=service_inbox("auth"),
                         security=NatsUserPassword(settings.nats_user, settings.nats_password,

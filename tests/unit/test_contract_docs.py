@@ -11,7 +11,7 @@ import yaml
 
 from common.bus import DeadLetter as BusDeadLetter
 from contracts import ALL_TYPES, InvalidMessage, parse_message
-from contracts.host import HostInventory, HostReconciled, InventoryItem
+from contracts.host import BusProbe, HostInventory, HostReconciled, InventoryItem
 from contracts.sandbox import SandboxRecovered
 from contracts.commands import (DestroySandbox, PauseSandbox, ResumeSandbox, StartSandbox,
                                 StopSandbox)
@@ -74,6 +74,7 @@ SAMPLES = [
         InventoryItem(sandbox_id="sb-1", org_id="org-1", state="running")]),
     HostReconciled(op_id="op-1", host_id="h-1", inventory_id="ev-1", adopted=["sb-1"],
                    counts={"adopted": 1, "destroyed": 0, "lost": 0, "released": 0}),
+    BusProbe(op_id="op-1", instance="0"),
     SandboxRecovered(host_id="h-1", state="running", lost_at=T0, vcpus=1, memory_mib=256,
                      **IDS),
     UsageRecorded(period_start=T0, period_end=T0, vcpu_seconds=1.5, memory_mib_seconds=384.0,

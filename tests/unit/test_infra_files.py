@@ -113,17 +113,6 @@ def test_dockerfile():
         assert re.search(rf"^COPY {pkg} \./{pkg}$", text, re.M), pkg
 
 
-def test_nomad_jobs():
-    job = (INFRA / "nomad" / "corral.nomad.hcl").read_text()
-    agent = (INFRA / "nomad" / "host-agent.nomad.hcl").read_text()
-    for text in (job, agent):
-        assert text.count("{") == text.count("}") and text.count("[") == text.count("]")
-    for service in SERVICES:
-        if service != "host_agent":
-            assert f'group "{service}"' in job and f"services.{service}" in job
-    assert 'type        = "system"' in agent and "services.host_agent" in agent
-
-
 def test_operations_guide_documents_every_setting():
     text = (REPO / "docs" / "operations.md").read_text()
     names = {v for s in SERVICES for v in _env_names(_settings(s))}

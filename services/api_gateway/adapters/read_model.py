@@ -11,11 +11,13 @@ import logging
 from uuid import UUID
 
 from eventsourcing.application import AggregateNotFoundError
-from sqlalchemy import Column, MetaData, String, Table, Text, and_, delete, or_, select
+from sqlalchemy import (Column, MetaData, String, Table, Text, and_, delete, func, or_,
+                        select)
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from common.sqldb import (advance, cursor_table, decode_cursor, encode_cursor, read_position,
                           sql_database)
+from common.tracing import instrument_engine
 
 from ..application.ledger import SandboxLedger
 from ..domain.sandbox import Sandbox
@@ -55,6 +57,7 @@ class ReadModel:
         db = sql_database(store, sqlite_path, "async")
         self.engine: AsyncEngine = create_async_engine(
             db.url, execution_options=db.execution_options())
+        instrument_engine(self.engine)
         self._wake = asyncio.Event()
         self._passing = asyncio.Lock()  # one catch-up at a time in this process
 
@@ -175,6 +178,12 @@ class ReadModel:
              .order_by(snapshots.c.expires_at).limit(limit))
         async with self.engine.connect() as conn:
             return [r.id for r in (await conn.execute(q)).all()]
+
+    async def count_by_state(self) -> dict[str, int]:
+        """How many sandboxes are in each state (every org)."""
+        q = select(views.c.state, func.count()).group_by(views.c.state)
+        async with self.engine.connect() as conn:
+            return {r[0]: int(r[1]) for r in (await conn.execute(q)).all()}
 
     async def close(self) -> None:
         await self.engine.dispose()

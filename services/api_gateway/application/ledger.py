@@ -67,6 +67,8 @@ class SandboxLedger(ImageCases, SnapshotCases, StoreApp):
         super().__init__(env)
         self.secrets = secrets
         self._creates: Combiner[_Create, tuple[Sandbox, bool]] = Combiner(self._create_batch)
+        # told (start mode, seconds from the request) when a sandbox first runs
+        self.on_first_start: Callable[[str | None, float], None] | None = None
 
     def find(self, sandbox_id: str, org_id: str | None) -> Sandbox:
         """The caller's sandbox; another org's is reported as absent."""
@@ -194,6 +196,7 @@ class SandboxLedger(ImageCases, SnapshotCases, StoreApp):
         if isinstance(msg, SnapshotEvent) and msg.type in SNAPSHOT_FACTS:
             return self.ingest_snapshot_fact(msg)
         sandbox_id = getattr(msg, "sandbox_id", "")
+        first_start: list[tuple[str | None, float]] = []
 
         def attempt() -> bool:
             sb = self.find(sandbox_id, None)
@@ -208,8 +211,15 @@ class SandboxLedger(ImageCases, SnapshotCases, StoreApp):
             if not sb.record_fact(doc, own=False):
                 return False
             self._save(sb, *self._quota_after(sb, msg.type))
+            if msg.type == "SandboxStarted" and sb.history_types.count("SandboxStarted") == 1:
+                took = parse_time(doc["occurred_at"]) - parse_time(sb.requested_at)
+                first_start[:] = [(sb.start_mode, max(0.0, took.total_seconds()))]
             return True
-        return self.retry_on_conflict(attempt, Conflict("sandbox kept changing while ingesting"))
+        changed = self.retry_on_conflict(attempt,
+                                         Conflict("sandbox kept changing while ingesting"))
+        if first_start and self.on_first_start is not None:
+            self.on_first_start(*first_start[0])
+        return changed
 
     def _quota_after(self, sb: Sandbox, fact: str) -> list[OrgLive]:
         """The org's live count after `fact`: an ended sandbox leaves it; one

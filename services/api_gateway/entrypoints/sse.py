@@ -1,8 +1,11 @@
 """A host agent's exec chunks as Server-Sent Events (docs/api-streaming.md)."""
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 from collections.abc import AsyncGenerator, AsyncIterator
+from typing import TypeVar
 
 from contracts.rpc import HostExecChunk
 
@@ -21,12 +24,45 @@ def error_event(code: str, detail: str, op_id: str) -> bytes:
                            "detail": detail, "op_id": op_id})
 
 
-async def exec_events(chunks: AsyncGenerator[HostExecChunk, None],
-                      op_id: str) -> AsyncIterator[bytes]:
-    """stdout/stderr events, then one exit (or error) event."""
+T = TypeVar("T")
+KEEPALIVE_S = 15.0  # under the idle timeouts of common proxies (30-60 s)
+
+
+async def idle_ticks(source: AsyncIterator[T], every_s: float = KEEPALIVE_S
+                     ) -> AsyncGenerator[T | None, None]:
+    """`source`'s items, and None after every `every_s` without one."""
+    pending: asyncio.Future[T] | None = None
     try:
-        async for chunk in chunks:
-            if chunk.stream in ("stdout", "stderr"):
+        while True:
+            if pending is None:
+                pending = asyncio.ensure_future(anext(source))
+            done, _ = await asyncio.wait({pending}, timeout=every_s)
+            if not done:
+                yield None
+                continue
+            try:
+                item = pending.result()
+            except StopAsyncIteration:
+                return
+            pending = None
+            yield item
+    finally:
+        if pending is not None:  # stop reading `source` before anyone closes it
+            pending.cancel()
+            with contextlib.suppress(BaseException):
+                await pending
+
+
+async def exec_events(chunks: AsyncGenerator[HostExecChunk, None], op_id: str,
+                      keepalive_s: float = KEEPALIVE_S) -> AsyncIterator[bytes]:
+    """stdout/stderr events, then one exit (or error) event; a `: keepalive`
+    comment while the command is silent."""
+    ticks = idle_ticks(chunks, keepalive_s)
+    try:
+        async for chunk in ticks:
+            if chunk is None:
+                yield b": keepalive\n\n"
+            elif chunk.stream in ("stdout", "stderr"):
                 yield event(chunk.stream, {"data": chunk.data})
             elif chunk.stream == "exit" and chunk.result is not None:
                 r = chunk.result
@@ -42,4 +78,5 @@ async def exec_events(chunks: AsyncGenerator[HostExecChunk, None],
         yield error_event("output_lost", f"the client read too slowly and output was "
                           f"dropped ({e}); read faster or use a non-streamed exec", op_id)
     finally:
+        await ticks.aclose()
         await chunks.aclose()  # unsubscribes from the chunk inbox

@@ -11,6 +11,7 @@ import nats
 from faststream.nats import NatsBroker
 from nats.aio.client import Client
 
+from common.bus import servers_of
 from common.natsconf import SYSTEM_USER
 from contracts.host import HostRevoked
 from contracts.rpc import Revoked
@@ -62,6 +63,6 @@ class NatsRevocationNotifier:
 
 
 async def connect_system(url: str, password: str, tls: ssl.SSLContext | None = None) -> Client:
-    return await nats.connect(url, user=SYSTEM_USER, password=password,
+    return await nats.connect(servers_of(url), user=SYSTEM_USER, password=password,
                               inbox_prefix="_INBOX_sys", name="corral-auth-system",
                               max_reconnect_attempts=-1, **({"tls": tls} if tls else {}))

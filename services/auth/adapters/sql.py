@@ -16,6 +16,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from common.sqldb import SqlDatabase, sql_database
+from common.tracing import instrument_engine
 
 from ..domain.errors import Conflict
 from ..domain.model import ApiKey, HostToken, Org
@@ -99,6 +100,7 @@ class SqlStore:
         self.engine: AsyncEngine = create_async_engine(
             db.url, execution_options=db.execution_options(), pool_pre_ping=not db.sqlite,
             hide_parameters=True, connect_args={"timeout": 15} if db.sqlite else {})
+        instrument_engine(self.engine)
         if db.sqlite:
             sa.event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
 

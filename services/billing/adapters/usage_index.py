@@ -21,6 +21,7 @@ from sqlalchemy.engine import Engine
 
 from common.sqldb import (advance, cursor_table, decode_cursor, encode_cursor, read_position,
                           sql_database)
+from common.tracing import instrument_engine
 
 from ..domain.meter import Meter
 from ..domain.stripe_lines import MeterSpec, lines_for
@@ -66,6 +67,7 @@ class UsageIndex:
         self.engine: Engine = create_engine(
             db.url, execution_options=db.execution_options(),
             connect_args={"timeout": 10} if db.sqlite else {})
+        instrument_engine(self.engine)
         self._lock = threading.Lock()  # one catch-up per process at a time
         self.meters = meters
         self.ledger = PushLedger(self.engine)

@@ -6,6 +6,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable
 
+from common.metrics import refresh_loop
 from common.service import serve_health
 from contracts.subjects import consumer
 
@@ -23,6 +24,7 @@ def jobs(ctx: BillingContext, stop: asyncio.Event) -> list[Awaitable[None]]:
     out: list[Awaitable[None]] = [
         ctx.bus.consume(metering, fact_handler(ctx.metering), stop), ctx.relay.run(stop),
         serve_health(s.health_port, ctx.ready, stop, s.health_host),
+        refresh_loop(ctx.bus, [metering], [ctx.relay], stop, s.metrics_interval_s),
         serve_usage_rpc(ctx, stop), ctx.usage.project(stop)]
     if s.billing_period_s > 0:
         out.append(tick(ctx.metering, s.billing_tick_s, stop))

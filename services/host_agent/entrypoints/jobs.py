@@ -7,6 +7,7 @@ import logging
 from collections.abc import Awaitable
 
 from common.logging import host_id_var
+from common.metrics import VMS, refresh_loop
 from common.service import serve_health
 from contracts.subjects import host_agent_consumer
 
@@ -51,4 +52,10 @@ def jobs(ctx: HostAgentContext, stop: asyncio.Event) -> list[Awaitable[None]]:
             prebuild_templates(ctx.driver, s),
             ctx.bus.consume(host_agent_consumer(ctx.host_id), ctx.service.handle, stop,
                             concurrency=s.command_concurrency),
-            serve_health(s.health_port, ctx.ready, stop, s.health_host)]
+            serve_health(s.health_port, ctx.ready, stop, s.health_host),
+            refresh_loop(ctx.bus, [host_agent_consumer(ctx.host_id)], [ctx.relay], stop,
+                         s.metrics_interval_s, extra=lambda: _vm_gauge(ctx))]
+
+
+async def _vm_gauge(ctx: HostAgentContext) -> None:
+    VMS.set((await asyncio.to_thread(ctx.service.usage))[0])
