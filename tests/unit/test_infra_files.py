@@ -102,7 +102,8 @@ def test_compose_wiring(compose):
 
 def test_dockerfile():
     text = (INFRA / "Dockerfile").read_text()
-    assert re.search(r"^FROM python:3\.11-slim\b", text, re.M)
+    assert re.search(r"^ARG BASE=python:3\.11-slim$", text, re.M)
+    assert re.search(r"^FROM \$\{BASE\} AS base$", text, re.M)
     assert "pip install" in text
     assert re.search(r"AS host-agent\b", text) and re.search(r"AS control\b", text)
     # every package pyproject installs is in the image (the guest agent's too:

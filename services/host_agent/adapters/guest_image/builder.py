@@ -52,9 +52,9 @@ def _deb_version(pkg: str) -> str:
     return r.stdout.strip() or "absent"
 
 
-@cache
-def image_inputs(name: str) -> dict:
-    """Everything that determines the image's bytes (mmdebstrap output aside)."""
+def code_inputs(name: str) -> dict:
+    """What this code decides about an image: layout, packages, the guest
+    agent and builder sources. The host's apt state is not in it."""
     if name not in IMAGES:
         raise KeyError(f"unknown image {name!r}; known: {sorted(IMAGES)}")
     here = Path(__file__).resolve().parent
@@ -62,15 +62,34 @@ def image_inputs(name: str) -> dict:
             for p in sorted(here.glob("*.py")) if p.name not in ("__main__.py",)}
     srcs.update({f"guest/{k}": hashlib.sha256(v).hexdigest()
                  for k, v in rootfs.guest_sources().items()})
-    return {
-        "layout": LAYOUT_VERSION,
-        "name": name,
-        "kernel_package": kernel.resolve_kernel_package(),
-        "modules": kernel.MODULES,
-        "busybox": _deb_version("busybox-static"),
-        "image": IMAGES[name],
-        "sources": srcs,
-    }
+    return {"layout": LAYOUT_VERSION, "name": name, "modules": kernel.MODULES,
+            "image": IMAGES[name], "sources": srcs}
+
+
+@cache
+def image_inputs(name: str) -> dict:
+    """Everything that determines the image's bytes (mmdebstrap output aside):
+    the code's inputs and the kernel and busybox this host's apt would use."""
+    return {**code_inputs(name), "kernel_package": kernel.resolve_kernel_package(),
+            "busybox": _deb_version("busybox-static")}
+
+
+def built_for_this_code(name: str) -> ImagePaths | None:
+    """The newest complete image of `name` built from this code, whatever the
+    kernel and busybox of the host that built it: for a host without apt
+    state (a container given the image directory of a host that built it)."""
+    want = json.loads(json.dumps(code_inputs(name)))  # as the manifest stores it
+    found: list[tuple[str, Path, str]] = []
+    for d in image_root().glob(f"{name}-*"):
+        if not re.fullmatch(rf"{name}-[0-9a-f]{{16}}", d.name) or not _complete(d):
+            continue
+        doc = json.loads((d / "manifest.json").read_text())
+        if {k: doc.get(k) for k in want} == want:
+            found.append((str(doc.get("built_at", "")), d, str(doc["digest"])))
+    if not found:
+        return None
+    _, d, digest = max(found)
+    return _paths(d, digest)
 
 
 def digest_of(inputs: dict) -> str:
@@ -88,7 +107,10 @@ def _complete(d: Path) -> bool:
 
 def find_image(name: str = "default") -> ImagePaths | None:
     """The cached image for `name` if it is already built, without building."""
-    digest = digest_of(image_inputs(name))
+    try:
+        digest = digest_of(image_inputs(name))
+    except kernel.ImageBuildError:  # no apt state here
+        return built_for_this_code(name)
     final = image_root() / f"{name}-{digest[:16]}"
     return _paths(final, digest) if _complete(final) else None
 
@@ -97,7 +119,18 @@ def ensure_image(name: str = "default", *, rebuild: bool = False) -> ImagePaths:
     """Return the image for `name`, building it if absent. Safe across processes."""
     if not NAME_RE.match(name):
         raise ValueError(f"invalid image name {name!r}")
-    inputs = image_inputs(name)
+    try:
+        inputs = image_inputs(name)
+    except kernel.ImageBuildError as e:  # no apt state here: cannot build, may find one
+        built = built_for_this_code(name)
+        if built is None:
+            raise kernel.ImageBuildError(
+                f"{e}; and {image_root()} holds no {name!r} image built from this code "
+                "(build it with `make image` on a host with apt, and share the directory "
+                "as CORRAL_IMAGE_DIR)") from None
+        log.info("guest image built elsewhere for this code",
+                 extra={"image": name, "digest": built.digest})
+        return built
     digest = digest_of(inputs)
     root = image_root()
     final = root / f"{name}-{digest[:16]}"
@@ -164,6 +197,8 @@ def manifest(paths: ImagePaths) -> dict:
 
 __all__ = [
     "ImagePaths",
+    "built_for_this_code",
+    "code_inputs",
     "ensure_image",
     "find_image",
     "image_inputs",
