@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import TYPE_CHECKING
 
 from opentelemetry import trace
 from opentelemetry.context import Context
@@ -22,9 +21,6 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import (BatchSpanProcessor, ConsoleSpanExporter,
                                             SimpleSpanProcessor)
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
-
-if TYPE_CHECKING:
-    from fastapi import FastAPI
 
 log = logging.getLogger("corral.tracing")
 _propagator = TraceContextTextMapPropagator()
@@ -91,14 +87,6 @@ def current_ids() -> tuple[str, str] | None:
     if not ctx.is_valid:
         return None
     return format(ctx.trace_id, "032x"), format(ctx.span_id, "016x")
-
-
-def instrument_app(app: FastAPI) -> None:
-    """A FastAPI app: a server span per request, continuing an incoming
-    `traceparent` (so its trace id is in the logs even when nothing exports)."""
-    from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
-
-    FastAPIInstrumentor.instrument_app(app, excluded_urls="healthz,readyz,metrics")
 
 
 def instrument_clients() -> None:

@@ -30,6 +30,7 @@ from .waiters import Waiters
 OCI_TYPES = ("application/vnd.oci.image.layout.v1+tar", "application/x-docker-archive")
 CONTEXT_PART = 512 * 1024  # per RPC answer (base64 stays under the bus's 1 MiB)
 END = ("ImageBuilt", "ImageBuildFailed")
+END_FOLD_WAIT_S = 10.0  # a build log's end waits this long for the image to show it
 
 
 class ContextStore(Protocol):
@@ -167,4 +168,6 @@ class Images:
                 img = await self.find(image_id, org_id)  # placed since: look again
                 if msg.via_host != img.host_id:
                     continue
+            if msg.type in END:  # shown once folded in here too: a GET after it agrees
+                await self.wait(img, org_id, END_FOLD_WAIT_S)
             yield {"seq": seq, **msg.model_dump(mode="json")}

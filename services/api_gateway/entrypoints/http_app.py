@@ -10,7 +10,6 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from common.rpc import RpcFailure
-from common.tracing import instrument_app
 
 from ..adapters.auth_client import Unauthorized
 from ..application.errors import TooMany, UseCaseError
@@ -42,7 +41,6 @@ def create_app(ctx: GatewayContext) -> FastAPI:
                        max_big_upload=ctx.settings.build_context_max_mib << 20,
                        body_idle_s=ctx.settings.http_body_idle_s)
     _errors(app)
-    instrument_app(app)
     for router in (admin_router, billing_router, io_router, fleet_router, usage_router,
                    snapshot_router, sandbox_router, events_router, image_router):
         app.include_router(router)

@@ -1,6 +1,7 @@
-"""ASGI middleware: op id minting, access logs, and the limits of the edge:
-header count and size (431), the body size by route (413), a body that
-stops arriving (408), and JSON text no UTF-8 can carry (422)."""
+"""ASGI middleware: op id minting, the request's server span (continuing an
+incoming `traceparent`), access logs, and the limits of the edge: header
+count and size (431), the body size by route (413), a body that stops
+arriving (408), and JSON text no UTF-8 can carry (422)."""
 from __future__ import annotations
 
 import asyncio
@@ -11,9 +12,11 @@ import secrets
 import time
 from typing import Any
 
+from opentelemetry.trace import SpanKind, StatusCode
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from common.logging import log_context
+from common.tracing import context_from, tracer
 
 log = logging.getLogger("corral.gateway.http")
 MAX_HEADERS = 100
@@ -75,7 +78,12 @@ class EdgeMiddleware:
                 msg["headers"].append((b"x-op-id", op_id.encode()))
             await send(msg)
 
-        with log_context(op_id=op_id):
+        headers = dict(scope.get("headers") or [])
+        parent = context_from(headers.get(b"traceparent", b"").decode("latin-1") or None)
+        with log_context(op_id=op_id), tracer("corral.gateway").start_as_current_span(
+                scope["method"], context=parent, kind=SpanKind.SERVER, attributes={
+                    "http.request.method": scope["method"], "url.path": scope["path"],
+                    "url.scheme": scope.get("scheme", "http"), "corral.op_id": op_id}) as span:
             try:
                 _check_headers(scope)
                 inner = await self._body(scope, receive)
@@ -84,6 +92,9 @@ class EdgeMiddleware:
                 if not status["sent"]:
                     await _send_problem(send_with_id, op_id, e)
             finally:
+                span.set_attribute("http.response.status_code", status["code"])
+                if status["code"] >= 500:
+                    span.set_status(StatusCode.ERROR)
                 log.info("%s %s -> %d", scope["method"], scope["path"], status["code"],
                          extra={"http_status": status["code"],
                                 "duration_ms": round((time.perf_counter() - started) * 1000, 2)})
