@@ -12,6 +12,7 @@ up: setup
 	$(PY) -m corral up
 
 test: setup lint
+	@bash scripts/setup.sh --test
 	$(PY) -m corral image build >/dev/null
 	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS) tests
 

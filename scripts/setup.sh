@@ -8,6 +8,13 @@ PKGS="qemu-system-x86 qemu-utils busybox-static mmdebstrap lz4 e2fsprogs nftable
 SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
 missing=""
 for p in $PKGS; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
+# --test: a Docker engine and compose for the compose test, unless some
+# engine (Docker CE, say, which conflicts with docker.io) is there already
+if [ "${1:-}" = --test ]; then
+  command -v dockerd >/dev/null || docker info >/dev/null 2>&1 || missing="$missing docker.io"
+  docker compose version >/dev/null 2>&1 || command -v docker-compose >/dev/null \
+    || missing="$missing docker-compose"
+fi
 # the guest image build resolves the cloud kernel through apt's package lists
 if [ -n "$missing" ] || ! apt-cache show linux-image-cloud-amd64 >/dev/null 2>&1; then
   $SUDO apt-get update -qq

@@ -1,7 +1,7 @@
 """Shared fixtures: a private nats-server and PostgreSQL for store tests.
 
-Integration services are real. Where Docker exists, PostgreSQL comes from
-testcontainers; otherwise from CORRAL_TEST_PG (default: the local server).
+Integration services are real. PostgreSQL is CORRAL_TEST_PG (default: the
+local server), or from testcontainers where that does not answer.
 In CI a missing service is a failure, never a skip.
 """
 from __future__ import annotations
@@ -28,17 +28,20 @@ def nats_server(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def pg_base_url():
-    if shutil.which("docker") and os.path.exists("/var/run/docker.sock"):
-        from testcontainers.postgres import PostgresContainer
-        with PostgresContainer("postgres:16-alpine", driver=None) as pg:
-            yield pg.get_connection_url()
-        return
+    """CORRAL_TEST_PG, else the local server; where neither answers and a Docker
+    engine runs, a testcontainers PostgreSQL (pulled: needs a registry)."""
     url = os.environ.get("CORRAL_TEST_PG", PG_DEFAULT)
     try:
         import psycopg
         with psycopg.connect(url.split("?")[0], connect_timeout=3):
             pass
     except Exception as e:  # noqa: BLE001
+        if "CORRAL_TEST_PG" not in os.environ and shutil.which("docker") \
+                and os.path.exists("/var/run/docker.sock"):
+            from testcontainers.postgres import PostgresContainer
+            with PostgresContainer("postgres:16-alpine", driver=None) as pg:
+                yield pg.get_connection_url()
+            return
         unavailable(f"PostgreSQL at {url} ({e.__class__.__name__})")
     yield url
 

@@ -44,7 +44,7 @@ async def test_guest_cannot_reach_host_services(env: Env):
     lo_srv = await host_listener("127.0.0.1", port)
     # Make the kernel's martian check irrelevant: only our rules may protect
     # 127.0.0.1 (the bridge is the test's own device).
-    brmod._sysctl(f"/proc/sys/net/ipv4/conf/{env.bridge}/route_localnet", "1")
+    brmod.set_sysctl(f"/proc/sys/net/ipv4/conf/{env.bridge}/route_localnet", "1")
     await sh(*ns_argv(ns, "sysctl", "-qw", f"net.ipv4.conf.{veth_peer_name(lease.tap)}.route_localnet=1"))
     await sh(*ns_argv(ns, "ip", "addr", "flush", "dev", "lo"))
     await sh(*ns_argv(ns, "ip", "route", "add", "127.0.0.1/32", "via", lease.gateway))

@@ -423,7 +423,7 @@ async def test_guests_cannot_reach_any_host_address(env: Env):
         # drop it as martian first: route_localnet on the test's own bridge and
         # on the guests' eth0, and the guests' loopback address removed so
         # 127.0.0.1 is routed to the gateway. Only our nft rules then protect.
-        brmod._sysctl(lo_route, "1")
+        brmod.set_sysctl(lo_route, "1")
         setup_lo = (f"ip addr flush dev lo && echo 1 > /proc/sys/net/ipv4/conf/eth0/route_localnet"
                     f" && ip route add 127.0.0.1/32 via {gw} dev eth0")
         try:
@@ -437,7 +437,7 @@ async def test_guests_cannot_reach_any_host_address(env: Env):
             # At least one SYN per attempt reached the host and our rule dropped it.
             assert after["guest_to_host"] - before["guest_to_host"] >= 6, (before, after)
         finally:
-            brmod._sysctl(lo_route, "0")
+            brmod.set_sysctl(lo_route, "0")
             await asyncio.gather(*(env.gexec(vm, "sh", "-c", LO_RESTORE, check=False)
                                    for vm in (env.a, env.b)))
 

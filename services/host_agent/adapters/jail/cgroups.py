@@ -43,9 +43,13 @@ class Cgroups:
         self.v2 = (root / "cgroup.controllers").exists()
 
     def available(self) -> bool:
+        """The controllers exist and their trees are writable here (a container's
+        cgroup mount is read-only unless the host's tree is given to it)."""
         if self.v2:
-            return "memory" in (self.root / "cgroup.controllers").read_text().split()
-        return all((self.root / c).is_dir() for c in ("memory", "cpu", "pids"))
+            return ("memory" in (self.root / "cgroup.controllers").read_text().split()
+                    and os.access(self.root, os.W_OK))
+        need = [self.root / c for c in ("memory", "cpu", "pids")]
+        return all(d.is_dir() and os.access(d, os.W_OK) for d in need)
 
     def _dirs(self, vm: str) -> list[Path]:
         if not NAME_RE.match(vm):

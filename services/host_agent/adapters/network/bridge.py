@@ -15,14 +15,23 @@ class NetworkConflict(RuntimeError):
     """The subnet overlaps an address on another interface."""
 
 
-def _sysctl(path: str, value: str) -> bool:
-    """Write a /proc/sys value; False if the knob does not exist."""
+def set_sysctl(path: str, value: str) -> bool:
+    """Write a /proc/sys value; False if the knob does not exist. Where /proc/sys
+    is read-only (a container) the value must already be set: else an error."""
     try:
         with open(path, "w") as f:
             f.write(value)
         return True
     except FileNotFoundError:
         return False
+    except OSError as e:
+        if read_sysctl(path) == value:
+            return True
+        if e.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
+            raise
+        raise OSError(e.errno, f"{path} is {read_sysctl(path)!r}, must be {value!r}, and is "
+                      "read-only here (in a container set it with sysctls, e.g. "
+                      "net.ipv6.conf.default.disable_ipv6=1 before the interface exists)") from e
 
 
 def read_sysctl(path: str) -> str | None:
@@ -72,7 +81,7 @@ def ensure_bridge(name: str, gateway: str, prefix_len: int, mac: str) -> int:
                 raise NetworkConflict(f"{name} exists and is a {kind}, not a bridge")
             ipr.link("set", index=idx, address=mac)
         # Guests must not reach the host over IPv6 link-local either.
-        _sysctl(f"/proc/sys/net/ipv6/conf/{name}/disable_ipv6", "1")
+        set_sysctl(f"/proc/sys/net/ipv6/conf/{name}/disable_ipv6", "1")
         have = {(a.get("IFA_ADDRESS"), a["prefixlen"])
                 for a in ipr.get_addr(index=idx, family=2)}
         if (gateway, prefix_len) not in have:
@@ -110,7 +119,7 @@ def enable_forwarding(ifnames: list[str] | None) -> list[str]:
     changed = []
     for p in paths:
         if read_sysctl(p) != "1":
-            if not _sysctl(p, "1"):
+            if not set_sysctl(p, "1"):
                 raise FileNotFoundError(p)
             changed.append(p)
     return changed

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from .bridge import link_index
+from .bridge import link_index, set_sysctl
 from .ipam import is_tap_name, veth_peer_name
 
 log = logging.getLogger("corral.host_agent.network")
@@ -91,11 +91,7 @@ def attach(name: str, bridge: str, alias: str, guest_mac: str) -> None:
         if idx is None or bridge_idx is None:
             raise NetlinkError(errno.ENODEV, f"{name} or {bridge} is missing")
         ipr.link("set", index=idx, ifalias=alias, master=bridge_idx)
-        try:  # no host-side IPv6 on the port
-            with open(f"/proc/sys/net/ipv6/conf/{name}/disable_ipv6", "w") as f:
-                f.write("1")
-        except FileNotFoundError:
-            pass
+        set_sysctl(f"/proc/sys/net/ipv6/conf/{name}/disable_ipv6", "1")  # no host-side IPv6
         ipr.brport("set", index=idx, isolated=1, learning=0, unicast_flood=0)
         try:
             ipr.fdb("add", ifindex=idx, lladdr=guest_mac, state=NUD_NOARP,
