@@ -91,9 +91,11 @@ def test_one_create_is_one_trace_across_gateway_scheduler_and_host_agent(observe
     want = {"corral-api_gateway", "corral-scheduler", "corral-host_agent"}
 
     def continued(spans) -> bool:
-        """The gateway's server span (kind SERVER) is a child of the caller's."""
+        """The gateway's server span (kind SERVER) is a child of the caller's,
+        named by its route template."""
         return any(svc == "corral-api_gateway" and sp.kind == 2
-                   and sp.parent_span_id.hex() == parent for svc, sp in spans)
+                   and sp.parent_span_id.hex() == parent and sp.name == "POST /v1/sandboxes"
+                   and attrs(sp).get("http.route") == "/v1/sandboxes" for svc, sp in spans)
     deadline = time.monotonic() + 30  # spans arrive in batches, each as its span ends
     while not ({svc for svc, _ in receiver.of_trace(trace_id)} >= want
                and continued(receiver.of_trace(trace_id))):

@@ -93,6 +93,10 @@ class EdgeMiddleware:
                     await _send_problem(send_with_id, op_id, e)
             finally:
                 span.set_attribute("http.response.status_code", status["code"])
+                route = getattr(scope.get("route"), "path", None)  # set by routing
+                if route:  # the name operators group by: "GET /v1/sandboxes/{sandbox_id}"
+                    span.update_name(f"{scope['method']} {route}")
+                    span.set_attribute("http.route", route)
                 if status["code"] >= 500:
                     span.set_status(StatusCode.ERROR)
                 log.info("%s %s -> %d", scope["method"], scope["path"], status["code"],

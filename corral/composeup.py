@@ -1,13 +1,15 @@
-"""A local Docker engine and a compose project for tests: the engine is
-started here when absent (root, Debian's dockerd; vfs storage, no iptables),
-base images come from infra/local/images.sh (no registry is needed), and the
-project runs from a directory of its own (secrets, .env) against the
-repository's compose files."""
+"""infra/compose.yaml on a local Docker engine, for the compose test and
+bench/compose_up.py: the engine is started when absent (root, Debian's
+dockerd; vfs storage, no iptables), base images come from
+infra/local/images.sh (no registry needed), and each project runs from a
+directory of its own (secrets, .env) against the repository's compose files."""
 from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -145,3 +147,50 @@ class Project:
 
     def logs(self, tail: int = 40) -> str:
         return self.run("logs", "--no-color", "--tail", str(tail), check=False).stdout[-12000:]
+
+
+CONTROL = ["nats", "postgres", "auth", "scheduler", "billing", "api-gateway"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def prepare(directory: Path, name: str, image_cache: Path) -> Project:
+    """A new project: bus secrets, a .env for the local base images, a free API port."""
+    from .cli import main as corral_cli
+    if corral_cli(["secrets", "init", str(directory / "secrets")]) != 0:
+        raise RuntimeError("corral secrets init failed")
+    files = [INFRA / "compose.yaml"]
+    if os.path.exists("/dev/kvm"):
+        files.append(INFRA / "compose.kvm.yaml")
+    p = Project(directory, name, files)
+    p.write_env(CORRAL_SRC=str(ROOT), BASE_IMAGE="corral-base:bookworm",
+                POSTGRES_IMAGE="corral-postgres:bookworm", BUILD_NETWORK="host",
+                POSTGRES_PASSWORD=secrets.token_urlsafe(16), API_PORT=str(free_port()),
+                IMAGE_CACHE=str(image_cache))
+    return p
+
+
+def bring_up(p: Project) -> tuple[dict[str, float], dict[str, str]]:
+    """Control plane up and healthy, an org bootstrapped, the host agent up with
+    its token: seconds per step, and the bootstrap's keys."""
+    t0 = time.monotonic()
+    p.run("up", "-d", *CONTROL, timeout=600)
+    p.wait_healthy(CONTROL, timeout_s=300)
+    control = time.monotonic() - t0
+    out = p.run("exec", "-T", "auth", "python", "-m", "services.auth", "bootstrap",
+                "--org", "acme", "--json").stdout
+    keys = json.loads(out.strip().splitlines()[-1])
+    p.write_env(CORRAL_HOST_TOKEN=keys["host_token"])
+    t1 = time.monotonic()
+    p.run("up", "-d", "host-agent", profile="host")
+    p.wait_healthy(["host-agent"], timeout_s=600)
+    return {"control_plane_healthy_s": control, "host_agent_healthy_s": time.monotonic() - t1,
+            "total_s": time.monotonic() - t0}, keys
+
+
+def tear_down(p: Project) -> None:
+    p.run("down", "-v", "--remove-orphans", "-t", "20", profile="host", check=False, timeout=300)
