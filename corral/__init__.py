@@ -1,10 +1,2 @@
-"""Corral: self-hostable microVM sandboxes. The SDK's public names live here."""
-from .sdk import (AsyncSandbox, AuthError, ConfigError, ConflictError, CorralConnectionError,
-                  CorralError, ExecResult, FileInfo, NotFoundError, RateLimitError, RetryPolicy,
-                  Sandbox, SandboxFailedError, SandboxTimeoutError, ServerError, StreamError,
-                  ValidationError)
-
-__all__ = ["AsyncSandbox", "AuthError", "ConfigError", "ConflictError", "CorralConnectionError",
-           "CorralError", "ExecResult", "FileInfo", "NotFoundError", "RateLimitError",
-           "RetryPolicy", "Sandbox", "SandboxFailedError", "SandboxTimeoutError", "ServerError",
-           "StreamError", "ValidationError"]
+"""Corral's server-side tools: the server commands of `corral`, the dev-stack
+supervisor, the compose harness. The client SDK is `corral_sdk` (sdk/python)."""

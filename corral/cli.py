@@ -1,4 +1,4 @@
-"""`corral` command line: up, doctor, image build, sandbox ..., events tail."""
+"""The server's commands of `corral`: up, doctor, secrets, the built-in guest image."""
 from __future__ import annotations
 
 import argparse
@@ -17,12 +17,9 @@ def _module(mod: str, *args: str) -> int:
     return subprocess.call([sys.executable, "-m", mod, *args], env=env, cwd=REPO)
 
 
-def cmd_image(a: argparse.Namespace) -> int:
-    """With -t: the org's image from a Dockerfile, through the API. Without:
-    this host's built-in guest image (what `make image` builds)."""
-    if a.tag:
-        from .cli_images import build
-        return build(a)
+def cmd_builtin_image(a: argparse.Namespace) -> int:
+    """`corral image build` without -t: this host's built-in guest image (what
+    `make image` builds)."""
     args = ["build", "--name", a.name] + (["--rebuild"] if a.rebuild else [])
     return _module("services.host_agent.adapters.guest_image", *args)
 
@@ -75,9 +72,8 @@ def cmd_up(a: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="corral")
-    sub = ap.add_subparsers(dest="cmd", required=True)
+def register(sub: argparse._SubParsersAction, parsers: dict) -> None:
+    """The server's commands, added to corral-sdk's `corral` (entry point `corral.cli`)."""
     up = sub.add_parser("up", help="run the whole platform locally")
     up.add_argument("--state-dir", default=os.environ.get("CORRAL_STATE_DIR", ".corral"))
     up.add_argument("--port", type=int, default=int(os.environ.get("CORRAL_HTTP_PORT", "8080")))
@@ -88,43 +84,21 @@ def main(argv: list[str] | None = None) -> int:
     doc = sub.add_parser("doctor", help="check this host can run microVMs")
     doc.add_argument("--json", action="store_true")
     doc.set_defaults(fn=cmd_doctor)
-    img = sub.add_parser("image", help="sandbox images: yours (built from a Dockerfile) and "
-                                       "the built-in guest image")
-    img_sub = img.add_subparsers(dest="image_cmd", required=True)
-    b = img_sub.add_parser("build", help="with -t NAME DIR: build your image from DIR's "
-                                         "Dockerfile; without: build this host's built-in "
-                                         "guest image")
+    b = parsers["image build"]
+    b.description = ("With -t NAME DIR: build your image from DIR's Dockerfile through the "
+                     "API. Without -t: build this host's built-in guest image.")
     b.add_argument("--name", default="default", help="built-in image to build (no -t)")
-    b.add_argument("--rebuild", action="store_true", help="rebuild the built-in image")
-    b.add_argument("-t", "--tag", help="your image's name (a DNS label)")
-    b.add_argument("-f", "--file", default="Dockerfile", help="the Dockerfile, in DIR")
-    b.add_argument("--build-arg", action="append", default=[], metavar="KEY=VALUE")
-    b.add_argument("--json", action="store_true", help="print the image as JSON")
-    b.add_argument("dir", nargs="?", default=".", help="the build context (with -t)")
-    b.set_defaults(fn=cmd_image)
-    from . import cli_events, cli_images, cli_sandbox, cli_secrets
-    cli_images.register(img_sub)
-    cli_sandbox.register(sub)
-    cli_events.register(sub)
+    b.add_argument("--rebuild", action="store_true", help="rebuild the built-in image (no -t)")
+    b.set_defaults(builtin=cmd_builtin_image)
+    from . import cli_secrets
     cli_secrets.register(sub)
-    a = ap.parse_args(argv)
-    return run(a)
 
 
-def run(a: argparse.Namespace) -> int:
-    """Typed errors become one line on stderr (exit 1); Ctrl-C exits 130 quietly."""
-    from .sdk import CorralError
-    try:
-        return a.fn(a)
-    except KeyboardInterrupt:
-        print(file=sys.stderr)
-        return 130
-    except CorralError as e:
-        print(f"corral: {e}", file=sys.stderr)
-        return 1
-    except BrokenPipeError:  # e.g. `corral sandbox list | head`
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
+def main(argv: list[str] | None = None) -> int:
+    """`python -m corral`: corral-sdk's command line with the server's commands,
+    whether or not the server package's entry points are installed."""
+    from corral_sdk.cli import main as sdk_main
+    return sdk_main(argv, plugins=[register])
 
 
 if __name__ == "__main__":

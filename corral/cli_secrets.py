@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .sdk.errors import ConfigError
+from corral_sdk.errors import ConfigError
 
 
 def cmd_init(a: argparse.Namespace) -> int:

@@ -86,7 +86,8 @@ def local_base_images() -> None:
 def wheelhouse() -> None:
     """Wheels of every dependency for the image build (no PyPI in containers)."""
     subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "-w", str(INFRA / "wheelhouse"),
-                    str(ROOT), "setuptools", "wheel"], check=True, timeout=900)
+                    str(ROOT / "sdk" / "python"), str(ROOT), "setuptools", "wheel"],
+                   check=True, timeout=900)
 
 
 @dataclass

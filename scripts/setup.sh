@@ -28,9 +28,10 @@ PY=${PYTHON:-python3.11}
 command -v "$PY" >/dev/null || PY=python3
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
 stamp="$VENV/.corral-deps"
-want=$(sha256sum pyproject.toml | cut -d' ' -f1)
+want=$(cat pyproject.toml sdk/python/pyproject.toml | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   "$VENV/bin/pip" install -q --upgrade pip
-  "$VENV/bin/pip" install -q -e ".[test]"
+  # the server requires corral-sdk: given here as a path, pip takes it from sdk/python
+  "$VENV/bin/pip" install -q -e ./sdk/python -e ".[test]"
   echo "$want" > "$stamp"
 fi

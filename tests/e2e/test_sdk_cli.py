@@ -12,7 +12,8 @@ import uuid
 
 import pytest
 
-from corral import AsyncSandbox, AuthError, ConflictError, NotFoundError, Sandbox, ValidationError
+from corral_sdk import (ArgumentError, AsyncSandbox, AuthError, ConflictError, NotFoundError, Sandbox,
+                        Snapshot, ValidationError)
 from corral.devstack import REPO
 
 from .conftest import running_stack
@@ -63,8 +64,10 @@ class TestControlPlane:
         a.kill()
 
     def test_typed_errors(self, kw, fake):
-        with pytest.raises(ValidationError) as ei:
-            Sandbox.create(name="Not_A_Label", **kw)
+        with pytest.raises(ArgumentError, match="name must be a DNS label"):
+            Sandbox.create(name="Not_A_Label", **kw)  # caught before it is sent
+        with pytest.raises(ValidationError) as ei:  # what only the server knows
+            Sandbox.create(metadata={f"k{i}": "v" for i in range(65)}, **kw)
         assert ei.value.status == 422 and ei.value.op_id and ei.value.errors
         with pytest.raises(NotFoundError):
             Sandbox.connect("does-not-exist", **kw)
@@ -108,6 +111,89 @@ class TestControlPlane:
         assert r.returncode == 0 and r.stdout.decode().split() == [doc["id"], "destroyed"]
         r = corral(fake, "sandbox", "show", "nope", cwd=tmp_path)
         assert r.returncode == 1 and b"404" in r.stderr and b"Traceback" not in r.stderr
+
+
+    def test_sdk_snapshot_fork_metadata_pause_resume(self, kw):
+        src = Sandbox.create(metadata={"suite": "snap"}, **kw)
+        snap = src.snapshot("sdk-base", ttl_seconds=600)
+        assert snap.state == "ready" and snap.sandbox_id == src.id
+        assert snap.id in [s.id for s in Snapshot.list(**kw)]
+        forks = Snapshot.get(snap.id, **kw).fork(2, metadata={"suite": "snap", "fork": "1"})
+        assert len({f.id for f in forks}) == 2 and {f.state for f in forks} == {"running"}
+        tagged = {s.id for s in Sandbox.list(metadata={"suite": "snap"}, **kw)}
+        assert {src.id, *(f.id for f in forks)} <= tagged
+        assert {s.id for s in Sandbox.list(metadata={"fork": "1"}, **kw)} == {f.id for f in forks}
+        src.pause()  # 202: asked; the state follows
+        wait_state(src, "paused")
+        src.resume()
+        wait_state(src, "running")
+        assert snap.delete().state in ("deleting", "deleted")
+        for sb in (src, *forks):
+            sb.kill()
+
+    def test_cli_lifecycle_snapshot_fork(self, fake, tmp_path):
+        sid = corral(fake, "sandbox", "create", "--meta", "suite=cli", cwd=tmp_path).stdout.decode().strip()
+        for verb, state in (("pause", "paused"), ("resume", "running"), ("stop", "stopped"),
+                            ("start", "running")):
+            r = corral(fake, "sandbox", verb, sid, "--wait", cwd=tmp_path)
+            assert r.returncode == 0 and r.stdout.decode().split() == [sid, state], r.stderr
+        r = corral(fake, "sandbox", "ttl", sid, "3600", cwd=tmp_path)
+        assert r.returncode == 0 and b"expires_at" in r.stdout, r.stderr
+        r = corral(fake, "sandbox", "list", "--meta", "suite=cli", "--json", cwd=tmp_path)
+        assert [d["id"] for d in json.loads(r.stdout)] == [sid]
+        r = corral(fake, "snapshot", "take", sid, "cli-base", cwd=tmp_path)
+        assert r.returncode == 0, r.stderr
+        snap_id = r.stdout.decode().strip()
+        r = corral(fake, "snapshot", "fork", "cli-base", "-n", "2", cwd=tmp_path)
+        lines = [ln.split() for ln in r.stdout.decode().splitlines()]
+        assert r.returncode == 0 and len(lines) == 2 and {st for _, st in lines} == {"running"}
+        assert b"cli-base" in corral(fake, "snapshot", "ls", cwd=tmp_path).stdout
+        r = corral(fake, "snapshot", "rm", snap_id, cwd=tmp_path)
+        assert r.returncode == 0 and r.stdout.decode().split()[0] == snap_id
+        for ref in (sid, *(i for i, _ in lines)):
+            assert corral(fake, "sandbox", "rm", ref, cwd=tmp_path).returncode == 0
+        r = corral(fake, "sandbox", "create", "--vcpus", "0", cwd=tmp_path)
+        assert r.returncode == 1 and b"vcpus must be" in r.stderr and b"Traceback" not in r.stderr
+
+    def test_the_sdk_installs_alone_and_works(self, fake, tmp_path):
+        """corral-sdk into a fresh venv: only httpx and its dependencies come
+        with it, and its `corral` (no server commands) drives the stack."""
+        venv = tmp_path / "venv"
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+        pip = [str(venv / "bin" / "python"), "-m", "pip", "--disable-pip-version-check"]
+        r = subprocess.run([*pip, "install", "-q", str(REPO / "sdk" / "python")],
+                           capture_output=True, text=True, timeout=600)
+        assert r.returncode == 0, r.stdout + r.stderr
+        r = subprocess.run([*pip, "list", "--format=json"], capture_output=True, text=True,
+                           timeout=120, check=True)
+        names = {p["name"].lower().replace("_", "-") for p in json.loads(r.stdout)} - {
+            "pip", "setuptools", "wheel"}
+        assert names <= {"corral-sdk", "httpx", "httpcore", "h11", "anyio", "idna", "certifi",
+                         "sniffio", "typing-extensions", "exceptiongroup"}, names
+        assert {"corral-sdk", "httpx"} <= names
+        env = {"PATH": f"{venv / 'bin'}:/usr/bin:/bin", "HOME": str(tmp_path),
+               "CORRAL_API_URL": fake.api_url, "CORRAL_API_KEY": fake.creds.api_key}
+        run = dict(env=env, cwd=tmp_path, capture_output=True, text=True, timeout=180)
+        r = subprocess.run(["corral", "--help"], **run)
+        assert r.returncode == 0 and "sandbox" in r.stdout and " up " not in r.stdout
+        r = subprocess.run(["corral", "sandbox", "create", "--name", "alone", "--meta", "via=venv"], **run)
+        assert r.returncode == 0, r.stderr
+        sid = r.stdout.strip()
+        code = ("import corral_sdk, sys\n"
+                "from corral_sdk import Sandbox\n"
+                "[sb] = Sandbox.list(metadata={'via': 'venv'})\n"
+                "assert sb.id == sys.argv[1] and sb.name == 'alone'\n"
+                "sb.kill(wait=True)\n"
+                "try:\n    import corral\nexcept ImportError:\n    print('no server code')\n")
+        r = subprocess.run(["python", "-c", code, sid], **run)
+        assert r.returncode == 0 and r.stdout == "no server code\n", r.stderr
+
+
+def wait_state(sb, want, timeout=30):
+    deadline = time.monotonic() + timeout
+    while sb.refresh().state != want:
+        assert time.monotonic() < deadline, f"{sb.id} still {sb.state}, wanted {want}"
+        time.sleep(0.1)
 
 
 # ---- one real microVM: exec (plain + SSE), files, CLI exec/cp, events tail ----

@@ -32,7 +32,7 @@ def tb(tmp_path_factory):
 def feed(st, key: str, idle_s: float = 2.0, headers: dict | None = None,
          **params: str) -> list[tuple[str, str, dict]]:
     """(id, event, data) from GET /v1/events until it goes quiet for `idle_s`."""
-    from corral.sdk.sse import SSEDecoder
+    from corral_sdk.sse import SSEDecoder
     out: list[tuple[str, str, dict]] = []
     decoder = SSEDecoder()
     with httpx.stream("GET", st.api_url + "/v1/events", params=params,

@@ -8,15 +8,15 @@ from datetime import UTC, datetime
 import httpx
 import pytest
 
-from corral import (AsyncSandbox, AuthError, ConflictError, CorralConnectionError, CorralError,
+from corral_sdk import (AsyncSandbox, AuthError, ConflictError, CorralConnectionError, CorralError,
                     ExecResult, NotFoundError, RateLimitError, RetryPolicy, Sandbox,
                     SandboxFailedError, SandboxTimeoutError, ServerError, StreamError,
                     ValidationError)
-from corral.cli_events import parse_since, query
-from corral.cli_sandbox import _remote, exec_argv, register
-from corral.sdk.config import Config, ConfigError
-from corral.sdk.errors import error_from_problem
-from corral.sdk.sse import SSEDecoder
+from corral_sdk.cli.events import parse_since, query
+from corral_sdk.cli.sandbox import _remote, exec_argv, register
+from corral_sdk.config import Config, ConfigError
+from corral_sdk.errors import error_from_problem
+from corral_sdk.sse import SSEDecoder
 
 pytestmark = pytest.mark.unit
 URL, KEY = "http://corral.test", "crl_test"
@@ -361,7 +361,7 @@ def test_cli_helpers():
 def test_cli_exec_argv(argv, want, opts):
     import argparse
     ap = argparse.ArgumentParser()
-    register(ap.add_subparsers())
+    register(ap.add_subparsers(), {})
     a = ap.parse_args(["sandbox", "exec", *argv])
     assert exec_argv(a) == want and a.id == "sb"
     assert all(getattr(a, k) == v for k, v in opts.items())
@@ -371,7 +371,7 @@ def test_progress_spins_only_on_a_tty():
     import io
     import time as _t
 
-    from corral.cli_sandbox import progress
+    from corral_sdk.cli.sandbox import progress
 
     class Tty(io.StringIO):
         def isatty(self):

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from . import _args as chk
 from . import _http as h
 from .config import Config
 from .errors import CorralError, StreamError
@@ -70,6 +71,9 @@ class Image:
         """Build `name` from a directory (or a context tar's bytes) holding the
         Dockerfile. With `wait`, returns once ready (ImageBuildError if it
         failed); `on_log` gets the build's output as it comes."""
+        chk.check_name("name", name)
+        chk.check_map("build_args", build_args)
+        chk.check_seconds("timeout", timeout)
         blob = context if isinstance(context, bytes) else pack_context(context)
         params: dict[str, Any] = {"name": name, "dockerfile": dockerfile}
         if build_args:
@@ -83,6 +87,8 @@ class Image:
                        timeout: float = 1800, api_url: str | None = None,
                        api_key: str | None = None) -> Image:
         """Import an OCI image layout tar or a `docker save` archive as `name`."""
+        chk.check_name("name", name)
+        chk.check_seconds("timeout", timeout)
         blob = Path(archive).read_bytes()
         return cls._submit(blob, OCI, {"name": name}, on_log, wait, timeout, api_url, api_key)
 

@@ -1,4 +1,5 @@
-"""`corral sandbox ...`: create, list, show, exec, cp, rm over the SDK."""
+"""`corral sandbox ...`: create, list, show, exec, cp, stop/start/pause/resume,
+ttl, rm over the SDK."""
 from __future__ import annotations
 
 import argparse
@@ -13,7 +14,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TextIO
 
-from .sdk import NotFoundError, Sandbox
+from .. import NotFoundError, Sandbox
 
 
 @contextlib.contextmanager
@@ -81,7 +82,7 @@ def cmd_create(a: argparse.Namespace) -> int:
 
 
 def cmd_list(a: argparse.Namespace) -> int:
-    boxes = Sandbox.list(state=a.state)
+    boxes = Sandbox.list(state=a.state, metadata=_pairs(a.meta, "--meta"))
     if a.json:
         _print_json([b.info for b in boxes])
         return 0
@@ -90,7 +91,7 @@ def cmd_list(a: argparse.Namespace) -> int:
         for b in boxes]
     widths = [max(len(str(r[i])) for r in rows) for i in range(5)]
     for r in rows:
-        print("  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+        print("  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip())
     return 0
 
 
@@ -168,6 +169,32 @@ def cmd_cp(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_lifecycle(a: argparse.Namespace) -> int:
+    """stop, start, pause, resume: asks for it, then (with --wait) until the
+    sandbox reaches the state it leads to."""
+    sb = _sandbox(a.id)
+    getattr(sb, a.verb)()
+    want = {"stop": "stopped", "start": "running", "pause": "paused", "resume": "running"}
+    if a.wait:
+        deadline = time.monotonic() + a.timeout
+        with progress(f"{a.verb} {sb.id}"):
+            while sb.state != want[a.verb] and sb.state not in ("failed", "destroyed", "lost"):
+                if time.monotonic() > deadline:
+                    print(f"corral: {sb.id} still {sb.state} after {a.timeout:g}s",
+                          file=sys.stderr)
+                    return 1
+                time.sleep(0.3)
+                sb.refresh()
+    print(f"{sb.id} {sb.state}")
+    return 0 if not a.wait or sb.state == want[a.verb] else 1
+
+
+def cmd_ttl(a: argparse.Namespace) -> int:
+    sb = _sandbox(a.id).set_ttl(a.seconds)
+    print(f"{sb.id} expires_at {sb.info.get('expires_at')}")
+    return 0
+
+
 def cmd_rm(a: argparse.Namespace) -> int:
     sb = _sandbox(a.id)
     with progress(f"destroying {sb.id}") if a.wait else contextlib.nullcontext():
@@ -176,8 +203,9 @@ def cmd_rm(a: argparse.Namespace) -> int:
     return 0
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    sb = sub.add_parser("sandbox", aliases=["sb"], help="create, use and delete sandboxes")
+def register(sub: argparse._SubParsersAction, parsers: dict) -> None:
+    sb = parsers["sandbox"] = sub.add_parser("sandbox", aliases=["sb"],
+                                             help="create, use and delete sandboxes")
     s = sb.add_subparsers(dest="sandbox_cmd", required=True)
     c = s.add_parser("create", help="create a sandbox and wait until it runs; prints its id")
     c.add_argument("--image", default="default")
@@ -193,6 +221,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.set_defaults(fn=cmd_create)
     ls = s.add_parser("list", aliases=["ls"], help="list sandboxes")
     ls.add_argument("--state")
+    ls.add_argument("--meta", action="append", metavar="K=V", help="only with this metadata")
     ls.add_argument("--json", action="store_true")
     ls.set_defaults(fn=cmd_list)
     sh = s.add_parser("show", help="one sandbox as JSON")
@@ -207,6 +236,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     cp.add_argument("src")
     cp.add_argument("dst")
     cp.set_defaults(fn=cmd_cp)
+    for verb, what in (("stop", "stop the VM, keeping its disk"), ("start", "start it again"),
+                       ("pause", "pause it (memory kept)"), ("resume", "resume a paused one")):
+        p = s.add_parser(verb, help=what)
+        p.add_argument("id", help="id or name")
+        p.add_argument("--wait", action="store_true", help="until it gets there")
+        p.add_argument("--timeout", type=float, default=120)
+        p.set_defaults(fn=cmd_lifecycle, verb=verb)
+    t = s.add_parser("ttl", help="extend the lease: expire SECONDS from now")
+    t.add_argument("id", help="id or name")
+    t.add_argument("seconds", type=int)
+    t.set_defaults(fn=cmd_ttl)
     rm = s.add_parser("rm", help="delete a sandbox")
     rm.add_argument("id", help="id or name")
     rm.add_argument("--wait", action="store_true", help="until it is destroyed")

@@ -11,14 +11,14 @@ import json
 import re
 import sys
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from typing import TextIO
 
 import httpx
 
-from .sdk.config import Config, setting
-from .sdk.errors import ConfigError, CorralError
-from .sdk.sse import SSEDecoder
+from ..config import Config, setting
+from ..errors import ConfigError, CorralError
+from ..sse import SSEDecoder
 
 _DUR = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
 _UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -29,12 +29,12 @@ def parse_since(value: str, now: datetime | None = None) -> datetime:
     """`90s`, `10m`, `2h`, `1d` ago, or an ISO 8601 time (UTC if no zone)."""
     m = _DUR.match(value.strip())
     if m:
-        return (now or datetime.now(UTC)) - timedelta(seconds=float(m[1]) * _UNIT[m[2]])
+        return (now or datetime.now(timezone.utc)) - timedelta(seconds=float(m[1]) * _UNIT[m[2]])
     try:
         t = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a duration (10m) or ISO time: {value!r}") from None
-    return t if t.tzinfo else t.replace(tzinfo=UTC)
+    return t if t.tzinfo else t.replace(tzinfo=timezone.utc)
 
 
 def line(body: dict) -> str:
@@ -105,8 +105,8 @@ def cmd_tail(a: argparse.Namespace) -> int:
     return tail(Config.resolve(api_key=key), query(a), a.json)
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    ev = sub.add_parser("events", help="your org's sandbox events")
+def register(sub: argparse._SubParsersAction, parsers: dict) -> None:
+    ev = parsers["events"] = sub.add_parser("events", help="your org's sandbox events")
     s = ev.add_subparsers(dest="events_cmd", required=True)
     t = s.add_parser("tail", help="follow events live (Ctrl-C stops)")
     t.add_argument("--sandbox", help="one sandbox's events")

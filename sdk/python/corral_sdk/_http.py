@@ -222,7 +222,10 @@ class AsyncDriver(_Driver):
                     await resp.aread()
             return resp
         if isinstance(step, Read):
-            return await anext(streams[id(step.response)][1], b"")
+            try:
+                return await streams[id(step.response)][1].__anext__()
+            except StopAsyncIteration:
+                return b""
         if isinstance(step, Sleep):
             return await asyncio.sleep(step.seconds)
         if isinstance(step, Emit):

@@ -5,8 +5,8 @@ import argparse
 import json
 import sys
 
-from .cli_sandbox import _pairs
-from .sdk import Image, ImageBuildError, NotFoundError
+from .sandbox import _pairs
+from .. import Image, ImageBuildError, NotFoundError
 
 
 def _log(text: str) -> None:
@@ -24,7 +24,12 @@ def _done(img: Image, as_json: bool) -> int:
 
 
 def build(a: argparse.Namespace) -> int:
-    """Live build output on stderr, the image on stdout."""
+    """Live build output on stderr, the image on stdout. Without -t: the
+    server's built-in guest image, where a server install added that."""
+    if not a.tag:
+        if getattr(a, "builtin", None):
+            return int(a.builtin(a))
+        raise SystemExit("corral: image build needs -t NAME (your image's name) and a DIR")
     try:
         img = Image.build(a.dir, a.tag, dockerfile=a.file,
                           build_args=_pairs(a.build_arg, "--build-arg"),
@@ -73,7 +78,18 @@ def cmd_rm(a: argparse.Namespace) -> int:
     return 0
 
 
-def register(img_sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction, parsers: dict) -> None:
+    img = parsers["image"] = sub.add_parser("image", help="your images: built from a "
+                                            "Dockerfile or imported from an OCI archive")
+    img_sub = img.add_subparsers(dest="image_cmd", required=True)
+    b = parsers["image build"] = img_sub.add_parser(
+        "build", help="build your image from DIR's Dockerfile: -t NAME DIR")
+    b.add_argument("-t", "--tag", help="your image's name (a DNS label)")
+    b.add_argument("-f", "--file", default="Dockerfile", help="the Dockerfile, in DIR")
+    b.add_argument("--build-arg", action="append", default=[], metavar="KEY=VALUE")
+    b.add_argument("--json", action="store_true", help="print the image as JSON")
+    b.add_argument("dir", nargs="?", default=".", help="the build context")
+    b.set_defaults(fn=build)
     p = img_sub.add_parser("import", help="import an OCI layout tar or `docker save` archive")
     p.add_argument("-t", "--tag", required=True, help="the image's name")
     p.add_argument("archive")

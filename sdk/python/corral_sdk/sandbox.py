@@ -12,9 +12,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from . import _args as chk
 from . import _http as h
 from .config import Config
-from .errors import CorralError, NotFoundError, SandboxTimeoutError
+from .errors import ArgumentError, CorralError, NotFoundError, SandboxTimeoutError
 
 OutputCallback = Callable[[str], Any]
 
@@ -29,6 +30,13 @@ class FileInfo:
 
 
 def _create_body(image, name, vcpus, memory_mib, ttl_seconds, env, metadata, egress) -> dict:
+    chk.check_str("image", image)
+    chk.check_name("name", name, optional=True)
+    chk.check_int("vcpus", vcpus, 1, 64)
+    chk.check_int("memory_mib", memory_mib, 64)
+    chk.check_int("ttl_seconds", ttl_seconds, 1, optional=True)
+    chk.check_map("env", env)
+    chk.check_map("metadata", metadata)
     body: dict[str, Any] = {"image": image, "vcpus": vcpus, "memory_mib": memory_mib,
                             "network": {"egress": bool(egress)}}
     for k, v in (("name", name), ("ttl_seconds", ttl_seconds), ("env", env),
@@ -60,16 +68,22 @@ class Files:
         return f"/v1/sandboxes/{self._sb.id}/files"
 
     def write(self, path: str, data: bytes | str):
+        chk.check_path("path", path)
+        if not isinstance(data, (str, bytes, bytearray, memoryview)):
+            raise ArgumentError(f"data must be str or bytes, got {type(data).__name__}",
+                                param="data")
         data = data.encode() if isinstance(data, str) else bytes(data)
         call = h.Call("PUT", self._path(), params={"path": path}, content=data,
                       headers={"Content-Type": "application/octet-stream"}, timeout=120)
         return self._sb._run(self._sb._then(h.request(call, self._sb._retry), lambda _: None))
 
     def read(self, path: str):
+        chk.check_path("path", path)
         call = h.Call("GET", self._path(), params={"path": path}, timeout=120)
         return self._sb._run(self._sb._then(h.request(call, self._sb._retry), lambda r: r.content))
 
     def list(self, path: str = "/"):
+        chk.check_path("path", path)
         call = h.Call("GET", self._path() + "/list", params={"path": path})
 
         def parse(resp):
@@ -110,8 +124,13 @@ class _SandboxBase:
         return self
 
     @classmethod
-    def _driver(cls, api_url: str | None, api_key: str | None, opts: dict) -> Any:
-        return cls._driver_cls(Config.resolve(api_url, api_key), **opts)
+    def _driver(cls, api_url: str | None, api_key: str | None, retry: h.RetryPolicy | None,
+                transport: Any) -> Any:
+        if retry is not None and not isinstance(retry, h.RetryPolicy):
+            raise ArgumentError(f"retry must be a RetryPolicy, got {type(retry).__name__}",
+                                param="retry")
+        return cls._driver_cls(Config.resolve(api_url, api_key), retry=retry,
+                               transport=transport)
 
     # -- class-level operations ------------------------------------------
     @classmethod
@@ -119,14 +138,19 @@ class _SandboxBase:
                memory_mib: int = 256, ttl_seconds: int | None = None,
                env: dict[str, str] | None = None, metadata: dict[str, str] | None = None,
                egress: bool = False, timeout: float = 120, idempotency_key: str | None = None,
-               *, api_url: str | None = None, api_key: str | None = None, **opts: Any):
+               *, api_url: str | None = None, api_key: str | None = None,
+               retry: h.RetryPolicy | None = None, transport: Any = None):
         """Create a sandbox and wait until it is running (raises SandboxFailedError
         or SandboxTimeoutError otherwise). A random Idempotency-Key is used when
-        none is given, so transient failures are retried without duplicates."""
-        d = cls._driver(api_url, api_key, opts)
+        none is given, so transient failures are retried without duplicates.
+        `image` is an image name (yours or `default`); a wrong argument raises
+        ArgumentError before anything is sent."""
+        body = _create_body(image, name, vcpus, memory_mib, ttl_seconds, env, metadata, egress)
+        chk.check_seconds("timeout", timeout)
+        chk.check_str("idempotency_key", idempotency_key, optional=True)
+        d = cls._driver(api_url, api_key, retry, transport)
         call = h.Call("POST", "/v1/sandboxes", params={"wait": "true", "timeout_s": timeout},
-                      json=_create_body(image, name, vcpus, memory_mib, ttl_seconds, env,
-                                        metadata, egress),
+                      json=body,
                       headers={"Idempotency-Key": idempotency_key or f"sdk-{uuid.uuid4()}"},
                       timeout=timeout + 30)
         return d.run(cls._then(h.request(call, d.retry),
@@ -145,19 +169,29 @@ class _SandboxBase:
 
     @classmethod
     def connect(cls, sandbox_id: str, *, api_url: str | None = None,
-                api_key: str | None = None, **opts: Any):
-        d = cls._driver(api_url, api_key, opts)
+                api_key: str | None = None, retry: h.RetryPolicy | None = None,
+                transport: Any = None):
+        chk.check_str("sandbox_id", sandbox_id)
+        d = cls._driver(api_url, api_key, retry, transport)
         call = h.Call("GET", f"/v1/sandboxes/{sandbox_id}")
         return d.run(cls._then(h.request(call, d.retry), lambda r: cls(d, h.parse_json(r))))
 
     @classmethod
-    def list(cls, state: str | None = None, name: str | None = None, *,
-             api_url: str | None = None, api_key: str | None = None, **opts: Any):
-        """Every sandbox of the caller's org (all pages), newest-first as served."""
-        d = cls._driver(api_url, api_key, opts)
+    def list(cls, state: str | None = None, name: str | None = None,
+             metadata: dict[str, str] | None = None, *, api_url: str | None = None,
+             api_key: str | None = None, retry: h.RetryPolicy | None = None,
+             transport: Any = None):
+        """Every sandbox of the caller's org (all pages), newest-first as served;
+        `metadata` keeps those whose metadata has every given key and value."""
+        chk.check_str("state", state, optional=True)
+        chk.check_str("name", name, optional=True)
+        chk.check_map("metadata", metadata)
+        want = (metadata or {}).items()
+        d = cls._driver(api_url, api_key, retry, transport)
         params = {k: v for k, v in (("state", state), ("name", name), ("limit", 500)) if v}
         op = _pages(h.Call("GET", "/v1/sandboxes", params=params), d.retry)
-        return d.run(cls._then(op, lambda items: [cls(d, i) for i in items]))
+        return d.run(cls._then(op, lambda items: [
+            cls(d, i) for i in items if want <= (i.get("metadata") or {}).items()]))
 
     # -- instance operations ---------------------------------------------
     def refresh(self):
@@ -182,10 +216,12 @@ class _SandboxBase:
 
     def set_ttl(self, ttl_seconds: int):
         """Extend the lease: the sandbox now expires `ttl_seconds` from now."""
+        chk.check_int("ttl_seconds", ttl_seconds, 1)
         return self._action("ttl", {"ttl_seconds": ttl_seconds})
 
     def kill(self, wait: bool = False, timeout: float = 60):
         """DELETE the sandbox; with wait=True, until its state is `destroyed`."""
+        chk.check_seconds("timeout", timeout)
         return self._run(self._kill(wait, timeout))
 
     def _kill(self, wait: bool, timeout: float) -> h.Op:
@@ -204,6 +240,12 @@ class _SandboxBase:
                 self.info = {**self.info, "state": "destroyed"}
         return self
 
+    def snapshot(self, name: str, ttl_seconds: int | None = None, timeout: float = 120):
+        """Snapshot the running sandbox (memory and disk) and wait until it is
+        ready; returns a Snapshot (AsyncSnapshot) to fork sandboxes from."""
+        from .snapshot import snapshot_op
+        return self._run(snapshot_op(self, name, ttl_seconds, timeout))
+
     def events(self):
         """The sandbox's own event history, oldest first (all pages)."""
         return self._run(_pages(h.Call("GET", f"/v1/sandboxes/{self.id}/events",
@@ -214,6 +256,12 @@ class _SandboxBase:
              on_stdout: OutputCallback | None = None, on_stderr: OutputCallback | None = None):
         """Run a command; a str runs via `sh -c`. With callbacks, output is
         streamed (SSE) and each chunk passed to them as it arrives."""
+        chk.check_argv("cmd", cmd)
+        chk.check_map("env", env)
+        chk.check_path("cwd", cwd, optional=True)
+        chk.check_seconds("timeout", timeout)
+        if stdin is not None and not isinstance(stdin, str):
+            raise ArgumentError(f"stdin must be str, got {type(stdin).__name__}", param="stdin")
         argv = ["sh", "-c", cmd] if isinstance(cmd, str) else list(cmd)
         body: dict[str, Any] = {"cmd": argv, "env": env or {}, "timeout_s": timeout}
         if cwd is not None:

@@ -21,6 +21,15 @@ class CorralError(Exception):
         return f"{head}{self.detail}{' [' + fields + ']' if fields else ''}{tail}"
 
 
+class ArgumentError(CorralError, TypeError, ValueError):
+    """A wrong argument to an SDK call, caught before anything was sent;
+    `param` names it. Also a TypeError and a ValueError, as Python's own are."""
+
+    def __init__(self, detail: str, *, param: str | None = None) -> None:
+        self.param = param
+        super().__init__(detail)
+
+
 class ConfigError(CorralError):
     """No API URL/key could be found."""
 
