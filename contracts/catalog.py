@@ -61,6 +61,8 @@ RPCS = (
      "host_agent", None, ("api_gateway",)),
     (s.host_rpc_subject("{host_id}", "files.list"), rpc.HostFileList, rpc.HostFileEntries,
      "host_agent", None, ("api_gateway",)),
+    (s.host_rpc_subject("{host_id}", "files.op"), rpc.HostFileOp, rpc.HostFileOpResult,
+     "host_agent", None, ("api_gateway",)),
     (s.RPC_SCHEDULER_HOSTS_LIST, rpc.ListHosts, rpc.HostList, "scheduler", "scheduler",
      ("api_gateway",)),
     (s.RPC_SCHEDULER_HOSTS_CORDON, rpc.HostAction, rpc.HostActionResult, "scheduler",

@@ -212,6 +212,40 @@ class HostFileEntries(RpcModel):
                             "(10,000 entries or 4 MiB of listing at most)")
 
 
+class HostFileOp(PathRef):
+    """stat, mkdir (`parents`), remove (`recursive`), rename (to `to` or `to_b64`)."""
+    action: Literal["stat", "mkdir", "remove", "rename"]
+    to: str | None = Field(default=None, min_length=1, max_length=4096)
+    to_b64: str | None = Field(default=None, min_length=4, max_length=5464,
+                               pattern=r"^[A-Za-z0-9+/]+={0,2}$")
+    recursive: bool = False
+    parents: bool = False
+
+    @model_validator(mode="after")
+    def _target(self) -> HostFileOp:
+        if (self.action == "rename") != (self.to is not None or self.to_b64 is not None):
+            raise ValueError("rename, and only rename, takes `to` or `to_b64`")
+        if self.to is not None and self.to_b64 is not None:
+            raise ValueError("give at most one of to and to_b64")
+        return self
+
+    def raw_to(self) -> str | bytes | None:
+        if self.to_b64 is not None:
+            return base64.b64decode(self.to_b64)
+        return self.to
+
+
+class HostFileStat(HostFileEntry):
+    type: Literal["file", "dir", "symlink", "other"]
+    mtime: float = Field(description="last modification, seconds since the epoch")
+    target: str | None = Field(default=None, description="a symlink's target")
+
+
+class HostFileOpResult(RpcModel):
+    entry: HostFileStat | None = Field(default=None, description="the path after the "
+                                       "operation (none after remove)")
+
+
 class Done(RpcModel):
     ok: bool = True
 

@@ -84,7 +84,8 @@ def host_inbox(host_token: str) -> str:
 
 
 def host_rpc_subject(host_id: str, op: str) -> str:
-    """Gateway -> one host agent: op is exec, exec.stream, files.put, files.get, files.list."""
+    """Gateway -> one host agent: op is exec, exec.stream, files.put, files.get, files.list,
+    files.op."""
     return f"corral.rpc.host.{host_id}.{op}"
 
 

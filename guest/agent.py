@@ -34,7 +34,7 @@ else:  # inside the guest: the modules sit side by side
     from netconf import set_net
 
 AGENT = "corral-guest/1"
-OPS = ["hello", "ping", "configure", "exec", "cancel", "put", "get", "list"]
+OPS = ["hello", "ping", "configure", "exec", "cancel", "put", "get", "list", "fs"]
 BASE_ENV = {
     "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
     "HOME": "/root",
@@ -272,6 +272,9 @@ class Agent(Execs):
 
     def op_list(self, rid: int, h: dict[str, Any], _p: bytes) -> None:
         self.send(*files.listing(rid, h))
+
+    def op_fs(self, rid: int, h: dict[str, Any], _p: bytes) -> None:
+        self.send(files.fs(rid, h))
 
 
 def main() -> None:

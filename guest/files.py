@@ -93,3 +93,60 @@ def listing(rid: int, h: dict[str, Any]) -> tuple[dict[str, Any], bytes]:
         entries.append(entry)
     body = json.dumps(entries, separators=(",", ":")).encode()
     return {"id": rid, "type": "entries", "count": len(entries), "truncated": truncated}, body
+
+
+def _kind(mode: int) -> str:
+    if stat.S_ISREG(mode):
+        return "file"
+    if stat.S_ISDIR(mode):
+        return "dir"
+    return "symlink" if stat.S_ISLNK(mode) else "other"
+
+
+def describe(path: str) -> dict[str, Any]:
+    """One entry (not following a final symlink), as `stat` answers it."""
+    st = os.lstat(path)
+    entry: dict[str, Any] = {**P.name_fields(os.path.basename(path) or "/"), "size": st.st_size,
+                             "is_dir": stat.S_ISDIR(st.st_mode), "mode": st.st_mode,
+                             "type": _kind(st.st_mode), "mtime": st.st_mtime}
+    if stat.S_ISLNK(st.st_mode):
+        entry["target"] = os.readlink(path)[:P.MAX_PATH]
+    return entry
+
+
+def _remove(path: str, recursive: bool) -> None:
+    if path == "/":
+        raise P.GuestError("EINVAL", "refusing to remove /")
+    st = os.lstat(path)
+    if not stat.S_ISDIR(st.st_mode):
+        os.unlink(path)
+    elif recursive:
+        import shutil  # only here: the agent's start-up stays lean
+        shutil.rmtree(path)
+    else:
+        os.rmdir(path)  # ENOTEMPTY unless empty
+
+
+def fs(rid: int, h: dict[str, Any]) -> dict[str, Any]:
+    """stat, mkdir (`parents`), remove (`recursive`), rename (to `to`/`to_b64`)."""
+    action = h.get("action")
+    path = P.path_arg(h)
+    if action == "stat":
+        return {"id": rid, "type": "ok", "entry": describe(path)}
+    if action == "mkdir":
+        mode = int(h.get("mode", 0o755)) & 0o7777
+        if h.get("parents"):
+            os.makedirs(path, mode, exist_ok=True)
+        else:
+            os.mkdir(path, mode)
+        return {"id": rid, "type": "ok", "entry": describe(path)}
+    if action == "remove":
+        _remove(path, bool(h.get("recursive")))
+        return {"id": rid, "type": "ok"}
+    if action == "rename":
+        to = P.path_arg({k[3:]: v for k, v in h.items() if k in ("to_path", "to_path_b64")})
+        if path == "/" or to == "/":
+            raise P.GuestError("EINVAL", "cannot rename /")
+        os.rename(path, to)
+        return {"id": rid, "type": "ok", "entry": describe(to)}
+    raise P.GuestError("EINVAL", f"unknown fs action {action!r}")

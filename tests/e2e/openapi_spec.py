@@ -68,8 +68,10 @@ class Spec:
         for p in op.get("parameters", []):
             if p["in"] == "path":
                 url = url.replace("{" + p["name"] + "}", path_values[p["name"]])
-            elif p["in"] == "query" and (p.get("required") or p["name"] == "path"):
-                # (`path` or `path_b64` is required on the file routes: one of two)
+            elif p["in"] == "query" and (p.get("required") or p["name"] == "path"
+                                         or ("/files" in path and p["name"] == "to")):
+                # (`path` or `path_b64`, and `to` or `to_b64`, are required on the
+                # file routes: one of two)
                 params[p["name"]] = self.minimal(p["schema"])
             elif p["in"] == "header" and p.get("required") and p["name"].lower() != "authorization":
                 headers[p["name"]] = str(self.minimal(p["schema"]))

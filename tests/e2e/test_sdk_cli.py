@@ -221,6 +221,36 @@ class TestOneMicroVM:
         assert res.ok and res.stdout == "in\n/tmp\nx\n"
         assert box.exec(["sleep", "30"], timeout=1).timed_out
 
+    def test_files_stat_mkdir_rename_remove(self, vm, box):
+        f = box.files
+        assert f.make_dir("/root/t/a/b").type == "dir"
+        assert f.make_dir("/root/t/a/b").is_dir  # parents=True: an existing one is fine
+        with pytest.raises(ConflictError):
+            f.make_dir("/root/t/a/b", parents=False)
+        f.write("/root/t/a/b/f.txt", b"12345")
+        st = f.stat("/root/t/a/b/f.txt")
+        assert (st.name, st.size, st.type, st.is_dir) == ("f.txt", 5, "file", False)
+        assert abs(st.mtime - time.time()) < 600
+        assert box.exec("ln -s /etc/hostname /root/t/ln").ok
+        ln = f.stat("/root/t/ln")
+        assert (ln.type, ln.target) == ("symlink", "/etc/hostname")
+        moved = f.rename("/root/t/a/b/f.txt", "/root/t/g.txt")
+        assert moved.path == "/root/t/g.txt" and f.read("/root/t/g.txt") == b"12345"
+        assert not f.exists("/root/t/a/b/f.txt") and f.exists("/root/t/g.txt")
+        with pytest.raises(NotFoundError):
+            f.stat("/root/t/nope")
+        with pytest.raises(ConflictError):  # not empty
+            f.remove("/root/t/a")
+        f.remove("/root/t/ln")
+        assert box.exec("cat /etc/hostname").ok  # the link went, not its target
+        f.remove("/root/t", recursive=True)
+        assert not f.exists("/root/t")
+        with pytest.raises(NotFoundError):
+            f.remove("/root/t")
+        with pytest.raises(ValidationError):  # the guest refuses to remove /
+            f.remove("/", recursive=True)
+        assert box.exec("ls /bin/sh").ok
+
     def test_exec_streaming_calls_back_live(self, box):
         seen: list[tuple[float, str, str]] = []
         res = box.exec("for i in 1 2 3; do echo $i; sleep 0.4; done; echo oops >&2; exit 4",

@@ -145,3 +145,50 @@ async def test_an_oversized_answer_is_refused_not_buffered(tmp_path: Path):
     assert e.value.code == "EFBIG"
     await client.close()
     server.close()
+
+
+async def test_file_ops_round_trip_and_a_lying_entry_is_refused(tmp_path: Path):
+    """The client's fs requests answered by the guest's own code on a real
+    directory; then a guest whose entry has the wrong types."""
+    from guest import files
+    from services.host_agent.application.ports import FileOp
+
+    async def real(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        async for h, _ in requests(r):
+            if h.get("op") == "hello":
+                continue
+            try:
+                w.write(P.encode(files.fs(h["id"], h)))
+            except OSError as e:
+                w.write(P.encode({"id": h["id"], "type": "error", "code": P.errno_code(e),
+                                  "message": str(e)}))
+            await w.drain()
+    client, server = await guest(tmp_path, real)
+    d = tmp_path / "box"
+    st = await client.file_op(FileOp("mkdir", f"{d}/a", parents=True))
+    assert st is not None and st.kind == "dir" and st.is_dir and st.name == "a"
+    (d / "a" / "f").write_bytes(b"abc")
+    st = await client.file_op(FileOp("rename", f"{d}/a/f", to=f"{d}/a/g"))
+    assert st is not None and (st.name, st.size, st.kind) == ("g", 3, "file")
+    with pytest.raises(GuestError) as e:
+        await client.file_op(FileOp("remove", f"{d}/a"))
+    assert e.value.code == "ENOTEMPTY"
+    assert await client.file_op(FileOp("remove", f"{d}/a", recursive=True)) is None
+    with pytest.raises(GuestError) as e:
+        await client.file_op(FileOp("stat", f"{d}/a"))
+    assert e.value.code == "ENOENT"
+    await client.close()
+    server.close()
+
+    async def liar(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        async for h, _ in requests(r):
+            w.write(P.encode({"id": h["id"], "type": "ok",
+                              "entry": {"name": "x", "size": "big", "is_dir": 0, "mode": []}}))
+            await w.drain()
+    (tmp_path / "l").mkdir()
+    client, server = await guest(tmp_path / "l", liar)
+    with pytest.raises(GuestError) as e:
+        await client.file_op(FileOp("stat", "/etc"))
+    assert e.value.code == "EPROTO"
+    await client.close()
+    server.close()

@@ -129,3 +129,41 @@ def test_sandbox_marker_requires_name_and_state_root():
     assert sandbox_of(argv, Path("/other")) is None
     assert sandbox_of(["/usr/bin/sleep", "-name", "corral-sb1", "/srv/corral/vms/sb1/"], root) is None
     assert sandbox_of(argv[:1] + ["-name", "other-sb1"] + argv[3:], root) is None
+
+
+def test_fs_stat_mkdir_rename_remove(tmp_path):
+    from guest import files
+    root = tmp_path / "w"
+    fs = files.fs
+    assert fs(1, {"action": "mkdir", "path": f"{root}/a/b", "parents": True})["entry"]["type"] == "dir"
+    assert fs(2, {"action": "mkdir", "path": f"{root}/a/b", "parents": True})["type"] == "ok"
+    with pytest.raises(FileExistsError):  # answered EEXIST by the agent's dispatch
+        fs(3, {"action": "mkdir", "path": f"{root}/a/b"})
+    with pytest.raises(FileNotFoundError):
+        fs(4, {"action": "mkdir", "path": f"{root}/x/y"})
+    (root / "a" / "f.txt").write_bytes(b"12345")
+    e = fs(5, {"action": "stat", "path": f"{root}/a/f.txt"})["entry"]
+    assert (e["name"], e["size"], e["type"], e["is_dir"]) == ("f.txt", 5, "file", False)
+    assert e["mtime"] > 0 and e["mode"] & 0o777
+    (root / "link").symlink_to("a/f.txt")
+    e = fs(6, {"action": "stat", "path": f"{root}/link"})["entry"]
+    assert (e["type"], e["target"]) == ("symlink", "a/f.txt")
+    e = fs(7, {"action": "rename", "path": f"{root}/a/f.txt", "to_path": f"{root}/a/g.txt"})["entry"]
+    assert e["name"] == "g.txt" and not (root / "a" / "f.txt").exists()
+    with pytest.raises(OSError) as ei:  # ENOTEMPTY
+        fs(8, {"action": "remove", "path": f"{root}/a"})
+    assert P.errno_code(ei.value) == "ENOTEMPTY"
+    assert fs(9, {"action": "remove", "path": f"{root}/link"}) == {"id": 9, "type": "ok"}
+    assert (root / "a" / "g.txt").exists()  # a symlink is removed, never followed
+    fs(10, {"action": "remove", "path": f"{root}/a", "recursive": True})
+    assert not (root / "a").exists()
+    with pytest.raises(FileNotFoundError):
+        fs(11, {"action": "stat", "path": f"{root}/a"})
+    for bad in ({"action": "remove", "path": "/", "recursive": True},
+                {"action": "rename", "path": "/", "to_path": "/x"},
+                {"action": "chmod", "path": f"{root}"},
+                {"action": "rename", "path": f"{root}", "to_path": "rel"},
+                {"action": "stat", "path": f"{root}/../etc"}):
+        with pytest.raises(P.GuestError) as ge:
+            fs(12, bad)
+        assert ge.value.code == "EINVAL"

@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from corral_sdk import (ArgumentError, AsyncSandbox, AsyncSnapshot, RetryPolicy, Sandbox,
+from corral_sdk import (ArgumentError, AsyncSandbox, AsyncSnapshot, NotFoundError, RetryPolicy, Sandbox,
                         SandboxTimeoutError, Snapshot)
 from corral_sdk.cli import build_parser
 
@@ -195,3 +195,41 @@ def test_the_package_declares_only_httpx_and_python_3_9():
     server = tomllib.loads((SDK.parents[1] / "pyproject.toml").read_text())["project"]
     assert f"corral-sdk=={doc['version']}" in server["dependencies"]
     assert "scripts" not in server  # one `corral` command: corral-sdk's
+
+
+def test_files_stat_exists_mkdir_remove_rename_requests():
+    seen = []
+    entry = {"name": "d", "size": 4096, "is_dir": True, "mode": 0o40755, "type": "dir",
+             "mtime": 1.5}
+
+    def handler(req):
+        seen.append((req.method, req.url.path.removeprefix("/v1/sandboxes/sb1/files"),
+                     dict(req.url.params)))
+        if req.url.path == "/v1/sandboxes/gone":
+            return httpx.Response(404, json={"title": "Not Found", "status": 404, "detail": "x"})
+        if req.url.params.get("path") == "/missing":
+            return httpx.Response(404, json={"title": "Not Found", "status": 404, "detail": "y"})
+        if req.url.path.startswith("/v1/sandboxes/gone/"):
+            return httpx.Response(404, json={"title": "Not Found", "status": 404, "detail": "z"})
+        if req.method == "DELETE":
+            return httpx.Response(204)
+        if req.url.path.endswith("/v1/sandboxes/sb1"):
+            return httpx.Response(200, json=INFO)
+        return httpx.Response(200, json=entry)
+    d = Sandbox._driver(URL, KEY, None, httpx.MockTransport(handler))
+    sb = Sandbox(d, dict(INFO))
+    st = sb.files.stat("/d")
+    assert (st.path, st.type, st.is_dir, st.mtime) == ("/d", "dir", True, 1.5)
+    assert sb.files.exists("/d") is True
+    assert sb.files.exists("/missing") is False  # the path is missing, the sandbox is not
+    assert seen[-1] == ("GET", "/v1/sandboxes/sb1", {})
+    with pytest.raises(NotFoundError):  # a sandbox that is gone is not "no such file"
+        Sandbox(d, {**INFO, "id": "gone"}).files.exists("/d")
+    assert sb.files.make_dir("/d").path == "/d"
+    assert seen[-1] == ("POST", "/mkdir", {"path": "/d", "parents": "true"})
+    assert sb.files.remove("/d", recursive=True) is None
+    assert seen[-1] == ("DELETE", "", {"path": "/d", "recursive": "true"})
+    assert sb.files.rename("/d", "/e").path == "/e"
+    assert seen[-1] == ("POST", "/rename", {"path": "/d", "to": "/e"})
+    with pytest.raises(ArgumentError):
+        sb.files.rename("/d", "e")

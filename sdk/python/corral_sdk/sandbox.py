@@ -27,6 +27,14 @@ class FileInfo:
     size: int
     is_dir: bool
     mode: int
+    type: str | None = None  # file, dir, symlink, other (from stat, mkdir, rename)
+    mtime: float | None = None  # seconds since the epoch
+    target: str | None = None  # a symlink's target
+
+    @classmethod
+    def from_json(cls, path: str, e: dict) -> FileInfo:
+        return cls(e["name"], path, e["size"], e["is_dir"], e["mode"], e.get("type"),
+                   e.get("mtime"), e.get("target"))
 
 
 def _create_body(image, name, vcpus, memory_mib, ttl_seconds, env, metadata, egress) -> dict:
@@ -59,7 +67,8 @@ def _pages(call: h.Call, retry: h.RetryPolicy) -> h.Op:
 
 
 class Files:
-    """`sb.files`: read, write and list files inside the sandbox."""
+    """`sb.files`: read, write, list, stat, make, remove and rename files
+    inside the sandbox (paths are absolute)."""
 
     def __init__(self, sandbox: _SandboxBase):
         self._sb = sandbox
@@ -88,9 +97,60 @@ class Files:
 
         def parse(resp):
             base = path.rstrip("/")
-            return [FileInfo(e["name"], f"{base}/{e['name']}", e["size"], e["is_dir"], e["mode"])
+            return [FileInfo.from_json(f"{base}/{e['name']}", e)
                     for e in h.parse_json(resp).get("entries", [])]
         return self._sb._run(self._sb._then(h.request(call, self._sb._retry), parse))
+
+    def _op(self, method: str, verb: str, params: dict, at: str, retry: bool = True):
+        call = h.Call(method, self._path() + verb, params=params, timeout=180)
+        op = h.request(call, self._sb._retry if retry else None)
+        return self._sb._run(self._sb._then(
+            op, lambda r: FileInfo.from_json(at, h.parse_json(r)) if r.content else None))
+
+    def stat(self, path: str):
+        """The entry at `path` (a final symlink not followed); NotFoundError if absent."""
+        chk.check_path("path", path)
+        return self._op("GET", "/stat", {"path": path}, path)
+
+    def exists(self, path: str):
+        """True if anything (even a dangling symlink) is at `path`."""
+        chk.check_path("path", path)
+        call = h.Call("GET", self._path() + "/stat", params={"path": path})
+        return self._sb._run(_exists(call, f"/v1/sandboxes/{self._sb.id}", self._sb._retry))
+
+    def make_dir(self, path: str, parents: bool = True):
+        """Create a directory (with `parents`: its missing parents too, and an
+        existing directory is fine; without: ConflictError if it exists)."""
+        chk.check_path("path", path)
+        return self._op("POST", "/mkdir", {"path": path, "parents": _flag(parents)}, path,
+                        retry=parents)
+
+    def remove(self, path: str, recursive: bool = False):
+        """Remove a file, symlink or empty directory; a directory with what it
+        holds only with `recursive`. NotFoundError if absent."""
+        chk.check_path("path", path)
+        return self._op("DELETE", "", {"path": path, "recursive": _flag(recursive)}, path,
+                        retry=False)
+
+    def rename(self, path: str, to: str):
+        """Move `path` to `to` (replacing a file there); returns the new entry."""
+        chk.check_path("path", path)
+        chk.check_path("to", to)
+        return self._op("POST", "/rename", {"path": path, "to": to}, to, retry=False)
+
+
+def _flag(value: bool) -> str:
+    return "true" if value else "false"
+
+
+def _exists(stat: h.Call, sandbox: str, retry: h.RetryPolicy) -> h.Op:
+    try:
+        yield from h.request(stat, retry)
+    except NotFoundError:
+        # the path, or the sandbox itself? A sandbox that is gone raises here
+        yield from h.request(h.Call("GET", sandbox), retry)
+        return False
+    return True
 
 
 class _SandboxBase:

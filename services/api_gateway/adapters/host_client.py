@@ -8,7 +8,8 @@ from collections.abc import AsyncGenerator
 
 from common.rpc import RpcClient, open_stream
 from contracts.rpc import (Done, HostExec, HostExecChunk, HostExecResult, HostExecStream,
-                           HostFileData, HostFileEntries, HostFileGet, HostFileList, HostFilePut)
+                           HostFileData, HostFileEntries, HostFileGet, HostFileList, HostFileOp,
+                           HostFileOpResult, HostFilePut)
 from contracts.subjects import host_rpc_subject
 
 MAX_REPLY = 12 << 20
@@ -72,3 +73,7 @@ class HostClient(RpcClient):
     async def list_files(self, host_id: str, req: HostFileList) -> HostFileEntries:
         return await self.call(host_rpc_subject(host_id, "files.list"), req, HostFileEntries,
                                timeout=30, max_bytes=MAX_REPLY)
+
+    async def file_op(self, host_id: str, req: HostFileOp) -> HostFileOpResult:
+        return await self.call(host_rpc_subject(host_id, "files.op"), req, HostFileOpResult,
+                               timeout=150 if req.action == "remove" else 45)

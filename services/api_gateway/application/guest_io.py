@@ -7,7 +7,7 @@ from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Any
 
 from contracts.rpc import (HostExec, HostExecChunk, HostExecResult, HostExecStream, HostFileEntries,
-                           HostFileGet, HostFileList, HostFilePut)
+                           HostFileGet, HostFileList, HostFileOp, HostFileOpResult, HostFilePut)
 
 from .errors import Conflict
 from .ledger import SandboxLedger
@@ -76,3 +76,12 @@ class GuestIO:
             host = await self._host(sandbox_id, org_id)
             return await self.hosts.list_files(host, HostFileList(
                 sandbox_id=sandbox_id, org_id=org_id, op_id=op_id, **path))
+
+    async def file_op(self, org_id: str, sandbox_id: str, op_id: str, path: PathArg,
+                      action: str, **options: Any) -> HostFileOpResult:
+        """stat, mkdir (parents), remove (recursive), rename (to / to_b64)."""
+        with self.limits.acquire(org_id, "files"):
+            host = await self._host(sandbox_id, org_id)
+            return await self.hosts.file_op(host, HostFileOp(
+                sandbox_id=sandbox_id, org_id=org_id, op_id=op_id, action=action, **path,
+                **options))

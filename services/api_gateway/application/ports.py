@@ -6,7 +6,8 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from contracts.rpc import (HostExec, HostExecChunk, HostExecResult, HostExecStream, HostFileData,
-                           HostFileEntries, HostFileGet, HostFileList, HostFilePut)
+                           HostFileEntries, HostFileGet, HostFileList, HostFileOp,
+                           HostFileOpResult, HostFilePut)
 
 Page = tuple[list[dict[str, Any]], str | None]
 
@@ -31,6 +32,7 @@ class Hosts(Protocol):
     async def put_file(self, host_id: str, req: HostFilePut) -> None: ...
     async def get_file(self, host_id: str, req: HostFileGet) -> HostFileData: ...
     async def list_files(self, host_id: str, req: HostFileList) -> HostFileEntries: ...
+    async def file_op(self, host_id: str, req: HostFileOp) -> HostFileOpResult: ...
 
 
 class Secrets(Protocol):

@@ -8,7 +8,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from contracts.rpc import HostExecResult, HostFileEntries
+from contracts.rpc import HostExecResult, HostFileEntries, HostFileStat
 
 from .deps import Ctx, OpId, Org
 from .sse import exec_events
@@ -23,10 +23,10 @@ FilePathB64 = Annotated[str | None, Query(
                 "UTF-8, as `name_b64` in a listing)")]
 
 
-def _path(path: str | None, path_b64: str | None) -> dict[str, str]:
+def _path(path: str | None, path_b64: str | None, name: str = "path") -> dict[str, str]:
     if (path is None) == (path_b64 is None):
-        raise RequestValidationError([{"loc": ("query", "path"), "type": "missing",
-                                       "msg": "give exactly one of path and path_b64"}])
+        raise RequestValidationError([{"loc": ("query", name), "type": "missing",
+                                       "msg": f"give exactly one of {name} and {name}_b64"}])
     return {"path": path} if path is not None else {"path_b64": path_b64 or ""}
 MAX_FILE = 4 << 20
 
@@ -83,3 +83,52 @@ async def get_file(ctx: Ctx, oid: OpId, org: Org, sandbox_id: SandboxId,
 async def list_files(ctx: Ctx, oid: OpId, org: Org, sandbox_id: SandboxId,
                      path: FilePath = None, path_b64: FilePathB64 = None) -> HostFileEntries:
     return await ctx.io.list_files(org.org_id, sandbox_id, oid, _path(path, path_b64))
+
+
+def _entry(result: object) -> HostFileStat:
+    entry = getattr(result, "entry", None)
+    if entry is None:  # a host agent that answered without one: not ours to invent
+        raise RuntimeError("the host agent returned no entry")
+    return entry
+
+
+@io_router.get("/v1/sandboxes/{sandbox_id}/files/stat", response_model=HostFileStat)
+async def stat_file(ctx: Ctx, oid: OpId, org: Org, sandbox_id: SandboxId,
+                    path: FilePath = None, path_b64: FilePathB64 = None) -> HostFileStat:
+    """The path itself (a final symlink is not followed); 404 if absent."""
+    return _entry(await ctx.io.file_op(org.org_id, sandbox_id, oid, _path(path, path_b64),
+                                       "stat"))
+
+
+@io_router.post("/v1/sandboxes/{sandbox_id}/files/mkdir", status_code=201,
+                response_model=HostFileStat)
+async def make_dir(ctx: Ctx, oid: OpId, org: Org, sandbox_id: SandboxId,
+                   path: FilePath = None, path_b64: FilePathB64 = None,
+                   parents: bool = True) -> HostFileStat:
+    """Creates the directory (and, with `parents`, missing parents; an existing
+    directory is then fine). Without `parents`, 409 if it exists."""
+    return _entry(await ctx.io.file_op(org.org_id, sandbox_id, oid, _path(path, path_b64),
+                                       "mkdir", parents=parents))
+
+
+@io_router.delete("/v1/sandboxes/{sandbox_id}/files", status_code=204)
+async def remove_file(ctx: Ctx, oid: OpId, org: Org, sandbox_id: SandboxId,
+                      path: FilePath = None, path_b64: FilePathB64 = None,
+                      recursive: bool = False) -> Response:
+    """A file, a symlink or an empty directory; a directory with its contents
+    only with `recursive`. 404 if absent, 409 if a directory is not empty."""
+    await ctx.io.file_op(org.org_id, sandbox_id, oid, _path(path, path_b64), "remove",
+                         recursive=recursive)
+    return Response(status_code=204)
+
+
+@io_router.post("/v1/sandboxes/{sandbox_id}/files/rename", response_model=HostFileStat)
+async def rename_file(ctx: Ctx, oid: OpId, org: Org, sandbox_id: SandboxId,
+                      path: FilePath = None, path_b64: FilePathB64 = None,
+                      to: FilePath = None, to_b64: FilePathB64 = None) -> HostFileStat:
+    """Moves `path` to `to` (replacing a file there, as rename(2) does)."""
+    dest = _path(to, to_b64, "to")
+    return _entry(await ctx.io.file_op(org.org_id, sandbox_id, oid, _path(path, path_b64),
+                                       "rename", **{"to" if "path" in dest else "to_b64":
+                                                    next(iter(dest.values()))}))
+

@@ -13,8 +13,8 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from ..application.ports import (ExecChunk, ExecRequest, ExecResult, FileListing, ReconcileReport,
-                                 ResourceRecorder, SnapshotInfo, VmInfo, VmSpec)
+from ..application.ports import (ExecChunk, ExecRequest, ExecResult, FileListing, FileOp, FileStat,
+                                 ReconcileReport, ResourceRecorder, SnapshotInfo, VmInfo, VmSpec)
 from .procs import is_zombie
 
 MARK = "corral-fakevm"
@@ -116,6 +116,9 @@ class FakeVmmDriver:
         raise NotImplementedError("the fake driver has no guest")
 
     async def list_files(self, sandbox_id: str, path: str | bytes) -> FileListing:
+        raise NotImplementedError("the fake driver has no guest")
+
+    async def file_op(self, sandbox_id: str, op: FileOp) -> FileStat | None:
         raise NotImplementedError("the fake driver has no guest")
 
     async def reconcile(self, recorded: dict[str, dict[str, str]], record: ResourceRecorder,

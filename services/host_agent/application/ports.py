@@ -85,6 +85,23 @@ class FileEntry:
 
 
 @dataclass(frozen=True)
+class FileStat(FileEntry):
+    kind: str = "file"  # file, dir, symlink, other
+    mtime: float = 0.0
+    target: str | None = None  # a symlink's target
+
+
+@dataclass(frozen=True)
+class FileOp:
+    """stat, mkdir (`parents`), remove (`recursive`), rename (to `to`)."""
+    action: str
+    path: str | bytes
+    to: str | bytes | None = None
+    recursive: bool = False
+    parents: bool = False
+
+
+@dataclass(frozen=True)
 class FileListing:
     entries: list[FileEntry]
     truncated: bool  # the directory holds more than listed
@@ -122,6 +139,7 @@ class VmmDriver(Protocol):
     async def put_file(self, sandbox_id: str, path: str | bytes, data: bytes) -> None: ...
     async def get_file(self, sandbox_id: str, path: str | bytes) -> bytes: ...
     async def list_files(self, sandbox_id: str, path: str | bytes) -> FileListing: ...
+    async def file_op(self, sandbox_id: str, op: FileOp) -> FileStat | None: ...
     async def snapshot(self, sandbox_id: str, dest_dir: str) -> SnapshotInfo:
         """Live snapshot; `start(VmSpec(..., snapshot_dir=dest_dir))` forks it."""
         ...

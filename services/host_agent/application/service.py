@@ -21,8 +21,8 @@ from contracts.snapshot import (DeleteSnapshot, SnapshotCommand, SnapshotCreated
                                 SnapshotDeleted, SnapshotFailed, TakeSnapshot)
 
 from ..domain.vm import Vm
-from .ports import (DiskCheck, ExecChunk, ExecRequest, ExecResult, FileListing, VmmDriver,
-                    VmSpec)
+from .ports import (DiskCheck, ExecChunk, ExecRequest, ExecResult, FileListing, FileOp, FileStat,
+                    VmmDriver, VmSpec)
 from .image_builds import ImageBuilds
 from .records import VmRecords
 
@@ -344,3 +344,7 @@ class HostAgentService:
     async def list_files(self, sandbox_id: str, org_id: str, path: str | bytes) -> FileListing:
         await self.running(sandbox_id, org_id)
         return await self.driver.list_files(sandbox_id, path)
+
+    async def file_op(self, sandbox_id: str, org_id: str, op: FileOp) -> FileStat | None:
+        await self.running(sandbox_id, org_id)
+        return await self.driver.file_op(sandbox_id, op)

@@ -12,10 +12,10 @@ from typing import Any
 from common.rpc import Reply, Route, Send, serve
 from contracts.rpc import (Done, HostExec, HostExecChunk, HostExecResult, HostExecStream,
                            HostFileData, HostFileEntries, HostFileEntry, HostFileGet, HostFileList,
-                           HostFilePut, RpcError)
+                           HostFileOp, HostFileOpResult, HostFilePut, HostFileStat, RpcError)
 from contracts.subjects import host_rpc_subject
 
-from ..application.ports import ExecChunk, ExecRequest, ExecResult
+from ..application.ports import ExecChunk, ExecRequest, ExecResult, FileOp, FileStat
 from ..application.service import Refused
 from ..bootstrap import HostAgentContext
 
@@ -32,6 +32,8 @@ def _code(e: Exception) -> str:
         return "invalid"
     if code == "ENOENT":
         return "not_found"
+    if code in ("EEXIST", "ENOTEMPTY", "EBUSY"):
+        return "conflict"
     if code == "EFBIG":
         return "too_large"
     return "internal"
@@ -56,6 +58,11 @@ def _exec_result(r: ExecResult) -> HostExecResult:
                           stderr=r.stderr.decode("utf-8", "replace"),
                           duration_ms=r.duration_ms, timed_out=r.timed_out,
                           truncated=r.truncated)
+
+
+def _stat(s: FileStat) -> HostFileStat:
+    return HostFileStat(name=s.name, name_b64=s.name_b64, size=s.size, is_dir=s.is_dir,
+                        mode=s.mode, type=s.kind, mtime=s.mtime, target=s.target)
 
 
 def routes(ctx: HostAgentContext) -> dict[str, Route]:
@@ -85,10 +92,15 @@ def routes(ctx: HostAgentContext) -> dict[str, Route]:
                                         for e in listing.entries],
                                truncated=listing.truncated)
 
+    async def op(req: HostFileOp) -> HostFileOpResult:
+        st = await svc.file_op(req.sandbox_id, req.org_id, FileOp(
+            req.action, req.raw_path(), req.raw_to(), req.recursive, req.parents))
+        return HostFileOpResult(entry=_stat(st) if st is not None else None)
+
     calls: dict[str, tuple[Any, Callable[[Any], Awaitable[Any]]]] = {
         "exec": (HostExec, exec_), "exec.stream": (HostExecStream, exec_stream),
         "files.put": (HostFilePut, put), "files.get": (HostFileGet, get),
-        "files.list": (HostFileList, list_)}
+        "files.list": (HostFileList, list_), "files.op": (HostFileOp, op)}
     return {host_rpc_subject(ctx.host_id, op): call for op, call in calls.items()}
 
 

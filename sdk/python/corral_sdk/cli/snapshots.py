@@ -5,7 +5,7 @@ import argparse
 import json
 
 from ..snapshot import Snapshot
-from .sandbox import _pairs, _sandbox, progress
+from .sandbox import _pairs, _print_json, _sandbox, progress
 
 
 def _find(ref: str) -> Snapshot:
@@ -20,14 +20,14 @@ def cmd_take(a: argparse.Namespace) -> int:
     sb = _sandbox(a.sandbox)
     with progress(f"snapshotting {sb.id}"):
         snap = sb.snapshot(a.name, ttl_seconds=a.ttl, timeout=a.timeout)
-    print(json.dumps(snap.info, indent=2, sort_keys=True) if a.json else snap.id)
+    _print_json(snap.info) if a.json else print(snap.id)
     return 0
 
 
 def cmd_list(a: argparse.Namespace) -> int:
     snaps = Snapshot.list()
     if a.json:
-        print(json.dumps([s.info for s in snaps], indent=2, sort_keys=True))
+        _print_json([s.info for s in snaps])
         return 0
     for s in snaps:
         size = (s.info.get("size_bytes") or 0) >> 20
@@ -37,7 +37,7 @@ def cmd_list(a: argparse.Namespace) -> int:
 
 
 def cmd_show(a: argparse.Namespace) -> int:
-    print(json.dumps(_find(a.snapshot).info, indent=2, sort_keys=True))
+    _print_json(_find(a.snapshot).info)
     return 0
 
 

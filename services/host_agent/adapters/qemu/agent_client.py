@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 from guest import protocol as P
 from services.host_agent.application.ports import (ExecChunk, ExecRequest, ExecResult,
-                                                   FileEntry, FileListing)
+                                                   FileEntry, FileListing, FileOp, FileStat)
 
 from .errors import AgentUnavailable, GuestError
 
@@ -313,6 +313,26 @@ class AgentClient:
         except (ValueError, TypeError, KeyError, RecursionError) as e:
             raise GuestError("EPROTO", f"unreadable listing: {e.__class__.__name__}") from None
         return FileListing(entries, bool(h.get("truncated")) or len(raw) > P.MAX_LIST)
+
+    async def file_op(self, op: FileOp) -> FileStat | None:
+        header = {"op": "fs", "action": op.action, **_path(op.path),
+                  "recursive": op.recursive, "parents": op.parents}
+        if op.to is not None:
+            header.update({f"to_{k}": v for k, v in _path(op.to).items()})
+        h, _ = await self.request(header, timeout=120 if op.action == "remove" else 30)
+        e = h.get("entry")
+        if e is None:
+            return None
+        try:
+            base = _entry(e)
+            kind = str(e.get("type", "other"))
+            target = e.get("target")
+            return FileStat(base.name, base.size, base.is_dir, base.mode, base.name_b64,
+                            kind=kind if kind in ("file", "dir", "symlink") else "other",
+                            mtime=float(e.get("mtime") or 0.0),
+                            target=str(target)[:P.MAX_PATH] if target is not None else None)
+        except (ValueError, TypeError, KeyError, AttributeError) as ex:
+            raise GuestError("EPROTO", f"unreadable entry: {ex.__class__.__name__}") from None
 
     # -- closing ------------------------------------------------------------------
     def _shut(self) -> None:

@@ -14,8 +14,8 @@ from pathlib import Path
 
 from services.host_agent.adapters.guest_image import ImagePaths, ensure_image
 from services.host_agent.application.ports import (ExecChunk, ExecRequest, ExecResult, FileListing,
-                                                   ReconcileReport, ResourceRecorder, SnapshotInfo,
-                                                   VmInfo, VmSpec)
+                                                   FileOp, FileStat, ReconcileReport,
+                                                   ResourceRecorder, SnapshotInfo, VmInfo, VmSpec)
 
 from ..jail.cgroups import Cgroups
 from ..jail.privileged import LocalPrivileged, Privileged
@@ -184,6 +184,9 @@ class QemuDriver:
 
     async def list_files(self, sandbox_id: str, path: str | bytes) -> FileListing:
         return await self.launcher.agent(sandbox_id).list_files(path)
+
+    async def file_op(self, sandbox_id: str, op: FileOp) -> FileStat | None:
+        return await self.launcher.agent(sandbox_id).file_op(op)
 
     # -- snapshots, templates, warm pool ------------------------------------------
     async def snapshot(self, sandbox_id: str, dest_dir: str) -> SnapshotInfo:
