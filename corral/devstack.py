@@ -231,6 +231,8 @@ class DevStack:
         assert self.creds
         tmp = path.with_suffix(".tmp")
         tmp.write_text(f"CORRAL_API_URL={self.api_url}\nCORRAL_API_KEY={self.creds.api_key}\n"
-                       f"CORRAL_ADMIN_KEY={self.creds.admin_key}\n")
+                       f"CORRAL_ADMIN_KEY={self.creds.admin_key}\n"
+                       f"E2B_API_URL={self.api_url}/e2b\nE2B_SANDBOX_URL={self.api_url}/e2b/envd\n"
+                       f"E2B_API_KEY={self.creds.api_key}\n")
         os.chmod(tmp, 0o600)
         tmp.replace(path)

@@ -133,3 +133,10 @@ def test_operations_guide_documents_every_setting():
     names |= {s.name for s in STREAMS} | {c.durable for c in CONSUMERS}
     missing = sorted(n for n in names if not re.search(rf"`{re.escape(n)}`", text))
     assert not missing, f"docs/operations.md does not mention {missing}"
+
+
+def test_the_compose_harness_finds_the_repository():
+    from corral import composeup
+    assert (composeup.INFRA / "compose.yaml").is_file()
+    assert (composeup.INFRA / "local" / "images.sh").is_file()
+    assert (composeup.ROOT / "sdk" / "python" / "pyproject.toml").is_file()

@@ -147,6 +147,15 @@ class Sandboxes:
             lambda sb: sb.state == "running" or sb.state in ENDED_UNSTARTED,
             time.monotonic() + timeout_s)
 
+    async def wait_settled(self, sandbox_id: str, org_id: str, want: str,
+                           timeout_s: float) -> Sandbox:
+        """Until `want` (paused after a pause, running after a resume), or an
+        end it cannot leave (stopped, destroyed, failed, lost), or the timeout."""
+        return await self.waiters.until(
+            sandbox_id, lambda: self.find(sandbox_id, org_id),
+            lambda sb: sb.state == want or sb.state in ("stopped", "destroyed", "failed", "lost"),
+            time.monotonic() + timeout_s)
+
     async def wait_started(self, sandbox_ids: list[str], org_id: str,
                            timeout_s: float) -> list[Sandbox]:
         """Each until it is past starting, all within one timeout."""

@@ -1,7 +1,9 @@
 """The public REST API (see shared API.md): the app, its routers and error mapping."""
 from __future__ import annotations
 
+import json
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -17,6 +19,7 @@ from ..bootstrap import GatewayContext
 from .admin_routes import admin_router
 from .billing_routes import billing_router
 from .deps import Forbidden, op_id
+from .e2b_routes import e2b_router
 from .event_routes import events_router
 from .fleet_routes import fleet_router
 from .image_routes import image_router
@@ -45,6 +48,13 @@ def create_app(ctx: GatewayContext) -> FastAPI:
                    snapshot_router, sandbox_router, events_router, image_router):
         app.include_router(router)
 
+    e2b = FastAPI(title="Corral: the E2B-compatible API", version="1.0.0",
+                  description="E2B's sandbox REST API over Corral (docs/e2b.md).")
+    e2b.state.ctx = ctx
+    _errors(e2b, wrap=_e2b_error)
+    e2b.include_router(e2b_router)
+    app.mount("/e2b", e2b)
+
     @app.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
@@ -59,7 +69,22 @@ def create_app(ctx: GatewayContext) -> FastAPI:
     return app
 
 
-def _errors(app: FastAPI) -> None:
+Handler = Callable[[Request, Exception], Awaitable[JSONResponse]]
+
+
+def _e2b_error(handler: Handler) -> Handler:
+    """The same problem+json, with the `code` and `message` E2B's SDK reads."""
+    async def shaped(request: Request, exc: Exception) -> JSONResponse:
+        resp = await handler(request, exc)
+        body = json.loads(bytes(resp.body))
+        body.update(code=resp.status_code, message=body.get("detail", ""))
+        headers = {k: v for k, v in resp.headers.items() if k.lower() != "content-length"}
+        return JSONResponse(body, status_code=resp.status_code, headers=headers,
+                            media_type=resp.media_type)
+    return shaped
+
+
+def _errors(app: FastAPI, wrap: Callable[[Handler], Handler] = lambda h: h) -> None:
     def oid(request: Request) -> str:
         return str(request.scope.get("state", {}).get("op_id", "-"))
 
@@ -104,4 +129,4 @@ def _errors(app: FastAPI) -> None:
         UseCaseError: use_case, Unauthorized: unauthorized, Forbidden: forbidden,
         RpcFailure: rpc_failure, Exception: internal}
     for exc_type, handler in handlers.items():
-        app.add_exception_handler(exc_type, handler)
+        app.add_exception_handler(exc_type, wrap(handler))
