@@ -1,8 +1,9 @@
 """The unmodified `e2b` SDK (pinned in the test extras) against Corral's
 E2B-compatible API, configured only by the environment variables that
 `.corral/dev.env` holds: create with metadata and envs, get_info, list
-(metadata and state filters), set_timeout, pause, connect (resumes), kill.
-FAKE driver: the control plane; envd (commands, files) is not served yet."""
+(metadata and state filters), set_timeout, pause, connect (resumes), kill on
+the FAKE driver; commands and files (envd, served by the gateway) in one real
+QEMU microVM."""
 import os
 import uuid
 from datetime import UTC, datetime
@@ -112,7 +113,78 @@ def test_the_api_speaks_e2b_json_and_honours_tenancy(stack, e2b_env):
         assert http.delete(f"/sandboxes/{sid}", headers=theirs).status_code == 404
         assert http.post(f"/sandboxes/{sid}/pause", headers=theirs).status_code == 404
         assert sid not in {s["sandboxID"] for s in http.get("/v2/sandboxes", headers=theirs).json()}
-        r = http.get("/envd/health", headers={"E2b-Sandbox-Id": sid})
-        assert r.status_code == 501 and "not implemented" in r.json()["message"]
+        r = http.get("/envd/health", headers={"E2b-Sandbox-Id": sid})  # no access token
+        assert r.status_code == 401 and r.json()["code"] == "unauthenticated"
+        token = http.post(f"/v2/sandboxes/{sid}/connect", headers={"X-API-KEY": key},
+                          json={"timeout": 300}).json()["envdAccessToken"]
+        ok = {"E2b-Sandbox-Id": sid, "X-Access-Token": token}
+        assert http.get("/envd/health", headers=ok).status_code == 204
+        assert http.get("/envd/health", headers={**ok, "X-Access-Token": token[:-2] + "AA"}
+                        ).status_code == 401
+        mine2 = http.post("/v2/sandboxes", headers={"X-API-KEY": key}, json={"templateID": "base"}).json()
+        assert http.get("/envd/health", headers={"E2b-Sandbox-Id": mine2["sandboxID"],
+                                                 "X-Access-Token": token}).status_code == 401
+        r = http.post("/envd/process.Process/List", headers=ok, json={})
+        assert r.status_code == 501 and r.json()["code"] == "unimplemented"
+        http.delete(f"/sandboxes/{mine2['sandboxID']}", headers={"X-API-KEY": key})
         assert http.delete(f"/sandboxes/{sid}", headers={"X-API-KEY": key}).status_code == 204
     assert os.environ["E2B_API_URL"].endswith("/e2b")
+
+
+# ---- envd: commands and files in one real microVM ----------------------------------
+@pytest.fixture(scope="module")
+def vm_env(tmp_path_factory):
+    with running_stack(tmp_path_factory.mktemp("e2bvm"), driver="qemu") as st:
+        path = tmp_path_factory.mktemp("e2benv") / "dev.env"
+        st.write_env_file(path)
+        yield read_env_file(path)
+
+
+@pytest.fixture(scope="module")
+def vm_box(vm_env):
+    mp = pytest.MonkeyPatch()
+    for k, v in vm_env.items():
+        mp.setenv(k, v)
+    from e2b import Sandbox
+    sb = Sandbox.create(envs={"GREETING": "hi"}, timeout=900, request_timeout=300)
+    yield sb
+    sb.kill()
+    mp.undo()
+
+
+@pytest.mark.vm
+class TestEnvd:
+    def test_commands_run(self, vm_box):
+        from e2b import CommandExitException
+        assert vm_box.is_running()
+        r = vm_box.commands.run("echo $GREETING; echo oops >&2")
+        assert (r.exit_code, r.stdout, r.stderr) == (0, "hi\n", "oops\n")
+        with pytest.raises(CommandExitException) as ei:
+            vm_box.commands.run("echo out; exit 3")
+        assert ei.value.exit_code == 3 and ei.value.stdout == "out\n"
+        seen = []
+        r = vm_box.commands.run("for i in 1 2 3; do echo $i; sleep 0.3; done", on_stdout=seen.append)
+        assert "".join(seen) == r.stdout == "1\n2\n3\n" and len(seen) >= 2  # streamed
+        r = vm_box.commands.run("pwd; echo $X", cwd="/tmp", envs={"X": "x"})
+        assert r.stdout == "/tmp\nx\n"
+
+    def test_files(self, vm_box):
+        from e2b import FileType
+        fs = vm_box.files
+        info = fs.write("/root/e2b/hello.txt", "hello")
+        assert info.path == "/root/e2b/hello.txt"
+        assert fs.read("/root/e2b/hello.txt") == "hello"
+        blob = os.urandom(3 << 20)  # 3 MiB of binary
+        fs.write("/root/e2b/blob.bin", blob)
+        assert bytes(fs.read("/root/e2b/blob.bin", format="bytes")) == blob
+        assert fs.exists("/root/e2b/hello.txt") and not fs.exists("/root/e2b/nope")
+        assert fs.make_dir("/root/e2b/sub") is True and fs.make_dir("/root/e2b/sub") is False
+        names = {e.name: e.type for e in fs.list("/root/e2b")}
+        assert names == {"hello.txt": FileType.FILE, "blob.bin": FileType.FILE, "sub": FileType.DIR}
+        moved = fs.rename("/root/e2b/hello.txt", "/root/e2b/sub/moved.txt")
+        assert moved.path == "/root/e2b/sub/moved.txt" and fs.get_info(moved.path).size == 5
+        assert [e.name for e in fs.list("/root/e2b", depth=2) if e.name == "moved.txt"]
+        fs.remove("/root/e2b")
+        assert not fs.exists("/root/e2b")
+        assert vm_box.commands.run("ls /root/e2b || echo gone").stdout.endswith("gone\n")
+

@@ -24,6 +24,7 @@ class Sealer:
             raise ValueError("the secrets key must be 32 bytes (base64url-encoded)")
         self._box = nacl.secret.SecretBox(key)
         self._mac_key = hashlib.sha256(b"corral request digest\0" + key).digest()
+        self._token_key = hashlib.sha256(b"corral sandbox access\0" + key).digest()
 
     def __repr__(self) -> str:
         return "Sealer(***)"
@@ -59,4 +60,17 @@ class Sealer:
     def digest(self, canonical: bytes) -> str:
         """Keyed, so a digest on the bus reveals nothing about low-entropy values."""
         return hmac.new(self._mac_key, canonical, hashlib.sha256).hexdigest()
+
+    def access_token(self, org_id: str, sandbox_id: str) -> str:
+        """A bearer token for one sandbox of one org (E2B's envd access token):
+        the org id and a MAC of both, so any gateway instance checks it alone."""
+        mac = hmac.new(self._token_key, f"{org_id}/{sandbox_id}".encode(), hashlib.sha256)
+        return f"{org_id}.{base64.urlsafe_b64encode(mac.digest()[:24]).decode()}"
+
+    def token_org(self, token: str, sandbox_id: str) -> str | None:
+        """The org a token was made for, if it was made for this sandbox."""
+        org_id, dot, _ = token.rpartition(".")
+        if not dot or not org_id or len(token) > 200:
+            return None
+        return org_id if hmac.compare_digest(token, self.access_token(org_id, sandbox_id)) else None
 

@@ -139,6 +139,13 @@ class Sandboxes:
         return await asyncio.to_thread(self.ledger.extend_ttl, sandbox_id, org_id, ttl_seconds,
                                        op_id, current_traceparent(), now)
 
+    # -- per-sandbox access (E2B's envd token) -------------------------------------
+    def access_token(self, org_id: str, sandbox_id: str) -> str:
+        return self.ledger.secrets.access_token(org_id, sandbox_id)
+
+    def token_org(self, token: str, sandbox_id: str) -> str | None:
+        return self.ledger.secrets.token_org(token, sandbox_id)
+
     # -- waits --------------------------------------------------------------------
     async def wait_running(self, sandbox_id: str, org_id: str, timeout_s: float) -> Sandbox:
         """Until running or ended without running, or the timeout."""

@@ -25,7 +25,9 @@ from .sandbox_routes import IdempotencyKey
 
 e2b_router = APIRouter(tags=["e2b"])
 SandboxId = Annotated[str, Path(min_length=1, max_length=64)]
-ENVD_VERSION = "0.2.0"  # what an E2B SDK may assume of the in-sandbox API
+# What the E2B SDK may assume of envd (/e2b/envd): 0.4.0 sends no user unless
+# asked, uploads are multipart (0.5.7 would switch to raw bodies).
+ENVD_VERSION = "0.4.0"
 DEFAULT_TIMEOUT_S = 300  # E2B's default lifetime
 WAIT_S = 120
 
@@ -77,9 +79,11 @@ def _template(sb: Sandbox) -> str:
     return "base" if image == "default" else image
 
 
-def created(sb: Sandbox) -> dict[str, Any]:
+def created(ctx: Ctx, sb: Sandbox) -> dict[str, Any]:
+    """With the access token the SDK then sends to envd (/e2b/envd)."""
     return {"templateID": _template(sb), "sandboxID": str(sb.id), "clientID": "corral",
-            "envdVersion": ENVD_VERSION, "alias": _template(sb), "domain": None}
+            "envdVersion": ENVD_VERSION, "alias": _template(sb), "domain": None,
+            "envdAccessToken": ctx.sandboxes.access_token(sb.org_id, str(sb.id))}
 
 
 def _state(state: str) -> str | None:
@@ -133,7 +137,7 @@ async def create(ctx: Ctx, oid: OpId, org_id: OrgId, body: NewSandbox,
     if sb.state != "running":
         reason = (sb.failure or {}).get("message") or f"it is {sb.state}"
         raise Conflict(f"sandbox {sb.id} did not start: {reason}", sandbox_id=str(sb.id))
-    return JSONResponse(created(sb), status_code=201)
+    return JSONResponse(created(ctx, sb), status_code=201)
 
 
 @e2b_router.get("/v2/sandboxes")
@@ -223,15 +227,5 @@ async def connect(ctx: Ctx, oid: OpId, org_id: OrgId, sandbox_id: SandboxId,
     if sb.state != "running":
         raise Conflict(f"sandbox {sandbox_id} is {sb.state}, not running")
     sb = await _ttl(ctx, sandbox_id, org_id, timeout, oid)
-    return JSONResponse(created(sb), status_code=status)
-
-
-@e2b_router.api_route("/envd/{rest:path}", methods=["GET", "POST", "PUT", "DELETE"],
-                      include_in_schema=False)
-async def envd(rest: str) -> JSONResponse:
-    """E2B_SANDBOX_URL points here: the in-sandbox API (commands, files, PTY)
-    is not served yet, and says so rather than pretending."""
-    return JSONResponse({"code": 501, "message": "Corral does not serve E2B's in-sandbox "
-                         f"API (envd) yet: /{rest[:200]} is not implemented; use Corral's "
-                         "REST API or SDK for commands and files"}, status_code=501)
+    return JSONResponse(created(ctx, sb), status_code=status)
 

@@ -19,7 +19,9 @@ from ..bootstrap import GatewayContext
 from .admin_routes import admin_router
 from .billing_routes import billing_router
 from .deps import Forbidden, op_id
+from .connect_wire import ConnectError, unary_error
 from .e2b_routes import e2b_router
+from .envd_routes import envd_router
 from .event_routes import events_router
 from .fleet_routes import fleet_router
 from .image_routes import image_router
@@ -39,7 +41,8 @@ def create_app(ctx: GatewayContext) -> FastAPI:
     app.openapi = lambda: problem_openapi(app)  # type: ignore[method-assign]
     app.state.ctx = ctx
     app.add_middleware(EdgeMiddleware, max_body=ctx.settings.max_body_bytes,
-                       uploads=(("PUT", r"/v1/sandboxes/[^/]+/files"),), max_upload=MAX_FILE,
+                       uploads=(("PUT", r"/v1/sandboxes/[^/]+/files"),
+                                ("POST", r"/e2b/envd/files")), max_upload=MAX_FILE,
                        big_uploads=(("POST", r"/v1/images"),),
                        max_big_upload=ctx.settings.build_context_max_mib << 20,
                        body_idle_s=ctx.settings.http_body_idle_s)
@@ -52,7 +55,13 @@ def create_app(ctx: GatewayContext) -> FastAPI:
                   description="E2B's sandbox REST API over Corral (docs/e2b.md).")
     e2b.state.ctx = ctx
     _errors(e2b, wrap=_e2b_error)
+
+    async def connect_failure(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, ConnectError)
+        return unary_error(exc)
+    e2b.add_exception_handler(ConnectError, connect_failure)
     e2b.include_router(e2b_router)
+    e2b.include_router(envd_router)
     app.mount("/e2b", e2b)
 
     @app.get("/healthz", tags=["health"])

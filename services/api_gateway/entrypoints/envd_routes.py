@@ -1,0 +1,273 @@
+"""E2B's in-sandbox API (envd) at /e2b/envd, translated onto Corral's guest
+I/O: `process.Process/Start` (a command, its output streamed), the
+`filesystem.Filesystem` calls Corral has (Stat, ListDir, MakeDir, Move,
+Remove), `/files` (read, write) and `/health`. The sandbox is named by the
+`E2b-Sandbox-Id` header and authorised by its access token (`X-Access-Token`,
+issued at create and connect); no API key travels here."""
+from __future__ import annotations
+
+import base64
+import email.parser
+import email.policy
+import posixpath
+import stat as st
+import zlib
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Header, Query, Request, Response
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import ValidationError
+
+from common.rpc import RpcFailure
+from contracts.rpc import HostFileStat
+
+from ..adapters.host_client import OutputLost, StreamTimeout
+from ..application.errors import NotFound, TooMany, UseCaseError
+from . import connect_wire as cw
+from .deps import Ctx, OpId, context
+from .sse import KEEPALIVE_S, idle_ticks
+
+envd_router = APIRouter(prefix="/envd", include_in_schema=False)
+HOME = "/root"  # where relative paths start: Corral's default image runs as root
+RPC_CODES = {"not_found": "not_found", "invalid": "invalid_argument", "too_large":
+             "resource_exhausted", "conflict": "already_exists", "unauthorized":
+             "permission_denied", "busy": "resource_exhausted"}
+NOT_RUNNING = "The sandbox was not found or is not running"
+
+
+class Target:
+    """The sandbox a request is for, authorised by its access token."""
+
+    def __init__(self, request: Request,
+                 e2b_sandbox_id: Annotated[str | None, Header(max_length=64)] = None,
+                 x_access_token: Annotated[str | None, Header(max_length=200)] = None) -> None:
+        ctx = context(request)
+        org = (ctx.sandboxes.token_org(x_access_token, e2b_sandbox_id)
+               if e2b_sandbox_id and x_access_token else None)
+        if org is None:
+            raise cw.ConnectError("unauthenticated", "E2b-Sandbox-Id with its X-Access-Token "
+                                  "(from create or connect) is required")
+        self.sandbox_id, self.org_id = e2b_sandbox_id or "", org
+
+
+Sandbox = Annotated[Target, Depends(Target)]
+
+
+def connect_error(e: Exception) -> cw.ConnectError:
+    if isinstance(e, cw.ConnectError):
+        return e
+    if isinstance(e, RpcFailure):
+        return cw.ConnectError(RPC_CODES.get(e.code, "unavailable"), e.detail)
+    if isinstance(e, NotFound):
+        return cw.ConnectError("not_found", f"{NOT_RUNNING}: {e.detail}")
+    if isinstance(e, TooMany):
+        return cw.ConnectError("resource_exhausted", e.detail)
+    if isinstance(e, UseCaseError):
+        return cw.ConnectError("failed_precondition", e.detail)
+    if isinstance(e, ValidationError | ValueError):
+        return cw.ConnectError("invalid_argument", str(e)[:300])
+    return cw.ConnectError("internal", "internal error")
+
+
+def sandbox_path(path: Any) -> str:
+    if not isinstance(path, str) or not path or "\0" in path or len(path) > 4096:
+        raise cw.ConnectError("invalid_argument", "path must be a non-empty string")
+    return posixpath.normpath(posixpath.join(HOME, path))
+
+
+def entry_info(path: str, e: HostFileStat | Any) -> dict[str, Any]:
+    kind = (st.S_ISLNK(e.mode) and "FILE_TYPE_SYMLINK") or (
+        "FILE_TYPE_DIRECTORY" if e.is_dir else "FILE_TYPE_FILE")
+    out = {"name": e.name, "type": kind, "path": path, "size": str(e.size), "mode": e.mode,
+           "permissions": st.filemode(e.mode), "owner": "", "group": ""}
+    if getattr(e, "mtime", None):
+        out["modifiedTime"] = datetime.fromtimestamp(e.mtime, UTC).isoformat().replace(
+            "+00:00", "Z")
+    if getattr(e, "target", None):
+        out["symlinkTarget"] = e.target
+    return out
+
+
+# -- process -----------------------------------------------------------------------
+@envd_router.post("/process.Process/Start")
+async def start(request: Request, ctx: Ctx, oid: OpId, sb: Sandbox) -> StreamingResponse:
+    """A command and its output: start, data events, end; keepalives while silent."""
+    try:
+        msg = cw.stream_request(await request.body())
+        proc = msg.get("process") or {}
+        cmd, args = proc.get("cmd"), proc.get("args") or []
+        if not isinstance(cmd, str) or not isinstance(args, list):
+            raise cw.ConnectError("invalid_argument", "process.cmd and args are required")
+        command = {"cmd": [cmd, *map(str, args)], "env": proc.get("envs") or {},
+                   "timeout_s": cw.timeout_s(request.headers.get("connect-timeout-ms"), 60, 3600)}
+        if proc.get("cwd"):
+            command["cwd"] = sandbox_path(proc["cwd"])
+        chunks = await ctx.io.exec_stream(sb.org_id, sb.sandbox_id, oid, command)
+    except Exception as e:  # noqa: BLE001 - every failure ends the stream with its code
+        failed = cw.end_stream(connect_error(e))
+        return StreamingResponse(iter([failed]), media_type=cw.STREAM_TYPE)
+    return StreamingResponse(_events(chunks, zlib.crc32(oid.encode()) & 0x7FFFFFFF),
+                             media_type=cw.STREAM_TYPE)
+
+
+async def _events(chunks: Any, pid: int) -> AsyncIterator[bytes]:
+    yield cw.envelope({"event": {"start": {"pid": pid}}})
+    ticks = idle_ticks(chunks, KEEPALIVE_S)
+    error: cw.ConnectError | None = None
+    try:
+        async for chunk in ticks:
+            if chunk is None:
+                yield cw.envelope({"event": {"keepalive": {}}})
+            elif chunk.stream in ("stdout", "stderr"):
+                data = base64.b64encode(chunk.data.encode()).decode()
+                yield cw.envelope({"event": {"data": {chunk.stream: data}}})
+            elif chunk.stream == "exit" and chunk.result is not None:
+                r = chunk.result
+                code = r.exit_code if r.exit_code is not None else -1
+                status = "killed: timeout" if r.timed_out else f"exit status {code}"
+                yield cw.envelope({"event": {"end": {"exitCode": code, "exited": not r.timed_out,
+                                                     "status": status}}})
+            else:
+                err = chunk.error
+                error = cw.ConnectError(RPC_CODES.get(err.error, "unavailable") if err
+                                        else "unavailable", err.detail if err else "failed")
+    except (StreamTimeout, OutputLost) as e:
+        error = cw.ConnectError("unavailable", f"the command's output was lost: {e}")
+    finally:
+        await ticks.aclose()
+        await chunks.aclose()
+    yield cw.end_stream(error)
+
+
+@envd_router.post("/process.Process/{method}")
+async def process_other(method: str) -> JSONResponse:
+    return cw.unary_error(cw.ConnectError(
+        "unimplemented", f"process.{method[:64]} is not served by Corral yet: commands run "
+        "in the foreground (Start) only"))
+
+
+# -- filesystem ----------------------------------------------------------------------
+async def _op(ctx: Ctx, oid: str, sb: Target, path: str, action: str, **kw: Any) -> Any:
+    return (await ctx.io.file_op(sb.org_id, sb.sandbox_id, oid, {"path": path}, action,
+                                 **kw)).entry
+
+
+async def _list(ctx: Ctx, oid: str, sb: Target, path: str, depth: int) -> list[dict]:
+    listing = await ctx.io.list_files(sb.org_id, sb.sandbox_id, oid, {"path": path})
+    out = []
+    for e in listing.entries:
+        child = posixpath.join(path, e.name)
+        out.append(entry_info(child, e))
+        if depth > 1 and e.is_dir and not st.S_ISLNK(e.mode) and len(out) < 10000:
+            out += await _list(ctx, oid, sb, child, depth - 1)
+    return out
+
+
+@envd_router.post("/filesystem.Filesystem/{method}")
+async def filesystem(request: Request, ctx: Ctx, oid: OpId, sb: Sandbox,
+                     method: str) -> JSONResponse:
+    try:
+        msg = cw.unary_request(await request.body())
+        if method == "Stat":
+            path = sandbox_path(msg.get("path"))
+            return JSONResponse({"entry": entry_info(path, await _op(ctx, oid, sb, path,
+                                                                     "stat"))})
+        if method == "ListDir":
+            path, depth = sandbox_path(msg.get("path")), int(msg.get("depth") or 1)
+            return JSONResponse({"entries": await _list(ctx, oid, sb, path,
+                                                        min(max(depth, 1), 8))})
+        if method == "MakeDir":
+            path = sandbox_path(msg.get("path"))
+            if await _exists(ctx, oid, sb, path):
+                raise cw.ConnectError("already_exists", f"{path} exists")
+            return JSONResponse({"entry": entry_info(path, await _op(ctx, oid, sb, path,
+                                                                     "mkdir", parents=True))})
+        if method == "Move":
+            src, dst = sandbox_path(msg.get("source")), sandbox_path(msg.get("destination"))
+            return JSONResponse({"entry": entry_info(dst, await _op(ctx, oid, sb, src,
+                                                                    "rename", to=dst))})
+        if method == "Remove":  # envd removes recursively
+            await _op(ctx, oid, sb, sandbox_path(msg.get("path")), "remove", recursive=True)
+            return JSONResponse({})
+        raise cw.ConnectError("unimplemented", f"filesystem.{method[:64]} is not served by "
+                              "Corral yet")
+    except Exception as e:  # noqa: BLE001 - every failure is answered with its code
+        return cw.unary_error(connect_error(e))
+
+
+async def _exists(ctx: Ctx, oid: str, sb: Target, path: str) -> bool:
+    try:
+        await _op(ctx, oid, sb, path, "stat")
+    except RpcFailure as e:
+        if e.code == "not_found":
+            return False
+        raise
+    return True
+
+
+# -- /files and /health ----------------------------------------------------------------
+def _http_error(e: Exception) -> JSONResponse:
+    err = connect_error(e)
+    status = cw.STATUS[err.code] if err.code != "failed_precondition" else 502
+    message = NOT_RUNNING if status == 502 else err.message
+    return JSONResponse({"code": status, "message": message}, status_code=status)
+
+
+@envd_router.get("/files")
+async def read_file(ctx: Ctx, oid: OpId, sb: Sandbox,
+                    path: Annotated[str, Query(min_length=1, max_length=4096)]) -> Response:
+    try:
+        data = await ctx.io.get_file(sb.org_id, sb.sandbox_id, oid, {"path": sandbox_path(path)})
+    except Exception as e:  # noqa: BLE001 - answered with its status
+        return _http_error(e)
+    return Response(data, media_type="application/octet-stream")
+
+
+@envd_router.post("/files")
+async def write_files(request: Request, ctx: Ctx, oid: OpId, sb: Sandbox,
+                      path: Annotated[str | None, Query(max_length=4096)] = None) -> Response:
+    """A multipart form (each part's filename its path, or `?path=` for one)
+    or a raw body for `?path=`."""
+    try:
+        body = await request.body()
+        kind = request.headers.get("content-type", "")
+        files = (_multipart(kind, body, path) if kind.startswith("multipart/form-data")
+                 else [(path, body)] if path else [])
+        if not files:
+            raise cw.ConnectError("invalid_argument", "no file in the request")
+        out = []
+        for name, data in files:
+            target = sandbox_path(name)
+
+            async def read(data: bytes = data) -> bytes:
+                return data
+            await ctx.io.put_file(sb.org_id, sb.sandbox_id, oid, {"path": target}, read)
+            out.append({"name": posixpath.basename(target), "type": "file", "path": target})
+    except Exception as e:  # noqa: BLE001 - answered with its status
+        return _http_error(e)
+    return JSONResponse(out)
+
+
+def _multipart(content_type: str, body: bytes, path: str | None) -> list[tuple[str, bytes]]:
+    msg = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
+        f"Content-Type: {content_type}\r\n\r\n".encode() + body)
+    parts: list[tuple[str, bytes]] = []
+    for part in msg.iter_parts():
+        name, data = part.get_filename() or path, part.get_payload(decode=True)
+        if name:
+            parts.append((name, data if isinstance(data, bytes) else b""))
+    return [(path, parts[0][1])] if len(parts) == 1 and path else parts
+
+
+@envd_router.get("/health")
+async def health(ctx: Ctx, sb: Sandbox) -> Response:
+    try:
+        found = await ctx.sandboxes.find(sb.sandbox_id, sb.org_id)
+    except NotFound:
+        found = None
+    if found is None or found.state != "running":
+        return JSONResponse({"code": 502, "message": f"{NOT_RUNNING}: it was not found"},
+                            status_code=502)
+    return Response(status_code=204)
