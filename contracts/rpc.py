@@ -137,6 +137,9 @@ class HostExec(HostRequest):
     stdin: str | None = Field(default=None, max_length=1 << 20)
     timeout_s: float = Field(default=60, gt=0, le=3600)
     output_cap: int = Field(default=1 << 20, ge=1024, le=4 << 20)
+    user: str | None = Field(default=None, pattern=r"^[a-z_][a-z0-9_-]{0,31}$|^[0-9]{1,10}$",
+                             description="run as this user of the image (name or uid); "
+                             "default: the image's user")
 
 
 class HostExecStream(HostExec):

@@ -69,12 +69,13 @@ def spawn(rid: int, h: dict, base_env: dict[str, str], defaults: dict | None = N
     env = {**base_env, **(h.get("env") or {})}
     user = h.get("user") or defaults.get("user")
     ids: dict = {}
+    home = "/root"
     if user and user not in ("root", "0", "0:0"):
         uid, gid, groups, home = identity(str(user))
         ids = {"user": uid, "group": gid, "extra_groups": groups}
         if not (h.get("env") or {}).get("HOME"):
             env["HOME"] = home
-    cwd = h.get("cwd") or defaults.get("cwd") or "/root"
+    cwd = h.get("cwd") or defaults.get("cwd") or home
     P.check_path(cwd)
     if not os.path.isdir(cwd):
         raise P.GuestError("ENOENT", f"cwd {cwd} is not a directory")

@@ -167,6 +167,8 @@ class TestEnvd:
         assert "".join(seen) == r.stdout == "1\n2\n3\n" and len(seen) >= 2  # streamed
         r = vm_box.commands.run("pwd; echo $X", cwd="/tmp", envs={"X": "x"})
         assert r.stdout == "/tmp\nx\n"
+        assert vm_box.commands.run("id -un; pwd", user="user").stdout == "user\n/home/user\n"
+        assert vm_box.commands.run("id -un").stdout == "root\n"  # Corral's default
 
     def test_files(self, vm_box):
         from e2b import FileType

@@ -220,6 +220,9 @@ class TestOneMicroVM:
         res = box.exec("cat; pwd; echo $X", stdin="in\n", cwd="/tmp", env={"X": "x"})
         assert res.ok and res.stdout == "in\n/tmp\nx\n"
         assert box.exec(["sleep", "30"], timeout=1).timed_out
+        res = box.exec("id -un; pwd; echo $HOME; touch x && stat -c %U x", user="user")
+        assert res.stdout == "user\n/home/user\n/home/user\nuser\n", res.stderr
+        assert box.exec("cat /root/.profile", user="user").exit_code != 0  # not root's
 
     def test_files_stat_mkdir_rename_remove(self, vm, box):
         f = box.files

@@ -313,9 +313,11 @@ class _SandboxBase:
 
     def exec(self, cmd: builtins.list[str] | str, env: dict[str, str] | None = None,
              cwd: str | None = None, timeout: float = 60, stdin: str | None = None,
-             on_stdout: OutputCallback | None = None, on_stderr: OutputCallback | None = None):
+             on_stdout: OutputCallback | None = None, on_stderr: OutputCallback | None = None,
+             user: str | None = None):
         """Run a command; a str runs via `sh -c`. With callbacks, output is
-        streamed (SSE) and each chunk passed to them as it arrives."""
+        streamed (SSE) and each chunk passed to them as it arrives. `user`:
+        one of the image's users (`user` in the default image; default root)."""
         chk.check_argv("cmd", cmd)
         chk.check_map("env", env)
         chk.check_path("cwd", cwd, optional=True)
@@ -328,6 +330,9 @@ class _SandboxBase:
             body["cwd"] = cwd
         if stdin is not None:
             body["stdin"] = stdin
+        if user is not None:
+            chk.check_str("user", user)
+            body["user"] = user
         path = f"/v1/sandboxes/{self.id}/exec"
         if on_stdout or on_stderr:
             call = h.Call("POST", path, json=body, timeout=timeout + 30, stream=True,

@@ -71,6 +71,17 @@ def connect_error(e: Exception) -> cw.ConnectError:
     return cw.ConnectError("internal", "internal error")
 
 
+def basic_user(header: str | None) -> str | None:
+    """E2B names the user to run as in `Authorization: Basic base64(user:)`."""
+    if not header or not header.startswith("Basic "):
+        return None
+    try:
+        user = base64.b64decode(header[6:], validate=True).decode().partition(":")[0]
+    except (ValueError, UnicodeDecodeError):
+        raise cw.ConnectError("invalid_argument", "bad Authorization header") from None
+    return user or None
+
+
 def sandbox_path(path: Any) -> str:
     if not isinstance(path, str) or not path or "\0" in path or len(path) > 4096:
         raise cw.ConnectError("invalid_argument", "path must be a non-empty string")
@@ -104,6 +115,8 @@ async def start(request: Request, ctx: Ctx, oid: OpId, sb: Sandbox) -> Streaming
                    "timeout_s": cw.timeout_s(request.headers.get("connect-timeout-ms"), 60, 3600)}
         if proc.get("cwd"):
             command["cwd"] = sandbox_path(proc["cwd"])
+        if user := basic_user(request.headers.get("authorization")):
+            command["user"] = user
         chunks = await ctx.io.exec_stream(sb.org_id, sb.sandbox_id, oid, command)
     except Exception as e:  # noqa: BLE001 - every failure ends the stream with its code
         failed = cw.end_stream(connect_error(e))

@@ -38,6 +38,9 @@ class ExecIn(BaseModel):
     cwd: str | None = Field(default=None, max_length=4096, pattern=r"^/[^\x00]*$")
     timeout_s: float = Field(default=60, gt=0, le=3600)
     stdin: str | None = Field(default=None, max_length=1 << 20)
+    user: str | None = Field(default=None, pattern=r"^[a-z_][a-z0-9_-]{0,31}$|^[0-9]{1,10}$",
+                             description="run as this user of the image (`user` in the default "
+                             "image; name or uid); default: the image's user (root)")
 
     @field_validator("cmd")
     @classmethod

@@ -50,7 +50,7 @@ def _refuse(e: Exception) -> RpcError:
 def _exec_request(req: HostExec) -> ExecRequest:
     return ExecRequest(cmd=req.cmd, env=req.env, cwd=req.cwd, timeout_s=req.timeout_s,
                        stdin=req.stdin.encode() if req.stdin is not None else None,
-                       output_cap=req.output_cap)
+                       output_cap=req.output_cap, user=req.user)
 
 
 def _exec_result(r: ExecResult) -> HostExecResult:

@@ -110,6 +110,7 @@ def _writer(stream: TextIO) -> Callable[[str], None]:
 def _exec_options(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--env", action="append", metavar="K=V")
     p.add_argument("--cwd")
+    p.add_argument("--user", help="one of the image's users (default: root)")
     p.add_argument("--timeout", type=float, default=60)
     p.add_argument("-i", "--stdin", action="store_true", help="send local stdin to the command")
     return p
@@ -134,7 +135,7 @@ def cmd_exec(a: argparse.Namespace) -> int:
     argv = exec_argv(a)
     stdin = sys.stdin.read() if a.stdin else None
     res = _sandbox(a.id).exec(argv, env=_pairs(a.env, "--env"), cwd=a.cwd, timeout=a.timeout,
-                              stdin=stdin, on_stdout=_writer(sys.stdout),
+                              stdin=stdin, user=a.user, on_stdout=_writer(sys.stdout),
                               on_stderr=_writer(sys.stderr))
     if res.truncated:
         print("corral: output was truncated", file=sys.stderr)

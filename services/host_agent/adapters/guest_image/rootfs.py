@@ -55,6 +55,9 @@ def customise(root: Path) -> None:
     (root / "etc/resolv.conf").unlink(missing_ok=True)
     (root / "etc/resolv.conf").write_text("nameserver 1.1.1.1\n")
     (root / "root").mkdir(exist_ok=True)
+    # An unprivileged `user` with /home/user, as E2B's templates have (exec user=)
+    subprocess.run(["chroot", str(root), "useradd", "--create-home", "--uid", "1000",
+                    "--user-group", "--shell", "/bin/bash", "user"], check=True)
     (root / "etc/fstab").write_text("/dev/vda / ext4 rw,noatime 0 1\n")
     # Precompile the agent so the guest never writes .pyc on boot.
     subprocess.run(["chroot", str(root), "/usr/bin/python3", "-m", "compileall", "-q",
