@@ -26,11 +26,16 @@ pytestmark = [pytest.mark.e2e, pytest.mark.vm, pytest.mark.timeout(2400)]
 def engine(tmp_path_factory):
     try:
         proc = start_engine(tmp_path_factory.mktemp("dockerd") / "dockerd.log")
-        local_base_images()
     except EngineUnavailable as e:
         unavailable(f"a Docker engine ({e})")
-    yield
-    stop_engine(proc)
+    try:  # an engine started here is stopped whatever fails after it
+        try:
+            local_base_images()
+        except EngineUnavailable as e:
+            unavailable(f"the local base images ({e})")
+        yield
+    finally:
+        stop_engine(proc)
 
 
 @pytest.fixture(scope="module")
