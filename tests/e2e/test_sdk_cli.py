@@ -244,6 +244,12 @@ class TestOneMicroVM:
             f.stat("/root/t/nope")
         with pytest.raises(ConflictError):  # not empty
             f.remove("/root/t/a")
+        tree = {(e.name, e.is_dir) for e in f.list("/root/t", depth=3)}
+        assert {("a", True), ("a/b", True), ("g.txt", False), ("ln", False)} <= tree
+        assert ("a/b", True) not in {(e.name, e.is_dir) for e in f.list("/root/t")}
+        assert {e.name for e in f.list("/root/t", depth=2)} == {"a", "a/b", "g.txt", "ln"}
+        with pytest.raises(ArgumentError):
+            f.list("/root/t", depth=9)
         f.remove("/root/t/ln")
         assert box.exec("cat /etc/hostname").ok  # the link went, not its target
         f.remove("/root/t", recursive=True)

@@ -91,9 +91,12 @@ class Files:
         call = h.Call("GET", self._path(), params={"path": path}, timeout=120)
         return self._sb._run(self._sb._then(h.request(call, self._sb._retry), lambda r: r.content))
 
-    def list(self, path: str = "/"):
+    def list(self, path: str = "/", depth: int = 1):
+        """Entries of a directory; with `depth` > 1 also those below it (their
+        `name` a path relative to `path`; symlinks not followed)."""
         chk.check_path("path", path)
-        call = h.Call("GET", self._path() + "/list", params={"path": path})
+        chk.check_int("depth", depth, 1, 8)
+        call = h.Call("GET", self._path() + "/list", params={"path": path, "depth": depth})
 
         def parse(resp):
             base = path.rstrip("/")

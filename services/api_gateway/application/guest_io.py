@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import posixpath
+import stat
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Any
 
@@ -76,6 +78,31 @@ class GuestIO:
             host = await self._host(sandbox_id, org_id)
             return await self.hosts.list_files(host, HostFileList(
                 sandbox_id=sandbox_id, org_id=org_id, op_id=op_id, **path))
+
+    async def list_tree(self, org_id: str, sandbox_id: str, op_id: str, path: str,
+                        depth: int, limit: int = 10000) -> HostFileEntries:
+        """Entries `depth` levels down (1: the directory itself), breadth first,
+        names relative to `path`; symlinks are not followed, and a directory
+        whose name is not UTF-8 is listed but not entered. `truncated` once
+        `limit` entries are reached or a directory was cut."""
+        out: list = []
+        truncated = False
+        queue = [("", path, 1)]
+        while queue:
+            rel, where, level = queue.pop(0)
+            listing = await self.list_files(org_id, sandbox_id, op_id, {"path": where})
+            truncated = truncated or listing.truncated
+            for e in listing.entries:
+                if len(out) >= limit:
+                    return HostFileEntries(entries=out, truncated=True)
+                if rel and e.name_b64 is not None:  # no relative path can carry it
+                    truncated = True
+                    continue
+                out.append(e.model_copy(update={"name": rel + e.name}) if rel else e)
+                if (level < depth and e.is_dir and not stat.S_ISLNK(e.mode)
+                        and e.name_b64 is None):
+                    queue.append((f"{rel}{e.name}/", posixpath.join(where, e.name), level + 1))
+        return HostFileEntries(entries=out, truncated=truncated)
 
     async def file_op(self, org_id: str, sandbox_id: str, op_id: str, path: PathArg,
                       action: str, **options: Any) -> HostFileOpResult:

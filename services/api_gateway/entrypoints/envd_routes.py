@@ -168,14 +168,9 @@ async def _op(ctx: Ctx, oid: str, sb: Target, path: str, action: str, **kw: Any)
 
 
 async def _list(ctx: Ctx, oid: str, sb: Target, path: str, depth: int) -> list[dict]:
-    listing = await ctx.io.list_files(sb.org_id, sb.sandbox_id, oid, {"path": path})
-    out = []
-    for e in listing.entries:
-        child = posixpath.join(path, e.name)
-        out.append(entry_info(child, e))
-        if depth > 1 and e.is_dir and not st.S_ISLNK(e.mode) and len(out) < 10000:
-            out += await _list(ctx, oid, sb, child, depth - 1)
-    return out
+    tree = await ctx.io.list_tree(sb.org_id, sb.sandbox_id, oid, path, depth)
+    return [entry_info(posixpath.join(path, e.name), e) | {"name": posixpath.basename(e.name)}
+            for e in tree.entries]
 
 
 @envd_router.post("/filesystem.Filesystem/{method}")

@@ -84,8 +84,14 @@ async def get_file(ctx: Ctx, oid: OpId, org: Org, sandbox_id: SandboxId,
 
 @io_router.get("/v1/sandboxes/{sandbox_id}/files/list", response_model=HostFileEntries)
 async def list_files(ctx: Ctx, oid: OpId, org: Org, sandbox_id: SandboxId,
-                     path: FilePath = None, path_b64: FilePathB64 = None) -> HostFileEntries:
-    return await ctx.io.list_files(org.org_id, sandbox_id, oid, _path(path, path_b64))
+                     path: FilePath = None, path_b64: FilePathB64 = None,
+                     depth: Annotated[int, Query(ge=1, le=8, description=(
+                         "levels to descend (1: the directory itself); deeper names are "
+                         "relative paths, symlinks are not followed"))] = 1) -> HostFileEntries:
+    where = _path(path, path_b64)
+    if depth == 1 or "path" not in where:
+        return await ctx.io.list_files(org.org_id, sandbox_id, oid, where)
+    return await ctx.io.list_tree(org.org_id, sandbox_id, oid, where["path"], depth)
 
 
 def _entry(result: object) -> HostFileStat:
