@@ -4,6 +4,7 @@ E2B-compatible API, configured only by the environment variables that
 (metadata and state filters), set_timeout, pause, connect (resumes), kill on
 the FAKE driver; commands and files (envd, served by the gateway) in one real
 QEMU microVM."""
+import json
 import os
 import uuid
 from datetime import UTC, datetime
@@ -126,6 +127,14 @@ def test_the_api_speaks_e2b_json_and_honours_tenancy(stack, e2b_env):
                                                  "X-Access-Token": token}).status_code == 401
         r = http.post("/envd/process.Process/List", headers=ok, json={})
         assert r.status_code == 501 and r.json()["code"] == "unimplemented"
+        from services.api_gateway.entrypoints import connect_wire as cw
+        for msg in ({"process": []}, {"process": {"cmd": 5}}, {"process": {"cmd": "x", "envs": [1]}}):
+            r = http.post("/envd/process.Process/Start", content=cw.envelope(msg),
+                          headers={**ok, "Content-Type": cw.STREAM_TYPE})
+            assert r.status_code == 200 and r.content[0] == cw.END_STREAM, r.content
+            assert json.loads(r.content[5:])["error"]["code"] == "invalid_argument", (msg, r.content)
+        r = http.post("/envd/filesystem.Filesystem/Stat", headers=ok, json={"path": ""})
+        assert r.status_code == 400 and r.json()["code"] == "invalid_argument"
         http.delete(f"/sandboxes/{mine2['sandboxID']}", headers={"X-API-KEY": key})
         assert http.delete(f"/sandboxes/{sid}", headers={"X-API-KEY": key}).status_code == 204
     assert os.environ["E2B_API_URL"].endswith("/e2b")

@@ -108,6 +108,8 @@ async def start(request: Request, ctx: Ctx, oid: OpId, sb: Sandbox) -> Streaming
     try:
         msg = cw.stream_request(await request.body())
         proc = msg.get("process") or {}
+        if not isinstance(proc, dict):
+            raise cw.ConnectError("invalid_argument", "process must be an object")
         cmd, args = proc.get("cmd"), proc.get("args") or []
         if not isinstance(cmd, str) or not isinstance(args, list):
             raise cw.ConnectError("invalid_argument", "process.cmd and args are required")
