@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import re
 import threading
 import time
-from collections.abc import Callable
+import zlib
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import unquote, urlparse
@@ -71,18 +73,41 @@ def store_env(store: str, state_dir: Path, db_name: str) -> dict[str, str]:
     return env
 
 
-def _ensure_schema(env: dict[str, str], schema: str) -> None:
+def _connect(env: dict[str, str]) -> Any:
     import psycopg
 
-    with psycopg.connect(host=env["POSTGRES_HOST"], port=int(env["POSTGRES_PORT"]),
-                         user=env["POSTGRES_USER"], password=env["POSTGRES_PASSWORD"] or None,
-                         dbname=env["POSTGRES_DBNAME"], autocommit=True) as conn:
+    return psycopg.connect(host=env["POSTGRES_HOST"], port=int(env["POSTGRES_PORT"]),
+                           user=env["POSTGRES_USER"], password=env["POSTGRES_PASSWORD"] or None,
+                           dbname=env["POSTGRES_DBNAME"], autocommit=True, connect_timeout=10)
+
+
+def _ensure_schema(env: dict[str, str], schema: str) -> None:
+    with _connect(env) as conn:
         conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
+
+
+@contextlib.contextmanager
+def ddl_lock(env: dict[str, str] | None) -> Iterator[None]:
+    """Services creating their tables in one PostgreSQL schema take turns: the
+    library's CREATE TYPE and CREATE TABLE race each other when every service
+    starts at once on a new schema (unique violations, "tuple concurrently
+    updated"). A session advisory lock per schema; nothing for SQLite."""
+    if not env or env.get("PERSISTENCE_MODULE") != "eventsourcing.postgres":
+        yield
+        return
+    key = zlib.crc32(f"corral-ddl/{env.get('POSTGRES_SCHEMA', 'public')}".encode())
+    with _connect(env) as conn:
+        conn.execute("SELECT pg_advisory_lock(%s)", (key,))
+        try:
+            yield
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(%s)", (key,))
 
 
 def tracking(app: Application) -> TrackingRecorder:
     """A tracking recorder in the same database as `app`, for cursors."""
-    recorder: TrackingRecorder = app.factory.tracking_recorder()
+    with ddl_lock(dict(app.env)):  # (it creates its table)
+        recorder: TrackingRecorder = app.factory.tracking_recorder()
     return recorder
 
 
@@ -123,7 +148,8 @@ class StoreApp(Application):
     conflict_backoff: Callable[[int], None] = staticmethod(jittered_backoff)
 
     def __init__(self, env: dict[str, str] | None = None):
-        super().__init__(env=env)
+        with ddl_lock(env):  # (it creates the tables)
+            super().__init__(env=env)
         self.on_saved: Callable[[], None] = lambda: None
 
     def notify_on_save(self, loop: asyncio.AbstractEventLoop,

@@ -212,3 +212,45 @@ async def test_expiry_pass_deletes_snapshots_whose_lifetime_ended(ledger, store,
         assert (await expire_once(ctx, now + timedelta(seconds=62)))["snapshot"] == 0
     finally:
         await rm.close()
+
+
+def _start_at_once(env: dict, names: list) -> tuple[list, list]:
+    """One StoreApp per name, constructed by as many threads released together."""
+    import threading
+
+    from common.eventstore import StoreApp
+    apps: list = []
+    errors: list = []
+    gate = threading.Barrier(len(names))
+
+    def build(name: str) -> None:
+        gate.wait()
+        try:
+            apps.append(type(name, (StoreApp,), {})(env))
+        except Exception as e:  # noqa: BLE001 - collected and asserted by the caller
+            errors.append(e)
+    threads = [threading.Thread(target=build, args=(n,)) for n in names]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    return apps, errors
+
+
+@pytest.mark.postgres
+def test_services_creating_their_stores_at_once_on_a_new_schema(pg_base_url, tmp_path):
+    """Every service starts at once on a fresh schema: the library's CREATE TYPE
+    and CREATE TABLE race (CI saw billing die of it); they take turns."""
+    import uuid
+
+    import psycopg
+    names = [f"Race{i}" for i in range(6)]
+    for _ in range(4):
+        schema = "race_" + uuid.uuid4().hex[:10]
+        url = f"{pg_base_url}{'&' if '?' in pg_base_url else '?'}schema={schema}"
+        apps, errors = _start_at_once(store_env(url, tmp_path, "x"), names)
+        for app in apps:
+            app.close()
+        with psycopg.connect(pg_base_url.split("?")[0], autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        assert not errors and len(apps) == len(names), errors
