@@ -134,9 +134,12 @@ async def create(ctx: Ctx, oid: OpId, org_id: OrgId, body: NewSandbox,
                                    for x in e.errors()[:5]) or "invalid sandbox") from None
     sb, _, _ = await ctx.sandboxes.create(org_id, spec, oid, idempotency_key)
     sb = await ctx.sandboxes.wait_running(str(sb.id), org_id, WAIT_S)
-    if sb.state != "running":
+    if sb.state != "running":  # the caller gets an error, so nothing may live on
         reason = (sb.failure or {}).get("message") or f"it is {sb.state}"
-        raise Conflict(f"sandbox {sb.id} did not start: {reason}", sandbox_id=str(sb.id))
+        if sb.live:
+            await ctx.sandboxes.destroy(str(sb.id), org_id, oid)
+        raise Conflict(f"sandbox {sb.id} did not start ({reason}); it is destroyed",
+                       sandbox_id=str(sb.id))
     return JSONResponse(created(ctx, sb), status_code=201)
 
 
