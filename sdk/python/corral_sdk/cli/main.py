@@ -28,8 +28,7 @@ def _plugins() -> list[Plugin]:
 def build_parser(plugins: Sequence[Plugin] | None = None) -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="corral", description="Corral sandboxes from the command line. The API URL and "
-        "key come from --api-url/--api-key, CORRAL_API_URL/CORRAL_API_KEY, or the nearest "
-        ".corral/dev.env.")
+        "key come from CORRAL_API_URL and CORRAL_API_KEY, else the nearest .corral/dev.env.")
     sub = ap.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
     parsers: Parsers = {}
     sandbox.register(sub, parsers)
