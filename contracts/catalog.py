@@ -4,7 +4,7 @@ AsyncAPI document can name every sender and responder."""
 from __future__ import annotations
 
 from . import billing as bc
-from . import rpc
+from . import procs, rpc
 from . import subjects as s
 
 # Who publishes which type on which channel (the bus has no registry of
@@ -62,6 +62,10 @@ RPCS = (
     (s.host_rpc_subject("{host_id}", "files.list"), rpc.HostFileList, rpc.HostFileEntries,
      "host_agent", None, ("api_gateway",)),
     (s.host_rpc_subject("{host_id}", "files.op"), rpc.HostFileOp, rpc.HostFileOpResult,
+     "host_agent", None, ("api_gateway",)),
+    (s.host_rpc_subject("{host_id}", "proc"), procs.HostProc, procs.HostProcResult,
+     "host_agent", None, ("api_gateway",)),
+    (s.host_rpc_subject("{host_id}", "proc.stream"), procs.HostProc, rpc.Done,
      "host_agent", None, ("api_gateway",)),
     (s.RPC_SCHEDULER_HOSTS_LIST, rpc.ListHosts, rpc.HostList, "scheduler", "scheduler",
      ("api_gateway",)),

@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
-from . import billing, rpc
+from . import billing, procs, rpc
 from . import subjects as s
 from .catalog import CONSUMER_OWNERS, DLQ_SENDERS, EXTRA_RECEIVERS, RPCS, SENDERS
 from .registry import ALL_TYPES, COMMAND_TYPES, EVENT_TYPES
@@ -52,7 +52,7 @@ def _dump_json(doc: dict) -> str:
 
 
 def rpc_models() -> list[type[rpc.RpcModel]]:
-    found = {v for mod in (rpc, billing) for v in vars(mod).values()
+    found = {v for mod in (rpc, billing, procs) for v in vars(mod).values()
              if isinstance(v, type) and issubclass(v, rpc.RpcModel) and v is not rpc.RpcModel}
     return sorted(found, key=lambda t: t.__name__)
 

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING or __package__:
     from . import files, process
     from . import protocol as P
+    from .background import Background, Backgrounds
     from .console import log
     from .entropy import add_entropy
     from .execs import Execs
@@ -28,13 +29,15 @@ else:  # inside the guest: the modules sit side by side
     import files
     import process
     import protocol as P
+    from background import Background, Backgrounds
     from console import log
     from entropy import add_entropy
     from execs import Execs
     from netconf import set_net
 
 AGENT = "corral-guest/1"
-OPS = ["hello", "ping", "configure", "exec", "cancel", "put", "get", "list", "fs"]
+OPS = ["hello", "ping", "configure", "exec", "cancel", "put", "get", "list", "fs",
+       "spawn", "attach", "detach", "input", "signal", "resize", "ps"]
 BASE_ENV = {
     "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
     "HOME": "/root",
@@ -60,7 +63,7 @@ def find_port(name: str = P.PORT_NAME) -> str | None:
     return None
 
 
-class Agent(Execs):
+class Agent(Backgrounds, Execs):  # Backgrounds first: its `reaped`
     def __init__(self, port_path: str) -> None:
         self.fd = os.open(port_path, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
         self.sel = selectors.DefaultSelector()
@@ -68,6 +71,7 @@ class Agent(Execs):
         self.out = bytearray()
         self.procs: dict[int, process.Proc] = {}  # by pid
         self.by_rid: dict[int, process.Proc] = {}
+        self.background: dict[int, Background] = {}  # by pid
         self.timers: list[tuple[float, int, Callable[[], None]]] = []
         self.seq = itertools.count()
         self.env = dict(BASE_ENV)
@@ -148,6 +152,7 @@ class Agent(Execs):
             for proc in list(self.by_rid.values()):
                 self.kill(proc)
                 proc.finished = True  # nobody to answer
+            self.detach_all()  # background processes run on
         self.sel.unregister(self.fd)
         self.call_later(RECONNECT_POLL_S, self.poll_reconnect)
 

@@ -29,6 +29,7 @@ class Execs:
 
     def send(self, header: dict, payload: bytes = b"") -> None: ...
     def call_later(self, delay: float, fn: Callable[[], None]) -> None: ...
+    def reaped(self, pid: int, code: int) -> None: ...  # not an exec's: background's
 
     def op_exec(self, rid: int, h: dict[str, Any], payload: bytes) -> None:
         try:
@@ -109,7 +110,8 @@ class Execs:
                 break
             proc = self.procs.pop(pid, None)
             if proc is None:
-                continue  # a reparented orphan
+                self.reaped(pid, os.waitstatus_to_exitcode(status))
+                continue
             proc.status = os.waitstatus_to_exitcode(status)
             proc.popen.returncode = proc.status
             if proc.open_streams:

@@ -59,26 +59,38 @@ def identity(user: str) -> tuple[int, int, list[int], str]:
     return uid, gid, groups, home
 
 
-def spawn(rid: int, h: dict, base_env: dict[str, str], defaults: dict | None = None) -> Proc:
-    """Validate an exec request and start its process (own session, pipes), as
-    the request's user or the image's (`defaults`: cwd, user)."""
+def prepare(h: dict, base_env: dict[str, str], defaults: dict | None = None
+            ) -> tuple[list[str], dict[str, str], str, dict]:
+    """Validate a request's argv, env, user and cwd: (argv, env, cwd, Popen's ids)."""
     argv = h["argv"]
-    if not argv or not all(isinstance(a, str) and "\x00" not in a for a in argv):
+    if (not isinstance(argv, list) or not argv
+            or not all(isinstance(a, str) and "\x00" not in a for a in argv)):
         raise P.GuestError("EINVAL", "argv must be non-empty strings without NUL")
+    req_env = h.get("env") or {}
+    if not all(isinstance(k, str) and isinstance(v, str) and "\x00" not in k + v
+               for k, v in req_env.items()):
+        raise P.GuestError("EINVAL", "env must map str to str")
     defaults = defaults or {}
-    env = {**base_env, **(h.get("env") or {})}
+    env = {**base_env, **req_env}
     user = h.get("user") or defaults.get("user")
     ids: dict = {}
     home = "/root"
     if user and user not in ("root", "0", "0:0"):
         uid, gid, groups, home = identity(str(user))
         ids = {"user": uid, "group": gid, "extra_groups": groups}
-        if not (h.get("env") or {}).get("HOME"):
+        if not req_env.get("HOME"):
             env["HOME"] = home
     cwd = h.get("cwd") or defaults.get("cwd") or home
     P.check_path(cwd)
     if not os.path.isdir(cwd):
         raise P.GuestError("ENOENT", f"cwd {cwd} is not a directory")
+    return argv, env, cwd, ids
+
+
+def spawn(rid: int, h: dict, base_env: dict[str, str], defaults: dict | None = None) -> Proc:
+    """Validate an exec request and start its process (own session, pipes), as
+    the request's user or the image's (`defaults`: cwd, user)."""
+    argv, env, cwd, ids = prepare(h, base_env, defaults)
     timeout = float(h.get("timeout_s", 60))
     cap = int(h.get("output_cap", 1 << 20))
     if not (0 < timeout <= 86400) or not (0 <= cap <= 1 << 30):

@@ -125,8 +125,13 @@ def test_the_api_speaks_e2b_json_and_honours_tenancy(stack, e2b_env):
         mine2 = http.post("/v2/sandboxes", headers={"X-API-KEY": key}, json={"templateID": "base"}).json()
         assert http.get("/envd/health", headers={"E2b-Sandbox-Id": mine2["sandboxID"],
                                                  "X-Access-Token": token}).status_code == 401
-        r = http.post("/envd/process.Process/List", headers=ok, json={})
+        r = http.post("/envd/process.Process/StreamInput", headers=ok, json={})
         assert r.status_code == 501 and r.json()["code"] == "unimplemented"
+        r = http.post("/envd/process.Process/SendSignal", headers=ok,
+                      json={"process": {"pid": 5}, "signal": "SIGNAL_SIGHUP"})
+        assert r.status_code == 400 and r.json()["code"] == "invalid_argument"
+        r = http.post("/envd/process.Process/SendInput", headers=ok, json={"process": {}})
+        assert r.status_code == 400 and r.json()["code"] == "invalid_argument"
         from services.api_gateway.entrypoints import connect_wire as cw
         for msg in ({"process": []}, {"process": {"cmd": 5}}, {"process": {"cmd": "x", "envs": [1]}}):
             r = http.post("/envd/process.Process/Start", content=cw.envelope(msg),
@@ -199,3 +204,46 @@ class TestEnvd:
         assert not fs.exists("/root/e2b")
         assert vm_box.commands.run("ls /root/e2b || echo gone").stdout.endswith("gone\n")
 
+
+    def test_background_commands_list_stdin_connect_kill(self, vm_box):
+        from e2b import CommandExitException
+        cmds = vm_box.commands
+        h = cmds.run("while read l; do echo got:$l; done; echo eof", background=True, stdin=True)
+        assert h.pid in [p.pid for p in cmds.list()]
+        cmds.send_stdin(h.pid, "one\n")
+        cmds.send_stdin(h.pid, b"two\n")
+        cmds.close_stdin(h.pid)
+        r = h.wait()
+        assert (r.exit_code, r.stdout) == (0, "got:one\ngot:two\neof\n")
+        assert h.pid not in [p.pid for p in cmds.list()]
+
+        h2 = cmds.run("echo started; sleep 600", background=True, envs={"K": "v"}, cwd="/tmp")
+        info = next(p for p in cmds.list() if p.pid == h2.pid)
+        assert (info.cmd, info.args[-1], info.envs, info.cwd) == (
+            "/bin/bash", "echo started; sleep 600", {"K": "v"}, "/tmp")
+        h2.disconnect()  # the process runs on
+        assert h2.pid in [p.pid for p in cmds.list()]
+        again = cmds.connect(h2.pid)
+        assert cmds.kill(h2.pid) is True
+        with pytest.raises(CommandExitException) as ei:
+            again.wait()
+        assert ei.value.exit_code != 0
+        assert cmds.kill(h2.pid) is False  # gone: E2B says False
+        assert h2.pid not in [p.pid for p in cmds.list()]
+
+    def test_pty_create_input_resize(self, vm_box):
+        from e2b import CommandExitException, PtySize
+        out: list[bytes] = []
+        h = vm_box.pty.create(PtySize(cols=80, rows=24), user="user")
+        vm_box.pty.send_stdin(h.pid, b"stty size; id -un\n")
+        for _, _, pty in h:  # until the shell answered
+            out.append(bytes(pty or b""))
+            if b"\nuser" in b"".join(out):
+                break
+        vm_box.pty.resize(h.pid, PtySize(cols=120, rows=40))
+        vm_box.pty.send_stdin(h.pid, b"stty size; exit 5\n")
+        with pytest.raises(CommandExitException) as ei:
+            h.wait(on_pty=lambda b: out.append(bytes(b)))
+        assert ei.value.exit_code == 5
+        text = b"".join(out).decode(errors="replace")
+        assert "24 80" in text and "\nuser" in text and "40 120" in text, text

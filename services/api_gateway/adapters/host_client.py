@@ -3,10 +3,14 @@ Streamed exec output follows the answer on the same reply inbox; bodies
 larger than a bus message (files, big outputs) travel in parts."""
 from __future__ import annotations
 
+import asyncio
+import secrets
 import time
 from collections.abc import AsyncGenerator
+from typing import Any
 
-from common.rpc import RpcClient, open_stream
+from common.rpc import RpcClient, RpcFailure, Stream, open_stream
+from contracts.procs import HostProc, HostProcResult
 from contracts.rpc import (Done, HostExec, HostExecChunk, HostExecResult, HostExecStream,
                            HostFileData, HostFileEntries, HostFileGet, HostFileList, HostFileOp,
                            HostFileOpResult, HostFilePut)
@@ -42,26 +46,34 @@ class HostClient(RpcClient):
         except BaseException:
             await stream.close()
             raise
-        deadline = time.monotonic() + req.timeout_s + 30
+        return _chunks(stream, time.monotonic() + req.timeout_s + 30)
 
-        async def chunks() -> AsyncGenerator[HostExecChunk, None]:
-            expected = 0
+    async def proc(self, host_id: str, req: HostProc) -> HostProcResult:
+        return await self.call(host_rpc_subject(host_id, "proc"), req, HostProcResult,
+                               timeout=30, max_bytes=MAX_REPLY)
+
+    async def proc_stream(self, host_id: str, req: HostProc
+                          ) -> AsyncGenerator[HostExecChunk, None]:
+        """A process's start, output and end (spawn or attach). Closing the
+        iterator early detaches: the process runs on."""
+        req = req.model_copy(update={"stream_id": secrets.token_urlsafe(24)})
+        stream = await open_stream(self.nc, host_rpc_subject(host_id, "proc.stream"), req,
+                                   timeout=15, max_bytes=64 << 10,
+                                   pending_bytes=STREAM_PENDING)
+        try:
+            await stream.answer(Done)
+        except BaseException:
+            await stream.close()
+            raise
+
+        async def detach() -> None:
             try:
-                while True:
-                    try:
-                        raw = await stream.next(deadline, MAX_CHUNK)
-                    except TimeoutError:
-                        raise StreamTimeout() from None
-                    chunk = HostExecChunk.model_validate_json(raw)
-                    if chunk.seq != expected:
-                        raise OutputLost(f"chunk {chunk.seq} came after {expected - 1}")
-                    expected += 1
-                    yield chunk
-                    if chunk.stream not in ("stdout", "stderr"):
-                        return
-            finally:
-                await stream.close()
-        return chunks()
+                await self.proc(host_id, HostProc(sandbox_id=req.sandbox_id, org_id=req.org_id,
+                                                  op_id=req.op_id, action="detach",
+                                                  stream_id=req.stream_id))
+            except RpcFailure:
+                pass  # the stream's own time bounds it anyway
+        return _chunks(stream, time.monotonic() + req.stream_s + 30, detach)
 
     async def put_file(self, host_id: str, req: HostFilePut) -> None:
         await self.call(host_rpc_subject(host_id, "files.put"), req, Done, timeout=60)
@@ -77,3 +89,29 @@ class HostClient(RpcClient):
     async def file_op(self, host_id: str, req: HostFileOp) -> HostFileOpResult:
         return await self.call(host_rpc_subject(host_id, "files.op"), req, HostFileOpResult,
                                timeout=150 if req.action == "remove" else 45)
+
+
+async def _chunks(stream: Stream, deadline: float, abandon: Any = None
+                  ) -> AsyncGenerator[HostExecChunk, None]:
+    """The messages after the answer, numbered from 0, until an end; `abandon`
+    runs if the reader stops first."""
+    expected = 0
+    ended = False
+    try:
+        while True:
+            try:
+                raw = await stream.next(deadline, MAX_CHUNK)
+            except TimeoutError:
+                raise StreamTimeout() from None
+            chunk = HostExecChunk.model_validate_json(raw)
+            if chunk.seq != expected:
+                raise OutputLost(f"chunk {chunk.seq} came after {expected - 1}")
+            expected += 1
+            ended = chunk.stream in ("exit", "error")
+            yield chunk
+            if ended:
+                return
+    finally:
+        await stream.close()
+        if not ended and abandon is not None:
+            await asyncio.shield(abandon())

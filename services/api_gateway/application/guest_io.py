@@ -11,6 +11,8 @@ from typing import Any
 from contracts.rpc import (HostExec, HostExecChunk, HostExecResult, HostExecStream, HostFileEntries,
                            HostFileGet, HostFileList, HostFileOp, HostFileOpResult, HostFilePut)
 
+from contracts.procs import HostProc, HostProcResult
+
 from .errors import Conflict
 from .ledger import SandboxLedger
 from .op_limits import OpLimits, holding
@@ -50,6 +52,28 @@ class GuestIO:
             host = await self._host(sandbox_id, org_id)
             req = HostExecStream(sandbox_id=sandbox_id, org_id=org_id, op_id=op_id, **command)
             chunks = await self.hosts.exec_stream(host, req)
+        except BaseException:
+            slot.release()
+            raise
+        return holding(slot, chunks)
+
+    async def proc(self, org_id: str, sandbox_id: str, op_id: str,
+                   call: dict[str, Any]) -> HostProcResult:
+        """A background process call (HostProc's fields): spawn without its
+        output, input, signal, resize, ps."""
+        with self.limits.acquire(org_id, "exec"):
+            host = await self._host(sandbox_id, org_id)
+            return await self.hosts.proc(host, HostProc(sandbox_id=sandbox_id, org_id=org_id,
+                                                        op_id=op_id, **call))
+
+    async def proc_stream(self, org_id: str, sandbox_id: str, op_id: str,
+                          call: dict[str, Any]) -> AsyncGenerator[HostExecChunk, None]:
+        """spawn or attach: start, output, exit; closing it early detaches."""
+        slot = self.limits.acquire(org_id, "exec")
+        try:
+            host = await self._host(sandbox_id, org_id)
+            chunks = await self.hosts.proc_stream(host, HostProc(
+                sandbox_id=sandbox_id, org_id=org_id, op_id=op_id, **call))
         except BaseException:
             slot.release()
             raise

@@ -9,6 +9,8 @@ from contracts.rpc import (HostExec, HostExecChunk, HostExecResult, HostExecStre
                            HostFileEntries, HostFileGet, HostFileList, HostFileOp,
                            HostFileOpResult, HostFilePut)
 
+from contracts.procs import HostProc, HostProcResult
+
 Page = tuple[list[dict[str, Any]], str | None]
 
 
@@ -33,6 +35,9 @@ class Hosts(Protocol):
     async def get_file(self, host_id: str, req: HostFileGet) -> HostFileData: ...
     async def list_files(self, host_id: str, req: HostFileList) -> HostFileEntries: ...
     async def file_op(self, host_id: str, req: HostFileOp) -> HostFileOpResult: ...
+    async def proc(self, host_id: str, req: HostProc) -> HostProcResult: ...
+    async def proc_stream(self, host_id: str, req: HostProc
+                          ) -> AsyncGenerator[HostExecChunk, None]: ...
 
 
 class Secrets(Protocol):

@@ -25,9 +25,9 @@ from .sandbox_routes import IdempotencyKey
 
 e2b_router = APIRouter(tags=["e2b"])
 SandboxId = Annotated[str, Path(min_length=1, max_length=64)]
-# What the E2B SDK may assume of envd (/e2b/envd): 0.4.0 sends no user unless
-# asked, uploads are multipart (0.5.7 would switch to raw bodies).
-ENVD_VERSION = "0.4.0"
+# What the E2B SDK may assume of envd (/e2b/envd): from 0.4.0 it sends no user unless
+# asked, from 0.5.2 it may close stdin; uploads stay multipart (0.5.7 would switch).
+ENVD_VERSION = "0.5.2"
 DEFAULT_TIMEOUT_S = 300  # E2B's default lifetime
 WAIT_S = 120
 

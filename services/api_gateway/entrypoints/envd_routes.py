@@ -1,5 +1,6 @@
 """E2B's in-sandbox API (envd) at /e2b/envd, translated onto Corral's guest
-I/O: `process.Process/Start` (a command, its output streamed), the
+I/O: the `process.Process` calls (Start, Connect, List, SendInput,
+CloseStdin, SendSignal, Update; not StreamInput), the
 `filesystem.Filesystem` calls Corral has (Stat, ListDir, MakeDir, Move,
 Remove), `/files` (read, write) and `/health`. The sandbox is named by the
 `E2b-Sandbox-Id` header and authorised by its access token (`X-Access-Token`,
@@ -11,7 +12,6 @@ import email.parser
 import email.policy
 import posixpath
 import stat as st
-import zlib
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Annotated, Any
@@ -31,7 +31,7 @@ from .sse import KEEPALIVE_S, idle_ticks
 
 envd_router = APIRouter(prefix="/envd", include_in_schema=False)
 HOME = "/root"  # where relative paths start: Corral's default image runs as root
-RPC_CODES = {"not_found": "not_found", "invalid": "invalid_argument", "too_large":
+RPC_CODES = {"not_found": "not_found", "timeout": "deadline_exceeded", "invalid": "invalid_argument", "too_large":
              "resource_exhausted", "conflict": "already_exists", "unauthorized":
              "permission_denied", "busy": "resource_exhausted"}
 NOT_RUNNING = "The sandbox was not found or is not running"
@@ -102,48 +102,110 @@ def entry_info(path: str, e: HostFileStat | Any) -> dict[str, Any]:
 
 
 # -- process -----------------------------------------------------------------------
+def _selector(msg: dict[str, Any]) -> dict[str, Any]:
+    sel = msg.get("process")
+    if not isinstance(sel, dict) or not (isinstance(sel.get("pid"), int) or
+                                         isinstance(sel.get("tag"), str)):
+        raise cw.ConnectError("invalid_argument", "process must name a pid or a tag")
+    return sel
+
+
+async def _pid(ctx: Ctx, oid: str, sb: Target, msg: dict[str, Any]) -> int:
+    sel = _selector(msg)
+    if isinstance(sel.get("pid"), int):
+        return int(sel["pid"])
+    procs = (await ctx.io.proc(sb.org_id, sb.sandbox_id, oid, {"action": "ps"})).procs or []
+    for p in procs:
+        if p.tag == sel["tag"]:
+            return p.pid
+    raise cw.ConnectError("not_found", f"no process tagged {sel['tag'][:64]!r}")
+
+
+def _size(pty: Any) -> dict[str, int]:
+    size = pty.get("size") if isinstance(pty, dict) else None
+    if not isinstance(size, dict):
+        raise cw.ConnectError("invalid_argument", "pty.size {cols, rows} is required")
+    return {"cols": int(size.get("cols") or 0), "rows": int(size.get("rows") or 0)}
+
+
+def _spawn(request: Request, msg: dict[str, Any]) -> dict[str, Any]:
+    proc = msg.get("process") or {}
+    if not isinstance(proc, dict):
+        raise cw.ConnectError("invalid_argument", "process must be an object")
+    cmd, args = proc.get("cmd"), proc.get("args") or []
+    if not isinstance(cmd, str) or not isinstance(args, list):
+        raise cw.ConnectError("invalid_argument", "process.cmd and args are required")
+    ms = request.headers.get("connect-timeout-ms")
+    call: dict[str, Any] = {"action": "spawn", "cmd": [cmd, *map(str, args)],
+                            "env": proc.get("envs") or {}, "stdin": bool(msg.get("stdin")),
+                            "tag": msg.get("tag")}
+    if ms and ms != "0":  # the stream's deadline is the command's: then it is killed
+        call["timeout_s"] = call["stream_s"] = cw.timeout_s(ms, 60, 86400)
+    if proc.get("cwd"):
+        call["cwd"] = sandbox_path(proc["cwd"])
+    if user := basic_user(request.headers.get("authorization")):
+        call["user"] = user
+    if msg.get("pty") is not None:
+        call.update(_size(msg["pty"]), stdin=True)
+    return call
+
+
+def _streamed(ctx: Ctx, oid: str, sb: Target, call: dict[str, Any]) -> Any:
+    async def events() -> AsyncIterator[bytes]:
+        try:
+            chunks = await ctx.io.proc_stream(sb.org_id, sb.sandbox_id, oid, call)
+        except Exception as e:  # noqa: BLE001 - every failure ends the stream with its code
+            yield cw.end_stream(connect_error(e))
+            return
+        async for part in _events(chunks):
+            yield part
+    return StreamingResponse(events(), media_type=cw.STREAM_TYPE)
+
+
 @envd_router.post("/process.Process/Start")
 async def start(request: Request, ctx: Ctx, oid: OpId, sb: Sandbox) -> StreamingResponse:
-    """A command and its output: start, data events, end; keepalives while silent."""
+    """A process: start (its pid), data events, end; keepalives while silent.
+    Leaving early does not end it (List, Connect, SendSignal reach it)."""
     try:
-        msg = cw.stream_request(await request.body())
-        proc = msg.get("process") or {}
-        if not isinstance(proc, dict):
-            raise cw.ConnectError("invalid_argument", "process must be an object")
-        cmd, args = proc.get("cmd"), proc.get("args") or []
-        if not isinstance(cmd, str) or not isinstance(args, list):
-            raise cw.ConnectError("invalid_argument", "process.cmd and args are required")
-        command = {"cmd": [cmd, *map(str, args)], "env": proc.get("envs") or {},
-                   "timeout_s": cw.timeout_s(request.headers.get("connect-timeout-ms"), 60, 3600)}
-        if proc.get("cwd"):
-            command["cwd"] = sandbox_path(proc["cwd"])
-        if user := basic_user(request.headers.get("authorization")):
-            command["user"] = user
-        chunks = await ctx.io.exec_stream(sb.org_id, sb.sandbox_id, oid, command)
+        call = _spawn(request, cw.stream_request(await request.body()))
     except Exception as e:  # noqa: BLE001 - every failure ends the stream with its code
-        failed = cw.end_stream(connect_error(e))
-        return StreamingResponse(iter([failed]), media_type=cw.STREAM_TYPE)
-    return StreamingResponse(_events(chunks, zlib.crc32(oid.encode()) & 0x7FFFFFFF),
-                             media_type=cw.STREAM_TYPE)
+        return StreamingResponse(iter([cw.end_stream(connect_error(e))]),
+                                 media_type=cw.STREAM_TYPE)
+    return _streamed(ctx, oid, sb, call)
 
 
-async def _events(chunks: Any, pid: int) -> AsyncIterator[bytes]:
-    yield cw.envelope({"event": {"start": {"pid": pid}}})
+@envd_router.post("/process.Process/Connect")
+async def connect(request: Request, ctx: Ctx, oid: OpId, sb: Sandbox) -> StreamingResponse:
+    try:
+        pid = await _pid(ctx, oid, sb, cw.stream_request(await request.body()))
+        ms = request.headers.get("connect-timeout-ms")
+        call = {"action": "attach", "pid": pid, **({"stream_s": cw.timeout_s(ms, 60, 86400)}
+                                                   if ms and ms != "0" else {})}
+    except Exception as e:  # noqa: BLE001 - every failure ends the stream with its code
+        return StreamingResponse(iter([cw.end_stream(connect_error(e))]),
+                                 media_type=cw.STREAM_TYPE)
+    return _streamed(ctx, oid, sb, call)
+
+
+async def _events(chunks: Any) -> AsyncIterator[bytes]:
     ticks = idle_ticks(chunks, KEEPALIVE_S)
     error: cw.ConnectError | None = None
     try:
         async for chunk in ticks:
             if chunk is None:
                 yield cw.envelope({"event": {"keepalive": {}}})
-            elif chunk.stream in ("stdout", "stderr"):
-                data = base64.b64encode(chunk.data.encode()).decode()
-                yield cw.envelope({"event": {"data": {chunk.stream: data}}})
+            elif chunk.stream == "start":
+                yield cw.envelope({"event": {"start": {"pid": chunk.pid}}})
+            elif chunk.stream in ("stdout", "stderr", "pty"):
+                yield cw.envelope({"event": {"data": {chunk.stream: chunk.data_b64 or ""}}})
             elif chunk.stream == "exit" and chunk.result is not None:
                 r = chunk.result
                 code = r.exit_code if r.exit_code is not None else -1
-                status = "killed: timeout" if r.timed_out else f"exit status {code}"
-                yield cw.envelope({"event": {"end": {"exitCode": code, "exited": not r.timed_out,
-                                                     "status": status}}})
+                signalled = code < 0
+                status = ("killed: timeout" if r.timed_out else
+                          f"signal: {-code}" if signalled else f"exit status {code}")
+                yield cw.envelope({"event": {"end": {
+                    "exitCode": code, "exited": not signalled, "status": status}}})
             else:
                 err = chunk.error
                 error = cw.ConnectError(RPC_CODES.get(err.error, "unavailable") if err
@@ -156,11 +218,45 @@ async def _events(chunks: Any, pid: int) -> AsyncIterator[bytes]:
     yield cw.end_stream(error)
 
 
+SIGNALS = {"SIGNAL_SIGKILL": "SIGKILL", "SIGNAL_SIGTERM": "SIGTERM", 9: "SIGKILL", 15: "SIGTERM"}
+
+
 @envd_router.post("/process.Process/{method}")
-async def process_other(method: str) -> JSONResponse:
-    return cw.unary_error(cw.ConnectError(
-        "unimplemented", f"process.{method[:64]} is not served by Corral yet: commands run "
-        "in the foreground (Start) only"))
+async def process_unary(request: Request, ctx: Ctx, oid: OpId, sb: Sandbox,
+                        method: str) -> JSONResponse:
+    """List, SendSignal, SendInput, CloseStdin, Update (a PTY's size)."""
+    try:
+        msg = cw.unary_request(await request.body())
+        if method == "List":
+            procs = (await ctx.io.proc(sb.org_id, sb.sandbox_id, oid, {"action": "ps"})).procs
+            return JSONResponse({"processes": [
+                {"pid": p.pid, **({"tag": p.tag} if p.tag else {}),
+                 "config": {"cmd": p.cmd[0], "args": p.cmd[1:], "envs": p.env, "cwd": p.cwd}}
+                for p in procs or []]})
+        call: dict[str, Any]
+        if method == "SendSignal":
+            sig = SIGNALS.get(msg.get("signal"))  # type: ignore[arg-type]
+            if sig is None:
+                raise cw.ConnectError("invalid_argument", "signal must be SIGKILL or SIGTERM")
+            call = {"action": "signal", "signal": sig}
+        elif method == "SendInput":
+            given = msg.get("input") if isinstance(msg.get("input"), dict) else {}
+            data = given.get("stdin", given.get("pty"))
+            if not isinstance(data, str):
+                raise cw.ConnectError("invalid_argument", "input.stdin or input.pty is required")
+            call = {"action": "input", "data_b64": data}
+        elif method == "CloseStdin":
+            call = {"action": "input", "eof": True}
+        elif method == "Update":
+            call = {"action": "resize", **_size(msg.get("pty"))}
+        else:
+            raise cw.ConnectError("unimplemented", f"process.{method[:64]} is not served by "
+                                  "Corral")
+        call["pid"] = await _pid(ctx, oid, sb, msg)
+        await ctx.io.proc(sb.org_id, sb.sandbox_id, oid, call)
+        return JSONResponse({})
+    except Exception as e:  # noqa: BLE001 - every failure is answered with its code
+        return cw.unary_error(connect_error(e))
 
 
 # -- filesystem ----------------------------------------------------------------------

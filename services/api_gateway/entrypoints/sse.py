@@ -62,8 +62,11 @@ async def exec_events(chunks: AsyncGenerator[HostExecChunk, None], op_id: str,
         async for chunk in ticks:
             if chunk is None:
                 yield b": keepalive\n\n"
-            elif chunk.stream in ("stdout", "stderr"):
-                yield event(chunk.stream, {"data": chunk.data})
+            elif chunk.stream == "start":
+                yield event("start", {"pid": chunk.pid})
+            elif chunk.stream in ("stdout", "stderr", "pty"):
+                yield event(chunk.stream, {"data": chunk.data} if chunk.data_b64 is None
+                            else {"data_b64": chunk.data_b64})
             elif chunk.stream == "exit" and chunk.result is not None:
                 r = chunk.result
                 yield event("exit", {"exit_code": r.exit_code, "duration_ms": r.duration_ms,

@@ -14,7 +14,8 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from ..application.ports import (ExecChunk, ExecRequest, ExecResult, FileListing, FileOp, FileStat,
-                                 ReconcileReport, ResourceRecorder, SnapshotInfo, VmInfo, VmSpec)
+                                 ProcAnswer, ProcCall, ProcSink, ReconcileReport,
+                                 ResourceRecorder, SnapshotInfo, VmInfo, VmSpec)
 from .procs import is_zombie
 
 MARK = "corral-fakevm"
@@ -119,6 +120,10 @@ class FakeVmmDriver:
         raise NotImplementedError("the fake driver has no guest")
 
     async def file_op(self, sandbox_id: str, op: FileOp) -> FileStat | None:
+        raise NotImplementedError("the fake driver has no guest")
+
+    async def proc(self, sandbox_id: str, call: ProcCall,
+                   on_event: ProcSink | None = None) -> ProcAnswer:
         raise NotImplementedError("the fake driver has no guest")
 
     async def reconcile(self, recorded: dict[str, dict[str, str]], record: ResourceRecorder,

@@ -108,6 +108,54 @@ class FileListing:
 
 
 @dataclass(frozen=True)
+class ProcCall:
+    """A background process call: spawn (`attach`: then its output streams),
+    attach, detach-free input (`data`, `eof`), signal, resize (`pty`), ps."""
+    action: str
+    pid: int | None = None
+    cmd: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+    cwd: str | None = None
+    user: str | None = None
+    tag: str | None = None
+    timeout_s: float | None = None  # None: until it exits or is killed
+    stdin: bool = False
+    pty: tuple[int, int] | None = None  # (cols, rows)
+    data: bytes = b""
+    eof: bool = False
+    signal: str | None = None
+    attach: bool = True
+
+
+@dataclass(frozen=True)
+class ProcEvent:
+    kind: str  # "start" (pid), "stdout", "stderr", "pty" (data)
+    data: bytes = b""
+    pid: int | None = None
+
+
+@dataclass(frozen=True)
+class ProcInfo:
+    pid: int
+    cmd: list[str]
+    cwd: str
+    tag: str | None
+    env: dict[str, str]
+    pty: bool
+    stdin: bool
+
+
+@dataclass(frozen=True)
+class ProcAnswer:
+    pid: int | None = None
+    procs: list[ProcInfo] | None = None
+    exit: ExecResult | None = None  # a stream's end (its output went to on_event)
+
+
+ProcSink = Callable[[ProcEvent], Awaitable[None]]
+
+
+@dataclass(frozen=True)
 class ReconcileReport:
     adopted: list[str]
     cleaned: list[str]
@@ -140,6 +188,11 @@ class VmmDriver(Protocol):
     async def get_file(self, sandbox_id: str, path: str | bytes) -> bytes: ...
     async def list_files(self, sandbox_id: str, path: str | bytes) -> FileListing: ...
     async def file_op(self, sandbox_id: str, op: FileOp) -> FileStat | None: ...
+    async def proc(self, sandbox_id: str, call: ProcCall,
+                   on_event: ProcSink | None = None) -> ProcAnswer:
+        """A background process call; spawn/attach with `on_event` stream until
+        the process ends (cancel the call to detach: the process runs on)."""
+        ...
     async def snapshot(self, sandbox_id: str, dest_dir: str) -> SnapshotInfo:
         """Live snapshot; `start(VmSpec(..., snapshot_dir=dest_dir))` forks it."""
         ...

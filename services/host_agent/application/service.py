@@ -22,7 +22,7 @@ from contracts.snapshot import (DeleteSnapshot, SnapshotCommand, SnapshotCreated
 
 from ..domain.vm import Vm
 from .ports import (DiskCheck, ExecChunk, ExecRequest, ExecResult, FileListing, FileOp, FileStat,
-                    VmmDriver, VmSpec)
+                    ProcAnswer, ProcCall, ProcSink, VmmDriver, VmSpec)
 from .image_builds import ImageBuilds
 from .records import VmRecords
 
@@ -348,3 +348,8 @@ class HostAgentService:
     async def file_op(self, sandbox_id: str, org_id: str, op: FileOp) -> FileStat | None:
         await self.running(sandbox_id, org_id)
         return await self.driver.file_op(sandbox_id, op)
+
+    async def proc(self, sandbox_id: str, org_id: str, call: ProcCall,
+                   on_event: ProcSink | None = None) -> ProcAnswer:
+        await self.running(sandbox_id, org_id)
+        return await self.driver.proc(sandbox_id, call, on_event)

@@ -24,6 +24,7 @@ from services.host_agent.application.ports import (ExecChunk, ExecRequest, ExecR
                                                    FileEntry, FileListing, FileOp, FileStat)
 
 from .errors import AgentUnavailable, GuestError
+from .proc_calls import ProcCalls
 
 log = logging.getLogger("corral.host_agent.qemu")
 EXEC_GRACE_S = 15.0
@@ -44,7 +45,7 @@ class _Pending:
     done: bool = False  # its terminal frame arrived: later ones are lies
 
 
-class AgentClient:
+class AgentClient(ProcCalls):
     exec_grace_s = EXEC_GRACE_S  # an exec's deadline: its timeout plus this
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

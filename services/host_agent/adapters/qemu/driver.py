@@ -14,7 +14,8 @@ from pathlib import Path
 
 from services.host_agent.adapters.guest_image import ImagePaths, ensure_image
 from services.host_agent.application.ports import (ExecChunk, ExecRequest, ExecResult, FileListing,
-                                                   FileOp, FileStat, ReconcileReport,
+                                                   FileOp, FileStat, ProcAnswer, ProcCall, ProcSink,
+                                                   ReconcileReport,
                                                    ResourceRecorder, SnapshotInfo, VmInfo, VmSpec)
 
 from ..jail.cgroups import Cgroups
@@ -187,6 +188,10 @@ class QemuDriver:
 
     async def file_op(self, sandbox_id: str, op: FileOp) -> FileStat | None:
         return await self.launcher.agent(sandbox_id).file_op(op)
+
+    async def proc(self, sandbox_id: str, call: ProcCall,
+                   on_event: ProcSink | None = None) -> ProcAnswer:
+        return await self.launcher.agent(sandbox_id).proc(call, on_event)
 
     # -- snapshots, templates, warm pool ------------------------------------------
     async def snapshot(self, sandbox_id: str, dest_dir: str) -> SnapshotInfo:
