@@ -284,6 +284,66 @@ class TestOneMicroVM:
         res, streamed, data = asyncio.run(go())
         assert res.stdout == streamed == "a\nb\n" and data == b"A"
 
+    def test_processes_background_stdin_signal_pty(self, vm, box):
+        procs = box.processes
+        pid = procs.start("echo up; sleep 600", tag="sleeper", env={"K": "v"})
+        listed = {p.pid: p for p in procs.list()}
+        assert listed[pid].tag == "sleeper" and listed[pid].env == {"K": "v"}
+        out = []
+        follower = threading.Thread(target=lambda: out.append(procs.wait(pid)))
+        follower.start()
+        time.sleep(1)
+        procs.signal(pid, "SIGTERM")
+        follower.join(30)
+        assert out and out[0].exit_code == -15 and not out[0].ok
+        assert procs.kill(pid) is False and pid not in {p.pid for p in procs.list()}
+
+        def feed(p):
+            procs.send_input(p, "one\n")
+            procs.close_stdin(p)
+        res = procs.run(["sh", "-c", "read l; echo got:$l; cat"], stdin=True, on_start=feed)
+        assert (res.exit_code, res.stdout) == (0, "got:one\n") and res.pid
+
+        screen = []
+
+        def typed(p):
+            procs.send_input(p, "stty size; exit 4\n")
+        res = procs.run(["bash", "--norc", "-i"], pty=(90, 20), on_start=typed,
+                        on_pty=screen.append)
+        assert res.exit_code == 4 and b"20 90" in b"".join(screen)
+        with pytest.raises(ArgumentError):
+            procs.signal(pid, "SIGWHATEVER")
+        with pytest.raises(ArgumentError):
+            procs.start("x", pty=(0, 10))
+        with pytest.raises(NotFoundError):
+            procs.send_input(999999, "x")
+        headers = {"Authorization": f"Bearer {vm.creds.api_key}"}
+        import httpx
+        r = httpx.post(f"{vm.api_url}/v1/sandboxes/{box.id}/processes", headers=headers,
+                       json={"cmd": ["sleep", "1"], "pty": {"cols": 0, "rows": 5}})
+        assert r.status_code == 422 and r.json()["op_id"]
+        r = httpx.post(f"{vm.api_url}/v1/sandboxes/{box.id}/processes/1/input", headers=headers,
+                       content=b"x" * ((1 << 20) + 1))
+        assert r.status_code == 413, r.text
+
+    def test_cli_process_and_shell(self, vm, box, tmp_path):
+        r = corral(vm, "process", "start", box.id, "--tag", "cli", "--", "sleep", "300",
+                   cwd=tmp_path)
+        assert r.returncode == 0, r.stderr
+        pid = int(r.stdout)
+        r = corral(vm, "process", "list", box.id, "--json", cwd=tmp_path)
+        assert [p["tag"] for p in json.loads(r.stdout) if p["pid"] == pid] == ["cli"]
+        follow = subprocess.Popen([sys.executable, "-m", "corral", "process", "attach", box.id,
+                                   str(pid)], env=cli_env(vm), cwd=tmp_path)
+        time.sleep(2)
+        assert corral(vm, "process", "kill", box.id, str(pid), cwd=tmp_path).returncode == 0
+        assert follow.wait(60) == 128 + 9
+        r = corral(vm, "process", "kill", box.id, str(pid), cwd=tmp_path)
+        assert r.returncode == 1 and "not running" in r.stderr.decode()
+        r = corral(vm, "shell", box.id, "--user", "user", cwd=tmp_path,
+                   input=b"echo hi-$((40+2)) $(id -un); exit 3\n")
+        assert r.returncode == 3 and b"hi-42 user" in r.stdout, (r.stdout, r.stderr)
+
     def test_files_write_read_list(self, box):
         blob = os.urandom(300_000)
         box.files.write("/root/sdk/blob.bin", blob)

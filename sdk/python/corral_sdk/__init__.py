@@ -1,5 +1,5 @@
 """Corral Python SDK: `Sandbox` (sync) and `AsyncSandbox` over the REST API,
-snapshots and forks, images. Needs only httpx; Python 3.9 or newer."""
+snapshots and forks, background processes and PTYs, images. Needs only httpx; Python 3.9 or newer."""
 from ._http import ExecResult, RetryPolicy
 from .async_sandbox import AsyncSandbox
 from .config import Config
@@ -7,6 +7,7 @@ from .errors import (ArgumentError, AuthError, ConfigError, ConflictError, Corra
                      CorralError, NotFoundError, RateLimitError, SandboxFailedError,
                      SandboxTimeoutError, ServerError, StreamError, ValidationError)
 from .image import Image, ImageBuildError
+from .processes import ProcessExit, ProcessInfo, Processes
 from .sandbox import FileInfo, Files, Sandbox
 from .snapshot import AsyncSnapshot, Snapshot
 
@@ -14,5 +15,5 @@ __version__ = "0.1.0"
 __all__ = ["ArgumentError", "AsyncSandbox", "AsyncSnapshot", "AuthError", "Config",
            "ConfigError", "ConflictError", "CorralConnectionError", "CorralError", "ExecResult",
            "FileInfo", "Files", "Image", "ImageBuildError", "NotFoundError", "RateLimitError",
-           "RetryPolicy", "Sandbox", "SandboxFailedError", "SandboxTimeoutError", "ServerError",
+           "ProcessExit", "ProcessInfo", "Processes", "RetryPolicy", "Sandbox", "SandboxFailedError", "SandboxTimeoutError", "ServerError",
            "Snapshot", "StreamError", "ValidationError"]

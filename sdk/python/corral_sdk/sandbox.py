@@ -16,6 +16,7 @@ from . import _args as chk
 from . import _http as h
 from .config import Config
 from .errors import ArgumentError, CorralError, NotFoundError, SandboxTimeoutError
+from .processes import Processes
 
 OutputCallback = Callable[[str], Any]
 
@@ -163,6 +164,7 @@ class _SandboxBase:
     def __init__(self, driver: Any, info: dict):
         self._http, self.info = driver, info
         self.files = Files(self)
+        self.processes = Processes(self)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(id={self.id!r}, name={self.name!r}, state={self.state!r})"

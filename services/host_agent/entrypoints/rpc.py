@@ -34,8 +34,10 @@ def _code(e: Exception) -> str:
         return "invalid"
     if code == "ENOENT":
         return "not_found"
-    if code in ("EEXIST", "ENOTEMPTY", "EBUSY"):
+    if code in ("EEXIST", "ENOTEMPTY", "EBUSY", "EPIPE"):
         return "conflict"
+    if code == "EAGAIN":
+        return "busy"
     if code == "EFBIG":
         return "too_large"
     return "internal"

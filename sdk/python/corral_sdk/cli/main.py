@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from ..errors import CorralError
-from . import events, images, sandbox, snapshots
+from . import events, images, processes, sandbox, snapshots
 
 Parsers = dict[str, argparse.ArgumentParser]
 Plugin = Callable[[Any, Parsers], None]  # (subparsers, parsers by name)
@@ -32,6 +32,7 @@ def build_parser(plugins: Sequence[Plugin] | None = None) -> argparse.ArgumentPa
     sub = ap.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
     parsers: Parsers = {}
     sandbox.register(sub, parsers)
+    processes.register(sub, parsers)
     snapshots.register(sub, parsers)
     images.register(sub, parsers)
     events.register(sub, parsers)

@@ -1,0 +1,204 @@
+"""`sb.processes`: background processes and PTYs inside a sandbox.
+
+A process started here runs until it exits, is killed or its timeout ends;
+leaving its output stream does not stop it. `run` starts one and follows it
+to its end; `start` answers its pid at once, `wait` follows one by pid.
+"""
+from __future__ import annotations
+
+import base64
+import builtins
+import codecs
+import json
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Optional
+
+from . import _args as chk
+from . import _http as h
+from .errors import ArgumentError, NotFoundError, StreamError, error_from_problem
+from .sse import SSEDecoder
+
+SIGNALS = ("SIGHUP", "SIGINT", "SIGQUIT", "SIGKILL", "SIGUSR1", "SIGUSR2", "SIGTERM",
+           "SIGCONT", "SIGSTOP")
+
+
+@dataclass
+class ProcessInfo:
+    pid: int
+    cmd: List[str]
+    cwd: str
+    tag: Optional[str] = None
+    env: Dict[str, str] = field(default_factory=dict)
+    pty: bool = False
+    stdin: bool = False
+
+
+@dataclass
+class ProcessExit:
+    exit_code: Optional[int]  # -N: killed by signal N
+    timed_out: bool
+    duration_ms: int
+    pid: Optional[int] = None
+    stdout: str = ""
+    stderr: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == 0 and not self.timed_out
+
+
+def _follow(call: h.Call, on_start: Any, on_stdout: Any, on_stderr: Any, on_pty: Any,
+            keep: bool) -> h.Op:
+    resp = yield from h.request(call)
+    dec = SSEDecoder()
+    text = {"stdout": codecs.getincrementaldecoder("utf-8")("replace"),
+            "stderr": codecs.getincrementaldecoder("utf-8")("replace")}
+    kept: Dict[str, List[str]] = {"stdout": [], "stderr": []}
+    pid = None
+    while True:
+        chunk = yield h.Read(resp)
+        for ev in (dec.feed(chunk) if chunk else dec.close()):
+            if ev.event not in ("start", "stdout", "stderr", "pty", "exit", "error"):
+                continue
+            try:
+                doc = json.loads(ev.data)
+            except ValueError:
+                raise StreamError(f"malformed {ev.event} event: {ev.data[:200]!r}") from None
+            if ev.event == "error":
+                raise error_from_problem(int(doc.get("status") or 500), doc)
+            if ev.event == "start":
+                pid = doc.get("pid")
+                if on_start:
+                    yield h.Emit(on_start, pid)
+            elif ev.event == "exit":
+                return ProcessExit(doc.get("exit_code"), bool(doc.get("timed_out")),
+                                   int(doc.get("duration_ms") or 0), pid,
+                                   "".join(kept["stdout"]), "".join(kept["stderr"]))
+            else:
+                data = base64.b64decode(doc.get("data_b64") or "")
+                if ev.event == "pty":
+                    if on_pty:
+                        yield h.Emit(on_pty, data)  # type: ignore[arg-type]
+                    continue
+                s = text[ev.event].decode(data)
+                if keep:
+                    kept[ev.event].append(s)
+                cb = on_stdout if ev.event == "stdout" else on_stderr
+                if cb and s:
+                    yield h.Emit(cb, s)
+        if not chunk:
+            raise StreamError("process stream ended without an exit event",
+                              op_id=resp.headers.get("x-op-id"))
+
+
+class Processes:
+    def __init__(self, sandbox: Any):
+        self._sb = sandbox
+
+    def _path(self, *rest: Any) -> str:
+        return "/".join([f"/v1/sandboxes/{self._sb.id}/processes", *map(str, rest)])
+
+    def _body(self, cmd, env, cwd, user, tag, timeout, stdin, pty) -> Dict[str, Any]:
+        chk.check_argv("cmd", cmd)
+        chk.check_map("env", env)
+        chk.check_path("cwd", cwd, optional=True)
+        chk.check_str("user", user, optional=True)
+        chk.check_str("tag", tag, optional=True)
+        chk.check_seconds("timeout", timeout, optional=True)
+        body: Dict[str, Any] = {"cmd": ["sh", "-c", cmd] if isinstance(cmd, str) else list(cmd),
+                                "env": env or {}, "stdin": bool(stdin)}
+        for k, v in (("cwd", cwd), ("user", user), ("tag", tag), ("timeout_s", timeout)):
+            if v is not None:
+                body[k] = v
+        if pty is not None:
+            if not (isinstance(pty, tuple) and len(pty) == 2):
+                raise ArgumentError("pty must be (cols, rows)", param="pty")
+            chk.check_int("pty", pty[0], 1, 4096)
+            chk.check_int("pty", pty[1], 1, 4096)
+            body["pty"] = {"cols": pty[0], "rows": pty[1]}
+        return body
+
+    def start(self, cmd: builtins.list[str] | str, env: Optional[Dict[str, str]] = None,
+              cwd: Optional[str] = None, user: Optional[str] = None, tag: Optional[str] = None,
+              timeout: Optional[float] = None, stdin: bool = False,
+              pty: Optional[tuple] = None):
+        """Start it in the background and answer its pid (a str runs via `sh -c`;
+        `pty=(cols, rows)` runs it on a terminal, stdin then open)."""
+        body = self._body(cmd, env, cwd, user, tag, timeout, stdin, pty)
+        call = h.Call("POST", self._path(), json=body)
+        return self._sb._run(self._sb._then(h.request(call),
+                                            lambda r: int(h.parse_json(r)["pid"])))
+
+    def run(self, cmd: builtins.list[str] | str, env: Optional[Dict[str, str]] = None,
+            cwd: Optional[str] = None, user: Optional[str] = None, tag: Optional[str] = None,
+            timeout: Optional[float] = None, stdin: bool = False, pty: Optional[tuple] = None,
+            on_start: Optional[Callable[[int], Any]] = None,
+            on_stdout: Optional[Callable[[str], Any]] = None,
+            on_stderr: Optional[Callable[[str], Any]] = None,
+            on_pty: Optional[Callable[[bytes], Any]] = None):
+        """Start it and follow it to its end: `on_start(pid)` first (send it
+        input then), output to the callbacks; answers a ProcessExit (with the
+        output, decoded as UTF-8)."""
+        body = self._body(cmd, env, cwd, user, tag, timeout, stdin, pty)
+        call = h.Call("POST", self._path(), json=body, stream=True, timeout=60,
+                      headers={"Accept": "text/event-stream"})
+        return self._sb._run(_follow(call, on_start, on_stdout, on_stderr, on_pty, True))
+
+    def wait(self, pid: int, on_stdout: Optional[Callable[[str], Any]] = None,
+             on_stderr: Optional[Callable[[str], Any]] = None,
+             on_pty: Optional[Callable[[bytes], Any]] = None, timeout: float = 3600):
+        """Follow a running process from now on to its end (at most `timeout`)."""
+        chk.check_int("pid", pid, 1)
+        chk.check_seconds("timeout", timeout)
+        call = h.Call("GET", self._path(pid, "stream"), params={"stream_s": timeout},
+                      stream=True, timeout=60, headers={"Accept": "text/event-stream"})
+        return self._sb._run(_follow(call, None, on_stdout, on_stderr, on_pty, True))
+
+    def list(self):
+        """The background processes that run now."""
+        def parse(resp):
+            return [ProcessInfo(**{k: p.get(k) for k in ("pid", "cmd", "cwd", "tag")},
+                                env=p.get("env") or {}, pty=bool(p.get("pty")),
+                                stdin=bool(p.get("stdin")))
+                    for p in h.parse_json(resp).get("processes", [])]
+        return self._sb._run(self._sb._then(h.request(h.Call("GET", self._path()),
+                                                      self._sb._retry), parse))
+
+    def _post(self, pid: int, verb: str, **kw: Any):
+        chk.check_int("pid", pid, 1)
+        return self._sb._run(self._sb._then(h.request(h.Call("POST", self._path(pid, verb), **kw)),
+                                            lambda _: None))
+
+    def send_input(self, pid: int, data: bytes | str, eof: bool = False):
+        """Bytes (or UTF-8 text) for its stdin or terminal; `eof` closes stdin after."""
+        if not isinstance(data, (str, bytes, bytearray)):
+            raise ArgumentError(f"data must be str or bytes, got {type(data).__name__}",
+                                param="data")
+        raw = data.encode() if isinstance(data, str) else bytes(data)
+        return self._post(pid, "input", content=raw, params={"eof": "true" if eof else "false"},
+                          headers={"Content-Type": "application/octet-stream"})
+
+    def close_stdin(self, pid: int):
+        return self.send_input(pid, b"", eof=True)
+
+    def signal(self, pid: int, signal: str = "SIGTERM"):
+        if signal not in SIGNALS:
+            raise ArgumentError(f"signal must be one of {', '.join(SIGNALS)}", param="signal")
+        return self._post(pid, "signal", json={"signal": signal})
+
+    def resize(self, pid: int, cols: int, rows: int):
+        chk.check_int("cols", cols, 1, 4096)
+        chk.check_int("rows", rows, 1, 4096)
+        return self._post(pid, "resize", json={"cols": cols, "rows": rows})
+
+    def kill(self, pid: int):
+        """SIGKILL to it; False if it was not running."""
+        chk.check_int("pid", pid, 1)
+
+        def op() -> h.Op:
+            try:
+                yield from h.request(h.Call("DELETE", self._path(pid)))
+            except NotFoundError:
+                return False
+            return True
+        return self._sb._run(op())
