@@ -34,18 +34,22 @@ class HostClient(RpcClient):
         return await self.call(host_rpc_subject(host_id, "exec"), req, HostExecResult,
                                timeout=req.timeout_s + 15, max_bytes=MAX_REPLY)
 
-    async def exec_stream(self, host_id: str, req: HostExecStream
-                          ) -> AsyncGenerator[HostExecChunk, None]:
-        """Raises RpcFailure before any chunk arrives if the host refuses. The
-        iterator ends after an exit or error chunk, or raises StreamTimeout."""
-        stream = await open_stream(self.nc, host_rpc_subject(host_id, "exec.stream"), req,
-                                   timeout=15, max_bytes=64 << 10,
+    async def _accepted(self, subject: str, req: Any) -> Stream:
+        """A stream request, once the host answered `Done` (RpcFailure if not)."""
+        stream = await open_stream(self.nc, subject, req, timeout=15, max_bytes=64 << 10,
                                    pending_bytes=STREAM_PENDING)
         try:
             await stream.answer(Done)
         except BaseException:
             await stream.close()
             raise
+        return stream
+
+    async def exec_stream(self, host_id: str, req: HostExecStream
+                          ) -> AsyncGenerator[HostExecChunk, None]:
+        """Raises RpcFailure before any chunk arrives if the host refuses. The
+        iterator ends after an exit or error chunk, or raises StreamTimeout."""
+        stream = await self._accepted(host_rpc_subject(host_id, "exec.stream"), req)
         return _chunks(stream, time.monotonic() + req.timeout_s + 30)
 
     async def proc(self, host_id: str, req: HostProc) -> HostProcResult:
@@ -57,14 +61,7 @@ class HostClient(RpcClient):
         """A process's start, output and end (spawn or attach). Closing the
         iterator early detaches: the process runs on."""
         req = req.model_copy(update={"stream_id": secrets.token_urlsafe(24)})
-        stream = await open_stream(self.nc, host_rpc_subject(host_id, "proc.stream"), req,
-                                   timeout=15, max_bytes=64 << 10,
-                                   pending_bytes=STREAM_PENDING)
-        try:
-            await stream.answer(Done)
-        except BaseException:
-            await stream.close()
-            raise
+        stream = await self._accepted(host_rpc_subject(host_id, "proc.stream"), req)
 
         async def detach() -> None:
             try:
