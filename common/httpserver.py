@@ -73,7 +73,8 @@ async def serve_http(app: ASGIApp, host: str, port: int, stop: asyncio.Event,
     protocol = type("H11", (GuardedH11,), {"header_timeout_s": header_timeout_s})
     server = _Server(uvicorn.Config(app, host=host, port=port, log_config=None,
                                     access_log=False, lifespan="off", timeout_keep_alive=30,
-                                    http=protocol, limit_concurrency=max_concurrency,
+                                    http=protocol, ws="wsproto", ws_max_size=1 << 20,
+                                    limit_concurrency=max_concurrency,
                                     h11_max_incomplete_event_size=MAX_HEADER_BYTES))
     task = asyncio.ensure_future(server.serve())
     while not server.started and not task.done():  # noqa: ASYNC110 - uvicorn sets a flag only

@@ -16,13 +16,15 @@ MAX_INPUT = 1 << 20
 class HostProc(HostRequest):
     """`spawn` (cmd, env, cwd, user, tag, timeout_s, stdin, cols/rows for a
     PTY), `attach`, `input` (data_b64, eof), `signal`, `resize` (cols, rows),
-    `ps`; `detach` ends the stream `stream_id` (the process runs on).
+    `ps`; `detach` ends the stream `stream_id` (the process runs on);
+    `connect` opens a TCP connection to `port` on the guest's loopback, streamed
+    like a process (its pid then names it for `input`; `eof` half-closes).
     On `proc` the answer is HostProcResult; on `proc.stream` (spawn, attach)
     it is Done, then HostExecChunk messages: `start` (pid), `stdout`/`stderr`/
     `pty` (data_b64), then one `exit` or `error`. A stream ends after
     `stream_s` whatever happens (its process runs on)."""
-    action: Literal["spawn", "attach", "input", "signal", "resize", "ps", "detach"]
-    pid: int | None = Field(default=None, ge=1, le=1 << 22)
+    action: Literal["spawn", "attach", "input", "signal", "resize", "ps", "detach", "connect"]
+    pid: int | None = Field(default=None, ge=1, le=(1 << 31) - 1)
     cmd: list[str] = Field(default_factory=list, max_length=256)
     env: dict[str, str] = Field(default_factory=dict, max_length=128)
     cwd: str | None = Field(default=None, max_length=4096)
@@ -37,13 +39,15 @@ class HostProc(HostRequest):
     signal: Signal | None = None
     stream_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_-]{16,64}$")
     stream_s: float = Field(default=3600, gt=0, le=86400)
+    port: int | None = Field(default=None, ge=1, le=65535,
+                             description="connect: a TCP port on the guest's own loopback")
 
     @model_validator(mode="after")
     def _fields(self) -> HostProc:
         if (self.cols is None) != (self.rows is None):
             raise ValueError("give both cols and rows, or neither")
         needs = {"spawn": self.cmd, "signal": self.signal, "detach": self.stream_id,
-                 "resize": self.cols}
+                 "resize": self.cols, "connect": self.port}
         if self.action in needs and not needs[self.action]:
             raise ValueError(f"{self.action} needs its arguments")
         if self.action in ("attach", "input", "signal", "resize") and self.pid is None:

@@ -12,7 +12,9 @@ from __future__ import annotations
 import fcntl
 import os
 import selectors
+import itertools
 import signal
+import socket
 import struct
 import subprocess
 import termios
@@ -38,9 +40,10 @@ SIGNALS = {"SIGHUP": 1, "SIGINT": 2, "SIGQUIT": 3, "SIGKILL": 9, "SIGUSR1": 10,
 class Background:
     """One process: its output fds (fd -> stream), stdin fd and queue, attached ids."""
 
-    def __init__(self, popen: subprocess.Popen, h: dict, argv: list[str], cwd: str,
-                 master: int | None) -> None:
-        self.popen, self.pid, self.argv, self.cwd = popen, popen.pid, argv, cwd
+    def __init__(self, popen: subprocess.Popen | None, h: dict, argv: list[str], cwd: str,
+                 master: int | None, pid: int = 0) -> None:
+        self.popen, self.argv, self.cwd = popen, argv, cwd
+        self.pid = popen.pid if popen is not None else pid
         self.tag = str(h.get("tag") or "")[:256] or None
         self.env = dict(h.get("env") or {})
         self.master = master
@@ -58,6 +61,33 @@ class Background:
         return {"pid": self.pid, "argv": self.argv, "cwd": self.cwd, "tag": self.tag,
                 "env": self.env, "pty": self.master is not None,
                 "stdin": self.stdin_fd is not None}
+
+
+CONN_IDS = itertools.count(1 << 23)  # above every pid (pid_max is at most 2**22)
+
+
+class Conn(Background):
+    """A TCP connection to a port inside the guest (127.0.0.1 only), handled
+    as a process whose stdout is what it receives and stdin what it sends;
+    `eof` half-closes it. It ends when the peer closes."""
+
+    def __init__(self, sock: socket.socket, h: dict, port: int) -> None:
+        super().__init__(None, h, [f"tcp:{port}"], "/", None, next(CONN_IDS))
+        self.sock = sock
+        self.status = 0  # never reaped: it ends with its output
+        fd = sock.fileno()
+        self.out = {fd: "stdout"}
+        self.files = {fd: sock}
+        self.stdin_fd = os.dup(fd)
+
+
+def connect(h: dict) -> Conn:
+    port = h.get("port")
+    if type(port) is not int or not 1 <= port <= 65535:
+        raise P.GuestError("EINVAL", "port must be 1..65535")
+    sock = socket.create_connection(("127.0.0.1", port), timeout=2)  # loopback: instant
+    sock.setblocking(False)
+    return Conn(sock, h, port)
 
 
 def _winsize(fd: int, size: Any) -> None:
@@ -132,13 +162,21 @@ class Backgrounds:
     def op_spawn(self, rid: int, h: dict[str, Any], payload: bytes) -> None:
         """`attach` (default true): this request streams `started`, output and
         `exit`; else it is answered `ok` with the pid at once."""
+        self._run(rid, h, payload, lambda: start(h, self.env, self.defaults))
+
+    def op_connect(self, rid: int, h: dict[str, Any], payload: bytes) -> None:
+        """A connection to `port` on the guest's loopback, streamed like a spawn."""
+        self._run(rid, {**h, "attach": True}, payload, lambda: connect(h))
+
+    def _run(self, rid: int, h: dict[str, Any], payload: bytes,
+             make: Callable[[], Background]) -> None:
         if len(self.background) >= MAX_PROCS:
-            raise P.GuestError("EAGAIN", f"{MAX_PROCS} background processes run already")
+            raise P.GuestError("EAGAIN", f"{MAX_PROCS} processes and connections run already")
         timeout = h.get("timeout_s")
         if timeout is not None and not (isinstance(timeout, int | float) and
                                         0 < timeout <= 86400 * 30):
             raise P.GuestError("EINVAL", "timeout_s out of range")
-        bg = start(h, self.env, self.defaults)
+        bg = make()
         self.background[bg.pid] = bg
         for fd, stream in bg.out.items():
             os.set_blocking(fd, False)
@@ -166,15 +204,19 @@ class Backgrounds:
         """Ends the attached request `target` (the process runs on)."""
         target = h.get("target")
         found = False
-        for bg in self.background.values():
+        for bg in list(self.background.values()):
             if target in bg.subs:
                 bg.subs.discard(target)
                 found = True
+                if isinstance(bg, Conn) and not bg.subs:  # nobody left to read it
+                    self._end(bg)
         self.send({"id": rid, "type": "ok", "found": found})
 
     def detach_all(self) -> None:
-        for bg in self.background.values():
+        for bg in list(self.background.values()):
             bg.subs.clear()
+            if isinstance(bg, Conn):
+                self._end(bg)
 
     def op_input(self, rid: int, h: dict[str, Any], payload: bytes) -> None:
         self._queue_input(self._find(h), payload, bool(h.get("eof")))
@@ -183,6 +225,8 @@ class Backgrounds:
     def op_signal(self, rid: int, h: dict[str, Any], _p: bytes) -> None:
         bg = self._find(h)
         sig = SIGNALS.get(h.get("signal"))  # type: ignore[arg-type]
+        if isinstance(bg, Conn):
+            raise P.GuestError("EINVAL", "a connection takes no signals")
         if sig is None:
             raise P.GuestError("EINVAL", f"signal must be one of {sorted(SIGNALS)}")
         os.killpg(bg.pid, sig)
@@ -233,6 +277,11 @@ class Backgrounds:
         if bg.stdin_fd is not None:
             if bg.inbuf:
                 self.sel.unregister(bg.stdin_fd)
+            if isinstance(bg, Conn) and bg.out:
+                try:
+                    bg.sock.shutdown(socket.SHUT_WR)  # FIN: the dup alone would not send it
+                except OSError:
+                    pass
             _close(bg, bg.stdin_fd)
             bg.stdin_fd = None
             bg.inbuf.clear()
@@ -257,7 +306,9 @@ class Backgrounds:
             _close(bg, fd)
 
     def _expire(self, bg: Background) -> None:
-        if bg.status is None and self.background.get(bg.pid) is bg:
+        if isinstance(bg, Conn) and self.background.get(bg.pid) is bg:
+            self._end(bg)
+        elif bg.status is None and self.background.get(bg.pid) is bg:
             bg.timed_out = True
             try:
                 os.killpg(bg.pid, signal.SIGKILL)
@@ -268,7 +319,9 @@ class Backgrounds:
         bg = self.background.get(pid)
         if bg is None:
             return  # a reparented orphan
-        bg.status = bg.popen.returncode = code
+        bg.status = code
+        if bg.popen is not None:
+            bg.popen.returncode = code
         if bg.out:
             self.call_later(DRAIN_GRACE_S, lambda: self._end(bg))
         self._maybe_end(bg)

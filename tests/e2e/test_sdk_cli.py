@@ -31,6 +31,52 @@ def corral(st, *args, cwd, timeout=180, **kw) -> subprocess.CompletedProcess:
                           capture_output=True, timeout=timeout, **kw)
 
 
+WS_ECHO = r"""
+import base64, hashlib, socket, struct, threading
+GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", 8765))
+s.listen()
+
+def frame(op, data):
+    n = len(data)
+    size = bytes([n]) if n < 126 else (b"\x7e" + struct.pack(">H", n) if n < 65536
+                                       else b"\x7f" + struct.pack(">Q", n))
+    return bytes([0x80 | op]) + size + data
+
+def serve(c):
+    req = b""
+    while b"\r\n\r\n" not in req:
+        req += c.recv(4096)
+    lines = req.split(b"\r\n")
+    target = lines[0].split(b" ")[1]
+    key = [l.split(b":", 1)[1].strip() for l in lines if l.lower().startswith(b"sec-websocket-key:")][0]
+    acc = base64.b64encode(hashlib.sha1(key + GUID).digest())
+    c.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+              b"Sec-WebSocket-Accept: " + acc + b"\r\n\r\n")
+    f = c.makefile("rb")
+    while True:
+        b1, b2 = f.read(2)
+        op, n = b1 & 15, b2 & 127
+        if n == 126:
+            n = struct.unpack(">H", f.read(2))[0]
+        elif n == 127:
+            n = struct.unpack(">Q", f.read(8))[0]
+        mask = f.read(4)
+        data = bytes(x ^ mask[i % 4] for i, x in enumerate(f.read(n)))
+        if op == 8:
+            c.sendall(frame(8, b"\x03\xe8"))
+            c.close()
+            return
+        c.sendall(frame(op, b"echo:" + data + ((b" " + target) if op == 1 else b"")))
+
+while True:
+    c, _ = s.accept()
+    threading.Thread(target=serve, args=(c,), daemon=True).start()
+"""
+
+
 # ---- control plane (FAKE driver: no guest, so no exec/files here) ------------
 @pytest.fixture(scope="class")
 def fake(tmp_path_factory):
@@ -343,6 +389,52 @@ class TestOneMicroVM:
         r = corral(vm, "shell", box.id, "--user", "user", cwd=tmp_path,
                    input=b"echo hi-$((40+2)) $(id -un); exit 3\n")
         assert r.returncode == 3 and b"hi-42 user" in r.stdout, (r.stdout, r.stderr)
+
+    def test_port_urls_reach_http_and_websocket_servers_only_with_their_token(self, vm, box):
+        import httpx
+        from websockets.sync.client import connect as ws_connect
+        box.files.write("/root/www/index.html", "<h1>from the sandbox</h1>")
+        box.files.write("/root/ws_echo.py", WS_ECHO)
+        web = box.processes.start(["python3", "-m", "http.server", "8000", "--bind", "127.0.0.1",
+                                   "--directory", "/root/www"])
+        echo = box.processes.start(["python3", "/root/ws_echo.py"])
+        url = box.port_url(8000)
+        assert url.startswith(vm.api_url + f"/ports/{box.id}/8000/")
+        for _ in range(100):  # until it listens
+            r = httpx.get(url + "index.html", timeout=30)
+            if r.status_code != 502:
+                break
+            time.sleep(0.2)
+        assert r.status_code == 200 and r.text == "<h1>from the sandbox</h1>", r.text
+        assert r.headers["x-op-id"] and "text/html" in r.headers["content-type"]
+        assert httpx.get(url + "nope", timeout=30).status_code == 404  # the server's own 404
+        assert httpx.post(url, content=b"x", timeout=30).status_code == 501  # it has no POST
+        token = url.rstrip("/").rsplit("/", 1)[1]
+        bad = url.replace(token, token[:-3] + ("AAA" if not token.endswith("AAA") else "BBB"))
+        r = httpx.get(bad + "index.html", timeout=30)
+        assert r.status_code == 404 and r.json()["op_id"]
+        other = url.replace("/8000/", "/8001/")  # the token opens its own port only
+        assert httpx.get(other, timeout=30).status_code == 404
+        r = httpx.get(box.port_url(8001), timeout=30)  # exposed, but nothing listens
+        assert r.status_code == 502 and "port 8001" in r.json()["detail"]
+        ws_url = box.port_url(8765).replace("http://", "ws://") + "chat?x=1"
+        for _ in range(100):
+            try:
+                w = ws_connect(ws_url, open_timeout=30)
+                break
+            except Exception:  # noqa: BLE001 - not listening yet
+                time.sleep(0.2)
+        else:
+            raise AssertionError("the WebSocket server never answered")
+        with w:
+            w.send("hi")
+            assert w.recv(timeout=30) == "echo:hi /chat?x=1"
+            w.send(b"\x00\x01" * 40000)
+            assert w.recv(timeout=30) == b"echo:" + b"\x00\x01" * 40000
+        with pytest.raises(Exception):
+            ws_connect(ws_url.replace("/8765/", "/8000/"), open_timeout=30)
+        box.processes.kill(web)
+        box.processes.kill(echo)
 
     def test_files_write_read_list(self, box):
         blob = os.urandom(300_000)

@@ -147,3 +147,42 @@ async def test_bad_calls_are_refused_with_codes(driver):
             await driver.proc(SID, call, Sink() if call.action in ("spawn", "attach") else None)
         assert e.value.code == code, call
     await driver.proc(SID, ProcCall("signal", pid=ans.pid, signal="SIGKILL"))
+
+
+async def test_connect_reaches_the_guests_own_loopback_only(driver):
+    server = await driver.proc(SID, ProcCall("spawn", cmd=[
+        "python3", "-c", "import socket\n"
+        "s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
+        "s.bind(('127.0.0.1', 7007)); s.listen()\n"
+        "while True:\n"
+        "    c, _ = s.accept(); data = b''\n"
+        "    while not data.endswith(b'!'):\n"
+        "        data += c.recv(100)\n"
+        "    c.sendall(data.upper()); c.close()\n"], attach=False))
+    for _ in range(100):  # until it listens
+        sink = Sink()
+        try:
+            end = await driver.proc(SID, ProcCall("connect", port=7007, data=b"hi!"), sink)
+            break
+        except GuestError as e:
+            assert e.code == "ECONNREFUSED"
+            await asyncio.sleep(0.1)
+    else:
+        raise AssertionError("the server never listened")
+    assert sink.text("stdout") == "HI!" and end.exit.exit_code == 0
+    sink = Sink()
+    run = asyncio.create_task(driver.proc(SID, ProcCall("connect", port=7007, data=b"ab"),
+                                          sink))
+    await sink.until("start", "")
+    conn_id = sink.events[0].pid
+    assert conn_id not in [p.pid for p in (await driver.proc(SID, ProcCall("ps"))).procs]
+    with pytest.raises(GuestError) as e:
+        await driver.proc(SID, ProcCall("signal", pid=conn_id, signal="SIGKILL"))
+    assert e.value.code == "EINVAL"
+    await driver.proc(SID, ProcCall("input", pid=conn_id, data=b"cd!"))
+    end = await asyncio.wait_for(run, 30)
+    assert sink.text("stdout") == "ABCD!" and end.exit.exit_code == 0
+    with pytest.raises(GuestError) as e:
+        await driver.proc(SID, ProcCall("connect", port=7999), Sink())
+    assert e.value.code == "ECONNREFUSED"
+    await driver.proc(SID, ProcCall("signal", pid=server.pid, signal="SIGKILL"))

@@ -311,6 +311,14 @@ class _SandboxBase:
         from .snapshot import snapshot_op
         return self._run(snapshot_op(self, name, ttl_seconds, timeout))
 
+    def port_url(self, port: int):
+        """A URL that reaches `port` served inside the sandbox (HTTP and
+        WebSocket) while it runs; whoever holds it gets that port only."""
+        chk.check_int("port", port, 1, 65535)
+        call = h.Call("GET", f"/v1/sandboxes/{self.id}/ports/{port}/url")
+        return self._run(self._then(h.request(call, self._retry),
+                                    lambda r: str(h.parse_json(r)["url"])))
+
     def events(self):
         """The sandbox's own event history, oldest first (all pages)."""
         return self._run(_pages(h.Call("GET", f"/v1/sandboxes/{self.id}/events",

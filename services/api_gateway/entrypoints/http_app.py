@@ -26,6 +26,7 @@ from .event_routes import events_router
 from .fleet_routes import fleet_router
 from .image_routes import image_router
 from .io_routes import MAX_FILE, io_router
+from .port_routes import port_router
 from .process_routes import process_router
 from .middleware import EdgeMiddleware
 from .problems import RPC_STATUS, problem, problem_openapi
@@ -49,7 +50,8 @@ def create_app(ctx: GatewayContext) -> FastAPI:
                        body_idle_s=ctx.settings.http_body_idle_s)
     _errors(app)
     for router in (admin_router, billing_router, io_router, fleet_router, usage_router,
-                   snapshot_router, sandbox_router, events_router, image_router, process_router):
+                   snapshot_router, sandbox_router, events_router, image_router, process_router,
+                   port_router):
         app.include_router(router)
 
     e2b = FastAPI(title="Corral: the E2B-compatible API", version="1.0.0",

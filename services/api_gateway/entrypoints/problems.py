@@ -16,7 +16,7 @@ TITLES = {400: "Bad Request", 401: "Unauthorized", 402: "Payment Required", 403:
           503: "Service Unavailable", 504: "Gateway Timeout"}
 # A peer's stable error code (RpcFailure.code, a stream's error) as an HTTP status.
 RPC_STATUS = {"not_found": 404, "invalid": 422, "conflict": 409, "unauthorized": 401,
-              "too_large": 413}
+              "too_large": 413, "unreachable": 502}
 
 
 def problem(status: int, detail: str, op_id: str, code: str | None = None,

@@ -110,7 +110,8 @@ class FileListing:
 @dataclass(frozen=True)
 class ProcCall:
     """A background process call: spawn (`attach`: then its output streams),
-    attach, detach-free input (`data`, `eof`), signal, resize (`pty`), ps."""
+    attach, input (`data`, `eof`), signal, resize (`pty`), ps; or connect (a
+    TCP connection to `port` inside the guest, streamed like a process)."""
     action: str
     pid: int | None = None
     cmd: list[str] = field(default_factory=list)
@@ -125,6 +126,7 @@ class ProcCall:
     eof: bool = False
     signal: str | None = None
     attach: bool = True
+    port: int | None = None  # connect: a TCP port on the guest's loopback
 
 
 @dataclass(frozen=True)

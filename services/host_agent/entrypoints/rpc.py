@@ -38,6 +38,8 @@ def _code(e: Exception) -> str:
         return "conflict"
     if code == "EAGAIN":
         return "busy"
+    if code in ("ECONNREFUSED", "ETIMEDOUT", "ECONNRESET", "EHOSTUNREACH"):
+        return "unreachable"
     if code == "EFBIG":
         return "too_large"
     return "internal"
@@ -73,7 +75,8 @@ def _proc_call(req: HostProc, attach: bool) -> ProcCall:
     return ProcCall(req.action, pid=req.pid, cmd=req.cmd, env=req.env, cwd=req.cwd,
                     user=req.user, tag=req.tag, timeout_s=req.timeout_s, stdin=req.stdin,
                     pty=(req.cols, req.rows) if req.cols and req.rows else None,
-                    data=req.data(), eof=req.eof, signal=req.signal, attach=attach)
+                    data=req.data(), eof=req.eof, signal=req.signal, attach=attach,
+                    port=req.port)
 
 
 def routes(ctx: HostAgentContext) -> dict[str, Route]:
@@ -115,16 +118,16 @@ def routes(ctx: HostAgentContext) -> dict[str, Route]:
             if work is not None:
                 work.cancel()
             return HostProcResult(found=work is not None)
-        if req.action == "attach":
-            raise Refused("invalid", "attach is streamed: call proc.stream")
+        if req.action in ("attach", "connect"):
+            raise Refused("invalid", f"{req.action} is streamed: call proc.stream")
         ans = await svc.proc(req.sandbox_id, req.org_id, _proc_call(req, attach=False))
         return HostProcResult(pid=ans.pid, procs=None if ans.procs is None else [
             HostProcInfo(pid=p.pid, cmd=p.cmd, cwd=p.cwd, tag=p.tag, env=p.env, pty=p.pty,
                          stdin=p.stdin) for p in ans.procs])
 
     async def proc_stream(req: HostProc) -> Reply:
-        if req.action not in ("spawn", "attach"):
-            raise Refused("invalid", "only spawn and attach stream")
+        if req.action not in ("spawn", "attach", "connect"):
+            raise Refused("invalid", "only spawn, attach and connect stream")
         await svc.running(req.sandbox_id, req.org_id)
         return Reply(Done(), then=functools.partial(_proc_stream, ctx, req, streams))
 

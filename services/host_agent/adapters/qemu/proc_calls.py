@@ -36,6 +36,11 @@ def _header(call: ProcCall) -> dict[str, Any]:
         return h
     if call.action == "ps":
         return {"op": "ps"}
+    if call.action == "connect":
+        if call.port is None or not 1 <= call.port <= 65535:
+            raise GuestError("EINVAL", "port must be 1..65535")
+        return {"op": "connect", "port": call.port,
+                **({"timeout_s": call.timeout_s} if call.timeout_s else {})}
     if call.pid is None:
         raise GuestError("EINVAL", f"{call.action} needs a pid")
     h = {"op": call.action, "pid": call.pid}
@@ -77,7 +82,7 @@ class ProcCalls:
         header = _header(call)
         if len(call.data) > P.MAX_PAYLOAD:
             raise GuestError("EFBIG", "input larger than one frame")
-        if on_event is not None and call.action in ("spawn", "attach"):
+        if on_event is not None and call.action in ("spawn", "attach", "connect"):
             return await self._proc_stream(header, call.data, on_event)
         if call.action == "spawn":
             header["attach"] = False
