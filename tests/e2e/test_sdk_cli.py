@@ -436,6 +436,44 @@ class TestOneMicroVM:
         box.processes.kill(web)
         box.processes.kill(echo)
 
+    def test_pty_over_a_websocket(self, vm, box):
+        from websockets.sync.client import connect as ws_connect
+        url = vm.api_url.replace("http://", "ws://") + f"/v1/sandboxes/{box.id}/pty"
+        auth = {"Authorization": f"Bearer {vm.creds.api_key}"}
+
+        def until(w, needle: bytes, seen: bytearray) -> None:
+            while needle not in seen:
+                msg = w.recv(timeout=30)
+                if isinstance(msg, bytes):
+                    seen += msg
+
+        with ws_connect(url + "?cols=70&rows=21&user=user", additional_headers=auth) as w:
+            pid = json.loads(w.recv(timeout=30))["pid"]
+            assert pid in {p.pid for p in box.processes.list()}
+            seen = bytearray()
+            w.send(b"stty size; id -un\n")
+            until(w, b"21 70\r\nuser", seen)
+            w.send(json.dumps({"resize": {"cols": 101, "rows": 33}}))
+            w.send(json.dumps({"resize": {"cols": 0, "rows": 33}}))  # refused, session goes on
+            msg = w.recv(timeout=30)
+            while isinstance(msg, bytes):  # the terminal may speak first
+                seen += msg
+                msg = w.recv(timeout=30)
+            assert "cols" in json.loads(msg)["error"]
+            w.send(b"stty size\n")
+            until(w, b"33 101", seen)
+        # leaving detached it; it runs on, and a new socket attaches to it
+        with ws_connect(url.replace("/pty", f"/processes/{pid}/pty"), additional_headers=auth) as w:
+            assert json.loads(w.recv(timeout=30)) == {"pid": pid}
+            w.send(b"exit 6\n")
+            while True:
+                msg = w.recv(timeout=30)
+                if isinstance(msg, str) and "exit_code" in msg:
+                    assert json.loads(msg)["exit_code"] == 6
+                    break
+        with pytest.raises(Exception):  # no key, no terminal
+            ws_connect(url, open_timeout=30)
+
     def test_files_write_read_list(self, box):
         blob = os.urandom(300_000)
         box.files.write("/root/sdk/blob.bin", blob)
