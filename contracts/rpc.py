@@ -150,7 +150,7 @@ class HostExecStream(HostExec):
 class HostExecChunk(RpcModel):
     """One message of a streamed exec: a chunk, then exactly one `exit` or
     `error`; `seq` counts them from 0 so a reader can tell it lost some."""
-    stream: Literal["stdout", "stderr", "pty", "start", "exit", "error"]
+    stream: Literal["stdout", "stderr", "pty", "events", "start", "exit", "error"]
     seq: int = Field(default=0, ge=0)
     data: str = ""
     data_b64: str | None = Field(default=None, description="a process stream's output bytes")

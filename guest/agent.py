@@ -37,7 +37,8 @@ else:  # inside the guest: the modules sit side by side
 
 AGENT = "corral-guest/1"
 OPS = ["hello", "ping", "configure", "exec", "cancel", "put", "get", "list", "fs",
-       "spawn", "attach", "detach", "input", "signal", "resize", "ps", "connect"]
+       "spawn", "attach", "detach", "input", "signal", "resize", "ps", "connect",
+       "watch", "poll", "close"]
 BASE_ENV = {
     "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
     "HOME": "/root",

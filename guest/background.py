@@ -10,9 +10,11 @@ stdin is queued (at most MAX_INPUT bytes waiting)."""
 from __future__ import annotations
 
 import fcntl
+import functools
+import itertools
+import json
 import os
 import selectors
-import itertools
 import signal
 import socket
 import struct
@@ -56,6 +58,14 @@ class Background:
         self.status: int | None = None
         self.timed_out = False
         self.started = time.monotonic()
+        self.ends_unattended = False  # ended when its last attached request leaves
+
+    def render(self, data: bytes) -> bytes:
+        return data  # what its output fds give, as it goes out
+
+    @property
+    def gone(self) -> bool:
+        return False
 
     def info(self) -> dict[str, Any]:
         return {"pid": self.pid, "argv": self.argv, "cwd": self.cwd, "tag": self.tag,
@@ -75,6 +85,7 @@ class Conn(Background):
         super().__init__(None, h, [f"tcp:{port}"], "/", None, next(CONN_IDS))
         self.sock = sock
         self.status = 0  # never reaped: it ends with its output
+        self.ends_unattended = True
         fd = sock.fileno()
         self.out = {fd: "stdout"}
         self.files = {fd: sock}
@@ -154,7 +165,8 @@ class Backgrounds:
     def call_later(self, delay: float, fn: Callable[[], None]) -> None: ...
 
     def _find(self, h: dict) -> Background:
-        bg = self.background.get(h.get("pid")) if type(h.get("pid")) is int else None
+        pid = h.get("pid")
+        bg = self.background.get(pid) if isinstance(pid, int) else None
         if bg is None:
             raise P.GuestError("ENOENT", f"no process {h.get('pid')!r} is running")
         return bg
@@ -185,7 +197,7 @@ class Backgrounds:
         if bg.stdin_fd is not None:
             os.set_blocking(bg.stdin_fd, False)
         if timeout:
-            self.call_later(float(timeout), lambda b=bg: self._expire(b))
+            self.call_later(float(timeout), functools.partial(self._expire, bg))
         if h.get("attach", True):
             self.op_attach(rid, {"pid": bg.pid}, b"")
         else:
@@ -208,14 +220,14 @@ class Backgrounds:
             if target in bg.subs:
                 bg.subs.discard(target)
                 found = True
-                if isinstance(bg, Conn) and not bg.subs:  # nobody left to read it
+                if bg.ends_unattended and not bg.subs:  # nobody left to read it
                     self._end(bg)
         self.send({"id": rid, "type": "ok", "found": found})
 
     def detach_all(self) -> None:
         for bg in list(self.background.values()):
             bg.subs.clear()
-            if isinstance(bg, Conn):
+            if bg.ends_unattended:
                 self._end(bg)
 
     def op_input(self, rid: int, h: dict[str, Any], payload: bytes) -> None:
@@ -225,11 +237,37 @@ class Backgrounds:
     def op_signal(self, rid: int, h: dict[str, Any], _p: bytes) -> None:
         bg = self._find(h)
         sig = SIGNALS.get(h.get("signal"))  # type: ignore[arg-type]
-        if isinstance(bg, Conn):
-            raise P.GuestError("EINVAL", "a connection takes no signals")
+        if bg.popen is None:
+            raise P.GuestError("EINVAL", "only a process takes signals (this one: close)")
         if sig is None:
             raise P.GuestError("EINVAL", f"signal must be one of {sorted(SIGNALS)}")
         os.killpg(bg.pid, sig)
+        self.send({"id": rid, "type": "ok"})
+
+    def op_watch(self, rid: int, h: dict[str, Any], _p: bytes) -> None:
+        """Events under a directory: streamed to this request (`attach`, the
+        default; it ends when nobody is attached), or kept for `poll`."""
+        if TYPE_CHECKING or __package__:
+            from .watch import Watch
+        else:
+            from watch import Watch
+        self._run(rid, h, b"", lambda: Watch(h))
+
+    def op_poll(self, rid: int, h: dict[str, Any], _p: bytes) -> None:
+        bg = self._find(h)
+        take = getattr(bg, "take", None)
+        if take is None:
+            raise P.GuestError("EINVAL", "not a watch")
+        events, overflowed = take()
+        self.send({"id": rid, "type": "ok", "count": len(events), "overflowed": overflowed},
+                  json.dumps(events, ensure_ascii=False).encode("utf-8", "surrogateescape"))
+
+    def op_close(self, rid: int, h: dict[str, Any], _p: bytes) -> None:
+        """Ends a watch or a connection (a process: `signal`)."""
+        bg = self._find(h)
+        if bg.popen is not None:
+            raise P.GuestError("EINVAL", "a process ends by a signal")
+        self._end(bg)
         self.send({"id": rid, "type": "ok"})
 
     def op_resize(self, rid: int, h: dict[str, Any], _p: bytes) -> None:
@@ -297,8 +335,11 @@ class Backgrounds:
             self._close_output(bg, fd)
             self._maybe_end(bg)
             return
-        for rid in bg.subs:
+        data = bg.render(data)
+        for rid in bg.subs if data else ():
             self.send({"id": rid, "type": "out", "stream": stream}, data)
+        if bg.gone:
+            self._end(bg)
 
     def _close_output(self, bg: Background, fd: int) -> None:
         if bg.out.pop(fd, None) is not None:

@@ -6,6 +6,7 @@ the FAKE driver; commands and files (envd, served by the gateway) in one real
 QEMU microVM."""
 import json
 import os
+import time
 import uuid
 from datetime import UTC, datetime
 
@@ -247,3 +248,30 @@ class TestEnvd:
         assert ei.value.exit_code == 5
         text = b"".join(out).decode(errors="replace")
         assert "24 80" in text and "\nuser" in text and "40 120" in text, text
+
+    def test_watch_dir(self, vm_box):
+        from e2b import FilesystemEventType as T
+        fs = vm_box.files
+        fs.make_dir("/root/wd")
+        handle = fs.watch_dir("/root/wd", recursive=True)
+        fs.write("/root/wd/a.txt", "x")
+        vm_box.commands.run("mkdir /root/wd/s && sleep 0.3 && echo y > /root/wd/s/b && "
+                            "chmod 600 /root/wd/s/b && rm /root/wd/a.txt")
+        events: list = []
+        for _ in range(100):
+            events += handle.get_new_events()
+            if ("a.txt", T.REMOVE) in {(e.name, e.type) for e in events}:
+                break
+            time.sleep(0.1)
+        handle.stop()
+        seen = {(e.name, e.type) for e in events}
+        for want in (("a.txt", T.CREATE), ("s", T.CREATE), ("s/b", T.CREATE), ("s/b", T.WRITE),
+                     ("s/b", T.CHMOD), ("a.txt", T.REMOVE)):
+            assert want in seen, (want, seen)
+        from connectrpc.code import Code
+        from connectrpc.errors import ConnectError
+        from e2b.envd.filesystem import filesystem_pb
+        with pytest.raises(ConnectError) as ei:  # stopped: the guest forgot it
+            fs._rpc.get_watcher_events(filesystem_pb.GetWatcherEventsRequest(
+                watcher_id=handle._watcher_id))
+        assert ei.value.code == Code.NOT_FOUND

@@ -392,6 +392,7 @@ class TestOneMicroVM:
 
     def test_port_urls_reach_http_and_websocket_servers_only_with_their_token(self, vm, box):
         import httpx
+        from websockets.exceptions import InvalidHandshake
         from websockets.sync.client import connect as ws_connect
         box.files.write("/root/www/index.html", "<h1>from the sandbox</h1>")
         box.files.write("/root/ws_echo.py", WS_ECHO)
@@ -431,12 +432,13 @@ class TestOneMicroVM:
             assert w.recv(timeout=30) == "echo:hi /chat?x=1"
             w.send(b"\x00\x01" * 40000)
             assert w.recv(timeout=30) == b"echo:" + b"\x00\x01" * 40000
-        with pytest.raises(Exception):
+        with pytest.raises(InvalidHandshake):
             ws_connect(ws_url.replace("/8765/", "/8000/"), open_timeout=30)
         box.processes.kill(web)
         box.processes.kill(echo)
 
     def test_pty_over_a_websocket(self, vm, box):
+        from websockets.exceptions import InvalidHandshake
         from websockets.sync.client import connect as ws_connect
         url = vm.api_url.replace("http://", "ws://") + f"/v1/sandboxes/{box.id}/pty"
         auth = {"Authorization": f"Bearer {vm.creds.api_key}"}
@@ -471,8 +473,30 @@ class TestOneMicroVM:
                 if isinstance(msg, str) and "exit_code" in msg:
                     assert json.loads(msg)["exit_code"] == 6
                     break
-        with pytest.raises(Exception):  # no key, no terminal
+        with pytest.raises(InvalidHandshake):  # no key, no terminal
             ws_connect(url, open_timeout=30)
+
+    def test_files_watch_streams_changes(self, box):
+        box.files.make_dir("/root/sdkw")
+        got: list = []
+
+        def on_event(e):
+            got.append(e)
+            return e != {"name": "d/m", "op": "create"}  # False: stop there
+        follower = threading.Thread(target=lambda: box.files.watch(
+            "/root/sdkw", on_event, recursive=True, timeout=120))
+        follower.start()
+        for i in range(100):  # until the watch sees something
+            box.exec(f"touch /root/sdkw/ping{i}")
+            if got:
+                break
+            time.sleep(0.2)
+        box.exec("mkdir /root/sdkw/d && sleep 0.3 && touch /root/sdkw/d/m")
+        follower.join(60)
+        assert not follower.is_alive() and got[-1] == {"name": "d/m", "op": "create"}
+        assert {"name": "d", "op": "create"} in got
+        with pytest.raises(NotFoundError):
+            box.files.watch("/root/no-such-dir", timeout=5)
 
     def test_files_write_read_list(self, box):
         blob = os.urandom(300_000)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 
 import pytest
@@ -186,3 +187,41 @@ async def test_connect_reaches_the_guests_own_loopback_only(driver):
         await driver.proc(SID, ProcCall("connect", port=7999), Sink())
     assert e.value.code == "ECONNREFUSED"
     await driver.proc(SID, ProcCall("signal", pid=server.pid, signal="SIGKILL"))
+
+
+async def test_watch_streams_events_and_follows_new_subdirectories(driver):
+    await driver.proc(SID, ProcCall("spawn", cmd=["mkdir", "-p", "/root/w"]), Sink())
+    sink = Sink()
+    run = asyncio.create_task(driver.proc(SID, ProcCall("watch", path="/root/w",
+                                                        recursive=True), sink))
+    await sink.until("start", "")
+    await driver.proc(SID, ProcCall("spawn", cmd=["sh", "-c",
+        "echo a > /root/w/f; mkdir /root/w/sub; sleep 0.3; echo b > /root/w/sub/g;"
+        "mv /root/w/f /root/w/f2; chmod 600 /root/w/f2; rm /root/w/sub/g"]), Sink())
+    await sink.until("events", '"name": "sub/g", "op": "remove"')
+    lines = [json.loads(x) for x in sink.text("events").splitlines()]
+    for want in ({"name": "f", "op": "create"}, {"name": "f", "op": "write"},
+                 {"name": "sub", "op": "create"}, {"name": "sub/g", "op": "create"},
+                 {"name": "f", "op": "rename"}, {"name": "f2", "op": "create"},
+                 {"name": "f2", "op": "chmod"}, {"name": "sub/g", "op": "remove"}):
+        assert want in lines, (want, lines)
+    await driver.proc(SID, ProcCall("spawn", cmd=["rm", "-r", "/root/w"]), Sink())
+    end = await asyncio.wait_for(run, 30)  # its directory went: the watch ends
+    assert end.exit is not None
+
+
+async def test_a_polled_watch_keeps_events_until_asked(driver):
+    await driver.proc(SID, ProcCall("spawn", cmd=["mkdir", "-p", "/root/p"]), Sink())
+    w = await driver.proc(SID, ProcCall("watch", path="/root/p", attach=False))
+    await driver.proc(SID, ProcCall("spawn", cmd=["touch", "/root/p/x"]), Sink())
+    got = (await driver.proc(SID, ProcCall("poll", pid=w.pid))).events
+    assert {"name": "x", "op": "create"} in got
+    assert (await driver.proc(SID, ProcCall("poll", pid=w.pid))).events == []
+    await driver.proc(SID, ProcCall("close", pid=w.pid))
+    with pytest.raises(GuestError) as e:
+        await driver.proc(SID, ProcCall("poll", pid=w.pid))
+    assert e.value.code == "ENOENT"
+    for path, code in (("/root/p/x", "ENOTDIR"), ("/root/none", "ENOENT")):
+        with pytest.raises(GuestError) as e:
+            await driver.proc(SID, ProcCall("watch", path=path, attach=False))
+        assert e.value.code == code

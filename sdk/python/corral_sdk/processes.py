@@ -11,7 +11,8 @@ import builtins
 import codecs
 import json
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional
+from collections.abc import Callable
+from typing import Any
 
 from . import _args as chk
 from . import _http as h
@@ -25,20 +26,20 @@ SIGNALS = ("SIGHUP", "SIGINT", "SIGQUIT", "SIGKILL", "SIGUSR1", "SIGUSR2", "SIGT
 @dataclass
 class ProcessInfo:
     pid: int
-    cmd: List[str]
+    cmd: list[str]
     cwd: str
-    tag: Optional[str] = None
-    env: Dict[str, str] = field(default_factory=dict)
+    tag: str | None = None
+    env: dict[str, str] = field(default_factory=dict)
     pty: bool = False
     stdin: bool = False
 
 
 @dataclass
 class ProcessExit:
-    exit_code: Optional[int]  # -N: killed by signal N
+    exit_code: int | None  # -N: killed by signal N
     timed_out: bool
     duration_ms: int
-    pid: Optional[int] = None
+    pid: int | None = None
     stdout: str = ""
     stderr: str = ""
 
@@ -47,45 +48,54 @@ class ProcessExit:
         return self.exit_code == 0 and not self.timed_out
 
 
-def _follow(call: h.Call, on_start: Any, on_stdout: Any, on_stderr: Any, on_pty: Any,
-            keep: bool) -> h.Op:
+class _Follower:
+    """Folds a process stream's events: output to callbacks (stdout and stderr
+    decoded as UTF-8, kept), the pid, and the exit."""
+
+    def __init__(self, callbacks: dict[str, Any], keep: bool) -> None:
+        self.cb, self.keep = callbacks, keep
+        self.text = {s: codecs.getincrementaldecoder("utf-8")("replace")
+                     for s in ("stdout", "stderr")}
+        self.kept: dict[str, list[str]] = {"stdout": [], "stderr": []}
+        self.pid: int | None = None
+        self.exit: ProcessExit | None = None
+
+    def on(self, ev: Any) -> h.Op:
+        if ev.event not in ("start", "stdout", "stderr", "pty", "exit", "error"):
+            return
+        try:
+            doc = json.loads(ev.data)
+        except ValueError:
+            raise StreamError(f"malformed {ev.event} event: {ev.data[:200]!r}") from None
+        if ev.event == "error":
+            raise error_from_problem(int(doc.get("status") or 500), doc)
+        if ev.event == "exit":
+            self.exit = ProcessExit(doc.get("exit_code"), bool(doc.get("timed_out")),
+                                    int(doc.get("duration_ms") or 0), self.pid,
+                                    "".join(self.kept["stdout"]), "".join(self.kept["stderr"]))
+            return
+        if ev.event == "start":
+            self.pid = doc.get("pid")
+            out: Any = self.pid
+        else:
+            out = base64.b64decode(doc.get("data_b64") or "")
+            if ev.event != "pty":
+                out = self.text[ev.event].decode(out)
+                if self.keep:
+                    self.kept[ev.event].append(out)
+        if self.cb.get(ev.event) and (out or ev.event == "start"):
+            yield h.Emit(self.cb[ev.event], out)
+
+
+def _follow(call: h.Call, callbacks: dict[str, Any], keep: bool) -> h.Op:
     resp = yield from h.request(call)
-    dec = SSEDecoder()
-    text = {"stdout": codecs.getincrementaldecoder("utf-8")("replace"),
-            "stderr": codecs.getincrementaldecoder("utf-8")("replace")}
-    kept: Dict[str, List[str]] = {"stdout": [], "stderr": []}
-    pid = None
+    dec, fold = SSEDecoder(), _Follower(callbacks, keep)
     while True:
         chunk = yield h.Read(resp)
         for ev in (dec.feed(chunk) if chunk else dec.close()):
-            if ev.event not in ("start", "stdout", "stderr", "pty", "exit", "error"):
-                continue
-            try:
-                doc = json.loads(ev.data)
-            except ValueError:
-                raise StreamError(f"malformed {ev.event} event: {ev.data[:200]!r}") from None
-            if ev.event == "error":
-                raise error_from_problem(int(doc.get("status") or 500), doc)
-            if ev.event == "start":
-                pid = doc.get("pid")
-                if on_start:
-                    yield h.Emit(on_start, pid)
-            elif ev.event == "exit":
-                return ProcessExit(doc.get("exit_code"), bool(doc.get("timed_out")),
-                                   int(doc.get("duration_ms") or 0), pid,
-                                   "".join(kept["stdout"]), "".join(kept["stderr"]))
-            else:
-                data = base64.b64decode(doc.get("data_b64") or "")
-                if ev.event == "pty":
-                    if on_pty:
-                        yield h.Emit(on_pty, data)  # type: ignore[arg-type]
-                    continue
-                s = text[ev.event].decode(data)
-                if keep:
-                    kept[ev.event].append(s)
-                cb = on_stdout if ev.event == "stdout" else on_stderr
-                if cb and s:
-                    yield h.Emit(cb, s)
+            yield from fold.on(ev)
+            if fold.exit is not None:
+                return fold.exit
         if not chunk:
             raise StreamError("process stream ended without an exit event",
                               op_id=resp.headers.get("x-op-id"))
@@ -98,14 +108,14 @@ class Processes:
     def _path(self, *rest: Any) -> str:
         return "/".join([f"/v1/sandboxes/{self._sb.id}/processes", *map(str, rest)])
 
-    def _body(self, cmd, env, cwd, user, tag, timeout, stdin, pty) -> Dict[str, Any]:
+    def _body(self, cmd, env, cwd, user, tag, timeout, stdin, pty) -> dict[str, Any]:
         chk.check_argv("cmd", cmd)
         chk.check_map("env", env)
         chk.check_path("cwd", cwd, optional=True)
         chk.check_str("user", user, optional=True)
         chk.check_str("tag", tag, optional=True)
         chk.check_seconds("timeout", timeout, optional=True)
-        body: Dict[str, Any] = {"cmd": ["sh", "-c", cmd] if isinstance(cmd, str) else list(cmd),
+        body: dict[str, Any] = {"cmd": ["sh", "-c", cmd] if isinstance(cmd, str) else list(cmd),
                                 "env": env or {}, "stdin": bool(stdin)}
         for k, v in (("cwd", cwd), ("user", user), ("tag", tag), ("timeout_s", timeout)):
             if v is not None:
@@ -118,10 +128,10 @@ class Processes:
             body["pty"] = {"cols": pty[0], "rows": pty[1]}
         return body
 
-    def start(self, cmd: builtins.list[str] | str, env: Optional[Dict[str, str]] = None,
-              cwd: Optional[str] = None, user: Optional[str] = None, tag: Optional[str] = None,
-              timeout: Optional[float] = None, stdin: bool = False,
-              pty: Optional[tuple] = None):
+    def start(self, cmd: builtins.list[str] | str, env: dict[str, str] | None = None,
+              cwd: str | None = None, user: str | None = None, tag: str | None = None,
+              timeout: float | None = None, stdin: bool = False,
+              pty: tuple | None = None):
         """Start it in the background and answer its pid (a str runs via `sh -c`;
         `pty=(cols, rows)` runs it on a terminal, stdin then open)."""
         body = self._body(cmd, env, cwd, user, tag, timeout, stdin, pty)
@@ -129,30 +139,32 @@ class Processes:
         return self._sb._run(self._sb._then(h.request(call),
                                             lambda r: int(h.parse_json(r)["pid"])))
 
-    def run(self, cmd: builtins.list[str] | str, env: Optional[Dict[str, str]] = None,
-            cwd: Optional[str] = None, user: Optional[str] = None, tag: Optional[str] = None,
-            timeout: Optional[float] = None, stdin: bool = False, pty: Optional[tuple] = None,
-            on_start: Optional[Callable[[int], Any]] = None,
-            on_stdout: Optional[Callable[[str], Any]] = None,
-            on_stderr: Optional[Callable[[str], Any]] = None,
-            on_pty: Optional[Callable[[bytes], Any]] = None):
+    def run(self, cmd: builtins.list[str] | str, env: dict[str, str] | None = None,
+            cwd: str | None = None, user: str | None = None, tag: str | None = None,
+            timeout: float | None = None, stdin: bool = False, pty: tuple | None = None,
+            on_start: Callable[[int], Any] | None = None,
+            on_stdout: Callable[[str], Any] | None = None,
+            on_stderr: Callable[[str], Any] | None = None,
+            on_pty: Callable[[bytes], Any] | None = None):
         """Start it and follow it to its end: `on_start(pid)` first (send it
         input then), output to the callbacks; answers a ProcessExit (with the
         output, decoded as UTF-8)."""
         body = self._body(cmd, env, cwd, user, tag, timeout, stdin, pty)
         call = h.Call("POST", self._path(), json=body, stream=True, timeout=60,
                       headers={"Accept": "text/event-stream"})
-        return self._sb._run(_follow(call, on_start, on_stdout, on_stderr, on_pty, True))
+        return self._sb._run(_follow(call, {"start": on_start, "stdout": on_stdout,
+                                            "stderr": on_stderr, "pty": on_pty}, True))
 
-    def wait(self, pid: int, on_stdout: Optional[Callable[[str], Any]] = None,
-             on_stderr: Optional[Callable[[str], Any]] = None,
-             on_pty: Optional[Callable[[bytes], Any]] = None, timeout: float = 3600):
+    def wait(self, pid: int, on_stdout: Callable[[str], Any] | None = None,
+             on_stderr: Callable[[str], Any] | None = None,
+             on_pty: Callable[[bytes], Any] | None = None, timeout: float = 3600):
         """Follow a running process from now on to its end (at most `timeout`)."""
         chk.check_int("pid", pid, 1)
         chk.check_seconds("timeout", timeout)
         call = h.Call("GET", self._path(pid, "stream"), params={"stream_s": timeout},
                       stream=True, timeout=60, headers={"Accept": "text/event-stream"})
-        return self._sb._run(_follow(call, None, on_stdout, on_stderr, on_pty, True))
+        return self._sb._run(_follow(call, {"stdout": on_stdout, "stderr": on_stderr,
+                                            "pty": on_pty}, True))
 
     def list(self):
         """The background processes that run now."""

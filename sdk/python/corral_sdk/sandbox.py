@@ -6,6 +6,7 @@ runs it to a value, the async driver returns a coroutine to await.
 from __future__ import annotations
 
 import builtins
+import json
 import time
 import uuid
 from collections.abc import Callable
@@ -15,8 +16,10 @@ from typing import Any
 from . import _args as chk
 from . import _http as h
 from .config import Config
-from .errors import ArgumentError, CorralError, NotFoundError, SandboxTimeoutError
+from .errors import (ArgumentError, CorralError, NotFoundError, SandboxTimeoutError, StreamError,
+                     error_from_problem)
 from .processes import Processes
+from .sse import SSEDecoder
 
 OutputCallback = Callable[[str], Any]
 
@@ -122,6 +125,19 @@ class Files:
         call = h.Call("GET", self._path() + "/stat", params={"path": path})
         return self._sb._run(_exists(call, f"/v1/sandboxes/{self._sb.id}", self._sb._retry))
 
+    def watch(self, path: str, on_event: Callable[[dict], Any] | None = None,
+              recursive: bool = False, timeout: float = 60):
+        """Follow changes under a directory for `timeout` seconds (or until it
+        is removed, or `on_event` returns False): each event `{"name" (relative
+        to `path`), "op" (create, write, remove, rename, chmod)}` goes to
+        `on_event` as it happens; answers the list of them."""
+        chk.check_path("path", path)
+        chk.check_seconds("timeout", timeout)
+        call = h.Call("GET", self._path() + "/watch", stream=True, timeout=60,
+                      params={"path": path, "recursive": _flag(recursive), "timeout_s": timeout},
+                      headers={"Accept": "text/event-stream"})
+        return self._sb._run(_watch(call, on_event))
+
     def make_dir(self, path: str, parents: bool = True):
         """Create a directory (with `parents`: its missing parents too, and an
         existing directory is fine; without: ConflictError if it exists)."""
@@ -141,6 +157,27 @@ class Files:
         chk.check_path("path", path)
         chk.check_path("to", to)
         return self._op("POST", "/rename", {"path": path, "to": to}, to, retry=False)
+
+
+def _watch(call: h.Call, on_event: Callable[[dict], Any] | None) -> h.Op:
+    resp = yield from h.request(call)
+    dec, seen = SSEDecoder(), []
+    while True:
+        chunk = yield h.Read(resp)
+        for ev in (dec.feed(chunk) if chunk else dec.close()):
+            if ev.event in ("end", "error"):
+                doc = json.loads(ev.data or "{}")
+                if ev.event == "error":
+                    raise error_from_problem(int(doc.get("status") or 500), doc)
+                return seen
+            if ev.event == "fs":
+                e = json.loads(ev.data)
+                seen.append(e)
+                if on_event is not None and (yield h.Emit(on_event, e)) is False:
+                    return seen
+        if not chunk:
+            raise StreamError("watch stream ended without an end event",
+                              op_id=resp.headers.get("x-op-id"))
 
 
 def _flag(value: bool) -> str:

@@ -29,6 +29,7 @@ from .io_routes import MAX_FILE, io_router
 from .port_routes import port_router
 from .process_routes import process_router
 from .pty_routes import pty_router
+from .watch_routes import watch_router
 from .middleware import EdgeMiddleware
 from .problems import RPC_STATUS, problem, problem_openapi
 from .sandbox_routes import sandbox_router
@@ -52,7 +53,7 @@ def create_app(ctx: GatewayContext) -> FastAPI:
     _errors(app)
     for router in (admin_router, billing_router, io_router, fleet_router, usage_router,
                    snapshot_router, sandbox_router, events_router, image_router, process_router,
-                   port_router, pty_router):
+                   port_router, pty_router, watch_router):
         app.include_router(router)
 
     e2b = FastAPI(title="Corral: the E2B-compatible API", version="1.0.0",

@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 import h11
-from fastapi import APIRouter, Path, Request, WebSocket
+from fastapi import APIRouter, Path, Request, WebSocket, WebSocketDisconnect
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel
 from wsproto import ConnectionType, WSConnection
@@ -186,43 +186,59 @@ async def _handshake(peer: WSConnection, tunnel: Tunnel) -> ws.AcceptConnection 
             return None
 
 
-async def _relay(websocket: WebSocket, peer: WSConnection, tunnel: Tunnel) -> None:
-    async def up() -> None:
+class _Relay:
+    """Messages between the visitor's WebSocket and the port's, re-framed."""
+
+    def __init__(self, websocket: WebSocket, peer: WSConnection, tunnel: Tunnel) -> None:
+        self.websocket, self.peer, self.tunnel = websocket, peer, tunnel
+        self.parts: list[Any] = []
+
+    async def up(self) -> None:
         while True:
-            msg = await websocket.receive()
+            msg = await self.websocket.receive()
             if msg["type"] == "websocket.disconnect":
-                await tunnel.send(peer.send(ws.CloseConnection(code=msg.get("code", 1000))))
+                await self.tunnel.send(self.peer.send(ws.CloseConnection(
+                    code=msg.get("code", 1000))))
                 return
             data: Any = msg.get("text") if msg.get("text") is not None else msg.get("bytes")
-            await tunnel.send(peer.send(ws.Message(data=data or b"")))
+            await self.tunnel.send(self.peer.send(ws.Message(data=data or b"")))
 
-    async def down() -> None:
-        parts: list[Any] = []
+    async def down(self) -> None:
         while True:
-            data = await tunnel.recv()
-            peer.receive_data(data or None)
-            for ev in peer.events():
-                if isinstance(ev, ws.Message):
-                    parts.append(ev.data)
-                    if ev.message_finished:
-                        whole = "".join(parts) if isinstance(ev, ws.TextMessage) else \
-                            b"".join(parts)
-                        parts = []
-                        await (websocket.send_text(whole) if isinstance(whole, str)
-                               else websocket.send_bytes(whole))
-                elif isinstance(ev, ws.Ping):
-                    await tunnel.send(peer.send(ev.response()))
-                elif isinstance(ev, ws.CloseConnection):
-                    await websocket.close(code=ev.code)
+            data = await self.tunnel.recv()
+            self.peer.receive_data(data or None)
+            for ev in self.peer.events():
+                if await self._deliver(ev):
                     return
             if not data:
-                await websocket.close(code=1011, reason="the port closed the connection")
+                await self.websocket.close(code=1011, reason="the port closed the connection")
                 return
-    tasks = [asyncio.create_task(up()), asyncio.create_task(down())]
+
+    async def _deliver(self, ev: Any) -> bool:
+        """Passes one event on; True once the port closed the socket."""
+        if isinstance(ev, ws.Message):
+            self.parts.append(ev.data)
+            if ev.message_finished:
+                parts, self.parts = self.parts, []
+                if isinstance(ev, ws.TextMessage):
+                    await self.websocket.send_text("".join(parts))
+                else:
+                    await self.websocket.send_bytes(b"".join(parts))
+        elif isinstance(ev, ws.Ping):
+            await self.tunnel.send(self.peer.send(ev.response()))
+        elif isinstance(ev, ws.CloseConnection):
+            await self.websocket.close(code=ev.code)
+            return True
+        return False
+
+
+async def _relay(websocket: WebSocket, peer: WSConnection, tunnel: Tunnel) -> None:
+    relay = _Relay(websocket, peer, tunnel)
+    tasks = [asyncio.create_task(relay.up()), asyncio.create_task(relay.down())]
     try:
         done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         for t in done:
-            if not t.cancelled() and t.exception() is not None:
+            if not t.cancelled() and not isinstance(t.exception(), WebSocketDisconnect | None):
                 log.warning("port relay ended: %r", t.exception())
     finally:
         for t in tasks:

@@ -64,9 +64,10 @@ def _sse(chunks: Any, oid: str) -> StreamingResponse:
                              headers={"Cache-Control": "no-cache"})
 
 
-STREAM_DOC = {200: {"content": {"text/event-stream": {"schema": {"type": "string"}}},
-                    "description": "start (pid), stdout/stderr/pty (data_b64), then one exit "
-                                   "or error event; see docs/api-processes.md"}}
+STREAM_DOC: dict[int | str, dict[str, Any]] = {200: {
+    "content": {"text/event-stream": {"schema": {"type": "string"}}},
+    "description": "start (pid), stdout/stderr/pty (data_b64), then one exit or error event; "
+                   "see docs/api-processes.md"}}
 
 
 @process_router.post("/v1/sandboxes/{sandbox_id}/processes", status_code=201,

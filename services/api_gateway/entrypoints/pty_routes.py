@@ -8,6 +8,7 @@ import asyncio
 import base64
 import json
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
@@ -68,6 +69,54 @@ async def pty_attach(websocket: WebSocket, sandbox_id: str, pid: int) -> None:
     await _session(websocket, sandbox_id, {"action": "attach", "pid": pid})
 
 
+class _Terminal:
+    """One WebSocket and one process stream: output down, input and control up."""
+
+    def __init__(self, websocket: WebSocket, io: Any, org: str, sandbox_id: str,
+                 op_id: str, chunks: Any) -> None:
+        self.websocket, self.io, self.chunks = websocket, io, chunks
+        self.org, self.sandbox_id, self.op_id = org, sandbox_id, op_id
+        self.pid = 0
+
+    async def down(self) -> None:
+        async for chunk in self.chunks:
+            if chunk.stream == "start":
+                self.pid = chunk.pid or 0
+                await self.websocket.send_text(json.dumps({"pid": self.pid}))
+            elif chunk.data_b64:
+                await self.websocket.send_bytes(base64.b64decode(chunk.data_b64))
+            elif chunk.stream == "exit" and chunk.result is not None:
+                await self.websocket.send_text(json.dumps({
+                    "exit_code": chunk.result.exit_code, "timed_out": chunk.result.timed_out}))
+            elif chunk.stream == "error":
+                err = chunk.error
+                await self.websocket.send_text(json.dumps({"error": err.detail if err
+                                                           else "failed"}))
+
+    async def up(self) -> None:
+        while True:
+            msg = await self.websocket.receive()
+            if msg["type"] == "websocket.disconnect":
+                return
+            if not self.pid:
+                continue  # nothing to type into yet
+            try:
+                await self._forward(msg)
+            except (ValueError, RpcFailure, UseCaseError) as e:  # said; the session goes on
+                await self.websocket.send_text(json.dumps(
+                    {"error": str(getattr(e, "detail", e))[:300]}))
+
+    async def _forward(self, msg: Mapping[str, Any]) -> None:
+        if msg.get("bytes") is not None:
+            call = {"action": "input", "pid": self.pid,
+                    "data_b64": base64.b64encode(msg["bytes"][:MAX_INPUT]).decode()}
+        elif msg.get("text"):
+            call = _control(msg["text"], self.pid)
+        else:
+            return
+        await self.io.proc(self.org, self.sandbox_id, self.op_id, call)
+
+
 async def _session(websocket: WebSocket, sandbox_id: str, call: dict[str, Any]) -> None:
     op_id = new_op_id()
     org = await _org(websocket, op_id)
@@ -82,42 +131,8 @@ async def _session(websocket: WebSocket, sandbox_id: str, call: dict[str, Any]) 
         await websocket.close(code=1008, reason=str(getattr(e, "detail", e))[:100])
         return
     await websocket.accept()
-    pid = 0
-
-    async def down() -> None:
-        nonlocal pid
-        async for chunk in chunks:
-            if chunk.stream == "start":
-                pid = chunk.pid or 0
-                await websocket.send_text(json.dumps({"pid": pid}))
-            elif chunk.data_b64:
-                await websocket.send_bytes(base64.b64decode(chunk.data_b64))
-            elif chunk.stream == "exit" and chunk.result is not None:
-                await websocket.send_text(json.dumps({"exit_code": chunk.result.exit_code,
-                                                      "timed_out": chunk.result.timed_out}))
-            elif chunk.stream == "error":
-                err = chunk.error
-                await websocket.send_text(json.dumps({"error": err.detail if err else "failed"}))
-
-    async def up() -> None:
-        while True:
-            msg = await websocket.receive()
-            if msg["type"] == "websocket.disconnect":
-                return
-            if not pid:
-                continue  # nothing to type into yet
-            try:
-                if msg.get("bytes") is not None:
-                    data = msg["bytes"][:MAX_INPUT]
-                    await io.proc(org, sandbox_id, op_id, {
-                        "action": "input", "pid": pid,
-                        "data_b64": base64.b64encode(data).decode()})
-                elif msg.get("text"):
-                    await io.proc(org, sandbox_id, op_id, _control(msg["text"], pid))
-            except (ValueError, RpcFailure, UseCaseError) as e:  # said, and the session goes on
-                await websocket.send_text(json.dumps({"error": str(getattr(e, "detail", e))[:300]}))
-
-    tasks = [asyncio.create_task(down()), asyncio.create_task(up())]
+    term = _Terminal(websocket, io, org, sandbox_id, op_id, chunks)
+    tasks = [asyncio.create_task(term.down()), asyncio.create_task(term.up())]
     try:
         done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         for t in done:

@@ -111,7 +111,8 @@ class FileListing:
 class ProcCall:
     """A background process call: spawn (`attach`: then its output streams),
     attach, input (`data`, `eof`), signal, resize (`pty`), ps; or connect (a
-    TCP connection to `port` inside the guest, streamed like a process)."""
+    TCP connection to `port` inside the guest, streamed like a process); watch
+    (a directory: its events streamed, or kept for poll), poll, close."""
     action: str
     pid: int | None = None
     cmd: list[str] = field(default_factory=list)
@@ -127,6 +128,8 @@ class ProcCall:
     signal: str | None = None
     attach: bool = True
     port: int | None = None  # connect: a TCP port on the guest's loopback
+    path: str | None = None  # watch: a directory
+    recursive: bool = False
 
 
 @dataclass(frozen=True)
@@ -152,6 +155,8 @@ class ProcAnswer:
     pid: int | None = None
     procs: list[ProcInfo] | None = None
     exit: ExecResult | None = None  # a stream's end (its output went to on_event)
+    events: list[dict[str, str]] | None = None  # poll: {"name", "op"}
+    overflowed: bool = False
 
 
 ProcSink = Callable[[ProcEvent], Awaitable[None]]

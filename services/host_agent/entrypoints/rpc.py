@@ -13,13 +13,12 @@ from common.rpc import Reply, Route, Send, serve
 from contracts.rpc import (Done, HostExec, HostExecChunk, HostExecResult, HostExecStream,
                            HostFileData, HostFileEntries, HostFileEntry, HostFileGet, HostFileList,
                            HostFileOp, HostFileOpResult, HostFilePut, HostFileStat, RpcError)
-from contracts.procs import HostProc, HostProcInfo, HostProcResult
 from contracts.subjects import host_rpc_subject
 
-from ..application.ports import (ExecChunk, ExecRequest, ExecResult, FileOp, FileStat, ProcCall,
-                                 ProcEvent)
+from ..application.ports import ExecChunk, ExecRequest, ExecResult, FileOp, FileStat
 from ..application.service import Refused
 from ..bootstrap import HostAgentContext
+from .proc_rpc import proc_routes
 
 log = logging.getLogger("corral.host_agent.rpc")
 MAX_REQUEST = 8 << 20
@@ -71,17 +70,8 @@ def _stat(s: FileStat) -> HostFileStat:
                         mode=s.mode, type=s.kind, mtime=s.mtime, target=s.target)
 
 
-def _proc_call(req: HostProc, attach: bool) -> ProcCall:
-    return ProcCall(req.action, pid=req.pid, cmd=req.cmd, env=req.env, cwd=req.cwd,
-                    user=req.user, tag=req.tag, timeout_s=req.timeout_s, stdin=req.stdin,
-                    pty=(req.cols, req.rows) if req.cols and req.rows else None,
-                    data=req.data(), eof=req.eof, signal=req.signal, attach=attach,
-                    port=req.port)
-
-
 def routes(ctx: HostAgentContext) -> dict[str, Route]:
     svc = ctx.service
-    streams: dict[tuple[str, str, str], asyncio.Future] = {}  # running process streams
 
     async def exec_(req: HostExec) -> HostExecResult:
         return _exec_result(await svc.exec(req.sandbox_id, req.org_id, _exec_request(req)))
@@ -112,28 +102,9 @@ def routes(ctx: HostAgentContext) -> dict[str, Route]:
             req.action, req.raw_path(), req.raw_to(), req.recursive, req.parents))
         return HostFileOpResult(entry=_stat(st) if st is not None else None)
 
-    async def proc(req: HostProc) -> HostProcResult:
-        if req.action == "detach":
-            work = streams.get((req.sandbox_id, req.org_id, req.stream_id or ""))
-            if work is not None:
-                work.cancel()
-            return HostProcResult(found=work is not None)
-        if req.action in ("attach", "connect"):
-            raise Refused("invalid", f"{req.action} is streamed: call proc.stream")
-        ans = await svc.proc(req.sandbox_id, req.org_id, _proc_call(req, attach=False))
-        return HostProcResult(pid=ans.pid, procs=None if ans.procs is None else [
-            HostProcInfo(pid=p.pid, cmd=p.cmd, cwd=p.cwd, tag=p.tag, env=p.env, pty=p.pty,
-                         stdin=p.stdin) for p in ans.procs])
-
-    async def proc_stream(req: HostProc) -> Reply:
-        if req.action not in ("spawn", "attach", "connect"):
-            raise Refused("invalid", "only spawn, attach and connect stream")
-        await svc.running(req.sandbox_id, req.org_id)
-        return Reply(Done(), then=functools.partial(_proc_stream, ctx, req, streams))
-
     calls: dict[str, tuple[Any, Callable[[Any], Awaitable[Any]]]] = {
         "exec": (HostExec, exec_), "exec.stream": (HostExecStream, exec_stream),
-        "proc": (HostProc, proc), "proc.stream": (HostProc, proc_stream),
+        **proc_routes(ctx, _refuse),
         "files.put": (HostFilePut, put), "files.get": (HostFileGet, get),
         "files.list": (HostFileList, list_), "files.op": (HostFileOp, op)}
     return {host_rpc_subject(ctx.host_id, op): call for op, call in calls.items()}
@@ -152,41 +123,6 @@ async def _stream(ctx: HostAgentContext, req: HostExecStream, send: Send) -> Non
     except Exception as e:  # noqa: BLE001 - the stream must end with an answer
         err = _refuse(e)
         await send(HostExecChunk(stream="error", seq=next(seq), error=err))
-
-
-async def _proc_stream(ctx: HostAgentContext, req: HostProc,
-                       streams: dict[tuple[str, str, str], asyncio.Future], send: Send) -> None:
-    """start, output, then exit or error; a `detach` for its stream_id, or
-    `stream_s` passing, ends it quietly (the process runs on)."""
-    seq = itertools.count()
-
-    async def on_event(e: ProcEvent) -> None:
-        await send(HostExecChunk(stream=e.kind, seq=next(seq), pid=e.pid,  # type: ignore[arg-type]
-                                 data_b64=base64.b64encode(e.data).decode() if e.data else None))
-    key = (req.sandbox_id, req.org_id, req.stream_id or "")
-    work = asyncio.ensure_future(ctx.service.proc(req.sandbox_id, req.org_id,
-                                                  _proc_call(req, attach=True), on_event))
-    if req.stream_id:
-        streams[key] = work
-    try:
-        ans = await asyncio.wait_for(work, req.stream_s)
-        r = ans.exit
-        await send(HostExecChunk(stream="exit", seq=next(seq), result=HostExecResult(
-            exit_code=r.exit_code if r else None, stdout="", stderr="",
-            duration_ms=r.duration_ms if r else 0, timed_out=bool(r and r.timed_out),
-            truncated=bool(r and r.truncated))))
-    except TimeoutError:
-        await send(HostExecChunk(stream="error", seq=next(seq), error=RpcError(
-            error="timeout", detail="the stream's time ran out; the process runs on")))
-    except asyncio.CancelledError:
-        if asyncio.current_task().cancelling():  # type: ignore[union-attr]
-            raise
-    except Exception as e:  # noqa: BLE001 - the stream must end with an answer
-        await send(HostExecChunk(stream="error", seq=next(seq), error=_refuse(e)))
-    finally:
-        if streams.get(key) is work:
-            del streams[key]
-        work.cancel()
 
 
 async def serve_rpc(ctx: HostAgentContext, stop: asyncio.Event) -> None:

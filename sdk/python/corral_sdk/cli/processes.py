@@ -8,7 +8,7 @@ import shutil
 import signal
 import sys
 import threading
-from typing import Any, Optional
+from typing import Any
 
 from ..processes import SIGNALS
 from .sandbox import _pairs, _print_json, _sandbox
@@ -89,7 +89,7 @@ def cmd_shell(a: argparse.Namespace) -> int:
     sb = _sandbox(a.id)
     cols, rows = shutil.get_terminal_size((80, 24))
     interactive = os.isatty(0)
-    saved: Optional[list] = None
+    saved: list | None = None
     if interactive:
         import termios
         import tty

@@ -15,7 +15,7 @@ PRUNE = ["usr/share/doc", "usr/share/man", "usr/share/info", "usr/share/locale",
          "var/lib/apt/lists", "var/cache/apt", "var/cache/debconf/templates.dat-old"]
 GUEST_SRC = Path(__file__).resolve().parents[4] / "guest"  # the top-level `guest` package
 GUEST_FILES = ["agent.py", "protocol.py", "console.py", "entropy.py", "netconf.py",
-               "files.py", "process.py", "execs.py", "background.py"]
+               "files.py", "process.py", "execs.py", "background.py", "watch.py"]
 AGENT_DIR = "opt/corral/guest"
 RUNTIME_DIR = "opt/corral/runtime"  # the agent's own Python, for images that lack one
 PYTHON = "usr/bin/python3.11"

@@ -7,6 +7,7 @@ process may run for days); the channel's backlog budget bounds what waits."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from typing import Any
 
@@ -17,42 +18,58 @@ from services.host_agent.application.ports import (ExecResult, ProcAnswer, ProcC
 from .errors import AgentUnavailable, GuestError
 
 STREAM_BACKLOG = 8 << 20  # output bytes waiting for the consumer before overflow
-OUT_STREAMS = ("stdout", "stderr", "pty")
+OUT_STREAMS = ("stdout", "stderr", "pty", "events")
+WATCH_OPS = frozenset({"create", "write", "remove", "rename", "chmod"})
+
+
+def _spawn(call: ProcCall) -> dict[str, Any]:
+    if not call.cmd:
+        raise GuestError("EINVAL", "empty command")
+    if call.cwd is not None:
+        P.check_path(call.cwd)
+    h: dict[str, Any] = {"op": "spawn", "argv": list(call.cmd), "env": dict(call.env),
+                         "cwd": call.cwd, "stdin": call.stdin, "attach": call.attach}
+    for k in ("user", "tag", "timeout_s"):
+        if getattr(call, k) is not None:
+            h[k] = getattr(call, k)
+    if call.pty is not None:
+        h["pty"] = {"cols": call.pty[0], "rows": call.pty[1]}
+    return h
+
+
+def _watch(call: ProcCall) -> dict[str, Any]:
+    P.check_path(call.path)
+    return {"op": "watch", "path": call.path, "recursive": call.recursive,
+            "attach": call.attach, **({"timeout_s": call.timeout_s} if call.timeout_s else {})}
+
+
+def _connect(call: ProcCall) -> dict[str, Any]:
+    if call.port is None or not 1 <= call.port <= 65535:
+        raise GuestError("EINVAL", "port must be 1..65535")
+    return {"op": "connect", "port": call.port,
+            **({"timeout_s": call.timeout_s} if call.timeout_s else {})}
+
+
+def _on_pid(call: ProcCall) -> dict[str, Any]:
+    if call.pid is None:
+        raise GuestError("EINVAL", f"{call.action} needs a pid")
+    table: dict[str, dict[str, Any]] = {
+        "input": {"eof": call.eof}, "signal": {"signal": call.signal},
+        "resize": {"pty": {"cols": call.pty[0], "rows": call.pty[1]}} if call.pty else {},
+    }
+    extra = table.get(call.action, {})
+    return {"op": call.action, "pid": call.pid, **extra}
+
+
+HEADERS = {"spawn": _spawn, "watch": _watch, "connect": _connect, "ps": lambda c: {"op": "ps"},
+           **{a: _on_pid for a in ("attach", "input", "signal", "resize", "poll", "close")}}
 
 
 def _header(call: ProcCall) -> dict[str, Any]:
-    if call.action == "spawn":
-        if not call.cmd:
-            raise GuestError("EINVAL", "empty command")
-        if call.cwd is not None:
-            P.check_path(call.cwd)
-        h: dict[str, Any] = {"op": "spawn", "argv": list(call.cmd), "env": dict(call.env),
-                             "cwd": call.cwd, "stdin": call.stdin, "attach": call.attach}
-        for k in ("user", "tag", "timeout_s"):
-            if getattr(call, k) is not None:
-                h[k] = getattr(call, k)
-        if call.pty is not None:
-            h["pty"] = {"cols": call.pty[0], "rows": call.pty[1]}
-        return h
-    if call.action == "ps":
-        return {"op": "ps"}
-    if call.action == "connect":
-        if call.port is None or not 1 <= call.port <= 65535:
-            raise GuestError("EINVAL", "port must be 1..65535")
-        return {"op": "connect", "port": call.port,
-                **({"timeout_s": call.timeout_s} if call.timeout_s else {})}
-    if call.pid is None:
-        raise GuestError("EINVAL", f"{call.action} needs a pid")
-    h = {"op": call.action, "pid": call.pid}
-    if call.action == "input":
-        h["eof"] = call.eof
-    elif call.action == "signal":
-        h["signal"] = call.signal
-    elif call.action == "resize" and call.pty is not None:
-        h["pty"] = {"cols": call.pty[0], "rows": call.pty[1]}
-    elif call.action not in ("attach", "resize"):
+    make = HEADERS.get(call.action)
+    if make is None:
         raise GuestError("EINVAL", f"unknown action {call.action!r}")
-    return h
+    return make(call)
 
 
 def _info(p: Any) -> ProcInfo:
@@ -69,12 +86,32 @@ def _info(p: Any) -> ProcInfo:
                     pty=bool(p.get("pty")), stdin=bool(p.get("stdin")))
 
 
+def watch_events(raw: Any) -> list[dict[str, str]]:
+    """A guest's events, checked: a list of {name, op}; anything else refused."""
+    if not isinstance(raw, list):
+        raise TypeError("events")
+    out = []
+    for e in raw[:10000]:
+        if not (isinstance(e, dict) and isinstance(e.get("name"), str)
+                and e.get("op") in WATCH_OPS):
+            raise TypeError("an event")
+        out.append({"name": e["name"][:P.MAX_PATH], "op": e["op"]})
+    return out
+
+
 class ProcCalls:
+    # AgentClient's, which comes first in its MRO
     async def request(self, header: dict, payload: bytes = b"", timeout: float = 30.0,
-                      budget: int = 0) -> tuple[dict, bytes]: ...
+                      budget: int = 0) -> tuple[dict, bytes]:
+        raise NotImplementedError
+
     async def _send(self, header: dict, payload: bytes = b"", budget: int = 0,
-                    deadline: float | None = None) -> tuple[int, Any]: ...
-    async def _next(self, p: Any) -> tuple[dict, bytes]: ...
+                    deadline: float | None = None) -> tuple[int, Any]:
+        raise NotImplementedError
+
+    async def _next(self, p: Any) -> tuple[dict, bytes]:
+        raise NotImplementedError
+
     _pending: dict[int, Any]
     _closed: bool
 
@@ -82,12 +119,16 @@ class ProcCalls:
         header = _header(call)
         if len(call.data) > P.MAX_PAYLOAD:
             raise GuestError("EFBIG", "input larger than one frame")
-        if on_event is not None and call.action in ("spawn", "attach", "connect"):
+        if on_event is not None and call.action in ("spawn", "attach", "connect", "watch"):
             return await self._proc_stream(header, call.data, on_event)
-        if call.action == "spawn":
+        if call.action in ("spawn", "watch"):
             header["attach"] = False
-        h, _ = await self.request(header, call.data, budget=P.MAX_LIST_BYTES + P.MAX_HEADER)
+        h, payload = await self.request(header, call.data,
+                                        budget=P.MAX_LIST_BYTES + P.MAX_HEADER)
         try:
+            if call.action == "poll":
+                return ProcAnswer(events=watch_events(json.loads(payload or b"[]")),
+                                  overflowed=bool(h.get("overflowed")))
             if call.action == "ps":
                 procs = h.get("procs")
                 if not isinstance(procs, list):
@@ -95,7 +136,7 @@ class ProcCalls:
                 return ProcAnswer(procs=[_info(p) for p in procs[:1024]])
             pid = h.get("pid")
             return ProcAnswer(pid=pid if type(pid) is int else None)
-        except (TypeError, ValueError, KeyError) as e:
+        except (TypeError, ValueError, KeyError, RecursionError) as e:
             raise GuestError("EPROTO", f"unreadable answer: {e}") from None
 
     async def _proc_stream(self, header: dict, data: bytes, on_event: ProcSink) -> ProcAnswer:
