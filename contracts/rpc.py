@@ -188,14 +188,19 @@ class PathRef(HostRequest):
 
 class HostFilePut(PathRef):
     data_b64: str = Field(max_length=6 << 20)
+    append: bool = Field(default=False, description="add to the end of an existing file "
+                         "(a large upload in pieces) instead of replacing it atomically")
 
 
 class HostFileGet(PathRef):
-    pass
+    offset: int | None = Field(default=None, ge=0, description="a range from here (with "
+                               "`length`) instead of the whole file")
+    length: int = Field(default=4 << 20, ge=1, le=4 << 20)
 
 
 class HostFileData(RpcModel):
     data_b64: str
+    total: int | None = Field(default=None, description="a range's file size")
 
 
 class HostFileList(PathRef):

@@ -13,19 +13,28 @@ else:  # inside the guest: the modules sit side by side
 
 
 def put(rid: int, h: dict[str, Any], payload: bytes) -> dict[str, Any]:
+    """A whole file, atomically; or, with `append`, more bytes at the end of
+    an existing regular file (a large upload in pieces, renamed when done)."""
     path = P.path_arg(h)
     mode = int(h.get("mode", 0o644)) & 0o7777
     if len(payload) > P.MAX_FILE:
         raise P.GuestError("EFBIG", "file too large")
+    if h.get("append"):
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise P.GuestError("EINVAL", "not a regular file")
+            _write_all(fd, payload)
+            size = os.fstat(fd).st_size
+        finally:
+            os.close(fd)
+        return {"id": rid, "type": "ok", "size": size}
     parent = os.path.dirname(path)
     os.makedirs(parent, exist_ok=True)
     tmp = f"{parent}/.corral-put-{rid}-{os.getpid()}"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
     try:
-        view = memoryview(payload)
-        while view:
-            n = os.write(fd, view)
-            view = view[n:]
+        _write_all(fd, payload)
         os.fchmod(fd, mode)
     finally:
         os.close(fd)
@@ -37,9 +46,21 @@ def put(rid: int, h: dict[str, Any], payload: bytes) -> dict[str, Any]:
     return {"id": rid, "type": "ok", "size": len(payload)}
 
 
+def _write_all(fd: int, payload: bytes) -> None:
+    view = memoryview(payload)
+    while view:
+        n = os.write(fd, view)
+        view = view[n:]
+
+
 def get(rid: int, h: dict[str, Any]) -> tuple[dict[str, Any], bytes]:
+    """The whole file (at most `max_bytes`); or, with `offset`, at most
+    `max_bytes` of it from there, and its `total` size."""
     path = P.path_arg(h)
     limit = min(int(h.get("max_bytes", P.MAX_FILE)), P.MAX_FILE)
+    offset = h.get("offset")
+    if offset is not None and (type(offset) is not int or offset < 0):
+        raise P.GuestError("EINVAL", "offset must be a non-negative integer")
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
         st = os.fstat(fd)
@@ -47,6 +68,9 @@ def get(rid: int, h: dict[str, Any]) -> tuple[dict[str, Any], bytes]:
             raise P.GuestError("EISDIR", path)
         if not stat.S_ISREG(st.st_mode):
             raise P.GuestError("EINVAL", "not a regular file")
+        if offset is not None:
+            data = os.pread(fd, limit, offset)
+            return {"id": rid, "type": "data", "size": len(data), "total": st.st_size}, data
         if st.st_size > limit:
             raise P.GuestError("EFBIG", f"file is {st.st_size} bytes, limit {limit}")
         chunks, total = [], 0

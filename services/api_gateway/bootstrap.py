@@ -20,6 +20,7 @@ from .adapters.read_model import ReadModel
 from .adapters.sealer import Sealer
 from .application.events import EventFeed
 from .application.guest_io import GuestIO
+from .application.transfers import Transfers
 from .application.image_service import Images
 from .application.images import BuildLimits
 from .application.ledger import SandboxLedger
@@ -47,6 +48,7 @@ class GatewayContext:
     billing: BillingClient
     events: EventFeed
     images: Images
+    transfers: Transfers
 
     async def ready(self) -> tuple[bool, str]:
         if not self.bus.connected:
@@ -103,7 +105,7 @@ async def bootstrap(settings: GatewaySettings, stop: asyncio.Event | None = None
                                 settings.build_vcpus, settings.build_memory_mib,
                                 settings.build_timeout_s),
                     settings.build_context_max_mib << 20)
-    return GatewayContext(settings, bus, ledger, relay, read_model, waiters, sandboxes,
-                          GuestIO(ledger, HostClient(bus.client), ops), auth,
-                          FleetClient(bus.client, timeout_s=5.0),
-                          billing, EventFeed(stream, sandboxes), images)
+    io = GuestIO(ledger, HostClient(bus.client), ops)
+    return GatewayContext(settings, bus, ledger, relay, read_model, waiters, sandboxes, io,
+                          auth, FleetClient(bus.client, timeout_s=5.0),
+                          billing, EventFeed(stream, sandboxes), images, Transfers(io))

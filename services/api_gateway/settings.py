@@ -43,6 +43,8 @@ class GatewaySettings(CommonSettings):
     build_memory_mib: int = Field(default=1024, ge=256, le=65536)
     build_timeout_s: int = Field(default=1800, ge=10, le=86400)
     build_context_max_mib: int = Field(default=64, ge=1, le=4096)
+    max_file_mib: int = Field(default=256, ge=1, le=65536,
+                              description="largest file an upload or download carries")
     # Seals sandbox env values (32 bytes, base64url; `corral secrets` makes one).
     # Empty: one is generated under state_dir (a single-machine stack only).
     secrets_key: str = Field(default="", repr=False)

@@ -194,6 +194,10 @@ class TestEnvd:
         blob = os.urandom(3 << 20)  # 3 MiB of binary
         fs.write("/root/e2b/blob.bin", blob)
         assert bytes(fs.read("/root/e2b/blob.bin", format="bytes")) == blob
+        big = os.urandom(9 << 20)  # over one piece: uploaded and read in pieces
+        fs.write("/root/e2b/big.bin", big)
+        assert bytes(fs.read("/root/e2b/big.bin", format="bytes")) == big
+        fs.remove("/root/e2b/big.bin")
         assert fs.exists("/root/e2b/hello.txt") and not fs.exists("/root/e2b/nope")
         assert fs.make_dir("/root/e2b/sub") is True and fs.make_dir("/root/e2b/sub") is False
         names = {e.name: e.type for e in fs.list("/root/e2b")}

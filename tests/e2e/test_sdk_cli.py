@@ -498,6 +498,20 @@ class TestOneMicroVM:
         with pytest.raises(NotFoundError):
             box.files.watch("/root/no-such-dir", timeout=5)
 
+    def test_large_files_stream_both_ways(self, box):
+        import hashlib
+        blob = os.urandom((20 << 20) + 12345)  # five pieces, the last a short one
+        box.files.write("/root/big/blob.bin", blob)
+        assert [f.name for f in box.files.list("/root/big")] == ["blob.bin"]  # no leftovers
+        r = box.exec("sha256sum /root/big/blob.bin")
+        assert r.stdout.split()[0] == hashlib.sha256(blob).hexdigest()
+        assert box.files.read("/root/big/blob.bin") == blob
+        box.files.write("/root/big/blob.bin", b"small now")  # replaced, atomically
+        assert box.files.read("/root/big/blob.bin") == b"small now"
+        with pytest.raises(ConflictError):  # its parent is a file: refused, nothing left over
+            box.files.write("/root/big/blob.bin/x", blob)
+        assert [f.name for f in box.files.list("/root/big")] == ["blob.bin"]
+
     def test_files_write_read_list(self, box):
         blob = os.urandom(300_000)
         box.files.write("/root/sdk/blob.bin", blob)

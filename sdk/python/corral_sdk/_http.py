@@ -56,8 +56,8 @@ class Read:
 @dataclass
 class Emit:
     """Call a user callback (awaited if it returns an awaitable)."""
-    fn: Callable[[str], Any]
-    arg: str
+    fn: Callable[[Any], Any]
+    arg: Any
 
 
 Op = Generator[Any, Any, Any]

@@ -161,7 +161,8 @@ class Files:
 
 def _watch(call: h.Call, on_event: Callable[[dict], Any] | None) -> h.Op:
     resp = yield from h.request(call)
-    dec, seen = SSEDecoder(), []
+    dec = SSEDecoder()
+    seen: list[dict] = []
     while True:
         chunk = yield h.Read(resp)
         for ev in (dec.feed(chunk) if chunk else dec.close()):

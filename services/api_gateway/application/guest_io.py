@@ -2,14 +2,13 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import posixpath
 import stat
-from collections.abc import AsyncGenerator, Awaitable, Callable
+from collections.abc import AsyncGenerator
 from typing import Any
 
 from contracts.rpc import (HostExec, HostExecChunk, HostExecResult, HostExecStream, HostFileEntries,
-                           HostFileGet, HostFileList, HostFileOp, HostFileOpResult, HostFilePut)
+                           HostFileList, HostFileOp, HostFileOpResult)
 
 from contracts.procs import HostProc, HostProcResult
 
@@ -30,7 +29,7 @@ class GuestIO:
         self.hosts = hosts
         self.limits = limits
 
-    async def _host(self, sandbox_id: str, org_id: str) -> str:
+    async def host_of(self, sandbox_id: str, org_id: str) -> str:
         """The host of the caller's sandbox, which must be running."""
         sb = await asyncio.to_thread(self.ledger.find, sandbox_id, org_id)
         if sb.state != "running" or not sb.host_id:
@@ -41,7 +40,7 @@ class GuestIO:
                    command: dict[str, Any]) -> HostExecResult:
         """`command`: cmd, env, cwd, timeout_s, stdin."""
         with self.limits.acquire(org_id, "exec"):
-            host = await self._host(sandbox_id, org_id)
+            host = await self.host_of(sandbox_id, org_id)
             return await self.hosts.exec(host, HostExec(sandbox_id=sandbox_id, org_id=org_id,
                                                         op_id=op_id, **command))
 
@@ -49,7 +48,7 @@ class GuestIO:
                           command: dict[str, Any]) -> AsyncGenerator[HostExecChunk, None]:
         slot = self.limits.acquire(org_id, "exec")
         try:
-            host = await self._host(sandbox_id, org_id)
+            host = await self.host_of(sandbox_id, org_id)
             req = HostExecStream(sandbox_id=sandbox_id, org_id=org_id, op_id=op_id, **command)
             chunks = await self.hosts.exec_stream(host, req)
         except BaseException:
@@ -62,7 +61,7 @@ class GuestIO:
         """A background process call (HostProc's fields): spawn without its
         output, input, signal, resize, ps."""
         with self.limits.acquire(org_id, "exec"):
-            host = await self._host(sandbox_id, org_id)
+            host = await self.host_of(sandbox_id, org_id)
             return await self.hosts.proc(host, HostProc(sandbox_id=sandbox_id, org_id=org_id,
                                                         op_id=op_id, **call))
 
@@ -71,7 +70,7 @@ class GuestIO:
         """spawn or attach: start, output, exit; closing it early detaches."""
         slot = self.limits.acquire(org_id, "exec")
         try:
-            host = await self._host(sandbox_id, org_id)
+            host = await self.host_of(sandbox_id, org_id)
             chunks = await self.hosts.proc_stream(host, HostProc(
                 sandbox_id=sandbox_id, org_id=org_id, op_id=op_id, **call))
         except BaseException:
@@ -79,27 +78,10 @@ class GuestIO:
             raise
         return holding(slot, chunks)
 
-    async def put_file(self, org_id: str, sandbox_id: str, op_id: str, path: PathArg,
-                       read: Callable[[], Awaitable[bytes]]) -> None:
-        """`read`: the content, read only once the sandbox is known to be running.
-        `path`: {"path": ...} or {"path_b64": ...}."""
-        with self.limits.acquire(org_id, "files"):
-            host = await self._host(sandbox_id, org_id)
-            await self.hosts.put_file(host, HostFilePut(
-                sandbox_id=sandbox_id, org_id=org_id, op_id=op_id, **path,
-                data_b64=base64.b64encode(await read()).decode()))
-
-    async def get_file(self, org_id: str, sandbox_id: str, op_id: str, path: PathArg) -> bytes:
-        with self.limits.acquire(org_id, "files"):
-            host = await self._host(sandbox_id, org_id)
-            out = await self.hosts.get_file(host, HostFileGet(
-                sandbox_id=sandbox_id, org_id=org_id, op_id=op_id, **path))
-        return base64.b64decode(out.data_b64)
-
     async def list_files(self, org_id: str, sandbox_id: str, op_id: str,
                          path: PathArg) -> HostFileEntries:
         with self.limits.acquire(org_id, "files"):
-            host = await self._host(sandbox_id, org_id)
+            host = await self.host_of(sandbox_id, org_id)
             return await self.hosts.list_files(host, HostFileList(
                 sandbox_id=sandbox_id, org_id=org_id, op_id=op_id, **path))
 
@@ -132,7 +114,7 @@ class GuestIO:
                       action: str, **options: Any) -> HostFileOpResult:
         """stat, mkdir (parents), remove (recursive), rename (to / to_b64)."""
         with self.limits.acquire(org_id, "files"):
-            host = await self._host(sandbox_id, org_id)
+            host = await self.host_of(sandbox_id, org_id)
             return await self.hosts.file_op(host, HostFileOp(
                 sandbox_id=sandbox_id, org_id=org_id, op_id=op_id, action=action, **path,
                 **options))

@@ -10,10 +10,11 @@ from __future__ import annotations
 import email.parser
 import email.policy
 import posixpath
+from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 
 from common.rpc import RpcFailure
 
@@ -96,10 +97,12 @@ def _http_error(e: Exception) -> JSONResponse:
 async def read_file(ctx: Ctx, oid: OpId, sb: Sandbox,
                     path: Annotated[str, Query(min_length=1, max_length=4096)]) -> Response:
     try:
-        data = await ctx.io.get_file(sb.org_id, sb.sandbox_id, oid, {"path": sandbox_path(path)})
+        size, body = await ctx.transfers.download(sb.org_id, sb.sandbox_id, oid,
+                                                  {"path": sandbox_path(path)})
     except Exception as e:  # noqa: BLE001 - answered with its status
         return _http_error(e)
-    return Response(data, media_type="application/octet-stream")
+    return StreamingResponse(body, media_type="application/octet-stream",
+                             headers={"Content-Length": str(size)})
 
 
 @envd_router.post("/files")
@@ -117,14 +120,16 @@ async def write_files(request: Request, ctx: Ctx, oid: OpId, sb: Sandbox,
         out = []
         for name, data in files:
             target = sandbox_path(name)
-
-            async def read(data: bytes = data) -> bytes:
-                return data
-            await ctx.io.put_file(sb.org_id, sb.sandbox_id, oid, {"path": target}, read)
+            await ctx.transfers.upload(sb.org_id, sb.sandbox_id, oid, {"path": target},
+                                       _once(data))
             out.append({"name": posixpath.basename(target), "type": "file", "path": target})
     except Exception as e:  # noqa: BLE001 - answered with its status
         return _http_error(e)
     return JSONResponse(out)
+
+
+async def _once(data: bytes) -> AsyncIterator[bytes]:
+    yield data
 
 
 def _multipart(content_type: str, body: bytes, path: str | None) -> list[tuple[str, bytes]]:

@@ -70,8 +70,8 @@ async def watch_dir(request: Request, ctx: Ctx, oid: OpId, sb: Sandbox) -> Strea
                 elif chunk.stream == "start":
                     yield cw.envelope({"start": {}})
                 elif chunk.stream == "events" and chunk.data_b64:
-                    for e in lines(base64.b64decode(chunk.data_b64)):
-                        yield cw.envelope({"filesystem": fs_event(e)})
+                    for ev in lines(base64.b64decode(chunk.data_b64)):
+                        yield cw.envelope({"filesystem": fs_event(ev)})
                 elif chunk.stream == "error" and chunk.error:
                     error = cw.ConnectError(RPC_CODES.get(chunk.error.error, "unavailable"),
                                             chunk.error.detail)

@@ -25,7 +25,7 @@ from .envd_routes import envd_router
 from .event_routes import events_router
 from .fleet_routes import fleet_router
 from .image_routes import image_router
-from .io_routes import MAX_FILE, io_router
+from .io_routes import io_router
 from .port_routes import port_router
 from .process_routes import process_router
 from .pty_routes import pty_router
@@ -46,7 +46,8 @@ def create_app(ctx: GatewayContext) -> FastAPI:
     app.state.ctx = ctx
     app.add_middleware(EdgeMiddleware, max_body=ctx.settings.max_body_bytes,
                        uploads=(("PUT", r"/v1/sandboxes/[^/]+/files"),
-                                ("POST", r"/e2b/envd/files")), max_upload=MAX_FILE,
+                                ("POST", r"/e2b/envd/files")),
+                       max_upload=ctx.settings.max_file_mib << 20,
                        big_uploads=(("POST", r"/v1/images"),),
                        max_big_upload=ctx.settings.build_context_max_mib << 20,
                        body_idle_s=ctx.settings.http_body_idle_s)

@@ -28,7 +28,6 @@ def _path(path: str | None, path_b64: str | None, name: str = "path") -> dict[st
         raise RequestValidationError([{"loc": ("query", name), "type": "missing",
                                        "msg": f"give exactly one of {name} and {name}_b64"}])
     return {"path": path} if path is not None else {"path_b64": path_b64 or ""}
-MAX_FILE = 4 << 20
 
 
 class ExecIn(BaseModel):
@@ -70,7 +69,10 @@ async def exec_in_sandbox(ctx: Ctx, oid: OpId, org: Org, sandbox_id: SandboxId, 
                    "schema": {"type": "string", "format": "binary"}}}}})
 async def put_file(request: Request, ctx: Ctx, oid: OpId, org: Org, sandbox_id: SandboxId,
                    path: FilePath = None, path_b64: FilePathB64 = None) -> Response:
-    await ctx.io.put_file(org.org_id, sandbox_id, oid, _path(path, path_b64), request.body)
+    """The body, streamed (up to the gateway's `max_file_mib`): a large file goes
+    in pieces to a hidden file beside the target, renamed over it at the end."""
+    await ctx.transfers.upload(org.org_id, sandbox_id, oid, _path(path, path_b64),
+                               request.stream())
     return Response(status_code=204)
 
 
@@ -78,8 +80,10 @@ async def put_file(request: Request, ctx: Ctx, oid: OpId, org: Org, sandbox_id: 
                responses={200: {"content": {"application/octet-stream": {}}}})
 async def get_file(ctx: Ctx, oid: OpId, org: Org, sandbox_id: SandboxId,
                    path: FilePath = None, path_b64: FilePathB64 = None) -> Response:
-    data = await ctx.io.get_file(org.org_id, sandbox_id, oid, _path(path, path_b64))
-    return Response(data, media_type="application/octet-stream")
+    size, body = await ctx.transfers.download(org.org_id, sandbox_id, oid,
+                                              _path(path, path_b64))
+    return StreamingResponse(body, media_type="application/octet-stream",
+                             headers={"Content-Length": str(size)})
 
 
 @io_router.get("/v1/sandboxes/{sandbox_id}/files/list", response_model=HostFileEntries)

@@ -45,7 +45,7 @@ async def _events(chunks: Any, oid: str) -> AsyncIterator[bytes]:
                 yield event("start", {"id": chunk.pid})
             elif chunk.stream == "events" and chunk.data_b64:
                 for e in lines(base64.b64decode(chunk.data_b64)):
-                    yield event("fs", e)
+                    yield event("fs", dict(e))
             elif chunk.stream == "exit":
                 yield event("end", {"reason": "the directory is gone"})
             elif chunk.error is not None and chunk.error.error == "timeout":

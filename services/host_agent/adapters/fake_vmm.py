@@ -110,7 +110,12 @@ class FakeVmmDriver:
                    ) -> ExecResult:
         raise NotImplementedError("the fake driver has no guest")
 
-    async def put_file(self, sandbox_id: str, path: str | bytes, data: bytes) -> None:
+    async def put_file(self, sandbox_id: str, path: str | bytes, data: bytes,
+                       append: bool = False) -> None:
+        raise NotImplementedError("the fake driver has no guest")
+
+    async def get_range(self, sandbox_id: str, path: str | bytes, offset: int,
+                        length: int) -> tuple[bytes, int]:
         raise NotImplementedError("the fake driver has no guest")
 
     async def get_file(self, sandbox_id: str, path: str | bytes) -> bytes:

@@ -333,13 +333,18 @@ class HostAgentService:
         return await self.driver.exec(sandbox_id, req, on_chunk)
 
     async def put_file(self, sandbox_id: str, org_id: str, path: str | bytes,
-                       data: bytes) -> None:
+                       data: bytes, append: bool = False) -> None:
         await self.running(sandbox_id, org_id)
-        await self.driver.put_file(sandbox_id, path, data)
+        await self.driver.put_file(sandbox_id, path, data, append)
 
     async def get_file(self, sandbox_id: str, org_id: str, path: str | bytes) -> bytes:
         await self.running(sandbox_id, org_id)
         return await self.driver.get_file(sandbox_id, path)
+
+    async def get_range(self, sandbox_id: str, org_id: str, path: str | bytes, offset: int,
+                        length: int) -> tuple[bytes, int]:
+        await self.running(sandbox_id, org_id)
+        return await self.driver.get_range(sandbox_id, path, offset, length)
 
     async def list_files(self, sandbox_id: str, org_id: str, path: str | bytes) -> FileListing:
         await self.running(sandbox_id, org_id)

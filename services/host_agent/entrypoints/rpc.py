@@ -82,10 +82,14 @@ def routes(ctx: HostAgentContext) -> dict[str, Route]:
 
     async def put(req: HostFilePut) -> Done:
         await svc.put_file(req.sandbox_id, req.org_id, req.raw_path(),
-                           base64.b64decode(req.data_b64))
+                           base64.b64decode(req.data_b64), req.append)
         return Done()
 
     async def get(req: HostFileGet) -> HostFileData:
+        if req.offset is not None:
+            piece, total = await svc.get_range(req.sandbox_id, req.org_id, req.raw_path(),
+                                               req.offset, req.length)
+            return HostFileData(data_b64=base64.b64encode(piece).decode(), total=total)
         data = await svc.get_file(req.sandbox_id, req.org_id, req.raw_path())
         return HostFileData(data_b64=base64.b64encode(data).decode())
 

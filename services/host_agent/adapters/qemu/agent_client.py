@@ -10,20 +10,17 @@ reading cannot hold the write lock), and closing never waits for the peer.
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import itertools
-import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from guest import protocol as P
-from services.host_agent.application.ports import (ExecChunk, ExecRequest, ExecResult,
-                                                   FileEntry, FileListing, FileOp, FileStat)
+from services.host_agent.application.ports import (ExecChunk, ExecRequest, ExecResult)
 
 from .errors import AgentUnavailable, GuestError
+from .file_calls import FileCalls
 from .proc_calls import ProcCalls
 
 log = logging.getLogger("corral.host_agent.qemu")
@@ -45,7 +42,7 @@ class _Pending:
     done: bool = False  # its terminal frame arrived: later ones are lies
 
 
-class AgentClient(ProcCalls):
+class AgentClient(ProcCalls, FileCalls):
     exec_grace_s = EXEC_GRACE_S  # an exec's deadline: its timeout plus this
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -290,51 +287,6 @@ class AgentClient(ProcCalls):
             except (AgentUnavailable, ConnectionError, asyncio.CancelledError):
                 pass
 
-    async def put_file(self, path: str | bytes, data: bytes, mode: int = 0o644) -> None:
-        field_ = _path(path)
-        if len(data) > P.MAX_FILE:
-            raise GuestError("EFBIG", f"file larger than {P.MAX_FILE} bytes")
-        await self.request({"op": "put", **field_, "mode": mode}, data, timeout=120)
-
-    async def get_file(self, path: str | bytes, max_bytes: int = P.MAX_FILE) -> bytes:
-        field_ = _path(path)
-        _, payload = await self.request({"op": "get", **field_, "max_bytes": max_bytes},
-                                        timeout=120, budget=max_bytes + P.MAX_HEADER)
-        if len(payload) > max_bytes:
-            raise GuestError("EFBIG", "file larger than asked for")
-        return payload
-
-    async def list_files(self, path: str | bytes) -> FileListing:
-        field_ = _path(path)
-        h, payload = await self.request({"op": "list", **field_},
-                                        budget=P.MAX_LIST_BYTES + P.MAX_HEADER)
-        try:
-            raw = json.loads(payload) if payload else h.get("entries", [])
-            entries = [_entry(e) for e in raw[:P.MAX_LIST]]
-        except (ValueError, TypeError, KeyError, RecursionError) as e:
-            raise GuestError("EPROTO", f"unreadable listing: {e.__class__.__name__}") from None
-        return FileListing(entries, bool(h.get("truncated")) or len(raw) > P.MAX_LIST)
-
-    async def file_op(self, op: FileOp) -> FileStat | None:
-        header = {"op": "fs", "action": op.action, **_path(op.path),
-                  "recursive": op.recursive, "parents": op.parents}
-        if op.to is not None:
-            header.update({f"to_{k}": v for k, v in _path(op.to).items()})
-        h, _ = await self.request(header, timeout=120 if op.action == "remove" else 30)
-        e = h.get("entry")
-        if e is None:
-            return None
-        try:
-            base = _entry(e)
-            kind = str(e.get("type", "other"))
-            target = e.get("target")
-            return FileStat(base.name, base.size, base.is_dir, base.mode, base.name_b64,
-                            kind=kind if kind in ("file", "dir", "symlink") else "other",
-                            mtime=float(e.get("mtime") or 0.0),
-                            target=str(target)[:P.MAX_PATH] if target is not None else None)
-        except (ValueError, TypeError, KeyError, AttributeError) as ex:
-            raise GuestError("EPROTO", f"unreadable entry: {ex.__class__.__name__}") from None
-
     # -- closing ------------------------------------------------------------------
     def _shut(self) -> None:
         self._closed = True
@@ -361,25 +313,6 @@ def _loop_time(deadline: float | None) -> float | None:
     if deadline is None:
         return None
     return asyncio.get_running_loop().time() + (deadline - time.monotonic())
-
-
-def _path(path: str | bytes) -> dict[str, str]:
-    if isinstance(path, bytes):
-        P.check_path(path.decode("utf-8", "surrogateescape"))
-    else:
-        P.check_path(path)
-    return P.path_field(path)
-
-
-def _entry(e: dict) -> FileEntry:
-    name_b64 = e.get("name_b64")
-    if name_b64 is not None:
-        try:
-            base64.b64decode(str(name_b64), validate=True)
-        except (binascii.Error, ValueError):
-            raise GuestError("EPROTO", "bad name_b64 in a listing") from None
-    return FileEntry(str(e["name"])[:4096], int(e["size"]), bool(e["is_dir"]),
-                     int(e["mode"]), name_b64=str(name_b64) if name_b64 is not None else None)
 
 
 def _guest_error(h: dict) -> GuestError:

@@ -177,8 +177,13 @@ class QemuDriver:
                    ) -> ExecResult:
         return await self.launcher.agent(sandbox_id).exec(req, on_chunk)
 
-    async def put_file(self, sandbox_id: str, path: str | bytes, data: bytes) -> None:
-        await self.launcher.agent(sandbox_id).put_file(path, data)
+    async def put_file(self, sandbox_id: str, path: str | bytes, data: bytes,
+                       append: bool = False) -> None:
+        await self.launcher.agent(sandbox_id).put_file(path, data, append=append)
+
+    async def get_range(self, sandbox_id: str, path: str | bytes, offset: int,
+                        length: int) -> tuple[bytes, int]:
+        return await self.launcher.agent(sandbox_id).get_range(path, offset, length)
 
     async def get_file(self, sandbox_id: str, path: str | bytes) -> bytes:
         return await self.launcher.agent(sandbox_id).get_file(path)
