@@ -22,9 +22,12 @@ _USERINFO = re.compile(r"(\w+://)[^/@\s]+@")
 _RESERVED = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
 
 
+_PORT_TOKEN = re.compile(r"(/ports/[^/\s]+/\d+/)[^/\s\"]+")
+
+
 def redact(text: str) -> str:
-    """Strip credentials from URLs (user:pass@host)."""
-    return _USERINFO.sub(r"\1***@", text)
+    """Strip credentials from URLs (user:pass@host, a port URL's token)."""
+    return _PORT_TOKEN.sub(r"\1***", _USERINFO.sub(r"\1***@", text))
 
 
 class JsonFormatter(logging.Formatter):

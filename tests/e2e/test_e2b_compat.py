@@ -198,6 +198,12 @@ class TestEnvd:
         fs.write("/root/e2b/big.bin", big)
         assert bytes(fs.read("/root/e2b/big.bin", format="bytes")) == big
         fs.remove("/root/e2b/big.bin")
+        written = fs.write_files([{"path": "/root/e2b/m/one.txt", "data": "1"},
+                                  {"path": "/root/e2b/m/two.bin", "data": b"\x00\x02"}])
+        assert sorted(w.path for w in written) == ["/root/e2b/m/one.txt", "/root/e2b/m/two.bin"]
+        assert fs.read("/root/e2b/m/one.txt") == "1"
+        assert bytes(fs.read("/root/e2b/m/two.bin", format="bytes")) == b"\x00\x02"
+        fs.remove("/root/e2b/m")
         assert fs.exists("/root/e2b/hello.txt") and not fs.exists("/root/e2b/nope")
         assert fs.make_dir("/root/e2b/sub") is True and fs.make_dir("/root/e2b/sub") is False
         names = {e.name: e.type for e in fs.list("/root/e2b")}

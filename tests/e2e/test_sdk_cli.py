@@ -506,6 +506,17 @@ class TestOneMicroVM:
         r = box.exec("sha256sum /root/big/blob.bin")
         assert r.stdout.split()[0] == hashlib.sha256(blob).hexdigest()
         assert box.files.read("/root/big/blob.bin") == blob
+        out = box.files.write_many({"/root/many/a.txt": "A", "/root/many/sub/b.bin": b"\x00B",
+                                    '/root/many/q "x".txt': "Q"})
+        assert [(o["path"], o["size"]) for o in out] == [
+            ("/root/many/a.txt", 1), ("/root/many/sub/b.bin", 2), ('/root/many/q "x".txt', 1)]
+        assert box.files.read("/root/many/sub/b.bin") == b"\x00B"
+        assert box.files.read('/root/many/q "x".txt') == b"Q"
+        import httpx
+        r = httpx.post(f"{box._http.client.base_url}/v1/sandboxes/{box.id}/files",
+                       headers={"Authorization": box._http.client.headers["authorization"]},
+                       files={"f": ("relative.txt", b"x")})
+        assert r.status_code == 422 and "absolute" in r.json()["detail"]
         box.files.write("/root/big/blob.bin", b"small now")  # replaced, atomically
         assert box.files.read("/root/big/blob.bin") == b"small now"
         with pytest.raises(ConflictError):  # its parent is a file: refused, nothing left over

@@ -27,6 +27,10 @@ def test_json_lines_carry_context_and_redact_credentials():
     assert doc["op_id"] == "op_1" and doc["sandbox_id"] == "sb" and doc["host_id"] == "h"
     assert "secret" not in doc["msg"] and "***@db" in doc["msg"]
     assert redact("nats://a:b@h:4222") == "nats://***@h:4222"
+    # a port URL's token opens that port: never in a log line
+    assert redact('"GET /ports/sb-1/8000/org.c2VjcmV0/a/b?x=1 HTTP/1.1"') == \
+        '"GET /ports/sb-1/8000/***/a/b?x=1 HTTP/1.1"'
+    assert redact("WebSocket /ports/sb-1/8765/org.c2Vj") == "WebSocket /ports/sb-1/8765/***"
 
 
 async def test_run_until_stopped_survives_finished_jobs_and_stops_on_crash():

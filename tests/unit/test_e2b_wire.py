@@ -9,7 +9,8 @@ from contracts.rpc import HostFileStat
 from services.api_gateway.adapters.sealer import Sealer
 from services.api_gateway.entrypoints import connect_wire as cw
 from services.api_gateway.entrypoints.e2b_routes import _metadata_filter, detail, image_of
-from services.api_gateway.entrypoints.envd_routes import _multipart, entry_info, sandbox_path
+from services.api_gateway.entrypoints.envd_common import entry_info, sandbox_path
+from services.api_gateway.entrypoints.multipart import form_files as _multipart
 
 pytestmark = pytest.mark.unit
 

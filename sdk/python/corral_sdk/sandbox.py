@@ -90,6 +90,29 @@ class Files:
                       headers={"Content-Type": "application/octet-stream"}, timeout=120)
         return self._sb._run(self._sb._then(h.request(call, self._sb._retry), lambda _: None))
 
+    def write_many(self, files):
+        """Several files in one request: a mapping (or pairs) of absolute path
+        to bytes or str. Each is written atomically, in order."""
+        pairs = list(files.items()) if isinstance(files, dict) else list(files)
+        if not pairs:
+            raise ArgumentError("files must name at least one file", param="files")
+        boundary = uuid.uuid4().hex
+        body = bytearray()
+        for path, data in pairs:
+            chk.check_path("files", path)
+            if not isinstance(data, (str, bytes, bytearray)):
+                raise ArgumentError(f"{path}: data must be str or bytes", param="files")
+            quoted = path.replace("\\", "\\\\").replace('"', '\\"')
+            body += (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; "
+                     f"filename=\"{quoted}\"\r\nContent-Type: application/octet-stream"
+                     "\r\n\r\n").encode()
+            body += data.encode() if isinstance(data, str) else bytes(data)
+            body += b"\r\n"
+        body += f"--{boundary}--\r\n".encode()
+        call = h.Call("POST", self._path(), content=bytes(body), timeout=300, headers={
+            "Content-Type": f"multipart/form-data; boundary={boundary}"})
+        return self._sb._run(self._sb._then(h.request(call), h.parse_json))
+
     def read(self, path: str):
         chk.check_path("path", path)
         call = h.Call("GET", self._path(), params={"path": path}, timeout=120)

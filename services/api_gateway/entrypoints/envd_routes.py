@@ -7,8 +7,6 @@ token (`X-Access-Token`, issued at create and connect); no API key travels
 here."""
 from __future__ import annotations
 
-import email.parser
-import email.policy
 import posixpath
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
@@ -24,6 +22,7 @@ from .deps import Ctx, OpId
 from .envd_common import (NOT_RUNNING, Sandbox, Target, connect_error, entry_info,
                           sandbox_path)
 from .envd_process import process_router
+from .multipart import form_files
 from .envd_watch import watch_router
 
 envd_router = APIRouter(prefix="/envd", include_in_schema=False)
@@ -113,7 +112,7 @@ async def write_files(request: Request, ctx: Ctx, oid: OpId, sb: Sandbox,
     try:
         body = await request.body()
         kind = request.headers.get("content-type", "")
-        files = (_multipart(kind, body, path) if kind.startswith("multipart/form-data")
+        files = (form_files(kind, body, path) if kind.startswith("multipart/form-data")
                  else [(path, body)] if path else [])
         if not files:
             raise cw.ConnectError("invalid_argument", "no file in the request")
@@ -130,17 +129,6 @@ async def write_files(request: Request, ctx: Ctx, oid: OpId, sb: Sandbox,
 
 async def _once(data: bytes) -> AsyncIterator[bytes]:
     yield data
-
-
-def _multipart(content_type: str, body: bytes, path: str | None) -> list[tuple[str, bytes]]:
-    msg = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
-        f"Content-Type: {content_type}\r\n\r\n".encode() + body)
-    parts: list[tuple[str, bytes]] = []
-    for part in msg.iter_parts():
-        name, data = part.get_filename() or path, part.get_payload(decode=True)
-        if name:
-            parts.append((name, data if isinstance(data, bytes) else b""))
-    return [(path, parts[0][1])] if len(parts) == 1 and path else parts
 
 
 @envd_router.get("/health")

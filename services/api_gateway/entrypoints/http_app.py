@@ -46,6 +46,7 @@ def create_app(ctx: GatewayContext) -> FastAPI:
     app.state.ctx = ctx
     app.add_middleware(EdgeMiddleware, max_body=ctx.settings.max_body_bytes,
                        uploads=(("PUT", r"/v1/sandboxes/[^/]+/files"),
+                                ("POST", r"/v1/sandboxes/[^/]+/files"),
                                 ("POST", r"/e2b/envd/files")),
                        max_upload=ctx.settings.max_file_mib << 20,
                        big_uploads=(("POST", r"/v1/images"),),

@@ -1,6 +1,7 @@
 """Commands and files inside a running sandbox."""
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Path, Query, Request, Response
@@ -10,7 +11,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from contracts.rpc import HostExecResult, HostFileEntries, HostFileStat
 
+from ..application.errors import Unprocessable
 from .deps import Ctx, OpId, Org
+from .multipart import form_files
 from .sse import exec_events
 
 io_router = APIRouter(tags=["sandboxes"])
@@ -74,6 +77,43 @@ async def put_file(request: Request, ctx: Ctx, oid: OpId, org: Org, sandbox_id: 
     await ctx.transfers.upload(org.org_id, sandbox_id, oid, _path(path, path_b64),
                                request.stream())
     return Response(status_code=204)
+
+
+class Written(BaseModel):
+    path: str
+    size: int
+
+
+MAX_FORM_FILES = 1000
+
+
+@io_router.post("/v1/sandboxes/{sandbox_id}/files", response_model=list[Written],
+                openapi_extra={"requestBody": {"content": {"multipart/form-data": {
+                    "schema": {"type": "object"}}}}})
+async def write_files(request: Request, ctx: Ctx, oid: OpId, org: Org,
+                      sandbox_id: SandboxId) -> list[Written]:
+    """Many files in one multipart/form-data body: each part's filename is its
+    absolute path. Written in order; each one atomically."""
+    kind = request.headers.get("content-type", "")
+    if not kind.startswith("multipart/form-data"):
+        raise Unprocessable("the body must be multipart/form-data")
+    files = form_files(kind, await request.body())
+    if not files or len(files) > MAX_FORM_FILES:
+        raise Unprocessable(f"give 1 to {MAX_FORM_FILES} parts, each with a filename "
+                            "(its absolute path)")
+    for name, _ in files:
+        if not name.startswith("/") or "\x00" in name or len(name) > 4096:
+            raise Unprocessable(f"{name[:100]!r} is not an absolute path")
+    out = []
+    for name, data in files:
+        size = await ctx.transfers.upload(org.org_id, sandbox_id, oid, {"path": name},
+                                          _once(data))
+        out.append(Written(path=name, size=size))
+    return out
+
+
+async def _once(data: bytes) -> AsyncIterator[bytes]:
+    yield data
 
 
 @io_router.get("/v1/sandboxes/{sandbox_id}/files", response_class=Response,

@@ -15,7 +15,7 @@ from typing import Any
 from opentelemetry.trace import SpanKind, StatusCode
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from common.logging import log_context
+from common.logging import log_context, redact
 from common.tracing import context_from, tracer
 
 log = logging.getLogger("corral.gateway.http")
@@ -82,7 +82,7 @@ class EdgeMiddleware:
         parent = context_from(headers.get(b"traceparent", b"").decode("latin-1") or None)
         with log_context(op_id=op_id), tracer("corral.gateway").start_as_current_span(
                 scope["method"], context=parent, kind=SpanKind.SERVER, attributes={
-                    "http.request.method": scope["method"], "url.path": scope["path"],
+                    "http.request.method": scope["method"], "url.path": redact(scope["path"]),
                     "url.scheme": scope.get("scheme", "http"), "corral.op_id": op_id}) as span:
             try:
                 _check_headers(scope)
