@@ -192,3 +192,42 @@ async def test_file_ops_round_trip_and_a_lying_entry_is_refused(tmp_path: Path):
     assert e.value.code == "EPROTO"
     await client.close()
     server.close()
+
+
+async def test_lying_process_watch_and_range_answers_are_refused(tmp_path: Path):
+    """A guest that answers background-process calls with the wrong shapes:
+    output before `started`, an unknown stream, a listing of non-objects,
+    events that are not events, a range larger than asked for."""
+    from services.host_agent.application.ports import ProcCall, ProcEvent
+    lies = {
+        "spawn": [{"type": "out", "stream": "stdout"}],  # output before started
+        "attach": [{"type": "started", "pid": 7}, {"type": "out", "stream": "secrets"}],
+        "ps": [{"type": "ok", "procs": [1, 2]}],
+        "poll": [{"type": "ok"}],  # payload below: not a list of events
+        "get": [{"type": "data", "total": -1}],
+    }
+
+    async def liar(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        async for h, _ in requests(r):
+            for answer in lies.get(h.get("op"), []):
+                payload = (b'[{"name": 5, "op": "boom"}]' if h["op"] == "poll"
+                           else b"x" * 10 if h["op"] == "get" else b"leak")
+                w.write(P.encode({"id": h["id"], **answer}, payload))
+            await w.drain()
+    client, server = await guest(tmp_path, liar)
+    seen: list[ProcEvent] = []
+
+    async def sink(e: ProcEvent) -> None:
+        seen.append(e)
+    for call in (ProcCall("spawn", cmd=["x"]), ProcCall("attach", pid=7), ProcCall("ps"),
+                 ProcCall("poll", pid=7)):
+        with pytest.raises(GuestError) as e:
+            await asyncio.wait_for(client.proc(
+                call, sink if call.action in ("spawn", "attach") else None), 10)
+        assert e.value.code == "EPROTO", call
+    assert [x.kind for x in seen] == ["start"]  # nothing of the lies reached the caller
+    with pytest.raises(GuestError) as e:
+        await client.get_range("/etc/hosts", 0, 4)
+    assert e.value.code == "EPROTO"
+    await client.close()
+    server.close()
