@@ -83,6 +83,8 @@ class Spec:
         content = op.get("requestBody", {}).get("content", {})
         if "application/json" in content:
             kw["json"] = self.minimal(content["application/json"]["schema"]) or {}
+        elif "multipart/form-data" in content:  # one file, its filename a path
+            kw["files"] = {"file": ("/tmp/x", b"x")}
         elif content:
             kw["content"] = b"x"
             headers["Content-Type"] = next(iter(content))

@@ -62,7 +62,7 @@ CHECKS = {f.__name__: f for f in (
 )}
 # Operations that talk to the guest: the FAKE driver has none (a running
 # sandbox answers 503 there), so their "real sandbox" is a stopped one.
-GUEST_PATHS = ("/exec", "/files")
+GUEST_PATHS = ("/exec", "/files", "/processes")
 
 
 def _collected_spec() -> dict:

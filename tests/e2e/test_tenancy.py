@@ -115,6 +115,9 @@ def new_image(api: Api) -> str:
 
 
 MAKERS = {"sandbox_id": new_sandbox, "snapshot_id": new_snapshot, "image_id": new_image}
+# Path parameters that name no tenant resource of their own (a process, a port
+# inside the sandbox the route also names): any value, the sandbox decides.
+SCALARS = {"pid": "1", "port": "8000"}
 READERS = {"sandbox_id": ("/v1/sandboxes/{}", "/v1/sandboxes/{}/events?limit=500"),
            "snapshot_id": ("/v1/snapshots/{}",), "image_id": ("/v1/images/{}",)}
 
@@ -157,7 +160,7 @@ def test_every_tenant_route_is_404_for_another_org(tstack, spec, org_a, org_b, o
     failures, tried = [], []
     for method, path, op in routes:
         params = [p["name"] for p in op.get("parameters", []) if p["in"] == "path"]
-        unknown = [p for p in params if p not in MAKERS]
+        unknown = [p for p in params if p not in MAKERS and p not in SCALARS]
         if unknown:
             failures.append(f"{method} {path}: no org-A resource for {unknown}; add to MAKERS")
             continue
@@ -166,22 +169,24 @@ def test_every_tenant_route_is_404_for_another_org(tstack, spec, org_a, org_b, o
             tried.append(where)
             # control: the same request by the owner, on scratch resources, is valid and
             # reaches the handler, so B's 404 below comes from the ownership check
-            scratch = {p: MAKERS[p](org_a) for p in params}
+            scratch = {p: MAKERS[p](org_a) if p in MAKERS else SCALARS[p] for p in params}
             own = org_a.request(**spec.request(method, path, op, scratch, a_auth, accept))
             if own.status_code in (401, 403, 404, 405, 422):
                 failures.append(f"{where}: the owner's request failed with {own.status_code} "
                                 f"(fix Spec.minimal for this route): {own.text[:300]}")
                 continue
-            r = org_b["api"].request(**spec.request(method, path, op, owned, b_auth, accept))
+            r = org_b["api"].request(**spec.request(method, path, op, {**owned, **SCALARS},
+                                                    b_auth, accept))
             # exactly what anyone gets for an id that does not exist: nothing reveals it
             ghost = org_b["api"].request(**spec.request(
-                method, path, op, {p: str(uuid.uuid4()) for p in params}, b_auth, accept))
+                method, path, op, {p: str(uuid.uuid4()) if p in MAKERS else SCALARS[p]
+                                   for p in params}, b_auth, accept))
             try:
                 body = assert_problem(r, 404, where)
                 ghost_body = assert_problem(ghost, 404, where + " (unknown id)")
                 assert ({k: body[k] for k in ("type", "title", "detail")}
                         == {k: ghost_body[k] for k in ("type", "title", "detail")}), where
-                assert not any(owned[p] in r.text for p in params), where
+                assert not any(owned[p] in r.text for p in params if p in owned), where
                 assert tstack.creds.org_id not in r.text, where
                 assert body["detail"] != no_route, f"{where}: the route itself was not found"
             except AssertionError as e:
@@ -287,7 +292,7 @@ def test_revoked_key_stops_working_within_seconds(tstack, admin, org_b, victim):
 def test_org_keys_get_403_on_admin_routes_and_admin_keys_on_org_routes(
         tstack, spec, admin, org_a, org_b, victim, owned):
     values = {"org_id": org_b["id"], "key_id": org_b["key_id"], "host_id": tstack.creds.host_id,
-              **owned}
+              **owned, **SCALARS}
     hosts_before = admin.get("/v1/hosts")
     failures, admin_routes, org_routes = [], 0, 0
     for method, path, op in spec.ops():
@@ -329,7 +334,7 @@ def test_org_keys_get_403_on_admin_routes_and_admin_keys_on_org_routes(
 ], ids=["none", "garbage", "bearer-10KB", "bearer-prefix-only", "bearer-only", "basic", "no-scheme"])
 def test_missing_or_bad_credentials_are_401_everywhere(tstack, spec, victim, owned, auth):
     values = {"org_id": tstack.creds.org_id, "key_id": "x", "host_id": tstack.creds.host_id,
-              **owned}
+              **owned, **SCALARS}
     failures, n = [], 0
     with httpx.Client(base_url=tstack.api_url, timeout=30) as c:
         for method, path, op in spec.ops():

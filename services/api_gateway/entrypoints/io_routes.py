@@ -88,8 +88,13 @@ MAX_FORM_FILES = 1000
 
 
 @io_router.post("/v1/sandboxes/{sandbox_id}/files", response_model=list[Written],
-                openapi_extra={"requestBody": {"content": {"multipart/form-data": {
-                    "schema": {"type": "object"}}}}})
+                openapi_extra={"requestBody": {"required": True, "content": {
+                    "multipart/form-data": {"schema": {
+                        "type": "object", "minProperties": 1,
+                        "propertyNames": {"pattern": "^/[^\\x00]{1,4095}$"},
+                        "additionalProperties": {"type": "string", "format": "binary"},
+                        "description": "each part a file: its filename (or else its field "
+                                       "name) the absolute path"}}}}})
 async def write_files(request: Request, ctx: Ctx, oid: OpId, org: Org,
                       sandbox_id: SandboxId) -> list[Written]:
     """Many files in one multipart/form-data body: each part's filename is its
