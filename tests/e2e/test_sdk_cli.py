@@ -325,10 +325,15 @@ class TestOneMicroVM:
             res = await asb.exec(["sh", "-c", "echo a; sleep 0.2; echo b"], on_stdout=on_out)
             await asb.files.write("/root/async.txt", b"A")
             data = await asb.files.read("/root/async.txt")
+            pid = await asb.processes.start(["sleep", "60"], tag="async")
+            assert "async" in [p.tag for p in await asb.processes.list()]
+            assert await asb.processes.kill(pid) is True
+            ran = await asb.processes.run("echo $((2+3))", on_stdout=on_out)
+            assert ran.exit_code == 0 and ran.stdout == "5\n"
             await asb.close()
             return res, "".join(got), data
         res, streamed, data = asyncio.run(go())
-        assert res.stdout == streamed == "a\nb\n" and data == b"A"
+        assert res.stdout == "a\nb\n" and streamed == "a\nb\n5\n" and data == b"A"
 
     def test_processes_background_stdin_signal_pty(self, vm, box):
         procs = box.processes

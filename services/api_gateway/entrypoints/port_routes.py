@@ -32,6 +32,7 @@ HOP = {b"host", b"connection", b"keep-alive", b"transfer-encoding", b"upgrade", 
        b"sec-websocket-key", b"sec-websocket-version", b"sec-websocket-extensions",
        b"sec-websocket-protocol"}
 HEAD_TIMEOUT_S = 60.0  # for the response's status and headers
+MAX_WS_MESSAGE = 16 << 20  # a port's WebSocket message, reassembled here
 METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 
 
@@ -192,6 +193,7 @@ class _Relay:
     def __init__(self, websocket: WebSocket, peer: WSConnection, tunnel: Tunnel) -> None:
         self.websocket, self.peer, self.tunnel = websocket, peer, tunnel
         self.parts: list[Any] = []
+        self.size = 0
 
     async def up(self) -> None:
         while True:
@@ -218,8 +220,12 @@ class _Relay:
         """Passes one event on; True once the port closed the socket."""
         if isinstance(ev, ws.Message):
             self.parts.append(ev.data)
+            self.size += len(ev.data)
+            if self.size > MAX_WS_MESSAGE:  # the guest's; not held without bound
+                await self.websocket.close(code=1009, reason="message too big")
+                return True
             if ev.message_finished:
-                parts, self.parts = self.parts, []
+                parts, self.parts, self.size = self.parts, [], 0
                 if isinstance(ev, ws.TextMessage):
                     await self.websocket.send_text("".join(parts))
                 else:
