@@ -267,6 +267,19 @@ class ExecResult:
                    bool(doc.get("truncated")))
 
 
+def event_doc(ev: SSEEvent) -> dict:
+    """An event's JSON; an `error` event raised as the error it carries."""
+    try:
+        doc = json.loads(ev.data)
+    except ValueError:
+        raise StreamError(f"malformed {ev.event} event: {ev.data[:200]!r}") from None
+    if not isinstance(doc, dict):
+        raise StreamError(f"malformed {ev.event} event: {ev.data[:200]!r}")
+    if ev.event == "error":
+        raise error_from_problem(int(doc.get("status") or 500), doc)
+    return doc
+
+
 class ExecCollector:
     """Folds streamed exec events into an ExecResult, keeping at most `cap`
     characters per stream (the rest is dropped and flagged `truncated`)."""
@@ -282,12 +295,7 @@ class ExecCollector:
         """Returns (stream, text) for output chunks; raises on `error`."""
         if ev.event not in ("stdout", "stderr", "exit", "error"):
             return None
-        try:
-            doc = json.loads(ev.data)
-        except ValueError:
-            raise StreamError(f"malformed {ev.event} event: {ev.data[:200]!r}") from None
-        if ev.event == "error":
-            raise error_from_problem(int(doc.get("status") or 500), doc)
+        doc = event_doc(ev)
         if ev.event == "exit":
             self.exit = doc
             return None

@@ -9,14 +9,13 @@ from __future__ import annotations
 import base64
 import builtins
 import codecs
-import json
 from dataclasses import dataclass, field
 from collections.abc import Callable
 from typing import Any
 
 from . import _args as chk
 from . import _http as h
-from .errors import ArgumentError, NotFoundError, StreamError, error_from_problem
+from .errors import ArgumentError, NotFoundError, StreamError
 from .sse import SSEDecoder
 
 SIGNALS = ("SIGHUP", "SIGINT", "SIGQUIT", "SIGKILL", "SIGUSR1", "SIGUSR2", "SIGTERM",
@@ -63,12 +62,7 @@ class _Follower:
     def on(self, ev: Any) -> h.Op:
         if ev.event not in ("start", "stdout", "stderr", "pty", "exit", "error"):
             return
-        try:
-            doc = json.loads(ev.data)
-        except ValueError:
-            raise StreamError(f"malformed {ev.event} event: {ev.data[:200]!r}") from None
-        if ev.event == "error":
-            raise error_from_problem(int(doc.get("status") or 500), doc)
+        doc = h.event_doc(ev)
         if ev.event == "exit":
             self.exit = ProcessExit(doc.get("exit_code"), bool(doc.get("timed_out")),
                                     int(doc.get("duration_ms") or 0), self.pid,

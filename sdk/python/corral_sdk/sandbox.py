@@ -6,7 +6,6 @@ runs it to a value, the async driver returns a coroutine to await.
 from __future__ import annotations
 
 import builtins
-import json
 import time
 import uuid
 from collections.abc import Callable
@@ -16,8 +15,7 @@ from typing import Any
 from . import _args as chk
 from . import _http as h
 from .config import Config
-from .errors import (ArgumentError, CorralError, NotFoundError, SandboxTimeoutError, StreamError,
-                     error_from_problem)
+from .errors import (ArgumentError, CorralError, NotFoundError, SandboxTimeoutError, StreamError)
 from .processes import Processes
 from .sse import SSEDecoder
 
@@ -190,12 +188,10 @@ def _watch(call: h.Call, on_event: Callable[[dict], Any] | None) -> h.Op:
         chunk = yield h.Read(resp)
         for ev in (dec.feed(chunk) if chunk else dec.close()):
             if ev.event in ("end", "error"):
-                doc = json.loads(ev.data or "{}")
-                if ev.event == "error":
-                    raise error_from_problem(int(doc.get("status") or 500), doc)
+                h.event_doc(ev)  # an error raises
                 return seen
             if ev.event == "fs":
-                e = json.loads(ev.data)
+                e = h.event_doc(ev)
                 seen.append(e)
                 if on_event is not None and (yield h.Emit(on_event, e)) is False:
                     return seen

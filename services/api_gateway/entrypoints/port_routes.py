@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 import h11
-from fastapi import APIRouter, Path, Request, WebSocket, WebSocketDisconnect
+from fastapi import APIRouter, Path, Request, WebSocket
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel
 from wsproto import ConnectionType, WSConnection
@@ -20,6 +20,7 @@ from wsproto import events as ws
 from .deps import Ctx, OpId, Org, context
 from .io_routes import SandboxId
 from .middleware import new_op_id
+from .pair import both
 from .problems import RPC_STATUS, problem
 from .tunnel import Tunnel, TunnelError
 
@@ -240,13 +241,4 @@ class _Relay:
 
 async def _relay(websocket: WebSocket, peer: WSConnection, tunnel: Tunnel) -> None:
     relay = _Relay(websocket, peer, tunnel)
-    tasks = [asyncio.create_task(relay.up()), asyncio.create_task(relay.down())]
-    try:
-        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-        for t in done:
-            if not t.cancelled() and not isinstance(t.exception(), WebSocketDisconnect | None):
-                log.warning("port relay ended: %r", t.exception())
-    finally:
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+    await both(relay.up, relay.down, log, "port relay")

@@ -4,14 +4,13 @@ control (`{"resize": {"cols", "rows"}}`, `{"signal": "SIGINT"}`) from the
 client and `{"pid"}` then `{"exit_code", "timed_out"}` from the server."""
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 import logging
 from collections.abc import Mapping
 from typing import Any
 
-from fastapi import APIRouter, WebSocket, WebSocketDisconnect
+from fastapi import APIRouter, WebSocket
 from pydantic import ValidationError
 
 from common.rpc import RpcFailure
@@ -20,6 +19,7 @@ from contracts.procs import MAX_INPUT, HostProc
 from ..adapters.auth_client import Unauthorized
 from ..application.errors import UseCaseError
 from .middleware import new_op_id
+from .pair import both
 
 log = logging.getLogger("corral.gateway.pty")
 pty_router = APIRouter()
@@ -132,16 +132,9 @@ async def _session(websocket: WebSocket, sandbox_id: str, call: dict[str, Any]) 
         return
     await websocket.accept()
     term = _Terminal(websocket, io, org, sandbox_id, op_id, chunks)
-    tasks = [asyncio.create_task(term.down()), asyncio.create_task(term.up())]
     try:
-        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-        for t in done:
-            if not t.cancelled() and not isinstance(t.exception(), WebSocketDisconnect | None):
-                log.warning("terminal session ended: %r", t.exception())
+        await both(term.up, term.down, log, "terminal session")
     finally:
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
         await chunks.aclose()  # leaving detaches: the process runs on
         try:
             await websocket.close()
