@@ -31,6 +31,18 @@ def corral(st, *args, cwd, timeout=180, **kw) -> subprocess.CompletedProcess:
                           capture_output=True, timeout=timeout, **kw)
 
 
+HEADER_ECHO = """
+import json
+from http.server import BaseHTTPRequestHandler, HTTPServer
+class H(BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = json.dumps(dict(self.headers.items())).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+HTTPServer(("127.0.0.1", 8002), H).serve_forever()
+"""
 WS_ECHO = r"""
 import base64, hashlib, socket, struct, threading
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
@@ -423,6 +435,20 @@ class TestOneMicroVM:
         assert httpx.get(other, timeout=30).status_code == 404
         r = httpx.get(box.port_url(8001), timeout=30)  # exposed, but nothing listens
         assert r.status_code == 502 and "port 8001" in r.json()["detail"]
+        echo_headers = box.processes.start(["python3", "-c", HEADER_ECHO])
+        hurl = box.port_url(8002)
+        for _ in range(100):
+            r = httpx.get(hurl + "h", timeout=30, headers={
+                "Authorization": f"Bearer {vm.creds.api_key}", "X-API-KEY": "crl_e2b",
+                "X-Access-Token": "tok", "X-Mine": "kept"})
+            if r.status_code != 502:
+                break
+            time.sleep(0.2)
+        seen = {k.lower(): v for k, v in r.json().items()}
+        assert seen["x-mine"] == "kept" and seen["host"] == "127.0.0.1:8002"
+        assert not {"authorization", "x-api-key", "x-access-token"} & seen.keys(), seen
+        assert vm.creds.api_key not in r.text  # the guest never sees a Corral credential
+        box.processes.kill(echo_headers)
         ws_url = box.port_url(8765).replace("http://", "ws://") + "chat?x=1"
         for _ in range(100):
             try:

@@ -63,10 +63,18 @@ def _target(path: str, query: str) -> str:
     return "/" + path + (f"?{query}" if query else "")
 
 
+def _credential(k: bytes, v: bytes) -> bool:
+    """Corral's own credentials, which a guest must never see (a client that
+    sends its API key everywhere, say): API keys and envd access tokens."""
+    k = k.lower()
+    return (k in (b"x-api-key", b"x-access-token")
+            or (k == b"authorization" and v.split(b" ")[-1].startswith(b"crl_")))
+
+
 def _headers(raw: list[tuple[bytes, bytes]], port: int, prefix: str,
              client: str) -> list[tuple[bytes, bytes]]:
     kept = [(k, v) for k, v in raw if k.lower() not in HOP and not k.lower().startswith(
-        b"x-forwarded-")]
+        b"x-forwarded-") and not _credential(k, v)]
     return [(b"host", f"127.0.0.1:{port}".encode()), *kept,
             (b"x-forwarded-prefix", prefix.encode()), (b"x-forwarded-for", client.encode())]
 

@@ -31,7 +31,7 @@ def _code(e: Exception) -> str:
     code = getattr(e, "code", "")
     if isinstance(e, ValueError) or code in ("EINVAL", "ENAMETOOLONG", "EISDIR", "ENOTDIR"):
         return "invalid"
-    if code == "ENOENT":
+    if code in ("ENOENT", "ESRCH"):
         return "not_found"
     if code in ("EEXIST", "ENOTEMPTY", "EBUSY", "EPIPE"):
         return "conflict"
