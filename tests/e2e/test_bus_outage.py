@@ -104,7 +104,10 @@ def test_a_frozen_host_is_lost_then_adopted_back_with_usage_for_the_whole_time(o
     started = {sid: api.get(f"/v1/sandboxes/{sid}").json()["started_at"] for sid in ids}
     took = _freeze_host(st, until=lambda: all(
         api.get(f"/v1/sandboxes/{s}").json()["state"] == "lost" for s in ids))
-    assert took < 3 * HEARTBEAT_S + 4, took  # judged on a flowing bus: no outage here
+    # judged on a flowing bus, no outage here: three missed beats, and at most once
+    # more if a probe fails under load (a failed probe ends a flow, and the next
+    # flow starts every host's grace afresh; CI once saw 7.96 s that way)
+    assert took < 2 * 3 * HEARTBEAT_S + 4, took
     # back: adopted from its inventory, every VM still the same process
     for sid in ids:
         assert api.wait_state(sid, ("running",), 60)["state"] == "running"
