@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -84,31 +84,38 @@ async def watch_dir(request: Request, ctx: Ctx, oid: OpId, sb: Sandbox) -> Strea
     return StreamingResponse(events(), media_type=cw.STREAM_TYPE)
 
 
-@watch_router.post("/filesystem.Filesystem/CreateWatcher")
-async def create_watcher(request: Request, ctx: Ctx, oid: OpId, sb: Sandbox) -> JSONResponse:
+async def _answered(request: Request, work: Callable[[dict[str, Any]], Awaitable[dict]]
+                    ) -> JSONResponse:
+    """A unary call: its message to `work`, whose dict is the answer; every
+    failure answered with its Connect code."""
     try:
-        call = {**_watch(cw.unary_request(await request.body())), "timeout_s": POLLED_S}
-        res = await ctx.io.proc(sb.org_id, sb.sandbox_id, oid, call)
-        return JSONResponse({"watcherId": str(res.pid)})
+        return JSONResponse(await work(cw.unary_request(await request.body())))
     except Exception as e:  # noqa: BLE001 - every failure is answered with its code
         return cw.unary_error(connect_error(e))
+
+
+@watch_router.post("/filesystem.Filesystem/CreateWatcher")
+async def create_watcher(request: Request, ctx: Ctx, oid: OpId, sb: Sandbox) -> JSONResponse:
+    async def work(msg: dict[str, Any]) -> dict:
+        call = {**_watch(msg), "timeout_s": POLLED_S}
+        res = await ctx.io.proc(sb.org_id, sb.sandbox_id, oid, call)
+        return {"watcherId": str(res.pid)}
+    return await _answered(request, work)
 
 
 @watch_router.post("/filesystem.Filesystem/GetWatcherEvents")
 async def watcher_events(request: Request, ctx: Ctx, oid: OpId, sb: Sandbox) -> JSONResponse:
-    try:
-        wid = _watcher(cw.unary_request(await request.body()))
-        res = await ctx.io.proc(sb.org_id, sb.sandbox_id, oid, {"action": "poll", "pid": wid})
-        return JSONResponse({"events": [fs_event(e.model_dump()) for e in res.events or []]})
-    except Exception as e:  # noqa: BLE001 - every failure is answered with its code
-        return cw.unary_error(connect_error(e))
+    async def work(msg: dict[str, Any]) -> dict:
+        res = await ctx.io.proc(sb.org_id, sb.sandbox_id, oid,
+                                {"action": "poll", "pid": _watcher(msg)})
+        return {"events": [fs_event(e.model_dump()) for e in res.events or []]}
+    return await _answered(request, work)
 
 
 @watch_router.post("/filesystem.Filesystem/RemoveWatcher")
 async def remove_watcher(request: Request, ctx: Ctx, oid: OpId, sb: Sandbox) -> JSONResponse:
-    try:
-        wid = _watcher(cw.unary_request(await request.body()))
-        await ctx.io.proc(sb.org_id, sb.sandbox_id, oid, {"action": "close", "pid": wid})
-        return JSONResponse({})
-    except Exception as e:  # noqa: BLE001 - every failure is answered with its code
-        return cw.unary_error(connect_error(e))
+    async def work(msg: dict[str, Any]) -> dict:
+        await ctx.io.proc(sb.org_id, sb.sandbox_id, oid,
+                          {"action": "close", "pid": _watcher(msg)})
+        return {}
+    return await _answered(request, work)
