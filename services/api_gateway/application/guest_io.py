@@ -4,7 +4,7 @@ from __future__ import annotations
 import asyncio
 import posixpath
 import stat
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Any
 
 from contracts.rpc import (HostExec, HostExecChunk, HostExecResult, HostExecStream, HostFileEntries,
@@ -44,17 +44,22 @@ class GuestIO:
             return await self.hosts.exec(host, HostExec(sandbox_id=sandbox_id, org_id=org_id,
                                                         op_id=op_id, **command))
 
-    async def exec_stream(self, org_id: str, sandbox_id: str, op_id: str,
-                          command: dict[str, Any]) -> AsyncGenerator[HostExecChunk, None]:
+    async def _stream(self, org_id: str, sandbox_id: str,
+                      open_: Callable[[str], Awaitable[AsyncGenerator[HostExecChunk, None]]]
+                      ) -> AsyncGenerator[HostExecChunk, None]:
+        """A stream from the sandbox's host, holding an `exec` slot until it ends."""
         slot = self.limits.acquire(org_id, "exec")
         try:
-            host = await self.host_of(sandbox_id, org_id)
-            req = HostExecStream(sandbox_id=sandbox_id, org_id=org_id, op_id=op_id, **command)
-            chunks = await self.hosts.exec_stream(host, req)
+            chunks = await open_(await self.host_of(sandbox_id, org_id))
         except BaseException:
             slot.release()
             raise
         return holding(slot, chunks)
+
+    async def exec_stream(self, org_id: str, sandbox_id: str, op_id: str,
+                          command: dict[str, Any]) -> AsyncGenerator[HostExecChunk, None]:
+        return await self._stream(org_id, sandbox_id, lambda host: self.hosts.exec_stream(
+            host, HostExecStream(sandbox_id=sandbox_id, org_id=org_id, op_id=op_id, **command)))
 
     async def proc(self, org_id: str, sandbox_id: str, op_id: str,
                    call: dict[str, Any]) -> HostProcResult:
@@ -68,15 +73,8 @@ class GuestIO:
     async def proc_stream(self, org_id: str, sandbox_id: str, op_id: str,
                           call: dict[str, Any]) -> AsyncGenerator[HostExecChunk, None]:
         """spawn or attach: start, output, exit; closing it early detaches."""
-        slot = self.limits.acquire(org_id, "exec")
-        try:
-            host = await self.host_of(sandbox_id, org_id)
-            chunks = await self.hosts.proc_stream(host, HostProc(
-                sandbox_id=sandbox_id, org_id=org_id, op_id=op_id, **call))
-        except BaseException:
-            slot.release()
-            raise
-        return holding(slot, chunks)
+        return await self._stream(org_id, sandbox_id, lambda host: self.hosts.proc_stream(
+            host, HostProc(sandbox_id=sandbox_id, org_id=org_id, op_id=op_id, **call)))
 
     async def list_files(self, org_id: str, sandbox_id: str, op_id: str,
                          path: PathArg) -> HostFileEntries:
